@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""Generate the Seqwatch Grafana dashboards (classic JSON model).
+
+    python3 dashboards/grafana/build.py          # rewrite the JSON files
+    python3 dashboards/grafana/build.py --check  # fail if they are out of date
+
+The JSON files are what Grafana loads; this script is their source. Edit
+here, run it, and commit both. Standard library only.
+
+Query conventions (an end-to-end test runs every `expr` against Prometheus
+after replacing the variables, e.g. $instance -> .* and $service -> a value):
+  * only the variables $instance and $service appear in expressions, always
+    as `instance=~"$instance"` / `service=~"$service"`;
+  * no Grafana macros ($__rate_interval, $__interval, ...): ranges are fixed;
+  * panels read the raw seqwatch_* metrics, not recording rules, so they work
+    without the rule file loaded.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+INST = 'instance=~"$instance"'
+SVC = 'instance=~"$instance", service=~"$service"'
+LEGEND_SVC = "{{service}} ({{instance}})"
+
+
+# ---------------------------------------------------------------- building blocks
+
+def target(expr, legend="", ref="A", instant=False, table=False):
+    t = {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": ref}
+    if instant or table:
+        t["instant"] = True
+        t["range"] = False
+    else:
+        t["range"] = True
+    if table:
+        t["format"] = "table"
+    return t
+
+
+def thresholds(*steps):
+    """steps: (value, colour) pairs; the first value is ignored (base step)."""
+    out = []
+    for i, (value, colour) in enumerate(steps):
+        out.append({"color": colour, "value": None if i == 0 else value})
+    return {"mode": "absolute", "steps": out}
+
+
+def field_config(unit=None, min_=None, max_=None, steps=None, mappings=None,
+                 custom=None, decimals=None):
+    defaults = {}
+    if unit:
+        defaults["unit"] = unit
+    if min_ is not None:
+        defaults["min"] = min_
+    if max_ is not None:
+        defaults["max"] = max_
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    defaults["thresholds"] = steps or thresholds((None, "green"))
+    if mappings:
+        defaults["mappings"] = mappings
+    if custom:
+        defaults["custom"] = custom
+    return {"defaults": defaults, "overrides": []}
+
+
+WEAK_MAPPINGS = [{
+    "type": "value",
+    "options": {
+        "0": {"index": 0, "text": "ok", "color": "green"},
+        "1": {"index": 1, "text": "WEAK", "color": "red"},
+    },
+}]
+
+ATTACHED_MAPPINGS = [{
+    "type": "value",
+    "options": {
+        "0": {"index": 0, "text": "NOT ATTACHED", "color": "red"},
+        "1": {"index": 1, "text": "attached", "color": "green"},
+    },
+}]
+
+# Guess bits: < 14 guessable, < 24 suspicious, ~32 unpredictable.
+GUESS_BITS_STEPS = thresholds((None, "red"), (14, "orange"), (24, "green"))
+# Feasibility: uniform ISNs give ~1.2e-6; the alert fires above 0.1.
+FEASIBILITY_STEPS = thresholds((None, "green"), (0.001, "orange"), (0.1, "red"))
+
+
+def timeseries(title, targets, description, unit=None, min_=None, max_=None,
+               steps=None, log=False, bars=False, threshold_lines=False):
+    custom = {"drawStyle": "bars" if bars else "line", "lineWidth": 1,
+              "fillOpacity": 10, "showPoints": "never", "spanNulls": False}
+    if log:
+        custom["scaleDistribution"] = {"type": "log", "log": 10}
+    if threshold_lines:
+        custom["thresholdsStyle"] = {"mode": "line+area"}
+    return {
+        "type": "timeseries", "title": title, "description": description,
+        "datasource": DS, "targets": targets,
+        "fieldConfig": field_config(unit, min_, max_, steps, custom=custom),
+        "options": {"legend": {"displayMode": "list", "placement": "bottom",
+                               "showLegend": True},
+                    "tooltip": {"mode": "multi", "sort": "desc"}},
+    }
+
+
+def stat(title, targets, description, unit=None, steps=None, mappings=None,
+         decimals=None):
+    return {
+        "type": "stat", "title": title, "description": description,
+        "datasource": DS, "targets": targets,
+        "fieldConfig": field_config(unit, steps=steps, mappings=mappings,
+                                    decimals=decimals),
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
+                                      "values": False},
+                    "colorMode": "background", "graphMode": "none",
+                    "textMode": "auto", "justifyMode": "auto",
+                    "orientation": "auto"},
+    }
+
+
+def table(title, targets, description, rename=None, mappings=None, steps=None,
+          unit=None, links=None):
+    organize = {"excludeByName": {"Time": True, "__name__": True, "job": True},
+                "renameByName": rename or {}}
+    fc = field_config(unit, steps=steps, mappings=mappings)
+    if links:
+        fc["overrides"].append({
+            "matcher": {"id": "byName", "options": "service"},
+            "properties": [{"id": "links", "value": links}],
+        })
+    transformations = []
+    if len(targets) > 1:
+        transformations.append({"id": "merge", "options": {}})
+    transformations.append({"id": "organize", "options": organize})
+    return {
+        "type": "table", "title": title, "description": description,
+        "datasource": DS, "targets": targets, "fieldConfig": fc,
+        "options": {"showHeader": True, "cellHeight": "sm"},
+        "transformations": transformations,
+    }
+
+
+def bargauge(title, targets, description, unit=None, min_=None, max_=None,
+             steps=None):
+    return {
+        "type": "bargauge", "title": title, "description": description,
+        "datasource": DS, "targets": targets,
+        "fieldConfig": field_config(unit, min_, max_, steps),
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
+                                      "values": False},
+                    "orientation": "horizontal", "displayMode": "gradient",
+                    "showUnfilled": True},
+    }
+
+
+def state_timeline(title, targets, description, mappings):
+    return {
+        "type": "state-timeline", "title": title, "description": description,
+        "datasource": DS, "targets": targets,
+        "fieldConfig": field_config(mappings=mappings,
+                                    steps=thresholds((None, "green"), (1, "red"))),
+        "options": {"showValue": "auto", "mergeValues": True,
+                    "legend": {"displayMode": "list", "placement": "bottom",
+                               "showLegend": True}},
+    }
+
+
+class Layout:
+    """Places panels left to right on Grafana's 24-column grid and numbers them."""
+
+    def __init__(self):
+        self.panels = []
+        self.x = self.y = self.row_h = 0
+
+    def _next_id(self):
+        return len(self.panels) + 1
+
+    def row(self, title):
+        if self.x:
+            self.y += self.row_h
+        self.panels.append({"type": "row", "title": title, "collapsed": False,
+                            "id": self._next_id(), "panels": [],
+                            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}})
+        self.y += 1
+        self.x = self.row_h = 0
+
+    def add(self, panel, w, h):
+        if self.x + w > 24:
+            self.y += self.row_h
+            self.x = self.row_h = 0
+        panel["id"] = self._next_id()
+        panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
+        self.panels.append(panel)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+
+# ---------------------------------------------------------------- variables
+
+def variables(service_multi):
+    def query_var(name, label, query, multi):
+        return {
+            "name": name, "label": label, "type": "query",
+            "datasource": DS, "definition": query,
+            "query": {"query": query,
+                      "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            "refresh": 2, "sort": 1, "regex": "",
+            # includeAll makes Grafana regex-escape the chosen values, which
+            # the =~ matchers need ("[2001:db8::1]:443" is a regex otherwise).
+            "includeAll": True, "allValue": ".*", "multi": multi,
+            "current": {}, "options": [], "hide": 0,
+        }
+
+    return {"list": [
+        {"name": "datasource", "label": "Data source", "type": "datasource",
+         "query": "prometheus", "regex": "", "hide": 0, "options": [],
+         "refresh": 1, "includeAll": False, "multi": False,
+         "current": {"text": "Prometheus", "value": "prometheus"}},
+        query_var("instance", "Instance",
+                  "label_values(seqwatch_build_info, instance)", True),
+        query_var("service", "Service",
+                  'label_values(seqwatch_isn_samples{instance=~"$instance"}, service)',
+                  service_multi),
+    ]}
+
+
+def dashboard(uid, title, description, panels, service_multi):
+    return {
+        "uid": uid, "title": title, "description": description,
+        "tags": ["seqwatch", "ebpf", "tcp"],
+        "editable": True, "graphTooltip": 1, "id": None,
+        "fiscalYearStartMonth": 0, "liveNow": False, "weekStart": "",
+        "time": {"from": "now-6h", "to": "now"}, "timepicker": {},
+        "timezone": "browser", "refresh": "30s",
+        "schemaVersion": 40, "version": 1,
+        "annotations": {"list": [{
+            "builtIn": 1, "name": "Annotations & Alerts", "type": "dashboard",
+            "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+            "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+        }]},
+        "links": [{"title": "Seqwatch", "type": "dashboards", "tags": ["seqwatch"],
+                   "asDropdown": False, "includeVars": True, "keepTime": True,
+                   "icon": "external link", "targetBlank": False,
+                   "tooltip": "", "url": ""}],
+        "templating": variables(service_multi),
+        "panels": panels,
+    }
+
+
+# ---------------------------------------------------------------- overview
+
+def overview():
+    L = Layout()
+
+    L.row("Health")
+    L.add(stat("Instances reporting",
+               [target(f"count(seqwatch_build_info{{{INST}}})", instant=True)],
+               "Seqwatch daemons exporting seqwatch_build_info."), 4, 4)
+    L.add(stat("Programs not attached",
+               [target(f"count(seqwatch_program_attached{{{INST}}} == 0) or vector(0)",
+                       instant=True)],
+               "eBPF programs that failed to attach (seqwatch_program_attached == 0). "
+               "Alert: SeqwatchProgramNotAttached.",
+               steps=thresholds((None, "green"), (1, "red"))), 4, 4)
+    L.add(stat("Tracked services",
+               [target(f"sum(seqwatch_services{{{INST}}})", instant=True)],
+               "Services (addr:port) the daemons currently score; bounded by a cap."), 4, 4)
+    L.add(stat("Weak services",
+               [target(f"count(seqwatch_isn_weak{{{SVC}}} == 1) or vector(0)",
+                       instant=True)],
+               "Services whose ISN generator is scored weak. "
+               "Alert: SeqwatchWeakIsnGenerator.",
+               steps=thresholds((None, "green"), (1, "red"))), 4, 4)
+    L.add(stat("Ring buffer drops (1h)",
+               [target(f"sum(increase(seqwatch_ringbuf_dropped_total{{{INST}}}[1h])) or vector(0)",
+                       instant=True)],
+               "Records dropped in the kernel because the ring buffer was full. "
+               "Alert: SeqwatchRingbufDrops.",
+               steps=thresholds((None, "green"), (1, "orange")), decimals=0), 4, 4)
+    L.add(stat("Parse errors (1h)",
+               [target(f"sum(increase(seqwatch_parse_errors_total{{{INST}}}[1h])) or vector(0)",
+                       instant=True)],
+               "Packets the eBPF parser rejected. Alert: SeqwatchParseErrors.",
+               steps=thresholds((None, "green"), (1, "orange")), decimals=0), 4, 4)
+    L.add(table("Program attach status",
+                [target(f"seqwatch_program_attached{{{INST}}}", table=True)],
+                "One row per eBPF program, interface and direction.",
+                rename={"Value": "attached"}, mappings=ATTACHED_MAPPINGS,
+                steps=thresholds((None, "red"), (1, "green"))), 14, 6)
+    L.add(table("Build",
+                [target(f"seqwatch_build_info{{{INST}}}", table=True)],
+                "Version and revision of each Seqwatch daemon.",
+                rename={"Value": "build_info"}), 10, 6)
+
+    L.row("ISN strength")
+    L.add(timeseries("ISN guess bits per service",
+                     [target(f"seqwatch_isn_guess_bits{{{SVC}}}", LEGEND_SVC)],
+                     "log2 of the residual spread of each service's ISNs after the best "
+                     "model fit: ~32 is unpredictable, below 14 a blind attacker can guess.",
+                     min_=0, max_=32, steps=GUESS_BITS_STEPS, threshold_lines=True), 16, 8)
+    L.add(bargauge("Weakest services (lowest guess bits)",
+                   [target(f"bottomk(10, seqwatch_isn_guess_bits{{{SVC}}})",
+                           LEGEND_SVC, instant=True)],
+                   "The ten services with the most predictable ISNs.",
+                   min_=0, max_=32, steps=GUESS_BITS_STEPS), 8, 8)
+    L.add(timeseries("Attack feasibility (N = 5000 guesses)",
+                     [target(f"seqwatch_isn_attack_feasibility{{{SVC}}}", LEGEND_SVC)],
+                     "Probability that a blind attacker hits the next ISN within 5000 "
+                     "guesses (uniform ISNs: ~1.2e-6). Alert: SeqwatchIsnGuessable.",
+                     unit="percentunit", max_=1, steps=FEASIBILITY_STEPS, log=True,
+                     threshold_lines=True), 12, 8)
+    weak_link = [{"title": "Open service drill-down", "targetBlank": False,
+                  "url": "/d/seqwatch-service/seqwatch-service?${datasource:queryparam}"
+                         "&var-instance=${__data.fields.instance}"
+                         "&var-service=${__data.fields.service}&${__url_time_range}"}]
+    weak_only = f"(seqwatch_isn_weak{{{SVC}}} == 1)"
+    L.add(table("Weak services",
+                [target(weak_only, ref="A", table=True),
+                 target(f"seqwatch_isn_guess_bits{{{SVC}}} "
+                        f"and on (job, instance, service) {weak_only}",
+                        ref="B", table=True),
+                 target(f"seqwatch_isn_attack_feasibility{{{SVC}}} "
+                        f"and on (job, instance, service) {weak_only}",
+                        ref="C", table=True)],
+                "Services scored weak, with their guess bits and attack feasibility. "
+                "Click a service to open its drill-down.",
+                rename={"Value #A": "weak", "Value #B": "guess bits",
+                        "Value #C": "feasibility"},
+                links=weak_link), 12, 8)
+
+    L.row("Pipeline")
+    L.add(timeseries("SYN-ACK samples/s",
+                     [target(f"sum by (instance, interface, direction) "
+                             f"(rate(seqwatch_synack_samples_total{{{INST}}}[5m]))",
+                             "{{instance}} {{interface}} {{direction}}")],
+                     "SYN-ACKs sampled by the eBPF programs.", unit="ops"), 8, 7)
+    L.add(timeseries("Packets seen/s",
+                     [target(f"sum by (instance) (rate(seqwatch_packets_seen_total{{{INST}}}[5m]))",
+                             "{{instance}}")],
+                     "Packets the eBPF programs inspected.", unit="pps"), 8, 7)
+    L.add(timeseries("Drops and parse errors/s",
+                     [target(f"sum by (instance) (rate(seqwatch_ringbuf_dropped_total{{{INST}}}[5m]))",
+                             "{{instance}} ring buffer drops", ref="A"),
+                      target(f"sum by (instance, reason) (rate(seqwatch_parse_errors_total{{{INST}}}[5m]))",
+                             "{{instance}} parse error: {{reason}}", ref="B")],
+                     "Records lost in the kernel and packets rejected by the parser.",
+                     unit="ops"), 8, 7)
+    L.add(timeseries("Tracked services",
+                     [target(f"seqwatch_services{{{INST}}}", "{{instance}}")],
+                     "Services currently tracked (capped in the daemon).", min_=0), 12, 7)
+    L.add(timeseries("Service evictions/s",
+                     [target(f"sum by (instance) (rate(seqwatch_service_evictions_total{{{INST}}}[5m]))",
+                             "{{instance}}")],
+                     "Services evicted because the cap was reached: sustained evictions "
+                     "mean scores are reset before they mature.", unit="ops"), 12, 7)
+
+    L.row("Handshake anomalies and spoofing")
+    L.add(timeseries("Handshake anomalies/s by kind",
+                     [target(f"sum by (kind) (rate(seqwatch_handshake_anomalies_total{{{SVC}}}[5m]))",
+                             "{{kind}}")],
+                     "Alert: SeqwatchHandshakeAnomalySurge (per service and kind).",
+                     unit="ops"), 12, 8)
+    L.add(timeseries("Handshake anomalies/s, top 10 services",
+                     [target(f"topk(10, sum by (instance, service) "
+                             f"(rate(seqwatch_handshake_anomalies_total{{{SVC}}}[5m])))",
+                             LEGEND_SVC)],
+                     "Services with the most handshake anomalies.", unit="ops"), 12, 8)
+    L.add(timeseries("Spoofing attempt score",
+                     [target(f"seqwatch_spoofing_attempt_score{{{SVC}}}", LEGEND_SVC)],
+                     "Alert: SeqwatchSpoofingAttempts (score >= 0.8 for 5m).",
+                     min_=0, steps=thresholds((None, "green"), (0.8, "red")),
+                     threshold_lines=True), 8, 8)
+    L.add(table("Top anomaly sources",
+                [target(f"seqwatch_anomaly_top_source_events{{{INST}}}", table=True)],
+                "Events from the top sources of each anomaly kind, by rank.",
+                rename={"Value": "events"}), 8, 8)
+    L.add(timeseries("Listeners lost after an anomaly",
+                     [target(f"sum by (instance, service) "
+                             f"(increase(seqwatch_listener_lost_after_anomaly_total{{{SVC}}}[1h]))",
+                             LEGEND_SVC)],
+                     "Listeners that stopped answering right after a handshake anomaly, "
+                     "per hour. Alert: SeqwatchListenerLostAfterAnomaly.",
+                     min_=0, bars=True), 8, 8)
+
+    return dashboard("seqwatch-overview", "Seqwatch / Overview",
+                     "TCP ISN predictability of every service, and the health of the "
+                     "Seqwatch eBPF pipeline.", L.panels, service_multi=True)
+
+
+# ---------------------------------------------------------------- per service
+
+def service():
+    L = Layout()
+
+    L.row("Verdict")
+    L.add(stat("Weak ISN generator",
+               [target(f"seqwatch_isn_weak{{{SVC}}}", LEGEND_SVC, instant=True)],
+               "The scorer's verdict. Alert: SeqwatchWeakIsnGenerator.",
+               mappings=WEAK_MAPPINGS,
+               steps=thresholds((None, "green"), (1, "red"))), 6, 5)
+    L.add(stat("Guess bits",
+               [target(f"seqwatch_isn_guess_bits{{{SVC}}}", LEGEND_SVC, instant=True)],
+               "~32 unpredictable, below 14 guessable.", steps=GUESS_BITS_STEPS,
+               decimals=1), 6, 5)
+    L.add(stat("Attack feasibility (N = 5000)",
+               [target(f"seqwatch_isn_attack_feasibility{{{SVC}}}", LEGEND_SVC,
+                       instant=True)],
+               "Probability that 5000 blind guesses hit the next ISN. "
+               "Alert: SeqwatchIsnGuessable.",
+               unit="percentunit", steps=FEASIBILITY_STEPS), 6, 5)
+    L.add(stat("Samples",
+               [target(f"seqwatch_isn_samples{{{SVC}}}", LEGEND_SVC, instant=True)],
+               "SYN-ACKs the score is based on.", decimals=0), 6, 5)
+
+    L.row("ISN strength over time")
+    L.add(timeseries("Guess bits",
+                     [target(f"seqwatch_isn_guess_bits{{{SVC}}}", LEGEND_SVC)],
+                     "log2 of the residual spread after the best model fit.",
+                     min_=0, max_=32, steps=GUESS_BITS_STEPS, threshold_lines=True), 12, 8)
+    L.add(timeseries("Attack feasibility (N = 5000)",
+                     [target(f"seqwatch_isn_attack_feasibility{{{SVC}}}", LEGEND_SVC)],
+                     "Uniform ISNs give ~1.2e-6; the alert fires above 10%.",
+                     unit="percentunit", max_=1, steps=FEASIBILITY_STEPS, log=True,
+                     threshold_lines=True), 12, 8)
+    L.add(state_timeline("Weak flag",
+                         [target(f"seqwatch_isn_weak{{{SVC}}}", LEGEND_SVC)],
+                         "When the scorer judged the generator weak.", WEAK_MAPPINGS), 12, 6)
+    L.add(timeseries("Samples",
+                     [target(f"seqwatch_isn_samples{{{SVC}}}", LEGEND_SVC)],
+                     "SYN-ACKs behind the score: small counts give noisy scores.",
+                     min_=0), 12, 6)
+
+    L.row("Nmap-compatible SEQ metrics (last 6 samples)")
+    L.add(timeseries("Nmap SP (sequence predictability)",
+                     [target(f"seqwatch_isn_nmap_sp{{{SVC}}}", LEGEND_SVC)],
+                     "For comparison with nmap -O. Passive SP overestimates strength "
+                     "when connection gaps are irregular; trust guess bits first.",
+                     min_=0), 8, 7)
+    L.add(timeseries("Nmap GCD",
+                     [target(f"seqwatch_isn_nmap_gcd{{{SVC}}}", LEGEND_SVC)],
+                     "GCD of ISN differences: a large GCD (e.g. 64000) means fixed steps.",
+                     min_=0), 8, 7)
+    L.add(timeseries("Nmap ISR (ISN counter rate)",
+                     [target(f"seqwatch_isn_nmap_isr{{{SVC}}}", LEGEND_SVC)],
+                     "nmap's ISR: 8 x log2 of the average ISN increment rate per second.",
+                     min_=0), 8, 7)
+
+    L.row("Handshake anomalies and spoofing")
+    L.add(timeseries("Handshake anomalies/s by kind",
+                     [target(f"sum by (instance, service, kind) "
+                             f"(rate(seqwatch_handshake_anomalies_total{{{SVC}}}[5m]))",
+                             "{{kind}} " + LEGEND_SVC)],
+                     "Alert: SeqwatchHandshakeAnomalySurge.", unit="ops"), 8, 8)
+    L.add(timeseries("Spoofing attempt score",
+                     [target(f"seqwatch_spoofing_attempt_score{{{SVC}}}", LEGEND_SVC)],
+                     "Alert: SeqwatchSpoofingAttempts (score >= 0.8 for 5m).",
+                     min_=0, steps=thresholds((None, "green"), (0.8, "red")),
+                     threshold_lines=True), 8, 8)
+    L.add(timeseries("Listeners lost after an anomaly",
+                     [target(f"sum by (instance, service) "
+                             f"(increase(seqwatch_listener_lost_after_anomaly_total{{{SVC}}}[1h]))",
+                             LEGEND_SVC)],
+                     "Alert: SeqwatchListenerLostAfterAnomaly.", min_=0, bars=True), 8, 8)
+
+    return dashboard("seqwatch-service", "Seqwatch / Service",
+                     "ISN predictability of one service, with nmap-compatible metrics "
+                     "for comparison.", L.panels, service_multi=False)
+
+
+DASHBOARDS = {
+    "seqwatch-overview.json": overview,
+    "seqwatch-service.json": service,
+}
+
+
+def render(build):
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv):
+    check = argv[1:] == ["--check"]
+    if argv[1:] not in ([], ["--check"]):
+        sys.exit(f"usage: {argv[0]} [--check]")
+    stale = []
+    for name, build in DASHBOARDS.items():
+        path = HERE / name
+        text = render(build)
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        sys.exit(f"out of date (run {argv[0]}): {', '.join(stale)}")
+    if check:
+        print(f"up to date: {', '.join(DASHBOARDS)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

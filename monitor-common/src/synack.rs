@@ -1,0 +1,87 @@
+//! SYN-ACK sampler: one ring-buffer record per SYN-ACK, and the per-CPU counters beside it.
+
+/// Ring buffer size in bytes (a power-of-two multiple of the page size): about 26 000 records of
+/// [`SynAckRecord`], enough to ride out a burst of SYN-ACKs while the daemon is descheduled.
+pub const RINGBUF_BYTES: u32 = 2 << 20;
+
+/// `family` values of [`SynAckRecord`].
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// TCP options take at most 40 bytes (data offset 15 words).
+pub const MAX_TCP_OPTIONS: usize = 40;
+
+/// One SYN-ACK as the TC classifier saw it. Addresses are network byte order, IPv4 in the first
+/// four bytes; every other integer is host byte order. The TCP options travel raw and are
+/// summarized in userspace: walking them in the kernel costs a loop the verifier must unroll.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynAckRecord {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub ifindex: u32,
+    pub seq: u32,
+    pub ack: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub window: u16,
+    pub family: u8,
+    /// [`crate::Direction`] as u8.
+    pub direction: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// Bytes of `options` that are the packet's (0..=40).
+    pub options_len: u8,
+    pub options: [u8; MAX_TCP_OPTIONS],
+    pub _pad: [u8; 2],
+}
+
+/// Indices of the per-CPU counter array `SYNACK_COUNTERS`; userspace sums the CPUs.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    PacketsSeen = 0,
+    SynAcks,
+    RingbufDropped,
+    /// IPv4 or IPv6 fragments after the first carry no TCP header: skipped, not an error.
+    NonFirstFragment,
+    ParseTruncated,
+    ParseIpVersionMismatch,
+    ParseIpv4BadIhl,
+    ParseIpv6ExtTooDeep,
+    ParseVlanTooDeep,
+    ParseTcpBadDataOffset,
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::ParseTcpBadDataOffset as u32 + 1;
+
+    /// Parse-failure counters and their `reason` label.
+    pub const PARSE_ERRORS: [(Counter, &'static str); 6] = [
+        (Counter::ParseTruncated, "truncated"),
+        (Counter::ParseIpVersionMismatch, "ip_version_mismatch"),
+        (Counter::ParseIpv4BadIhl, "ipv4_bad_ihl"),
+        (Counter::ParseIpv6ExtTooDeep, "ipv6_ext_too_deep"),
+        (Counter::ParseVlanTooDeep, "vlan_too_deep"),
+        (Counter::ParseTcpBadDataOffset, "tcp_bad_data_offset"),
+    ];
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, every bit pattern valid, no padding the kernel leaves unset.
+    unsafe impl aya::Pod for super::SynAckRecord {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_layout_has_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<SynAckRecord>(), 104);
+        assert_eq!(core::mem::align_of::<SynAckRecord>(), 8);
+    }
+}

@@ -1,0 +1,275 @@
+//! Header walking shared by the detectors: Ethernet (802.1Q/802.1ad tags), IPv4 (IHL checked),
+//! IPv6 (extension headers walked, non-first fragments skipped), TCP (data offset checked).
+//!
+//! Two paths: `plain_tcp_flags` reads an untagged IPv4/IPv6 TCP header in place with direct
+//! packet access (a few loads, no helper calls) so that ordinary traffic pays almost nothing;
+//! everything else, and every packet that needs its fields, goes through `parse_tcp`, which
+//! reads with `bpf_skb_load_bytes` and so also copes with headers outside the linear area.
+
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use seqwatch_common::synack::{Counter, FAMILY_IPV4, FAMILY_IPV6};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// QinQ: an 802.1ad tag then an 802.1Q tag. A third tag is refused, not walked.
+const MAX_VLAN_TAGS: usize = 2;
+/// Hop-by-hop, routing, destination options (twice), fragment, AH, and room to spare.
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+const IPPROTO_TCP: u8 = 6;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The options buffer: a power of two, so that a masked length is provably in bounds.
+pub const OPTIONS_BUF: usize = 64;
+
+/// Why a packet was not handed to a detector.
+pub enum Skip {
+    /// Not TCP over IP: nothing to count.
+    NotTcp,
+    /// Counted under this counter (a parse failure, or a non-first fragment).
+    Counted(Counter),
+}
+
+/// The IP and TCP fields a detector needs, copied out of the packet.
+pub struct TcpPacket {
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub ttl: u8,
+    /// The fixed 20-byte TCP header.
+    pub tcp: [u8; 20],
+    /// Offset of the TCP header from the start of the frame.
+    pub tcp_offset: usize,
+}
+
+impl TcpPacket {
+    pub fn flags(&self) -> u8 {
+        self.tcp[13]
+    }
+
+    /// Length of the TCP options in bytes (0..=40), valid after `parse_tcp` checked it.
+    pub fn options_len(&self) -> usize {
+        usize::from(self.tcp[12] >> 4) * 4 - 20
+    }
+}
+
+/// The flags byte of an untagged IPv4 (IHL 5, not a fragment) or IPv6 (no extension headers)
+/// TCP packet whose headers lie in the linear area, or `None` when the packet needs the full
+/// parser. `Some(None)` means "certainly not TCP".
+#[inline(always)]
+pub fn plain_tcp_flags(ctx: &TcContext) -> Option<Option<u8>> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    // Ethernet + IPv4 + TCP up to the flags byte; IPv6 checks its longer prefix below.
+    if data + ETH_HLEN + 20 + 14 > end {
+        return None;
+    }
+    // SAFETY: bounds checked above against data_end, as the verifier requires.
+    let byte = |offset: usize| unsafe { *((data + offset) as *const u8) };
+    let ethertype = u16::from_be_bytes([byte(12), byte(13)]);
+    match ethertype {
+        ETH_P_IPV4 => {
+            let ihl_is_5 = byte(ETH_HLEN) == 0x45;
+            let fragment =
+                (u16::from_be_bytes([byte(ETH_HLEN + 6), byte(ETH_HLEN + 7)]) & 0x1fff) != 0;
+            if !ihl_is_5 || fragment {
+                return None;
+            }
+            if byte(ETH_HLEN + 9) != IPPROTO_TCP {
+                return Some(None);
+            }
+            plain_flags_at(byte(ETH_HLEN + 20 + 12), byte(ETH_HLEN + 20 + 13))
+        }
+        ETH_P_IPV6 => {
+            if data + ETH_HLEN + 40 + 14 > end {
+                return None;
+            }
+            if byte(ETH_HLEN) >> 4 != 6 || byte(ETH_HLEN + 6) != IPPROTO_TCP {
+                return None;
+            }
+            plain_flags_at(byte(ETH_HLEN + 40 + 12), byte(ETH_HLEN + 40 + 13))
+        }
+        ETH_P_8021Q | ETH_P_8021AD => None,
+        _ => Some(None),
+    }
+}
+
+/// A bad data offset is left to the full parser, which counts it.
+#[inline(always)]
+fn plain_flags_at(data_offset: u8, flags: u8) -> Option<Option<u8>> {
+    if data_offset >> 4 < 5 {
+        None
+    } else {
+        Some(Some(flags))
+    }
+}
+
+/// Walks the headers of any frame down to TCP.
+#[inline(always)]
+pub fn parse_tcp(ctx: &TcContext) -> Result<TcpPacket, Skip> {
+    let (ethertype, l3) = walk_vlan_tags(ctx)?;
+    let mut packet = match ethertype {
+        ETH_P_IPV4 => parse_ipv4(ctx, l3)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3)?,
+        _ => return Err(Skip::NotTcp),
+    };
+    packet.tcp = load(ctx, packet.tcp_offset)?;
+    let header_len = usize::from(packet.tcp[12] >> 4) * 4;
+    if header_len < 20 {
+        return Err(Skip::Counted(Counter::ParseTcpBadDataOffset));
+    }
+    if packet.tcp_offset + header_len > ctx.len() as usize {
+        return Err(Skip::Counted(Counter::ParseTruncated));
+    }
+    Ok(packet)
+}
+
+#[inline(always)]
+fn walk_vlan_tags(ctx: &TcContext) -> Result<(u16, usize), Skip> {
+    let mut ethertype = u16::from_be_bytes(load(ctx, 12)?);
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            return Ok((ethertype, offset));
+        }
+        ethertype = u16::from_be_bytes(load(ctx, offset + 2)?);
+        offset += 4;
+    }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Err(Skip::Counted(Counter::ParseVlanTooDeep));
+    }
+    Ok((ethertype, offset))
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, offset: usize) -> Result<TcpPacket, Skip> {
+    let header: [u8; 20] = load(ctx, offset)?;
+    if header[0] >> 4 != 4 {
+        return Err(Skip::Counted(Counter::ParseIpVersionMismatch));
+    }
+    let ihl = usize::from(header[0] & 0x0f);
+    if ihl < 5 {
+        return Err(Skip::Counted(Counter::ParseIpv4BadIhl));
+    }
+    if u16::from_be_bytes([header[6], header[7]]) & 0x1fff != 0 {
+        return Err(Skip::Counted(Counter::NonFirstFragment));
+    }
+    if header[9] != IPPROTO_TCP {
+        return Err(Skip::NotTcp);
+    }
+    let mut packet = TcpPacket {
+        family: FAMILY_IPV4,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        ttl: header[8],
+        tcp: [0; 20],
+        tcp_offset: offset + ihl * 4,
+    };
+    packet.saddr[..4].copy_from_slice(&header[12..16]);
+    packet.daddr[..4].copy_from_slice(&header[16..20]);
+    Ok(packet)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, offset: usize) -> Result<TcpPacket, Skip> {
+    let header: [u8; 40] = load(ctx, offset)?;
+    if header[0] >> 4 != 6 {
+        return Err(Skip::Counted(Counter::ParseIpVersionMismatch));
+    }
+    let mut packet = TcpPacket {
+        family: FAMILY_IPV6,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        ttl: header[7],
+        tcp: [0; 20],
+        tcp_offset: 0,
+    };
+    packet.saddr.copy_from_slice(&header[8..24]);
+    packet.daddr.copy_from_slice(&header[24..40]);
+    packet.tcp_offset = skip_ipv6_extensions(ctx, header[6], offset + 40)?;
+    Ok(packet)
+}
+
+/// Returns the offset of the TCP header after the extension-header chain.
+#[inline(always)]
+fn skip_ipv6_extensions(ctx: &TcContext, first: u8, start: usize) -> Result<usize, Skip> {
+    let mut next = first;
+    let mut offset = start;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_TCP => return Ok(offset),
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let [next_header, len]: [u8; 2] = load(ctx, offset)?;
+                next = next_header;
+                offset += (usize::from(len) + 1) * 8;
+            }
+            IPV6_AUTH => {
+                let [next_header, len]: [u8; 2] = load(ctx, offset)?;
+                next = next_header;
+                offset += (usize::from(len) + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let fragment: [u8; 4] = load(ctx, offset)?;
+                if u16::from_be_bytes([fragment[2], fragment[3]]) >> 3 != 0 {
+                    return Err(Skip::Counted(Counter::NonFirstFragment));
+                }
+                next = fragment[0];
+                offset += 8;
+            }
+            _ => return Err(Skip::NotTcp),
+        }
+    }
+    if next == IPPROTO_TCP {
+        Ok(offset)
+    } else {
+        Err(Skip::Counted(Counter::ParseIpv6ExtTooDeep))
+    }
+}
+
+/// Copies `len` (at most 40) bytes of TCP options into `buf`.
+#[inline(always)]
+pub fn load_options(
+    ctx: &TcContext,
+    offset: usize,
+    len: usize,
+    buf: &mut [u8; OPTIONS_BUF],
+) -> Result<(), Skip> {
+    // The mask is what lets the verifier bound the length (the compiler folds range checks
+    // it can prove, and the verifier cannot); parse_tcp already limited it to 40.
+    let len = len & (OPTIONS_BUF - 1);
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: `buf` has room for `len` bytes; the helper checks the packet bounds.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            offset as u32,
+            buf.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(Skip::Counted(Counter::ParseTruncated))
+    }
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, Skip> {
+    ctx.load(offset)
+        .map_err(|_| Skip::Counted(Counter::ParseTruncated))
+}

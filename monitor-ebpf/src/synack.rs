@@ -1,0 +1,117 @@
+//! SYN-ACK sampler: one ring-buffer record per SYN-ACK, counters for everything else.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::__sk_buff,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use aya_log_ebpf::warn;
+use seqwatch_common::{
+    Direction,
+    synack::{Counter, MAX_TCP_OPTIONS, RINGBUF_BYTES, SynAckRecord},
+};
+
+use crate::packet::{self, OPTIONS_BUF, Skip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket};
+
+#[map]
+static SYNACK_RECORDS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
+
+#[map]
+static SYNACK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Log the first ring-buffer drop on a CPU and then every 2^16th: enough to see it in the
+/// journal without putting logging on the per-packet path.
+const DROP_LOG_EVERY: u64 = 1 << 16;
+
+#[inline(always)]
+pub fn observe(ctx: &TcContext, direction: Direction) {
+    count(Counter::PacketsSeen);
+    match packet::plain_tcp_flags(ctx) {
+        Some(None) => {}
+        Some(Some(flags)) if !is_synack(flags) => {}
+        _ => observe_slow(ctx, direction),
+    }
+}
+
+#[inline(never)]
+fn observe_slow(ctx: &TcContext, direction: Direction) {
+    match packet::parse_tcp(ctx) {
+        Ok(tcp) if is_synack(tcp.flags()) => emit(ctx, direction, &tcp),
+        Ok(_) | Err(Skip::NotTcp) => {}
+        Err(Skip::Counted(counter)) => {
+            count(counter);
+        }
+    }
+}
+
+/// SYN and ACK set, RST and FIN clear.
+#[inline(always)]
+fn is_synack(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN | TCP_ACK
+}
+
+#[inline(always)]
+fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
+    let mut options = [0u8; OPTIONS_BUF];
+    let options_len = tcp.options_len();
+    if let Err(Skip::Counted(counter)) =
+        packet::load_options(ctx, tcp.tcp_offset + 20, options_len, &mut options)
+    {
+        count(counter);
+        return;
+    }
+    count(Counter::SynAcks);
+    let Some(mut entry) = SYNACK_RECORDS.reserve::<SynAckRecord>(0) else {
+        ringbuf_full(ctx);
+        return;
+    };
+    let header = &tcp.tcp;
+    let mut record = SynAckRecord {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        saddr: tcp.saddr,
+        daddr: tcp.daddr,
+        // SAFETY: the context of a TC program is a valid __sk_buff.
+        ifindex: unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex },
+        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        ack: u32::from_be_bytes([header[8], header[9], header[10], header[11]]),
+        sport: u16::from_be_bytes([header[0], header[1]]),
+        dport: u16::from_be_bytes([header[2], header[3]]),
+        window: u16::from_be_bytes([header[14], header[15]]),
+        family: tcp.family,
+        direction: direction as u8,
+        ttl: tcp.ttl,
+        options_len: options_len as u8,
+        options: [0; MAX_TCP_OPTIONS],
+        _pad: [0; 2],
+    };
+    record.options.copy_from_slice(&options[..MAX_TCP_OPTIONS]);
+    entry.write(record);
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn ringbuf_full(ctx: &TcContext) {
+    let dropped = count(Counter::RingbufDropped);
+    if dropped % DROP_LOG_EVERY == 1 {
+        warn!(
+            ctx,
+            "seqwatch: ring buffer full, SYN-ACK records dropped on this CPU: {}", dropped
+        );
+    }
+}
+
+/// Adds one to a per-CPU counter and returns the new per-CPU value.
+#[inline(always)]
+fn count(counter: Counter) -> u64 {
+    match SYNACK_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and TC programs do not nest on one CPU.
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    }
+}

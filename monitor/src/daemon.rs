@@ -1,0 +1,273 @@
+//! `seqwatch run`: load, attach, read the ring buffer, score, serve /metrics, and take
+//! everything back out of the kernel on SIGINT/SIGTERM.
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroUsize,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use seqwatch_common::Direction;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    http,
+    interfaces::{self, LinkEvents, Selection},
+    metrics::Metrics,
+    netstat::SyncookieWatch,
+    probes::{self, AttachMode, KernelCounters, Probes},
+    scorer::ScorerConfig,
+    synack::{Sample, SampleCounter, SampleLog, ServiceTable},
+};
+
+/// The port /metrics listens on by default.
+pub const DEFAULT_PORT: u16 = 10045;
+
+/// Arguments of `seqwatch run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Interface to monitor (repeatable). Default: every up, non-loopback interface,
+    /// including ones that appear later.
+    #[arg(long = "interface", short = 'i', value_name = "NAME")]
+    pub interfaces: Vec<String>,
+    /// Which SYN-ACKs to sample: this host's own (egress), remote servers' (ingress), or both.
+    #[arg(long, value_enum, default_value_t = Directions::Egress)]
+    pub direction: Directions,
+    /// Address for /metrics, the landing page and /api/v1/services.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+    /// How to attach the classifiers.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub attach_mode: AttachMode,
+    /// Services tracked at once; the least recently seen is evicted (and counted) beyond it.
+    #[arg(long, default_value_t = NonZeroUsize::new(4096).expect("non-zero"))]
+    pub max_services: NonZeroUsize,
+    /// Guesses a blind attacker is allowed when estimating attack feasibility.
+    #[arg(long, default_value_t = ScorerConfig::default().guesses)]
+    pub guesses: u64,
+    /// Also write every SYN-ACK sample to this file as one JSON line.
+    #[arg(long, value_name = "FILE")]
+    pub sample_log: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Directions {
+    Egress,
+    Ingress,
+    Both,
+}
+
+impl Directions {
+    fn list(self) -> &'static [Direction] {
+        match self {
+            Directions::Egress => &[Direction::Egress],
+            Directions::Ingress => &[Direction::Ingress],
+            Directions::Both => &Direction::ALL,
+        }
+    }
+}
+
+/// What the HTTP handlers read.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub counters: KernelCounters,
+    pub services: Mutex<ServiceTable>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut probes = Probes::load(args.attach_mode)?;
+    let records = probes.take_synack_records()?;
+    let scorer = ScorerConfig {
+        guesses: args.guesses,
+        ..ScorerConfig::default()
+    };
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new()?,
+        counters: probes.take_synack_counters()?,
+        services: Mutex::new(ServiceTable::new(args.max_services, scorer)),
+    });
+    let selection = if args.interfaces.is_empty() {
+        Selection::AllUp
+    } else {
+        Selection::Named(args.interfaces.clone())
+    };
+    let mut link_events = LinkEvents::subscribe()?;
+    let mut attacher = Attacher {
+        selection,
+        directions: args.directions(),
+        names: SampleCounter::new(),
+    };
+    attacher.require_named_interfaces().await?;
+    attacher.sync(&mut probes, &shared.metrics).await?;
+    let server = http::serve(args.listen, shared.clone()).await?;
+    log::info!("serving http://{}/metrics", server.local_addr);
+
+    let mut sample_log = args
+        .sample_log
+        .as_deref()
+        .map(SampleLog::create)
+        .transpose()?;
+    // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
+    let mut records = unsafe { AsyncFd::register(records) }
+        .map_err(|err| anyhow::anyhow!("polling the ring buffer: {err}"))?;
+    let mut syncookies = SyncookieWatch::new();
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            guard = records.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &shared, &attacher.names, sample_log.as_mut(), syncookies.active())?;
+                guard.clear_ready();
+            }
+            event = link_events.next() => {
+                if event.is_none() {
+                    anyhow::bail!("the rtnetlink event socket closed");
+                }
+                attacher.sync(&mut probes, &shared.metrics).await?;
+            }
+            _ = publish.tick() => {
+                syncookies.poll();
+                lock(&shared.services).publish(&shared.metrics);
+                if let Some(log) = sample_log.as_mut() {
+                    log.flush()?;
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    log::info!("stopping: detaching every program");
+    probes.detach_all();
+    drain(
+        records.get_mut(),
+        &shared,
+        &attacher.names,
+        sample_log.as_mut(),
+        syncookies.active(),
+    )?;
+    if let Some(log) = sample_log.as_mut() {
+        log.flush()?;
+    }
+    Ok(())
+}
+
+impl RunArgs {
+    fn directions(&self) -> &'static [Direction] {
+        self.direction.list()
+    }
+}
+
+/// Reads every record waiting in the ring buffer.
+fn drain(
+    records: &mut RingBuf<MapData>,
+    shared: &Shared,
+    names: &SampleCounter,
+    mut sample_log: Option<&mut SampleLog>,
+    syncookies: bool,
+) -> anyhow::Result<()> {
+    let mut services = lock(&shared.services);
+    while let Some(item) = records.next() {
+        let Some(record) = probes::decode_record(&item) else {
+            log::warn!("short ring-buffer record of {} bytes ignored", item.len());
+            continue;
+        };
+        let sample = Sample::from_record(&record);
+        if sample.options_malformed {
+            shared.metrics.options_malformed.inc();
+        }
+        names.count(&shared.metrics, &sample);
+        if let Some(log) = sample_log.as_deref_mut() {
+            log.write(&sample)?;
+        }
+        if let Some(evicted) = services.ingest(&sample, syncookies) {
+            shared.metrics.service_evictions.inc();
+            shared.metrics.isn.remove(&evicted.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the attachments in step with the interfaces of this network namespace.
+struct Attacher {
+    selection: Selection,
+    directions: &'static [Direction],
+    names: SampleCounter,
+}
+
+impl Attacher {
+    /// A named interface that does not exist is a configuration error, said at once.
+    async fn require_named_interfaces(&self) -> anyhow::Result<()> {
+        let Selection::Named(names) = &self.selection else {
+            return Ok(());
+        };
+        let present = interfaces::list().await?;
+        for name in names {
+            if !present.values().any(|interface| interface.name == *name) {
+                anyhow::bail!(
+                    "interface {name:?} does not exist in this network namespace \
+                     (see `ip link`; run seqwatch with nsenter --net=… for another namespace)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn sync(&mut self, probes: &mut Probes, metrics: &Metrics) -> anyhow::Result<()> {
+        let present = interfaces::list().await?;
+        for interface in present.values().filter(|i| self.selection.wants(i)) {
+            self.names.name_interface(interface.index, &interface.name);
+            for &direction in self.directions {
+                if probes.is_attached(interface.index, direction) {
+                    continue;
+                }
+                let attached = probes.attach(interface.index, direction);
+                let program = probes::synack_program(direction);
+                let labels = [program, interface.name.as_str(), direction.as_str()];
+                match attached {
+                    Ok(()) => log::info!("attached {program} to {}", interface.name),
+                    Err(err) => log::warn!("{program} on {}: {err:#}", interface.name),
+                }
+                metrics
+                    .program_attached
+                    .with_label_values(&labels)
+                    .set(i64::from(probes.is_attached(interface.index, direction)));
+            }
+        }
+        self.forget_vanished(&present, probes, metrics);
+        Ok(())
+    }
+
+    fn forget_vanished(
+        &mut self,
+        present: &std::collections::BTreeMap<u32, interfaces::Interface>,
+        probes: &mut Probes,
+        metrics: &Metrics,
+    ) {
+        for (index, name) in self.names.vanished(present) {
+            for &direction in self.directions {
+                probes.detach(index, direction);
+                let program = probes::synack_program(direction);
+                let _ = metrics.program_attached.remove_label_values(&[
+                    program,
+                    name.as_str(),
+                    direction.as_str(),
+                ]);
+            }
+            log::info!("interface {name} is gone");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,65 @@
+//! /metrics, a landing page, and /api/v1/services (the scorer's per-service JSON).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use axum::{
+    Json, Router,
+    extract::State,
+    http::header,
+    response::{Html, IntoResponse},
+    routing::get,
+};
+
+use crate::daemon::Shared;
+
+pub struct Server {
+    pub local_addr: SocketAddr,
+}
+
+/// Binds at once (so a busy port is an error at start-up) and serves in the background.
+pub async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<Server> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (use --listen to pick another)"))?;
+    let local_addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/", get(landing))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/services", get(services))
+        .with_state(shared);
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            log::error!("http server stopped: {err}");
+        }
+    });
+    Ok(Server { local_addr })
+}
+
+async fn landing() -> Html<&'static str> {
+    Html(concat!(
+        "<!doctype html><html><head><title>Seqwatch</title></head><body>",
+        "<h1>Seqwatch ",
+        env!("CARGO_PKG_VERSION"),
+        "</h1><p>eBPF network-hardening monitor: ISN predictability of every service.</p>",
+        "<ul><li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>",
+        "<li><a href=\"/api/v1/services\">/api/v1/services</a> (per-service ISN scores, JSON)</li>",
+        "</ul></body></html>"
+    ))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        shared.metrics.render(&shared.counters),
+    )
+}
+
+async fn services(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let services = shared
+        .services
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .reports();
+    Json(serde_json::json!({ "services": services }))
+}

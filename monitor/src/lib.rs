@@ -1,0 +1,13 @@
+//! Seqwatch: an eBPF network-hardening monitor. The binary (`src/main.rs`) is a thin CLI over
+//! these modules, which tests and benchmarks use directly.
+
+pub mod analyze;
+pub mod daemon;
+pub mod http;
+pub mod interfaces;
+pub mod lab;
+pub mod metrics;
+pub mod netstat;
+pub mod probes;
+pub mod scorer;
+pub mod synack;

@@ -1,0 +1,271 @@
+//! Loads the kernel programs and attaches them to interfaces (tcx, or netlink/clsact where tcx
+//! is missing), keeping track of everything it attached so that it can take all of it back.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        SchedClassifier, TcAttach, TcAttachType,
+        tc::{self, NlOptions, SchedClassifierLinkId, TcError},
+    },
+    util::KernelVersion,
+};
+use seqwatch_common::{
+    Direction,
+    synack::{Counter, SynAckRecord},
+};
+
+/// The classifier that samples SYN-ACKs in each direction.
+pub fn synack_program(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Egress => "synack_egress",
+        Direction::Ingress => "synack_ingress",
+    }
+}
+
+/// How classifiers are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// tcx on kernels that have it (6.6+), netlink/clsact otherwise.
+    Auto,
+    /// tcx links: they vanish with the process.
+    Tcx,
+    /// A clsact qdisc and a direct-action filter: removed explicitly on exit.
+    Netlink,
+}
+
+struct Attachment {
+    link: SchedClassifierLinkId,
+    /// A clsact qdisc this process created (netlink mode), to delete when the last filter goes.
+    added_clsact: bool,
+}
+
+/// The loaded object and every attachment made from it.
+pub struct Probes {
+    ebpf: Ebpf,
+    mode: AttachMode,
+    attachments: BTreeMap<(u32, Direction), Attachment>,
+}
+
+impl Probes {
+    /// Loads and verifies every program of the embedded object.
+    pub fn load(mode: AttachMode) -> anyhow::Result<Self> {
+        let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/seqwatch"));
+        if object.is_empty() {
+            bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF object");
+        }
+        let mut ebpf = Ebpf::load(object).context(
+            "loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON, \
+             and a kernel with BTF)",
+        )?;
+        start_kernel_log(&mut ebpf);
+        for direction in Direction::ALL {
+            classifier(&mut ebpf, synack_program(direction))?
+                .load()
+                .with_context(|| format!("the verifier rejected {}", synack_program(direction)))?;
+        }
+        let mode = match mode {
+            AttachMode::Auto if kernel_has_tcx() => AttachMode::Tcx,
+            AttachMode::Auto => AttachMode::Netlink,
+            explicit => explicit,
+        };
+        Ok(Probes {
+            ebpf,
+            mode,
+            attachments: BTreeMap::new(),
+        })
+    }
+
+    pub fn is_attached(&self, ifindex: u32, direction: Direction) -> bool {
+        self.attachments.contains_key(&(ifindex, direction))
+    }
+
+    /// Attaches the SYN-ACK sampler to one interface and direction.
+    pub fn attach(&mut self, ifindex: u32, direction: Direction) -> anyhow::Result<()> {
+        let attach_type = match direction {
+            Direction::Egress => TcAttachType::Egress,
+            Direction::Ingress => TcAttachType::Ingress,
+        };
+        let mut added_clsact = false;
+        let attach = match self.mode {
+            AttachMode::Netlink => {
+                added_clsact = add_clsact(ifindex)?;
+                TcAttach::Netlink {
+                    parent: attach_type.into(),
+                    options: NlOptions::default(),
+                }
+            }
+            AttachMode::Tcx | AttachMode::Auto => TcAttach::Tcx {
+                attach_type,
+                order: Default::default(),
+            },
+        };
+        let program = classifier(&mut self.ebpf, synack_program(direction))?;
+        match program.attach(ifindex, attach) {
+            Ok(link) => {
+                self.attachments
+                    .insert((ifindex, direction), Attachment { link, added_clsact });
+                Ok(())
+            }
+            Err(err) => {
+                if added_clsact {
+                    delete_clsact(ifindex);
+                }
+                Err(err).context("attaching the classifier failed")
+            }
+        }
+    }
+
+    /// Takes one attachment back. On a vanished interface the kernel has already done so.
+    pub fn detach(&mut self, ifindex: u32, direction: Direction) {
+        let Some(attachment) = self.attachments.remove(&(ifindex, direction)) else {
+            return;
+        };
+        if let Ok(program) = classifier(&mut self.ebpf, synack_program(direction))
+            && let Err(err) = program.detach(attachment.link)
+        {
+            log::debug!(
+                "detach from ifindex {ifindex} ({}): {err}",
+                direction.as_str()
+            );
+        }
+        let clsact_still_used = self.attachments.keys().any(|(index, _)| *index == ifindex);
+        if attachment.added_clsact && !clsact_still_used {
+            delete_clsact(ifindex);
+        } else if attachment.added_clsact {
+            // The other direction's filter still needs the qdisc: hand the duty over to it.
+            for ((index, _), other) in self.attachments.iter_mut() {
+                if *index == ifindex {
+                    other.added_clsact = true;
+                }
+            }
+        }
+    }
+
+    pub fn detach_all(&mut self) {
+        let keys: Vec<_> = self.attachments.keys().copied().collect();
+        for (ifindex, direction) in keys {
+            self.detach(ifindex, direction);
+        }
+    }
+
+    pub fn take_synack_records(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("SYNACK_RECORDS")
+            .context("the eBPF object has no SYNACK_RECORDS map")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_synack_counters(&mut self) -> anyhow::Result<KernelCounters> {
+        let map = self
+            .ebpf
+            .take_map("SYNACK_COUNTERS")
+            .context("the eBPF object has no SYNACK_COUNTERS map")?;
+        Ok(KernelCounters(PerCpuArray::try_from(map)?))
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// tcx arrived in Linux 6.6.
+fn kernel_has_tcx() -> bool {
+    KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0))
+}
+
+/// The per-CPU counters of the SYN-ACK sampler, summed over CPUs on read.
+pub struct KernelCounters(PerCpuArray<MapData, u64>);
+
+impl KernelCounters {
+    pub fn read(&self, counter: Counter) -> u64 {
+        self.0
+            .get(&(counter as u32), 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Decodes one ring-buffer item; `None` for a short item (never expected from our program).
+pub fn decode_record(bytes: &[u8]) -> Option<SynAckRecord> {
+    if bytes.len() < size_of::<SynAckRecord>() {
+        return None;
+    }
+    // SAFETY: SynAckRecord is plain old data and the length was checked.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SynAckRecord>()) })
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?;
+    Ok(program.try_into()?)
+}
+
+/// Routes the kernel side's aya-log records (rare diagnostics, never per packet) to `log`.
+fn start_kernel_log(ebpf: &mut Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => logger,
+        Err(err) => {
+            log::warn!("kernel diagnostics unavailable: {err}");
+            return;
+        }
+    };
+    // SAFETY: the AsyncFd owns the logger, so the fd outlives its registration.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut logger) = registered else {
+        log::warn!("kernel diagnostics unavailable: cannot poll the log buffer");
+        return;
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// Adds a clsact qdisc; `Ok(false)` if one was already there (someone else's: leave it).
+fn add_clsact(ifindex: u32) -> anyhow::Result<bool> {
+    match tc::qdisc_add_clsact(ifindex) {
+        Ok(()) => Ok(true),
+        Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(err) => Err(err).context("adding a clsact qdisc failed"),
+    }
+}
+
+/// Deletes the clsact qdisc this process added (and with it any filter left on it).
+fn delete_clsact(ifindex: u32) {
+    let result = std::thread::spawn(move || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let (connection, handle, _) = rtnetlink::new_connection()?;
+            tokio::spawn(connection);
+            let mut request = handle.qdisc().del(ifindex as i32);
+            let header = &mut request.message_mut().header;
+            header.parent = netlink_packet_route::tc::TcHandle::CLSACT;
+            header.handle = netlink_packet_route::tc::TcHandle {
+                major: 0xffff,
+                minor: 0,
+            };
+            request.execute().await?;
+            Ok(())
+        })
+    })
+    .join();
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => log::debug!("deleting our clsact qdisc on ifindex {ifindex}: {err}"),
+        Err(_) => log::warn!("deleting our clsact qdisc on ifindex {ifindex} panicked"),
+    }
+}

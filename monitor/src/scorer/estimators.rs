@@ -1,0 +1,336 @@
+//! Predictor-based estimators in the style of NIST SP 800-90B §6.3.7–6.3.10 (Lag, MultiMMC,
+//! LZ78Y), run over each ISN bit position and over the bytes of the fixed-step residuals.
+//!
+//! Each predictor guesses symbol i from symbols before i only. Under the null (uniform,
+//! independent symbols over an alphabet of k) every guess is right with probability exactly
+//! 1/k whatever the predictor does, so the number right in N guesses is Binomial(N, 1/k)
+//! (a guess not made counts as wrong, which only makes the test conservative). That gives an
+//! exact p-value instead of 90B's entropy bound.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::stats::binomial_at_least;
+use super::window::Sample;
+
+/// Below this many symbols no predictor can reach the per-test level, so none is run.
+pub const MIN_SYMBOLS: usize = 32;
+/// 90B parameters.
+const LAG_DEPTH: usize = 128;
+const MMC_DEPTH: usize = 16;
+const LZ78Y_DEPTH: usize = 16;
+const LZ78Y_MAX_DICTIONARY: usize = 65_536;
+/// SYN cookies may structure the low byte, so cookie samples skip bit streams 0..8.
+const COOKIE_FREE_BITS: u32 = 8;
+
+const BIT_STREAMS: usize = 32;
+const RESIDUAL_BYTE_STREAMS: usize = 4;
+const PREDICTORS: [Predictor; 3] = [Predictor::Lag, Predictor::MultiMmc, Predictor::Lz78y];
+/// The Bonferroni family: every (stream, predictor) pair, tested or not.
+pub const FAMILY_SIZE: usize = (BIT_STREAMS + RESIDUAL_BYTE_STREAMS) * PREDICTORS.len();
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Predictor {
+    Lag,
+    MultiMmc,
+    Lz78y,
+}
+
+impl Predictor {
+    fn name(self) -> &'static str {
+        match self {
+            Predictor::Lag => "Lag",
+            Predictor::MultiMmc => "MultiMMC",
+            Predictor::Lz78y => "LZ78Y",
+        }
+    }
+}
+
+/// The (stream, predictor) pair that did best against its null.
+pub struct PredictorHit {
+    pub stream: String,
+    pub predictor: &'static str,
+    pub correct: usize,
+    pub predictions: usize,
+    /// Unadjusted; the caller applies Bonferroni over `streams_tested`.
+    pub p_value: f64,
+    pub streams_tested: usize,
+}
+
+/// Symbols of one stream, each below `alphabet` (2 or 256).
+struct Stream {
+    label: String,
+    alphabet: usize,
+    symbols: Vec<u8>,
+}
+
+pub fn most_predictable(window: &[Sample], step_residuals: &[i32]) -> Option<PredictorHit> {
+    let mut best: Option<PredictorHit> = None;
+    let mut store = ContextStore::default();
+    for stream in streams(window, step_residuals) {
+        if stream.symbols.len() < MIN_SYMBOLS {
+            continue;
+        }
+        for predictor in PREDICTORS {
+            let correct = match predictor {
+                Predictor::Lag => lag(&stream.symbols),
+                Predictor::MultiMmc => multi_mmc(&stream, &mut store),
+                Predictor::Lz78y => lz78y(&stream, &mut store),
+            };
+            // The first symbol has nothing before it: predictions start at symbol 1.
+            let predictions = stream.symbols.len() - 1;
+            let p_value = binomial_at_least(
+                correct as u64,
+                predictions as u64,
+                1.0 / stream.alphabet as f64,
+            );
+            if best.as_ref().is_none_or(|b| p_value < b.p_value) {
+                best = Some(PredictorHit {
+                    stream: stream.label.clone(),
+                    predictor: predictor.name(),
+                    correct,
+                    predictions,
+                    p_value,
+                    streams_tested: FAMILY_SIZE,
+                });
+            }
+        }
+    }
+    best
+}
+
+fn streams(window: &[Sample], step_residuals: &[i32]) -> Vec<Stream> {
+    let bits = (0..BIT_STREAMS as u32).map(|bit| Stream {
+        label: format!("ISN bit {bit}"),
+        alphabet: 2,
+        symbols: window
+            .iter()
+            .filter(|s| bit >= COOKIE_FREE_BITS || !s.syncookie)
+            .map(|s| (s.isn >> bit & 1) as u8)
+            .collect(),
+    });
+    let bytes = (0..RESIDUAL_BYTE_STREAMS as u32).map(|byte| Stream {
+        label: format!("byte {byte} of the fixed-step residuals"),
+        alphabet: 256,
+        symbols: step_residuals
+            .iter()
+            .map(|&e| (e as u32 >> (8 * byte)) as u8)
+            .collect(),
+    });
+    bits.chain(bytes).collect()
+}
+
+/// 90B Lag predictor: predict the symbol `d` back, for the `d ≤ 128` that has been right most.
+fn lag(symbols: &[u8]) -> usize {
+    let mut scores = [0u32; LAG_DEPTH + 1];
+    let mut winner = 1;
+    let mut correct = 0;
+    for i in 1..symbols.len() {
+        if symbols[i - winner] == symbols[i] {
+            correct += 1;
+        }
+        for d in 1..=i.min(LAG_DEPTH) {
+            if symbols[i - d] == symbols[i] {
+                scores[d] += 1;
+                if scores[d] >= scores[winner] {
+                    winner = d;
+                }
+            }
+        }
+    }
+    correct
+}
+
+/// 90B MultiMMC predictor: Markov models of order 1..=16; use the order that has been right most.
+fn multi_mmc(stream: &Stream, store: &mut ContextStore) -> usize {
+    store.reset();
+    let symbols = &stream.symbols;
+    let mut scores = [0u32; MMC_DEPTH + 1];
+    let mut winner = 1;
+    let mut correct = 0;
+    for i in 1..symbols.len() {
+        let keys = context_keys(symbols, i, stream.alphabet, MMC_DEPTH);
+        let guesses: Vec<Option<u8>> = keys.iter().map(|&k| store.most_frequent(k)).collect();
+        if guesses.get(winner - 1).copied().flatten() == Some(symbols[i]) {
+            correct += 1;
+        }
+        for (order, (&key, guess)) in keys
+            .iter()
+            .zip(&guesses)
+            .enumerate()
+            .map(|(o, x)| (o + 1, x))
+        {
+            if *guess == Some(symbols[i]) {
+                scores[order] += 1;
+                if scores[order] >= scores[winner] {
+                    winner = order;
+                }
+            }
+            store.add(key, symbols[i]);
+        }
+    }
+    correct
+}
+
+/// 90B LZ78Y predictor: a dictionary of the strings of up to 16 symbols seen so far; predict
+/// the most frequent follower of the previous strings, longer strings winning ties.
+fn lz78y(stream: &Stream, store: &mut ContextStore) -> usize {
+    store.reset();
+    let symbols = &stream.symbols;
+    let mut correct = 0;
+    for i in 1..symbols.len() {
+        let keys = context_keys(symbols, i, stream.alphabet, LZ78Y_DEPTH);
+        let guess = keys
+            .iter()
+            .rev()
+            .filter_map(|&k| store.most_frequent_with_count(k))
+            .fold(
+                None,
+                |best: Option<(u8, u32)>, (symbol, count)| match best {
+                    Some((_, best_count)) if best_count >= count => best,
+                    _ => Some((symbol, count)),
+                },
+            );
+        if guess.map(|(symbol, _)| symbol) == Some(symbols[i]) {
+            correct += 1;
+        }
+        for &key in &keys {
+            if store.contains(key) || store.len() < LZ78Y_MAX_DICTIONARY {
+                store.add(key, symbols[i]);
+            }
+        }
+    }
+    correct
+}
+
+/// Keys of the contexts of lengths 1..=depth ending just before symbol i (shorter if i < depth).
+/// Bit contexts are packed exactly; byte contexts are hashed, which still makes each guess a
+/// function of the past only, so the null distribution stays exact.
+fn context_keys(symbols: &[u8], i: usize, alphabet: usize, depth: usize) -> Vec<u64> {
+    let mut keys = Vec::with_capacity(depth);
+    let mut packed = 0u64;
+    for d in 1..=depth.min(i) {
+        let symbol = u64::from(symbols[i - d]);
+        packed = if alphabet == 2 {
+            packed | symbol << (d - 1)
+        } else {
+            mix(packed ^ symbol ^ (d as u64) << 8)
+        };
+        keys.push(if alphabet == 2 {
+            1 << d | packed
+        } else {
+            packed
+        });
+    }
+    keys
+}
+
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Hasher for keys that are already well mixed (or small distinct integers).
+#[derive(Default)]
+struct PremixedHasher(u64);
+
+impl Hasher for PremixedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix(self.0 ^ u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = mix(x);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<PremixedHasher>>;
+
+/// Follower counts per context: the best follower and its count, and every (context, symbol).
+#[derive(Default)]
+struct ContextStore {
+    best: FastMap<u64, (u8, u32)>,
+    counts: FastMap<(u64, u8), u32>,
+}
+
+impl ContextStore {
+    fn reset(&mut self) {
+        self.best.clear();
+        self.counts.clear();
+    }
+
+    fn len(&self) -> usize {
+        self.best.len()
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.best.contains_key(&key)
+    }
+
+    fn most_frequent(&self, key: u64) -> Option<u8> {
+        self.best.get(&key).map(|&(symbol, _)| symbol)
+    }
+
+    fn most_frequent_with_count(&self, key: u64) -> Option<(u8, u32)> {
+        self.best.get(&key).copied()
+    }
+
+    fn add(&mut self, key: u64, symbol: u8) {
+        let count = self.counts.entry((key, symbol)).or_insert(0);
+        *count += 1;
+        let count = *count;
+        let best = self.best.entry(key).or_insert((symbol, 0));
+        if count > best.1 {
+            *best = (symbol, count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(alphabet: usize, symbols: Vec<u8>) -> Stream {
+        Stream {
+            label: String::new(),
+            alphabet,
+            symbols,
+        }
+    }
+
+    #[test]
+    fn period_three_is_learned_by_every_predictor() {
+        let symbols: Vec<u8> = (0..200).map(|i| [7u8, 200, 31][i % 3]).collect();
+        let s = stream(256, symbols.clone());
+        let mut store = ContextStore::default();
+        for correct in [
+            lag(&symbols),
+            multi_mmc(&s, &mut store),
+            lz78y(&s, &mut store),
+        ] {
+            assert!(correct >= 190, "{correct}");
+        }
+    }
+
+    #[test]
+    fn random_bits_are_right_about_half_the_time() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let symbols: Vec<u8> = (0..4000).map(|_| rng.random::<bool>() as u8).collect();
+        let s = stream(2, symbols.clone());
+        let mut store = ContextStore::default();
+        for correct in [
+            lag(&symbols),
+            multi_mmc(&s, &mut store),
+            lz78y(&s, &mut store),
+        ] {
+            // 4 standard deviations of Bin(3999, 1/2) is about 126.
+            assert!((correct as i64 - 2000).abs() < 130, "{correct}");
+        }
+    }
+}

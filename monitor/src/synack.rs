@@ -1,0 +1,275 @@
+//! The SYN-ACK sampler's userspace half: turns kernel records into ISN observations, keeps one
+//! scorer per service under a cap, and publishes the scores.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    num::NonZeroUsize,
+};
+
+use etherparse::{TcpOptionElement, TcpOptionsIterator};
+use lru::LruCache;
+use seqwatch_common::{
+    Direction,
+    synack::{FAMILY_IPV4, MAX_TCP_OPTIONS, SynAckRecord},
+};
+use serde::Serialize;
+
+use crate::{
+    metrics::Metrics,
+    scorer::{
+        IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, TcpOptionsSummary, Verdict,
+    },
+};
+
+/// One SYN-ACK, decoded. Also the line format of `--sample-log`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub direction: &'static str,
+    /// The SYN-ACK's sender: the service whose ISN this is.
+    pub server: SocketAddr,
+    pub client: SocketAddr,
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    pub ttl: u8,
+    pub mss: Option<u16>,
+    pub window_scale: Option<u8>,
+    pub sack_permitted: bool,
+    pub tsval: Option<u32>,
+    pub options_malformed: bool,
+}
+
+impl Sample {
+    pub fn from_record(record: &SynAckRecord) -> Self {
+        let (saddr, daddr) = if record.family == FAMILY_IPV4 {
+            (ipv4(&record.saddr), ipv4(&record.daddr))
+        } else {
+            (
+                IpAddr::V6(Ipv6Addr::from(record.saddr)),
+                IpAddr::V6(Ipv6Addr::from(record.daddr)),
+            )
+        };
+        let options_len = usize::from(record.options_len).min(MAX_TCP_OPTIONS);
+        let mut sample = Sample {
+            ts_ns: record.ts_ns,
+            ifindex: record.ifindex,
+            direction: Direction::from_u8(record.direction)
+                .unwrap_or(Direction::Egress)
+                .as_str(),
+            server: SocketAddr::new(saddr, record.sport),
+            client: SocketAddr::new(daddr, record.dport),
+            seq: record.seq,
+            ack: record.ack,
+            window: record.window,
+            ttl: record.ttl,
+            mss: None,
+            window_scale: None,
+            sack_permitted: false,
+            tsval: None,
+            options_malformed: false,
+        };
+        sample.summarize_options(&record.options[..options_len]);
+        sample
+    }
+
+    /// Keeps the options the scorer uses; a malformed list keeps what came before the fault.
+    fn summarize_options(&mut self, options: &[u8]) {
+        for option in TcpOptionsIterator::from_slice(options) {
+            match option {
+                Ok(TcpOptionElement::MaximumSegmentSize(mss)) => self.mss = Some(mss),
+                Ok(TcpOptionElement::WindowScale(shift)) => self.window_scale = Some(shift),
+                Ok(TcpOptionElement::SelectiveAcknowledgementPermitted) => {
+                    self.sack_permitted = true
+                }
+                Ok(TcpOptionElement::Timestamp(tsval, _)) => self.tsval = Some(tsval),
+                Ok(_) => {}
+                Err(_) => {
+                    self.options_malformed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn observation(&self, syncookies: bool) -> IsnObservation {
+        IsnObservation {
+            isn: self.seq,
+            ts_ns: self.ts_ns,
+            server: self.server,
+            client: self.client,
+            peer_isn: self.ack.wrapping_sub(1),
+            options: TcpOptionsSummary {
+                mss: self.mss,
+                wscale: self.window_scale,
+                sack_permitted: self.sack_permitted,
+                tsval: self.tsval,
+            },
+            syncookies,
+        }
+    }
+}
+
+fn ipv4(bytes: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+}
+
+struct ServiceState {
+    scorer: ServiceScorer,
+    /// New samples since the last published report.
+    dirty: bool,
+    report: Option<ServiceReport>,
+}
+
+/// One scorer per service, least recently seen evicted first once `cap` is reached.
+pub struct ServiceTable {
+    services: LruCache<SocketAddr, ServiceState>,
+    config: ScorerConfig,
+}
+
+impl ServiceTable {
+    pub fn new(cap: NonZeroUsize, config: ScorerConfig) -> Self {
+        ServiceTable {
+            services: LruCache::new(cap),
+            config,
+        }
+    }
+
+    /// Feeds one sample to its service's scorer; returns the service evicted to make room.
+    pub fn ingest(&mut self, sample: &Sample, syncookies: bool) -> Option<SocketAddr> {
+        let observation = sample.observation(syncookies);
+        if let Some(state) = self.services.get_mut(&sample.server) {
+            state.scorer.ingest(&observation);
+            state.dirty = true;
+            return None;
+        }
+        let mut scorer = ServiceScorer::new(&self.config);
+        scorer.ingest(&observation);
+        let state = ServiceState {
+            scorer,
+            dirty: true,
+            report: None,
+        };
+        self.services
+            .push(sample.server, state)
+            .and_then(|(evicted, _)| (evicted != sample.server).then_some(evicted))
+    }
+
+    /// Re-scores services with new samples and publishes their gauges.
+    pub fn publish(&mut self, metrics: &Metrics) {
+        for (service, state) in self.services.iter_mut() {
+            if !state.dirty {
+                continue;
+            }
+            state.dirty = false;
+            let report = state.scorer.report(&service.to_string());
+            set_gauges(metrics, &report);
+            state.report = Some(report);
+        }
+        metrics.services.set(self.services.len() as i64);
+    }
+
+    /// The latest report of every service, as served by the JSON endpoint.
+    pub fn reports(&self) -> Vec<ServiceReport> {
+        let mut reports: Vec<_> = self
+            .services
+            .iter()
+            .filter_map(|(_, state)| state.report.clone())
+            .collect();
+        reports.sort_by(|a, b| a.service.cmp(&b.service));
+        reports
+    }
+}
+
+fn set_gauges(metrics: &Metrics, report: &ServiceReport) {
+    let labels = [report.service.as_str()];
+    let isn = &metrics.isn;
+    isn.samples
+        .with_label_values(&labels)
+        .set(report.samples as i64);
+    isn.weak
+        .with_label_values(&labels)
+        .set(i64::from(report.verdict == Verdict::Weak));
+    if let Some(bits) = report.guess_bits {
+        isn.guess_bits.with_label_values(&labels).set(bits);
+    }
+    if let Some(feasibility) = report.attack_feasibility {
+        isn.attack_feasibility
+            .with_label_values(&labels)
+            .set(feasibility);
+    }
+    if let Some(nmap) = &report.nmap {
+        isn.nmap_sp.with_label_values(&labels).set(nmap.sp.into());
+        isn.nmap_gcd.with_label_values(&labels).set(nmap.gcd.into());
+        isn.nmap_isr.with_label_values(&labels).set(nmap.isr.into());
+    }
+}
+
+/// Counts samples per interface and direction; interface names come from the attach list.
+pub struct SampleCounter {
+    names: HashMap<u32, String>,
+}
+
+impl SampleCounter {
+    pub fn new() -> Self {
+        SampleCounter {
+            names: HashMap::new(),
+        }
+    }
+
+    pub fn name_interface(&mut self, ifindex: u32, name: &str) {
+        self.names.insert(ifindex, name.to_owned());
+    }
+
+    /// Forgets interfaces that are no longer present, returning them.
+    pub fn vanished(
+        &mut self,
+        present: &std::collections::BTreeMap<u32, crate::interfaces::Interface>,
+    ) -> Vec<(u32, String)> {
+        let gone: Vec<_> = self
+            .names
+            .iter()
+            .filter(|(index, name)| present.get(index).is_none_or(|i| i.name != **name))
+            .map(|(index, name)| (*index, name.clone()))
+            .collect();
+        for (index, _) in &gone {
+            self.names.remove(index);
+        }
+        gone
+    }
+
+    pub fn count(&self, metrics: &Metrics, sample: &Sample) {
+        let interface = self
+            .names
+            .get(&sample.ifindex)
+            .map_or("unknown", String::as_str);
+        metrics
+            .synack_samples
+            .with_label_values(&[interface, sample.direction])
+            .inc();
+    }
+}
+
+/// Writes every sample as one JSON line (for tests, and for offline analysis).
+pub struct SampleLog(std::io::BufWriter<std::fs::File>);
+
+impl SampleLog {
+    pub fn create(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(path)
+            .map_err(|err| anyhow::anyhow!("cannot create sample log {}: {err}", path.display()))?;
+        Ok(SampleLog(std::io::BufWriter::new(file)))
+    }
+
+    pub fn write(&mut self, sample: &Sample) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.0, sample)?;
+        self.0.write_all(b"\n")?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(self.0.flush()?)
+    }
+}
