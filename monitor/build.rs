@@ -3,10 +3,19 @@
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
-/// Keep in step with `xtask/src/toolchain.rs`, which installs it.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-10-30";
+/// The eBPF crate's own toolchain file names the pinned nightly.
+const EBPF_TOOLCHAIN_FILE: &str = include_str!("../monitor-ebpf/rust-toolchain.toml");
+
+fn ebpf_toolchain() -> anyhow::Result<&'static str> {
+    EBPF_TOOLCHAIN_FILE
+        .lines()
+        .find_map(|line| line.strip_prefix("channel = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .ok_or_else(|| anyhow!("monitor-ebpf/rust-toolchain.toml has no channel line"))
+}
 
 fn main() -> anyhow::Result<()> {
+    println!("cargo::rerun-if-changed=../monitor-ebpf/rust-toolchain.toml");
     let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
     let object = std::path::Path::new(&out_dir).join("seqwatch");
     if std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
@@ -31,6 +40,6 @@ fn main() -> anyhow::Result<()> {
             root_dir: root_dir.as_str(),
             ..Default::default()
         }],
-        Toolchain::Custom(EBPF_TOOLCHAIN),
+        Toolchain::Custom(ebpf_toolchain()?),
     )
 }

@@ -18,6 +18,15 @@ use seqwatch_common::{
     synack::{Counter, SynAckRecord},
 };
 
+/// The eBPF object built by aya-build and embedded in this binary.
+pub fn object() -> anyhow::Result<&'static [u8]> {
+    let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/seqwatch"));
+    if object.is_empty() {
+        bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF object");
+    }
+    Ok(object)
+}
+
 /// The classifier that samples SYN-ACKs in each direction.
 pub fn synack_program(direction: Direction) -> &'static str {
     match direction {
@@ -53,11 +62,7 @@ pub struct Probes {
 impl Probes {
     /// Loads and verifies every program of the embedded object.
     pub fn load(mode: AttachMode) -> anyhow::Result<Self> {
-        let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/seqwatch"));
-        if object.is_empty() {
-            bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF object");
-        }
-        let mut ebpf = Ebpf::load(object).context(
+        let mut ebpf = Ebpf::load(object()?).context(
             "loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON, \
              and a kernel with BTF)",
         )?;

@@ -1,1 +1,120 @@
-fn main() {}
+//! `cargo xtask` (through `./x`): set-up, run, test and benchmark Seqwatch.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Seqwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install whatever is missing: Debian packages, the pinned toolchains, bpf-linker.
+    Setup,
+    /// Set up, build (release) and run the monitor on this host; extra arguments go to
+    /// `seqwatch run` (see `seqwatch run --help`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check: fmt, clippy, unit and kernel tests, dashboards.
+    Test,
+    /// Set up, then measure the classifier's per-packet cost and the connection-rate overhead.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::ensure(),
+        Task::Run { args } => run(&args),
+        Task::Test => test(),
+        Task::Bench(args) => {
+            setup::ensure()?;
+            bench::run(&args)
+        }
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    setup::ensure()?;
+    step("build the monitor (release)");
+    cargo(&["build", "--release", "--package", "seqwatch"])?;
+    let binary = workspace_root().join("target/release/seqwatch");
+    step(&format!("start {} run {}", binary.display(), args.join(" ")));
+    let status = Command::new(&binary)
+        .arg("run")
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    if !status.success() {
+        bail!("seqwatch exited with {status}");
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    setup::ensure()?;
+    step("cargo fmt --check");
+    cargo(&["fmt", "--all", "--check"])?;
+    step("cargo clippy -D warnings");
+    cargo(&[
+        "clippy",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "seqwatch-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    step("cargo test (unit tests, and kernel tests in network namespaces)");
+    cargo(&["test", "--release", "--workspace", "--exclude", "seqwatch-ebpf"])?;
+    step("dashboards: promtool checks and rule tests, dashboard lint");
+    run_checked(Command::new("bash").arg(workspace_root().join("dashboards/check.sh")))?;
+    step("all checks passed");
+    Ok(())
+}
+
+/// Prints what is about to happen, so that a long run says where it is.
+pub fn step(what: &str) {
+    println!("==> {what}");
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs cargo in the workspace with bpf-linker on PATH.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command
+        .args(args)
+        .current_dir(workspace_root())
+        .env("PATH", setup::path_with_tools()?);
+    run_checked(&mut command)
+}
+
+pub fn run_checked(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}

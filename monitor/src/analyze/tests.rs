@@ -83,9 +83,7 @@ fn segment(
 /// A legacy pcap file (microsecond timestamps, little-endian).
 fn pcap(linktype: Linktype, frames: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
-    for word in [0xa1b2_c3d4u32] {
-        out.extend_from_slice(&word.to_le_bytes());
-    }
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&4u16.to_le_bytes());
     for word in [0u32, 0, 65_535, linktype.0 as u32] {

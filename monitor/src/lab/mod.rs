@@ -1,5 +1,6 @@
 //! The veth lab and the weak ISN responder: `seqwatch lab ...`, and the API tests use.
 
+mod crafter;
 mod generators;
 mod netns;
 mod responder;
@@ -13,6 +14,7 @@ use clap::Subcommand;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{setsockopt, sockopt};
 
+pub use crafter::Crafter;
 pub use generators::{FourTuple, GeneratorKind, IsnGenerator};
 pub use netns::{DEMO_NAME, Lab, LabOptions, NAME_PREFIX, cleanup_stale, command_in_netns};
 pub use responder::{Responder, ResponderConfig, SentSynAck, monotonic_ns};

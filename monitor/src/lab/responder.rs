@@ -407,13 +407,13 @@ impl Syn {
 }
 
 /// An AF_PACKET socket bound to one interface, seeing every frame on it.
-struct PacketSocket {
+pub(crate) struct PacketSocket {
     fd: OwnedFd,
     ifindex: usize,
 }
 
 impl PacketSocket {
-    fn open(interface: &str) -> anyhow::Result<PacketSocket> {
+    pub(crate) fn open(interface: &str) -> anyhow::Result<PacketSocket> {
         let ifindex = nix::net::if_::if_nametoindex(interface)
             .with_context(|| format!("no interface {interface} here"))?;
         let fd = socket::socket(
@@ -468,7 +468,7 @@ impl PacketSocket {
         }
     }
 
-    fn send(&self, frame: &[u8]) -> nix::Result<()> {
+    pub(crate) fn send(&self, frame: &[u8]) -> nix::Result<()> {
         socket::send(self.fd.as_raw_fd(), frame, MsgFlags::empty()).map(|_| ())
     }
 }

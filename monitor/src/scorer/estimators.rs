@@ -15,7 +15,7 @@ use super::window::Sample;
 
 /// Below this many symbols no predictor can reach the per-test level, so none is run.
 pub const MIN_SYMBOLS: usize = 32;
-/// 90B parameters.
+/// 90B parameters (upper limits: see `depth_for`).
 const LAG_DEPTH: usize = 128;
 const MMC_DEPTH: usize = 16;
 const LZ78Y_DEPTH: usize = 16;
@@ -66,37 +66,43 @@ struct Stream {
 
 pub fn most_predictable(window: &[Sample], step_residuals: &[i32]) -> Option<PredictorHit> {
     let mut best: Option<PredictorHit> = None;
-    let mut store = ContextStore::default();
-    for stream in streams(window, step_residuals) {
-        if stream.symbols.len() < MIN_SYMBOLS {
-            continue;
-        }
-        for predictor in PREDICTORS {
-            let correct = match predictor {
-                Predictor::Lag => lag(&stream.symbols),
-                Predictor::MultiMmc => multi_mmc(&stream, &mut store),
-                Predictor::Lz78y => lz78y(&stream, &mut store),
-            };
-            // The first symbol has nothing before it: predictions start at symbol 1.
-            let predictions = stream.symbols.len() - 1;
-            let p_value = binomial_at_least(
-                correct as u64,
-                predictions as u64,
-                1.0 / stream.alphabet as f64,
-            );
-            if best.as_ref().is_none_or(|b| p_value < b.p_value) {
-                best = Some(PredictorHit {
-                    stream: stream.label.clone(),
-                    predictor: predictor.name(),
-                    correct,
-                    predictions,
-                    p_value,
-                    streams_tested: FAMILY_SIZE,
-                });
+    STORE.with_borrow_mut(|store| {
+        for stream in streams(window, step_residuals) {
+            if stream.symbols.len() < MIN_SYMBOLS {
+                continue;
+            }
+            for predictor in PREDICTORS {
+                let correct = match predictor {
+                    Predictor::Lag => lag(&stream.symbols),
+                    Predictor::MultiMmc => multi_mmc(&stream, store),
+                    Predictor::Lz78y => lz78y(&stream, store),
+                };
+                // The first symbol has nothing before it: predictions start at symbol 1.
+                let predictions = stream.symbols.len() - 1;
+                let p_value = binomial_at_least(
+                    correct as u64,
+                    predictions as u64,
+                    1.0 / stream.alphabet as f64,
+                );
+                if best.as_ref().is_none_or(|b| p_value < b.p_value) {
+                    best = Some(PredictorHit {
+                        stream: stream.label.clone(),
+                        predictor: predictor.name(),
+                        correct,
+                        predictions,
+                        p_value,
+                        streams_tested: FAMILY_SIZE,
+                    });
+                }
             }
         }
-    }
+    });
     best
+}
+
+thread_local! {
+    /// The 2 MiB of flat tables are allocated once per thread, not once per report.
+    static STORE: std::cell::RefCell<ContextStore> = std::cell::RefCell::new(ContextStore::default());
 }
 
 fn streams(window: &[Sample], step_residuals: &[i32]) -> Vec<Stream> {
@@ -122,6 +128,9 @@ fn streams(window: &[Sample], step_residuals: &[i32]) -> Vec<Stream> {
 
 /// 90B Lag predictor: predict the symbol `d` back, for the `d ≤ 128` that has been right most.
 fn lag(symbols: &[u8]) -> usize {
+    // A lag beyond half the stream is scored on fewer symbols than it predicts; 90B sizes D
+    // for a million samples.
+    let depth = LAG_DEPTH.min(symbols.len() / 2).max(1);
     let mut scores = [0u32; LAG_DEPTH + 1];
     let mut winner = 1;
     let mut correct = 0;
@@ -129,12 +138,14 @@ fn lag(symbols: &[u8]) -> usize {
         if symbols[i - winner] == symbols[i] {
             correct += 1;
         }
-        for d in 1..=i.min(LAG_DEPTH) {
-            if symbols[i - d] == symbols[i] {
-                scores[d] += 1;
-                if scores[d] >= scores[winner] {
-                    winner = d;
-                }
+        let lags = i.min(depth);
+        // Branch-free scoring: for random symbols a branch here mispredicts half the time.
+        for d in 1..=lags {
+            scores[d] += u32::from(symbols[i - d] == symbols[i]);
+        }
+        for d in 1..=lags {
+            if scores[d] >= scores[winner] {
+                winner = d;
             }
         }
     }
@@ -143,30 +154,28 @@ fn lag(symbols: &[u8]) -> usize {
 
 /// 90B MultiMMC predictor: Markov models of order 1..=16; use the order that has been right most.
 fn multi_mmc(stream: &Stream, store: &mut ContextStore) -> usize {
-    store.reset();
+    store.reset(stream.alphabet);
     let symbols = &stream.symbols;
-    let mut scores = [0u32; MMC_DEPTH + 1];
-    let mut winner = 1;
+    let mut scores = [0u32; MMC_DEPTH];
+    let mut winner = 0;
     let mut correct = 0;
-    for i in 1..symbols.len() {
-        let keys = context_keys(symbols, i, stream.alphabet, MMC_DEPTH);
-        let guesses: Vec<Option<u8>> = keys.iter().map(|&k| store.most_frequent(k)).collect();
-        if guesses.get(winner - 1).copied().flatten() == Some(symbols[i]) {
+    for (i, &actual) in symbols.iter().enumerate().skip(1) {
+        let (keys, count) = context_keys(symbols, i, stream.alphabet, depth_for(MMC_DEPTH, stream));
+        let mut guesses = [None; MMC_DEPTH];
+        for (guess, &key) in guesses.iter_mut().zip(&keys[..count]) {
+            *guess = store.most_frequent(key).map(|(symbol, _)| symbol);
+        }
+        if guesses[winner] == Some(actual) {
             correct += 1;
         }
-        for (order, (&key, guess)) in keys
-            .iter()
-            .zip(&guesses)
-            .enumerate()
-            .map(|(o, x)| (o + 1, x))
-        {
-            if *guess == Some(symbols[i]) {
+        for order in 0..count {
+            if guesses[order] == Some(actual) {
                 scores[order] += 1;
                 if scores[order] >= scores[winner] {
                     winner = order;
                 }
             }
-            store.add(key, symbols[i]);
+            store.add(keys[order], actual);
         }
     }
     correct
@@ -175,54 +184,69 @@ fn multi_mmc(stream: &Stream, store: &mut ContextStore) -> usize {
 /// 90B LZ78Y predictor: a dictionary of the strings of up to 16 symbols seen so far; predict
 /// the most frequent follower of the previous strings, longer strings winning ties.
 fn lz78y(stream: &Stream, store: &mut ContextStore) -> usize {
-    store.reset();
+    store.reset(stream.alphabet);
     let symbols = &stream.symbols;
     let mut correct = 0;
-    for i in 1..symbols.len() {
-        let keys = context_keys(symbols, i, stream.alphabet, LZ78Y_DEPTH);
-        let guess = keys
-            .iter()
-            .rev()
-            .filter_map(|&k| store.most_frequent_with_count(k))
-            .fold(
-                None,
-                |best: Option<(u8, u32)>, (symbol, count)| match best {
-                    Some((_, best_count)) if best_count >= count => best,
-                    _ => Some((symbol, count)),
-                },
-            );
-        if guess.map(|(symbol, _)| symbol) == Some(symbols[i]) {
+    for (i, &actual) in symbols.iter().enumerate().skip(1) {
+        let (keys, count) =
+            context_keys(symbols, i, stream.alphabet, depth_for(LZ78Y_DEPTH, stream));
+        let mut guess: Option<(u8, u32)> = None;
+        for &key in keys[..count].iter().rev() {
+            if let Some((symbol, seen)) = store.most_frequent(key)
+                && guess.is_none_or(|(_, best)| seen > best)
+            {
+                guess = Some((symbol, seen));
+            }
+        }
+        if guess.map(|(symbol, _)| symbol) == Some(actual) {
             correct += 1;
         }
-        for &key in &keys {
+        for &key in &keys[..count] {
             if store.contains(key) || store.len() < LZ78Y_MAX_DICTIONARY {
-                store.add(key, symbols[i]);
+                store.add(key, actual);
             }
         }
     }
     correct
 }
 
-/// Keys of the contexts of lengths 1..=depth ending just before symbol i (shorter if i < depth).
-/// Bit contexts are packed exactly; byte contexts are hashed, which still makes each guess a
-/// function of the past only, so the null distribution stays exact.
-fn context_keys(symbols: &[u8], i: usize, alphabet: usize, depth: usize) -> Vec<u64> {
-    let mut keys = Vec::with_capacity(depth);
+/// Context length actually used: a context of d symbols recurs about n/k^d times in n symbols,
+/// so contexts longer than log_k(n) have almost never been seen before and cannot predict.
+fn depth_for(limit: usize, stream: &Stream) -> usize {
+    let per_symbol_bits = (stream.alphabet as f64).log2();
+    let useful = ((stream.symbols.len() as f64).log2() / per_symbol_bits).ceil() as usize;
+    limit.min(useful.max(1))
+}
+
+/// Longest context any predictor uses.
+const MAX_DEPTH: usize = 16;
+
+/// Keys of the contexts of lengths 1..=depth ending just before symbol i (fewer if i < depth).
+/// Bit contexts are packed exactly (below 2^17); byte contexts are hashed, which still makes
+/// each guess a function of the past only, so the null distribution stays exact.
+fn context_keys(
+    symbols: &[u8],
+    i: usize,
+    alphabet: usize,
+    depth: usize,
+) -> ([u64; MAX_DEPTH], usize) {
+    let mut keys = [0u64; MAX_DEPTH];
+    let count = depth.min(i);
     let mut packed = 0u64;
-    for d in 1..=depth.min(i) {
+    for d in 1..=count {
         let symbol = u64::from(symbols[i - d]);
         packed = if alphabet == 2 {
             packed | symbol << (d - 1)
         } else {
             mix(packed ^ symbol ^ (d as u64) << 8)
         };
-        keys.push(if alphabet == 2 {
+        keys[d - 1] = if alphabet == 2 {
             1 << d | packed
         } else {
             packed
-        });
+        };
     }
-    keys
+    (keys, count)
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -251,40 +275,80 @@ impl Hasher for PremixedHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<PremixedHasher>>;
 
+/// Bit contexts of up to 16 bits are packed below this, so a flat table holds them all.
+const FLAT_KEYS: usize = 1 << (MAX_DEPTH + 1);
+
 /// Follower counts per context: the best follower and its count, and every (context, symbol).
-#[derive(Default)]
+/// Binary streams use flat tables (reset by the keys touched); byte streams use hash maps.
 struct ContextStore {
+    binary: bool,
+    flat_best: Vec<(u8, u32)>,
+    flat_counts: Vec<[u32; 2]>,
+    touched: Vec<u32>,
     best: FastMap<u64, (u8, u32)>,
     counts: FastMap<(u64, u8), u32>,
 }
 
+impl Default for ContextStore {
+    fn default() -> Self {
+        Self {
+            binary: true,
+            flat_best: vec![(0, 0); FLAT_KEYS],
+            flat_counts: vec![[0, 0]; FLAT_KEYS],
+            touched: Vec::new(),
+            best: FastMap::default(),
+            counts: FastMap::default(),
+        }
+    }
+}
+
 impl ContextStore {
-    fn reset(&mut self) {
+    fn reset(&mut self, alphabet: usize) {
+        for &key in &self.touched {
+            self.flat_best[key as usize] = (0, 0);
+            self.flat_counts[key as usize] = [0, 0];
+        }
+        self.touched.clear();
         self.best.clear();
         self.counts.clear();
+        self.binary = alphabet == 2;
     }
 
     fn len(&self) -> usize {
-        self.best.len()
+        if self.binary {
+            self.touched.len()
+        } else {
+            self.best.len()
+        }
     }
 
     fn contains(&self, key: u64) -> bool {
-        self.best.contains_key(&key)
+        self.most_frequent(key).is_some()
     }
 
-    fn most_frequent(&self, key: u64) -> Option<u8> {
-        self.best.get(&key).map(|&(symbol, _)| symbol)
-    }
-
-    fn most_frequent_with_count(&self, key: u64) -> Option<(u8, u32)> {
-        self.best.get(&key).copied()
+    /// The most frequent follower of `key` and how often it followed.
+    fn most_frequent(&self, key: u64) -> Option<(u8, u32)> {
+        let best = if self.binary {
+            self.flat_best[key as usize]
+        } else {
+            self.best.get(&key).copied()?
+        };
+        (best.1 > 0).then_some(best)
     }
 
     fn add(&mut self, key: u64, symbol: u8) {
-        let count = self.counts.entry((key, symbol)).or_insert(0);
-        *count += 1;
-        let count = *count;
-        let best = self.best.entry(key).or_insert((symbol, 0));
+        let (count, best) = if self.binary {
+            let slot = &mut self.flat_counts[key as usize];
+            if *slot == [0, 0] {
+                self.touched.push(key as u32);
+            }
+            slot[usize::from(symbol)] += 1;
+            (slot[usize::from(symbol)], &mut self.flat_best[key as usize])
+        } else {
+            let count = self.counts.entry((key, symbol)).or_insert(0);
+            *count += 1;
+            (*count, self.best.entry(key).or_insert((symbol, 0)))
+        };
         if count > best.1 {
             *best = (symbol, count);
         }

@@ -74,7 +74,7 @@ struct TupleSlot {
 const REUSE_PAIRS_KEPT: usize = 256;
 
 /// Direct-mapped table of recent 4-tuples. A collision evicts the older tuple, which at worst
-/// lets one retransmit or reuse through as a new sample; the table is 4× the window so that
+/// lets one retransmit or reuse through as a new sample; the table is 2× the window so that
 /// is rare.
 pub struct TupleTable {
     slots: Vec<TupleSlot>,
@@ -85,7 +85,7 @@ pub struct TupleTable {
 impl TupleTable {
     pub fn new(window: usize) -> Self {
         Self {
-            slots: vec![TupleSlot::default(); (window * 4).next_power_of_two()],
+            slots: vec![TupleSlot::default(); (window * 2).next_power_of_two()],
             reuses: Vec::with_capacity(REUSE_PAIRS_KEPT),
             next_reuse: 0,
         }

@@ -1,0 +1,295 @@
+//! Shared parts of the kernel tests: the real daemon in a lab namespace, a real tcpdump
+//! capture of the same interface, TCP traffic, and /metrics scrapes.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use seqwatch::{
+    analyze::{capture::read_frames, packet::parse_synack},
+    lab::Lab,
+};
+
+/// /metrics inside the daemon's own namespace: every test has its own loopback.
+pub const METRICS_ADDR: &str = "127.0.0.1:10045";
+
+/// `seqwatch run` in a lab namespace; killed on drop if the test did not stop it.
+pub struct Daemon {
+    child: Child,
+    pub ns: String,
+    pub sample_log: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(lab: &Lab, ns: &str, dir: &Path, args: &[&str]) -> Daemon {
+        let sample_log = dir.join(format!("samples-{ns}.jsonl"));
+        let log = dir.join(format!("daemon-{ns}.log"));
+        let child = lab
+            .command_in(ns, env!("CARGO_BIN_EXE_seqwatch"))
+            .args(["run", "--listen", METRICS_ADDR, "--sample-log"])
+            .arg(&sample_log)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("daemon log"))
+            .spawn()
+            .expect("start seqwatch run");
+        Daemon {
+            child,
+            ns: ns.to_owned(),
+            sample_log,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until /metrics says the sampler is attached to `interface`.
+    pub fn wait_attached(&mut self, lab: &Lab, interface: &str, direction: &str) {
+        let series = format!(
+            "seqwatch_program_attached{{direction=\"{direction}\",interface=\"{interface}\",program=\"synack_{direction}\"}} 1"
+        );
+        let attached = wait_for(Duration::from_secs(30), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("seqwatch exited early ({status}):\n{}", self.log());
+            }
+            scrape(lab, &self.ns).is_some_and(|text| text.lines().any(|l| l == series))
+        });
+        assert!(attached, "never attached to {interface}:\n{}", self.log());
+    }
+
+    pub fn metrics(&self, lab: &Lab) -> String {
+        scrape(lab, &self.ns).unwrap_or_else(|| panic!("no /metrics:\n{}", self.log()))
+    }
+
+    /// SIGTERM, then the exit status must be success within 10 s.
+    pub fn stop(mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "seqwatch exited with {status}:\n{}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "seqwatch ignored SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the sample log holds `count` lines (it is flushed every second).
+    pub fn samples(&self, count: usize) -> Vec<serde_json::Value> {
+        let mut samples = Vec::new();
+        wait_for(Duration::from_secs(15), || {
+            samples = read_json_lines(&self.sample_log);
+            samples.len() >= count
+        });
+        samples
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The complete lines of a JSON-lines file (the writer may be mid-line).
+pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON sample line"))
+        .collect()
+}
+
+/// GET /metrics from inside `ns`.
+pub fn scrape(lab: &Lab, ns: &str) -> Option<String> {
+    http_get(lab, ns, "/metrics")
+}
+
+pub fn http_get(lab: &Lab, ns: &str, path: &str) -> Option<String> {
+    let url = format!("http://{METRICS_ADDR}{path}");
+    lab.run_in(ns, || {
+        ureq::get(&url)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()
+    })
+}
+
+/// The value of one exact series line (`name{labels}`), if present.
+pub fn series_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+pub fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+/// A real listener in `ns` that accepts and closes every connection, until the process ends.
+pub fn listen(lab: &Lab, ns: &str, addr: SocketAddr) {
+    let listener = lab
+        .run_in(ns, || TcpListener::bind(addr))
+        .expect("bind the test listener");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            drop(stream);
+        }
+    });
+}
+
+/// `count` complete TCP handshakes from `ns` to `to`, one after another.
+pub fn connect_many(lab: &Lab, ns: &str, to: SocketAddr, count: usize) {
+    lab.run_in(ns, || {
+        for i in 0..count {
+            TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                .unwrap_or_else(|err| panic!("connection {i} to {to}: {err}"));
+        }
+    });
+}
+
+/// tcpdump writing a pcap of one interface in a namespace.
+pub struct Capture {
+    child: Child,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(lab: &Lab, ns: &str, interface: &str, filter: &str, file: PathBuf) -> Capture {
+        let mut child = lab
+            .command_in(ns, "tcpdump")
+            .args([
+                "-i",
+                interface,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "200",
+                "-w",
+            ])
+            .arg(&file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tcpdump (apt-get install tcpdump; ./x setup does)");
+        let stderr = child.stderr.take().expect("tcpdump stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let ready = lines
+            .next()
+            .and_then(Result::ok)
+            .is_some_and(|line| line.contains("listening on"));
+        assert!(ready, "tcpdump did not start");
+        thread::spawn(move || lines.for_each(drop));
+        Capture { child, file }
+    }
+
+    /// Stops tcpdump (SIGINT flushes the file) and returns every SYN-ACK it captured as
+    /// (server, client, seq, ack).
+    pub fn stop(mut self) -> Vec<(SocketAddr, SocketAddr, u32, u32)> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).expect("SIGINT tcpdump");
+        self.child.wait().expect("wait tcpdump");
+        let file = std::fs::File::open(&self.file).expect("open capture");
+        let mut synacks = Vec::new();
+        read_frames(file, |frame| {
+            if let Some(synack) = parse_synack(frame.linktype, frame.data) {
+                synacks.push((
+                    synack.server,
+                    synack.client,
+                    synack.isn,
+                    synack.peer_isn.wrapping_add(1),
+                ));
+            }
+        })
+        .expect("read the capture");
+        synacks
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (server, client, seq, ack) of each sample, for comparison with a capture.
+pub fn sample_tuples(samples: &[serde_json::Value]) -> Vec<(SocketAddr, SocketAddr, u32, u32)> {
+    samples
+        .iter()
+        .map(|s| {
+            (
+                s["server"].as_str().unwrap().parse().unwrap(),
+                s["client"].as_str().unwrap().parse().unwrap(),
+                s["seq"].as_u64().unwrap() as u32,
+                s["ack"].as_u64().unwrap() as u32,
+            )
+        })
+        .collect()
+}
+
+/// Everything attached to an interface's TC hooks, as the kernel reports it: tcx programs
+/// (BPF_PROG_QUERY), tc filters and a clsact qdisc. Empty when nothing is.
+pub fn attachments(lab: &Lab, ns: &str, interface: &str) -> Vec<String> {
+    let name = std::ffi::CString::new(interface).unwrap();
+    let mut found: Vec<String> = lab.run_in(ns, || {
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            .flat_map(|hook| {
+                let (_, programs) =
+                    SchedClassifier::query_tcx(name.as_c_str(), hook).expect("query tcx programs");
+                programs
+                    .into_iter()
+                    .map(move |program| format!("tcx {hook:?}: {:?}", program.name_as_str()))
+            })
+            .collect()
+    });
+    let tc = |args: &[&str]| {
+        let out = lab.command_in(ns, "tc").args(args).output().expect("tc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for hook in ["ingress", "egress"] {
+        let filters = tc(&["filter", "show", "dev", interface, hook]);
+        found.extend(filters.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+    }
+    let qdiscs = tc(&["qdisc", "show", "dev", interface]);
+    found.extend(
+        qdiscs
+            .lines()
+            .filter(|l| l.contains("clsact"))
+            .map(str::to_owned),
+    );
+    found
+}
