@@ -1,6 +1,7 @@
 //! `cargo xtask` (through `./x`): set-up, run, test and benchmark Seqwatch.
 
 mod bench;
+mod demo;
 mod setup;
 
 use std::{
@@ -32,6 +33,8 @@ enum Task {
     Test,
     /// Set up, then measure the classifier's per-packet cost and the connection-rate overhead.
     Bench(bench::BenchArgs),
+    /// Set up, then show a weak ISN generator flagged in the veth lab (under a minute).
+    Demo,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,15 +46,21 @@ fn main() -> anyhow::Result<()> {
             setup::ensure()?;
             bench::run(&args)
         }
+        Task::Demo => {
+            setup::ensure()?;
+            demo::run()
+        }
     }
 }
 
 fn run(args: &[String]) -> anyhow::Result<()> {
     setup::ensure()?;
-    step("build the monitor (release)");
-    cargo(&["build", "--release", "--package", "seqwatch"])?;
-    let binary = workspace_root().join("target/release/seqwatch");
-    step(&format!("start {} run {}", binary.display(), args.join(" ")));
+    let binary = build_release()?;
+    step(&format!(
+        "start {} run {}",
+        binary.display(),
+        args.join(" ")
+    ));
     let status = Command::new(&binary)
         .arg("run")
         .args(args)
@@ -80,11 +89,24 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ])?;
     step("cargo test (unit tests, and kernel tests in network namespaces)");
-    cargo(&["test", "--release", "--workspace", "--exclude", "seqwatch-ebpf"])?;
+    cargo(&[
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "seqwatch-ebpf",
+    ])?;
     step("dashboards: promtool checks and rule tests, dashboard lint");
     run_checked(Command::new("bash").arg(workspace_root().join("dashboards/check.sh")))?;
     step("all checks passed");
     Ok(())
+}
+
+/// Builds the monitor in release mode and returns the binary's path.
+pub fn build_release() -> anyhow::Result<PathBuf> {
+    step("build the monitor (release)");
+    cargo(&["build", "--release", "--package", "seqwatch"])?;
+    Ok(workspace_root().join("target/release/seqwatch"))
 }
 
 /// Prints what is about to happen, so that a long run says where it is.

@@ -19,8 +19,9 @@ use crate::{run_checked, step, workspace_root};
 
 /// tcpdump: capture cross-checks; bpftool: BPF run-time stats in benchmarks; prometheus:
 /// promtool and the end-to-end scrape; nmap: the side-by-side ISN check; hping3: SYN floods;
-/// ethtool: VLAN offload in the lab; iproute2: namespaces, veth, tc.
+/// ethtool: interface offloads in the lab; iproute2: namespaces, veth, tc; curl: the demo.
 const DEBIAN_PACKAGES: &[&str] = &[
+    "curl",
     "tcpdump",
     "bpftool",
     "prometheus",
@@ -89,12 +90,14 @@ pub fn ebpf_toolchain() -> anyhow::Result<String> {
 }
 
 fn ensure_nightly(nightly: &str) -> anyhow::Result<()> {
-    let has_rust_src = sysroot(nightly)
-        .is_ok_and(|root| root.join("lib/rustlib/src/rust/library/core").is_dir());
+    let has_rust_src =
+        sysroot(nightly).is_ok_and(|root| root.join("lib/rustlib/src/rust/library/core").is_dir());
     if has_rust_src {
         return Ok(());
     }
-    step(&format!("rustup toolchain install {nightly} (with rust-src)"));
+    step(&format!(
+        "rustup toolchain install {nightly} (with rust-src)"
+    ));
     run_checked(Command::new("rustup").args([
         "toolchain",
         "install",
@@ -131,7 +134,8 @@ fn ensure_bpf_linker(nightly: &str) -> anyhow::Result<()> {
         .arg("--version")
         .output()
         .is_ok_and(|out| {
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
         });
     if works {
         return Ok(());

@@ -366,7 +366,7 @@ fn predictor_test(window: &[Sample], step_residuals: &[i32], alpha: f64) -> Opti
     Some(Finding::weakness(
         FindingKind::Predictor,
         format!(
-            "the {stream} is predictable: the {predictor} predictor was right {correct} times \
+            "{stream} is predictable: the {predictor} predictor was right {correct} times \
              in {predictions} ({:.0}%)",
             100.0 * rate
         ),

@@ -1,0 +1,145 @@
+//! Per-packet cost of the SYN-ACK classifier against an empty classifier, measured by the
+//! kernel itself (BPF_PROG_TEST_RUN), runs alternating. Needs root. Run by `./x bench`.
+
+use aya::{
+    Ebpf,
+    maps::RingBuf,
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
+
+/// Runs per measurement: below the ring buffer's capacity, so every SYN-ACK is recorded.
+const REPEAT: u32 = 10_000;
+const TRIALS: usize = 15;
+
+fn main() -> anyhow::Result<()> {
+    let mut ebpf = Ebpf::load(seqwatch::probes::object()?)?;
+    for name in ["baseline", "synack_egress"] {
+        classifier(&mut ebpf, name)?.load()?;
+    }
+    let mut records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").expect("map"))?;
+    println!(
+        "classifier cost per packet (BPF_PROG_TEST_RUN, {REPEAT} runs x {TRIALS} alternating trials, median)"
+    );
+    println!(
+        "{:<40} {:>9} {:>9} {:>9}",
+        "packet", "empty ns", "ours ns", "delta ns"
+    );
+    for (label, frame) in frames()? {
+        let mut empty = Vec::new();
+        let mut ours = Vec::new();
+        for _ in 0..TRIALS {
+            empty.push(run(&mut ebpf, "baseline", &frame)?);
+            ours.push(run(&mut ebpf, "synack_egress", &frame)?);
+            while records.next().is_some() {}
+        }
+        let (empty, ours) = (median(&mut empty), median(&mut ours));
+        println!(
+            "{label:<40} {empty:>9} {ours:>9} {:>9}",
+            ours as i64 - empty as i64
+        );
+    }
+    Ok(())
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    Ok(ebpf.program_mut(name).expect("program").try_into()?)
+}
+
+/// Average ns per run, as the kernel measured it.
+fn run(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> anyhow::Result<u128> {
+    let result = classifier(ebpf, name)?.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat: REPEAT,
+        ..Default::default()
+    })?;
+    Ok(result.duration.as_nanos())
+}
+
+fn median(values: &mut [u128]) -> u128 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const SERVER_V4: [u8; 4] = [10, 0, 0, 1];
+const CLIENT_V4: [u8; 4] = [10, 0, 0, 2];
+const SERVER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const CLIENT_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// What a busy server sends: data segments (with timestamps) and SYN-ACKs.
+fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+    let payload = [0x5a; 100];
+    let timestamps = [
+        TcpOptionElement::Noop,
+        TcpOptionElement::Noop,
+        TcpOptionElement::Timestamp(1, 2),
+    ];
+    let synack_options = [
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(1, 2),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ];
+    let v4 = || PacketBuilder::ethernet2(SERVER_MAC, CLIENT_MAC).ipv4(SERVER_V4, CLIENT_V4, 64);
+    let v6 = || PacketBuilder::ethernet2(SERVER_MAC, CLIENT_MAC).ipv6(SERVER_V6, CLIENT_V6, 64);
+    let tagged = || {
+        PacketBuilder::ethernet2(SERVER_MAC, CLIENT_MAC)
+            .single_vlan(VlanId::try_new(100).expect("vlan id"))
+            .ipv4(SERVER_V4, CLIENT_V4, 64)
+    };
+    let mut frames = Vec::new();
+    let mut push = |label,
+                    builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+                    payload: &[u8]|
+     -> anyhow::Result<()> {
+        let mut frame = Vec::with_capacity(builder.size(payload.len()));
+        builder.write(&mut frame, payload)?;
+        frames.push((label, frame));
+        Ok(())
+    };
+    push(
+        "IPv4 data segment (100 B, timestamps)",
+        v4().tcp(8080, 40000, 1, 65535)
+            .ack(2)
+            .psh()
+            .options(&timestamps)?,
+        &payload,
+    )?;
+    push(
+        "IPv6 data segment (100 B, timestamps)",
+        v6().tcp(8080, 40000, 1, 65535)
+            .ack(2)
+            .psh()
+            .options(&timestamps)?,
+        &payload,
+    )?;
+    push(
+        "802.1Q IPv4 data segment (slow path)",
+        tagged()
+            .tcp(8080, 40000, 1, 65535)
+            .ack(2)
+            .psh()
+            .options(&timestamps)?,
+        &payload,
+    )?;
+    push(
+        "IPv4 SYN-ACK",
+        v4().tcp(8080, 40000, 7, 65535)
+            .syn()
+            .ack(2)
+            .options(&synack_options)?,
+        &[],
+    )?;
+    push(
+        "IPv6 SYN-ACK",
+        v6().tcp(8080, 40000, 7, 65535)
+            .syn()
+            .ack(2)
+            .options(&synack_options)?,
+        &[],
+    )?;
+    Ok(frames)
+}

@@ -1,0 +1,160 @@
+//! TCP connections per second through the veth lab, with and without the monitor attached to
+//! the server's interface, in alternating rounds; reports the medians and their ratio.
+//! Needs root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::sys::socket::{setsockopt, sockopt::Linger};
+use seqwatch::lab::{Lab, LabOptions};
+
+const PORT: u16 = 8080;
+const ROUND: Duration = Duration::from_secs(3);
+const CLIENT_THREADS: usize = 2;
+const SERVER_THREADS: usize = 2;
+
+fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::var("SEQWATCH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(7);
+    let lab = Lab::create(&LabOptions::default())?;
+    let server = SocketAddr::new(lab.server_v4.into(), PORT);
+    serve(&lab, server)?;
+    println!(
+        "connections/s through the veth lab ({rounds} alternating rounds of {ROUND:?}, {CLIENT_THREADS} client threads)"
+    );
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for round in 0..rounds {
+        let bare = connection_rate(&lab, server);
+        let monitor = Monitor::start(&lab)?;
+        let monitored = connection_rate(&lab, server);
+        let samples = monitor.stop();
+        println!(
+            "round {round}: without {bare:>8.0}/s   with {monitored:>8.0}/s   ({samples} SYN-ACK samples)"
+        );
+        without.push(bare);
+        with.push(monitored);
+    }
+    let (without, with) = (median(&mut without), median(&mut with));
+    println!(
+        "median: without {without:.0}/s, with {with:.0}/s, ratio {:.3}",
+        with / without
+    );
+    Ok(())
+}
+
+/// Accepting threads in the server namespace, for the life of the process.
+fn serve(lab: &Lab, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = Arc::new(lab.run_in(&lab.server_ns, || TcpListener::bind(addr))?);
+    for _ in 0..SERVER_THREADS {
+        let listener = listener.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                drop(stream);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Completed handshakes per second over one round. Clients reset instead of closing, so that
+/// TIME_WAIT does not exhaust the ephemeral ports.
+fn connection_rate(lab: &Lab, server: SocketAddr) -> f64 {
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    lab.run_in(&lab.client_ns, || {
+        thread::scope(|scope| {
+            for _ in 0..CLIENT_THREADS {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(stream) = TcpStream::connect(server) {
+                            let _ = setsockopt(
+                                &stream,
+                                Linger,
+                                &libc::linger {
+                                    l_onoff: 1,
+                                    l_linger: 0,
+                                },
+                            );
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            thread::sleep(ROUND);
+            stop.store(true, Ordering::Relaxed);
+        });
+    });
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The release daemon attached to the server's veth, as deployed.
+struct Monitor<'a> {
+    lab: &'a Lab,
+    child: Child,
+}
+
+impl<'a> Monitor<'a> {
+    fn start(lab: &'a Lab) -> anyhow::Result<Monitor<'a>> {
+        let child = lab
+            .command_in(&lab.server_ns, env!("CARGO_BIN_EXE_seqwatch"))
+            .args(["run", "--interface", &lab.server_if])
+            .stderr(Stdio::null())
+            .spawn()?;
+        let monitor = Monitor { lab, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while monitor
+            .metric("seqwatch_program_attached{")
+            .is_none_or(|v| v < 1.0)
+        {
+            anyhow::ensure!(Instant::now() < deadline, "the monitor did not attach");
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(monitor)
+    }
+
+    fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self.lab.run_in(&self.lab.server_ns, || {
+            ureq::get("http://127.0.0.1:10045/metrics")
+                .call()
+                .ok()?
+                .body_mut()
+                .read_to_string()
+                .ok()
+        })?;
+        text.lines()
+            .find(|line| line.starts_with(prefix))?
+            .rsplit_once(' ')?
+            .1
+            .parse()
+            .ok()
+    }
+
+    /// Stops the daemon and returns how many samples it had taken.
+    fn stop(mut self) -> u64 {
+        thread::sleep(Duration::from_millis(1100)); // one publish tick
+        let samples = self.metric("seqwatch_synack_samples_total{").unwrap_or(0.0) as u64;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        samples
+    }
+}
