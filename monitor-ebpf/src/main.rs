@@ -1,6 +1,10 @@
 //! Seqwatch's kernel side. One detector per module; this file only names the entry points.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "aya's #[classifier] expands to an extern fn taking the raw __sk_buff pointer"
+)]
 
 mod packet;
 mod synack;

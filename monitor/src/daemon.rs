@@ -101,7 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut attacher = Attacher {
         selection,
         directions: args.directions(),
-        names: SampleCounter::new(),
+        names: SampleCounter::default(),
     };
     attacher.require_named_interfaces().await?;
     attacher.sync(&mut probes, &shared.metrics).await?;
@@ -116,7 +116,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut records = unsafe { AsyncFd::register(records) }
         .map_err(|err| anyhow::anyhow!("polling the ring buffer: {err}"))?;
-    let mut syncookies = SyncookieWatch::new();
+    let mut syncookies = SyncookieWatch::start();
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -27,7 +27,7 @@ impl Selection {
     pub fn wants(&self, interface: &Interface) -> bool {
         match self {
             Selection::AllUp => interface.up && !interface.loopback,
-            Selection::Named(names) => names.iter().any(|name| *name == interface.name),
+            Selection::Named(names) => names.contains(&interface.name),
         }
     }
 }

@@ -34,7 +34,8 @@ pub struct SyncookieWatch {
 }
 
 impl SyncookieWatch {
-    pub fn new() -> Self {
+    /// Starts watching from the counter's current value.
+    pub fn start() -> Self {
         SyncookieWatch {
             last: syncookies_sent(),
             active: false,

@@ -209,17 +209,12 @@ fn set_gauges(metrics: &Metrics, report: &ServiceReport) {
 }
 
 /// Counts samples per interface and direction; interface names come from the attach list.
+#[derive(Default)]
 pub struct SampleCounter {
     names: HashMap<u32, String>,
 }
 
 impl SampleCounter {
-    pub fn new() -> Self {
-        SampleCounter {
-            names: HashMap::new(),
-        }
-    }
-
     pub fn name_interface(&mut self, ifindex: u32, name: &str) {
         self.names.insert(ifindex, name.to_owned());
     }

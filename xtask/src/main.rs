@@ -88,6 +88,8 @@ fn test() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    step("cargo clippy -D warnings (eBPF crate, bpfel-unknown-none)");
+    clippy_ebpf()?;
     step("cargo test (unit tests, and kernel tests in network namespaces)");
     cargo(&[
         "test",
@@ -100,6 +102,21 @@ fn test() -> anyhow::Result<()> {
     run_checked(Command::new("bash").arg(workspace_root().join("dashboards/check.sh")))?;
     step("all checks passed");
     Ok(())
+}
+
+/// The kernel crate only builds for BPF, with its own nightly and `-Z build-std`.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let nightly = setup::ebpf_toolchain()?;
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", &nightly, "cargo", "clippy", "--release"])
+        .args(["--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        .current_dir(workspace_root().join("monitor-ebpf"))
+        .env("PATH", setup::path_with_tools()?)
+        .env_remove("RUSTC")
+        .env_remove("CARGO");
+    run_checked(&mut command)
 }
 
 /// Builds the monitor in release mode and returns the binary's path.

@@ -1,7 +1,7 @@
 //! Installs what the project needs, and nothing twice: a second run only checks.
 //!
 //! - Debian packages the tests, lab and benchmarks use;
-//! - the eBPF crate's dated nightly with rust-src (the host toolchain is `./x`'s job: it has to
+//! - the eBPF crate's dated nightly with rust-src and clippy (the host toolchain is `./x`'s job: it has to
 //!   exist before this program can be built);
 //! - bpf-linker, built from source against that nightly's own libLLVM (Debian's LLVM is too
 //!   old, and bpf-linker must speak exactly the LLVM the nightly emits);
@@ -105,7 +105,7 @@ fn ensure_nightly(nightly: &str) -> anyhow::Result<()> {
         "--profile",
         "minimal",
         "--component",
-        "rust-src",
+        "rust-src,clippy",
         "--no-self-update",
     ]))
 }

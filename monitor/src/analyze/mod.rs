@@ -110,7 +110,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let reports = analysis.reports();
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &serde_json::json!({ "services": reports }))?;
+        serde_json::to_writer(&mut out, &JsonOutput { services: &reports })?;
         writeln!(out)?;
     } else {
         write_table(&mut out, &reports)?;
@@ -120,6 +120,20 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `analyze --json`: exactly `{"services": [ServiceReport...]}`, fields in declaration order.
+#[derive(serde::Serialize)]
+struct JsonOutput<'a> {
+    services: &'a [ServiceReport],
+}
+
+fn format_probability(p: f64) -> String {
+    match p {
+        0.0 => "0".to_owned(),
+        _ if p >= 1e-3 => format!("{p:.3}"),
+        _ => format!("{p:.1e}"),
+    }
 }
 
 /// Opening failures are errors; damage inside the capture is returned for reporting.
@@ -143,7 +157,7 @@ pub fn write_table(out: &mut impl Write, reports: &[ServiceReport]) -> std::io::
         let bits = report.guess_bits.map_or("-".into(), |b| format!("{b:.1}"));
         let feasibility = report
             .attack_feasibility
-            .map_or("-".into(), |p| format!("{p:.3e}"));
+            .map_or("-".into(), format_probability);
         let nmap = report.nmap.as_ref().map_or("-".into(), |n| {
             format!("{:X}/{:X}/{:X} ({})", n.sp, n.gcd, n.isr, n.difficulty)
         });
