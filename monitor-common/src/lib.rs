@@ -4,6 +4,7 @@
 //! that the bytes the kernel writes are exactly the bytes userspace reads.
 #![no_std]
 
+pub mod handshake;
 pub mod synack;
 
 /// Where a TC program is attached, as seen from this host.

@@ -29,7 +29,9 @@ const IPV6_DEST_OPTS: u8 = 60;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
 
 /// The options buffer: a power of two, so that a masked length is provably in bounds.
 pub const OPTIONS_BUF: usize = 64;
@@ -52,6 +54,8 @@ pub struct TcpPacket {
     pub tcp: [u8; 20],
     /// Offset of the TCP header from the start of the frame.
     pub tcp_offset: usize,
+    /// Offset just past the IP payload (from the IP length: Ethernet padding excluded).
+    pub ip_end: usize,
 }
 
 impl TcpPacket {
@@ -62,6 +66,12 @@ impl TcpPacket {
     /// Length of the TCP options in bytes (0..=40), valid after `parse_tcp` checked it.
     pub fn options_len(&self) -> usize {
         usize::from(self.tcp[12] >> 4) * 4 - 20
+    }
+
+    /// TCP payload bytes, as the IP length says (0 if the lengths disagree).
+    pub fn payload_len(&self) -> usize {
+        self.ip_end
+            .saturating_sub(self.tcp_offset + usize::from(self.tcp[12] >> 4) * 4)
     }
 }
 
@@ -104,6 +114,100 @@ pub fn plain_tcp_flags(ctx: &TcContext) -> Option<Option<u8>> {
         ETH_P_8021Q | ETH_P_8021AD => None,
         _ => Some(None),
     }
+}
+
+/// For a packet `plain_tcp_flags` read in place: the low 32 bits of the source address and the
+/// ports word (source port << 16 | destination port), read in place too.
+#[inline(always)]
+pub fn plain_source_and_ports(ctx: &TcContext) -> Option<(u32, u32)> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + ETH_HLEN + 40 + 4 > end {
+        // Shorter than an IPv6 header plus ports: IPv4 only, checked below.
+        if data + ETH_HLEN + 20 + 4 > end {
+            return None;
+        }
+    }
+    // SAFETY: every offset read below was bounds-checked against data_end for its family.
+    let word = |offset: usize| unsafe {
+        u32::from_be(core::ptr::read_unaligned((data + offset) as *const u32))
+    };
+    // SAFETY: offset 12..14 lies within the checked range.
+    let ethertype = unsafe { u16::from_be(core::ptr::read_unaligned((data + 12) as *const u16)) };
+    match ethertype {
+        ETH_P_IPV4 => Some((word(ETH_HLEN + 12), word(ETH_HLEN + 20))),
+        ETH_P_IPV6 if data + ETH_HLEN + 40 + 4 <= end => {
+            Some((word(ETH_HLEN + 20), word(ETH_HLEN + 40)))
+        }
+        _ => None,
+    }
+}
+
+/// The IP and TCP fields of a packet `plain_tcp_flags` classified, copied in place (no helper
+/// calls), or `None` when the packet needs `parse_tcp` after all.
+#[inline(always)]
+pub fn read_plain_tcp(ctx: &TcContext) -> Option<TcpPacket> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    // Ethernet + IPv4 + the fixed TCP header; IPv6 checks its longer prefix below.
+    if data + ETH_HLEN + 20 + 20 > end {
+        return None;
+    }
+    // SAFETY: every offset read is below the bound checked for its family.
+    let byte = |offset: usize| unsafe { *((data + offset) as *const u8) };
+    let mut packet = TcpPacket {
+        family: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        ttl: 0,
+        tcp: [0; 20],
+        tcp_offset: 0,
+        ip_end: 0,
+    };
+    match u16::from_be_bytes([byte(12), byte(13)]) {
+        ETH_P_IPV4 => {
+            let fragment = u16::from_be_bytes([byte(ETH_HLEN + 6), byte(ETH_HLEN + 7)]) & 0x1fff;
+            if byte(ETH_HLEN) != 0x45 || fragment != 0 || byte(ETH_HLEN + 9) != IPPROTO_TCP {
+                return None;
+            }
+            packet.family = FAMILY_IPV4;
+            packet.ttl = byte(ETH_HLEN + 8);
+            packet.ip_end = ETH_HLEN
+                + usize::from(u16::from_be_bytes([byte(ETH_HLEN + 2), byte(ETH_HLEN + 3)]));
+            for i in 0..4 {
+                packet.saddr[i] = byte(ETH_HLEN + 12 + i);
+                packet.daddr[i] = byte(ETH_HLEN + 16 + i);
+            }
+            packet.tcp_offset = ETH_HLEN + 20;
+        }
+        ETH_P_IPV6 => {
+            if data + ETH_HLEN + 40 + 20 > end
+                || byte(ETH_HLEN) >> 4 != 6
+                || byte(ETH_HLEN + 6) != IPPROTO_TCP
+            {
+                return None;
+            }
+            packet.family = FAMILY_IPV6;
+            packet.ttl = byte(ETH_HLEN + 7);
+            packet.ip_end = ETH_HLEN
+                + 40
+                + usize::from(u16::from_be_bytes([byte(ETH_HLEN + 4), byte(ETH_HLEN + 5)]));
+            for i in 0..16 {
+                packet.saddr[i] = byte(ETH_HLEN + 8 + i);
+                packet.daddr[i] = byte(ETH_HLEN + 24 + i);
+            }
+            packet.tcp_offset = ETH_HLEN + 40;
+        }
+        _ => return None,
+    }
+    for i in 0..20 {
+        packet.tcp[i] = byte(packet.tcp_offset + i);
+    }
+    let header_len = usize::from(packet.tcp[12] >> 4) * 4;
+    if header_len < 20 || packet.tcp_offset + header_len > ctx.len() as usize {
+        return None;
+    }
+    Some(packet)
 }
 
 /// A bad data offset is left to the full parser, which counts it.
@@ -176,6 +280,7 @@ fn parse_ipv4(ctx: &TcContext, offset: usize) -> Result<TcpPacket, Skip> {
         ttl: header[8],
         tcp: [0; 20],
         tcp_offset: offset + ihl * 4,
+        ip_end: offset + usize::from(u16::from_be_bytes([header[2], header[3]])),
     };
     packet.saddr[..4].copy_from_slice(&header[12..16]);
     packet.daddr[..4].copy_from_slice(&header[16..20]);
@@ -195,6 +300,7 @@ fn parse_ipv6(ctx: &TcContext, offset: usize) -> Result<TcpPacket, Skip> {
         ttl: header[7],
         tcp: [0; 20],
         tcp_offset: 0,
+        ip_end: offset + 40 + usize::from(u16::from_be_bytes([header[4], header[5]])),
     };
     packet.saddr.copy_from_slice(&header[8..24]);
     packet.daddr.copy_from_slice(&header[24..40]);

@@ -1,9 +1,10 @@
-//! Per-packet cost of the SYN-ACK classifier against an empty classifier, measured by the
-//! kernel itself (BPF_PROG_TEST_RUN), runs alternating. Needs root. Run by `./x bench`.
+//! Per-packet cost of the classifiers (SYN-ACK sampler + handshake tracker, stateful checks on)
+//! against an empty classifier, in each direction, measured by the kernel itself
+//! (BPF_PROG_TEST_RUN), runs alternating. Needs root. Run by `./x bench`.
 
 use aya::{
     Ebpf,
-    maps::RingBuf,
+    maps::{Array, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
@@ -14,30 +15,33 @@ const TRIALS: usize = 15;
 
 fn main() -> anyhow::Result<()> {
     let mut ebpf = Ebpf::load(seqwatch::probes::object()?)?;
-    for name in ["baseline", "synack_egress"] {
+    for name in ["baseline", "synack_egress", "synack_ingress"] {
         classifier(&mut ebpf, name)?.load()?;
     }
+    Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?.set(0, &1, 0)?;
     let mut records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").expect("map"))?;
     println!(
         "classifier cost per packet (BPF_PROG_TEST_RUN, {REPEAT} runs x {TRIALS} alternating trials, median)"
     );
     println!(
-        "{:<40} {:>9} {:>9} {:>9}",
-        "packet", "empty ns", "ours ns", "delta ns"
+        "{:<40} {:<15} {:>9} {:>9} {:>9}",
+        "packet", "program", "empty ns", "ours ns", "delta ns"
     );
     for (label, frame) in frames()? {
-        let mut empty = Vec::new();
-        let mut ours = Vec::new();
-        for _ in 0..TRIALS {
-            empty.push(run(&mut ebpf, "baseline", &frame)?);
-            ours.push(run(&mut ebpf, "synack_egress", &frame)?);
-            while records.next().is_some() {}
+        for program in ["synack_egress", "synack_ingress"] {
+            let mut empty = Vec::new();
+            let mut ours = Vec::new();
+            for _ in 0..TRIALS {
+                empty.push(run(&mut ebpf, "baseline", &frame)?);
+                ours.push(run(&mut ebpf, program, &frame)?);
+                while records.next().is_some() {}
+            }
+            let (empty, ours) = (median(&mut empty), median(&mut ours));
+            println!(
+                "{label:<40} {program:<15} {empty:>9} {ours:>9} {:>9}",
+                ours as i64 - empty as i64
+            );
         }
-        let (empty, ours) = (median(&mut empty), median(&mut ours));
-        println!(
-            "{label:<40} {empty:>9} {ours:>9} {:>9}",
-            ours as i64 - empty as i64
-        );
     }
     Ok(())
 }
@@ -124,6 +128,13 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
             .psh()
             .options(&timestamps)?,
         &payload,
+    )?;
+    push(
+        "IPv4 SYN (a handshake's state lookup)",
+        v4().tcp(40000, 8080, 7, 65535)
+            .syn()
+            .options(&synack_options)?,
+        &[],
     )?;
     push(
         "IPv4 SYN-ACK",

@@ -10,6 +10,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use sd_notify::NotifyState;
 use seqwatch_common::Direction;
 use tokio::{
     io::unix::AsyncFd,
@@ -17,13 +18,16 @@ use tokio::{
 };
 
 use crate::{
-    http,
+    caps::{self, KernelFeatures},
+    config::{self, ConfigError},
+    handshake, http,
     interfaces::{self, LinkEvents, Selection},
     metrics::Metrics,
     netstat::SyncookieWatch,
     probes::{self, AttachMode, KernelCounters, Probes},
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
+    web::{WebConfig, WebSecurity},
 };
 
 /// The port /metrics listens on by default.
@@ -49,11 +53,39 @@ pub struct RunArgs {
     #[arg(long, default_value_t = NonZeroUsize::new(4096).expect("non-zero"))]
     pub max_services: NonZeroUsize,
     /// Guesses a blind attacker is allowed when estimating attack feasibility.
-    #[arg(long, default_value_t = ScorerConfig::default().guesses)]
+    #[arg(long, default_value_t = ScorerConfig::default().guesses,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub guesses: u64,
+    /// ISN samples kept and scored per service (8 to 65536).
+    #[arg(long, default_value_t = ScorerConfig::default().window,
+          value_parser = window_in_range)]
+    pub window: usize,
     /// Also write every SYN-ACK sample to this file as one JSON line.
     #[arg(long, value_name = "FILE")]
     pub sample_log: Option<PathBuf>,
+    /// Write every handshake anomaly as one JSON line to this file (`-`: stdout), at most a
+    /// burst of 10 then 1/s per source and kind. Stateful checks need `--direction both`.
+    #[arg(long, value_name = "FILE|-")]
+    pub event_log: Option<PathBuf>,
+    /// TLS and basic auth for the HTTP endpoints: an exporter-toolkit web-config YAML file.
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
+    /// Configuration file (TOML, see docs/config.md); flags given as well override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+fn window_in_range(text: &str) -> Result<usize, String> {
+    let window: usize = text.parse().map_err(|err| format!("{err}"))?;
+    if config::WINDOW.contains(&window) {
+        Ok(window)
+    } else {
+        Err(format!(
+            "expected {} to {}",
+            config::WINDOW.start(),
+            config::WINDOW.end()
+        ))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -81,10 +113,19 @@ pub struct Shared {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let security = match &args.web_config {
+        Some(path) => WebConfig::load(path)
+            .and_then(|config| config.security())
+            .map_err(|err| ConfigError(err.to_string()))?,
+        None => WebSecurity::plain(),
+    };
+    caps::require_privileges()?;
+    KernelFeatures::detect().require(args.attach_mode)?;
     let mut probes = Probes::load(args.attach_mode)?;
     let records = probes.take_synack_records()?;
     let scorer = ScorerConfig {
         guesses: args.guesses,
+        window: args.window,
         ..ScorerConfig::default()
     };
     let shared = Arc::new(Shared {
@@ -92,6 +133,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         counters: probes.take_synack_counters()?,
         services: Mutex::new(ServiceTable::new(args.max_services, scorer)),
     });
+    start_handshake_engine(&mut probes, &shared.metrics, &args)?;
     let selection = if args.interfaces.is_empty() {
         Selection::AllUp
     } else {
@@ -105,8 +147,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     attacher.require_named_interfaces().await?;
     attacher.sync(&mut probes, &shared.metrics).await?;
-    let server = http::serve(args.listen, shared.clone()).await?;
-    log::info!("serving http://{}/metrics", server.local_addr);
+    let server = http::serve(args.listen, shared.clone(), &security).await?;
+    let url = format!("{}://{}/metrics", security.scheme(), server.local_addr);
+    log::info!("serving {url}");
 
     let mut sample_log = args
         .sample_log
@@ -116,6 +159,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut records = unsafe { AsyncFd::register(records) }
         .map_err(|err| anyhow::anyhow!("polling the ring buffer: {err}"))?;
+    // Everything that needs privileges (or root's file access) is done: drop them.
+    caps::drop_after_attach()?;
+    notify_systemd(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("attached; serving {url}")),
+    ]);
     let mut syncookies = SyncookieWatch::start();
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -145,6 +194,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     log::info!("stopping: detaching every program");
+    notify_systemd(&[NotifyState::Stopping]);
     probes.detach_all();
     drain(
         records.get_mut(),
@@ -163,6 +213,27 @@ impl RunArgs {
     fn directions(&self) -> &'static [Direction] {
         self.direction.list()
     }
+}
+
+/// The anomaly reader runs as its own task; stateful checks only when both directions are on.
+fn start_handshake_engine(
+    probes: &mut Probes,
+    metrics: &Metrics,
+    args: &RunArgs,
+) -> anyhow::Result<()> {
+    if args.direction == Directions::Both {
+        probes.enable_handshake_tracking()?;
+    }
+    let options = handshake::EngineOptions {
+        event_log: args.event_log.clone(),
+        max_services: args.max_services,
+    };
+    handshake::start(
+        probes.take_anomaly_events()?,
+        probes.take_handshake_counters()?,
+        metrics.handshake.clone(),
+        &options,
+    )
 }
 
 /// Reads every record waiting in the ring buffer.
@@ -263,6 +334,13 @@ impl Attacher {
             }
             log::info!("interface {name} is gone");
         }
+    }
+}
+
+/// Tells systemd (Type=notify) about start-up and shutdown; a no-op outside systemd.
+fn notify_systemd(states: &[NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        log::warn!("cannot notify systemd: {err}");
     }
 }
 

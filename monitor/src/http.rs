@@ -11,14 +11,19 @@ use axum::{
     routing::get,
 };
 
-use crate::daemon::Shared;
+use crate::{daemon::Shared, web::WebSecurity};
 
 pub struct Server {
     pub local_addr: SocketAddr,
 }
 
-/// Binds at once (so a busy port is an error at start-up) and serves in the background.
-pub async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<Server> {
+/// Binds at once (so a busy port is an error at start-up) and serves in the background,
+/// behind the TLS and basic auth of the web config, if any.
+pub async fn serve(
+    listen: SocketAddr,
+    shared: Arc<Shared>,
+    security: &WebSecurity,
+) -> anyhow::Result<Server> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (use --listen to pick another)"))?;
@@ -28,11 +33,7 @@ pub async fn serve(listen: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<Se
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(services))
         .with_state(shared);
-    tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            log::error!("http server stopped: {err}");
-        }
-    });
+    security.serve(listener, app);
     Ok(Server { local_addr })
 }
 

@@ -2,7 +2,10 @@
 //! these modules, which tests and benchmarks use directly.
 
 pub mod analyze;
+pub mod caps;
+pub mod config;
 pub mod daemon;
+pub mod handshake;
 pub mod http;
 pub mod interfaces;
 pub mod lab;
@@ -11,3 +14,4 @@ pub mod netstat;
 pub mod probes;
 pub mod scorer;
 pub mod synack;
+pub mod web;

@@ -8,7 +8,7 @@ use prometheus::{
 };
 use seqwatch_common::synack::Counter;
 
-use crate::probes::KernelCounters;
+use crate::{handshake::HandshakeMetrics, probes::KernelCounters};
 
 pub struct Metrics {
     registry: Registry,
@@ -19,6 +19,7 @@ pub struct Metrics {
     /// SYN-ACKs whose option list was malformed (summarized in userspace).
     pub options_malformed: IntCounter,
     pub isn: IsnMetrics,
+    pub handshake: HandshakeMetrics,
     kernel: KernelMetrics,
 }
 
@@ -88,6 +89,7 @@ impl Metrics {
                 )?,
             )?,
             isn: IsnMetrics::new(&registry)?,
+            handshake: HandshakeMetrics::new(&registry)?,
             options_malformed: kernel.parse_errors.with_label_values(&["tcp_bad_options"]),
             kernel,
             registry,
@@ -229,7 +231,7 @@ fn advance(mirror: &IntCounter, total: u64) {
     }
 }
 
-fn register<C: prometheus::core::Collector + Clone + 'static>(
+pub(crate) fn register<C: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     collector: C,
 ) -> anyhow::Result<C> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         SchedClassifier, TcAttach, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcError},
@@ -17,6 +17,8 @@ use seqwatch_common::{
     Direction,
     synack::{Counter, SynAckRecord},
 };
+
+use crate::handshake::HandshakeCounters;
 
 /// The eBPF object built by aya-build and embedded in this binary.
 pub fn object() -> anyhow::Result<&'static [u8]> {
@@ -171,6 +173,33 @@ impl Probes {
             .take_map("SYNACK_COUNTERS")
             .context("the eBPF object has no SYNACK_COUNTERS map")?;
         Ok(KernelCounters(PerCpuArray::try_from(map)?))
+    }
+
+    pub fn take_anomaly_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("ANOMALY_EVENTS")
+            .context("the eBPF object has no ANOMALY_EVENTS map")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_handshake_counters(&mut self) -> anyhow::Result<HandshakeCounters> {
+        let map = self
+            .ebpf
+            .take_map("HANDSHAKE_COUNTERS")
+            .context("the eBPF object has no HANDSHAKE_COUNTERS map")?;
+        Ok(HandshakeCounters(PerCpuArray::try_from(map)?))
+    }
+
+    /// Turns on the handshake tracker's stateful checks: only sound when both directions are
+    /// attached, so that it sees SYNs coming in and SYN-ACKs going out.
+    pub fn enable_handshake_tracking(&mut self) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("HANDSHAKE_CONFIG")
+            .context("the eBPF object has no HANDSHAKE_CONFIG map")?;
+        Array::<_, u32>::try_from(map)?.set(0, &1, 0)?;
+        Ok(())
     }
 }
 

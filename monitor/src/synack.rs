@@ -268,3 +268,88 @@ impl SampleLog {
         Ok(self.0.flush()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use seqwatch_common::synack::FAMILY_IPV6;
+
+    use super::*;
+
+    fn record(family: u8, sport: u16, options: &[u8]) -> SynAckRecord {
+        let mut record = SynAckRecord {
+            ts_ns: 5,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            ifindex: 3,
+            seq: 0xdead_beef,
+            ack: 1_001,
+            sport,
+            dport: 40_000,
+            window: 65_535,
+            family,
+            direction: Direction::Ingress as u8,
+            ttl: 64,
+            options_len: options.len() as u8,
+            options: [0; MAX_TCP_OPTIONS],
+            _pad: [0; 2],
+        };
+        record.options[..options.len()].copy_from_slice(options);
+        record.saddr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        record.daddr[..4].copy_from_slice(&[198, 51, 100, 2]);
+        record
+    }
+
+    #[test]
+    fn decodes_an_ipv4_record_and_its_options() {
+        let options = [
+            2, 4, 5, 180, 4, 2, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        let sample = Sample::from_record(&record(FAMILY_IPV4, 443, &options));
+        assert_eq!(sample.server, "192.0.2.1:443".parse().unwrap());
+        assert_eq!(sample.client, "198.51.100.2:40000".parse().unwrap());
+        assert_eq!(sample.direction, "ingress");
+        assert_eq!(
+            (sample.mss, sample.window_scale, sample.tsval),
+            (Some(1460), Some(7), Some(9))
+        );
+        assert!(sample.sack_permitted && !sample.options_malformed);
+        assert_eq!(sample.observation(false).peer_isn, 1_000);
+    }
+
+    #[test]
+    fn decodes_ipv6_addresses_whole() {
+        let mut raw = record(FAMILY_IPV6, 22, &[]);
+        raw.saddr = std::net::Ipv6Addr::LOCALHOST.octets();
+        let sample = Sample::from_record(&raw);
+        assert_eq!(sample.server, "[::1]:22".parse().unwrap());
+        assert_eq!(sample.mss, None);
+    }
+
+    /// A length the kernel would never send is clamped, not trusted.
+    #[test]
+    fn an_overlong_options_length_is_clamped() {
+        let mut raw = record(FAMILY_IPV4, 80, &[1; 40]);
+        raw.options_len = 255;
+        assert!(!Sample::from_record(&raw).options_malformed);
+    }
+
+    #[test]
+    fn the_least_recently_seen_service_is_evicted_at_the_cap() {
+        let mut table = ServiceTable::new(NonZeroUsize::new(2).unwrap(), ScorerConfig::default());
+        let sample = |port| Sample::from_record(&record(FAMILY_IPV4, port, &[]));
+        assert_eq!(table.ingest(&sample(1), false), None);
+        assert_eq!(table.ingest(&sample(2), false), None);
+        assert_eq!(
+            table.ingest(&sample(1), false),
+            None,
+            "1 is now the most recent"
+        );
+        let evicted = table.ingest(&sample(3), false);
+        assert_eq!(evicted, Some("192.0.2.1:2".parse().unwrap()));
+        let metrics = Metrics::new().unwrap();
+        table.publish(&metrics);
+        let services: Vec<_> = table.reports().into_iter().map(|r| r.service).collect();
+        assert_eq!(services, ["192.0.2.1:1", "192.0.2.1:3"]);
+        assert_eq!(metrics.services.get(), 2);
+    }
+}

@@ -6,10 +6,33 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, bail};
 use etherparse::{
-    IpHeaders, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, TcpOptionElement, VlanId,
+    IpHeaders, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, TcpHeader, TcpOptionElement, VlanId,
 };
 
 use super::{Lab, responder::PacketSocket};
+
+/// TCP flag bits, for [`Segment::flags`].
+pub mod flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// Any TCP segment, however illegal: flags, numbers, options and payload as given.
+#[derive(Clone, Debug)]
+pub struct Segment<'a> {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    /// Bits of [`flags`]; the ack number is sent whatever they say.
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub options: &'a [TcpOptionElement],
+    pub payload: &'a [u8],
+}
 
 /// Sends frames out of one interface of a namespace to the veth peer.
 pub struct Crafter {
@@ -29,6 +52,44 @@ impl Crafter {
                 destination_mac,
             })
         })
+    }
+
+    /// A crafter on `lab.server_if`, addressing frames to `lab.client_if`: what it sends passes
+    /// the server's egress hook as if the server's stack had sent it.
+    pub fn server_to_client(lab: &Lab) -> anyhow::Result<Crafter> {
+        let destination_mac = lab.run_in(&lab.client_ns, || mac_address(&lab.client_if))?;
+        lab.run_in(&lab.server_ns, || {
+            Ok(Crafter {
+                socket: PacketSocket::open(&lab.server_if)?,
+                source_mac: mac_address(&lab.server_if)?,
+                destination_mac,
+            })
+        })
+    }
+
+    /// The MAC address frames are sent from.
+    pub fn source_mac(&self) -> [u8; 6] {
+        self.source_mac
+    }
+
+    /// Sends one untagged segment.
+    pub fn send_segment(&self, segment: &Segment) -> anyhow::Result<()> {
+        let mut header =
+            TcpHeader::new(segment.from.port(), segment.to.port(), segment.seq, 64_240);
+        header.fin = segment.flags & flags::FIN != 0;
+        header.syn = segment.flags & flags::SYN != 0;
+        header.rst = segment.flags & flags::RST != 0;
+        header.psh = segment.flags & flags::PSH != 0;
+        header.ack = segment.flags & flags::ACK != 0;
+        header.urg = segment.flags & flags::URG != 0;
+        header.acknowledgment_number = segment.ack;
+        header.set_options(segment.options)?;
+        let builder = PacketBuilder::ethernet2(self.source_mac, self.destination_mac)
+            .ip(ip_headers(segment.from.ip(), segment.to.ip())?)
+            .tcp_header(header);
+        let mut frame = Vec::with_capacity(builder.size(segment.payload.len()));
+        builder.write(&mut frame, segment.payload)?;
+        self.socket.send(&frame).context("sending a crafted frame")
     }
 
     /// A SYN from `from` to `to` with the client ISN `isn`, inside the given VLAN tags

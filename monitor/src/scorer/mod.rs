@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 
 pub use findings::{Finding, FindingKind, Severity};
 pub use models::Model;
-pub use nmap::{NmapIndex, difficulty_label};
+pub use nmap::{NmapIndex, difficulty_label, nmap_index};
 
 use window::{Sample, SampleWindow, TupleTable, TupleVerdict};
 

@@ -267,10 +267,10 @@ fn false_alarms(config: &ScorerConfig, windows: usize) -> usize {
                 } else {
                     Generator::Rfc6528
                 };
-                let size = if w % 1000 == 999 {
-                    1500
-                } else {
-                    SIZES[w / 2 % SIZES.len()]
+                let size = match w {
+                    _ if w % 1000 == 999 => 1500,
+                    _ if w % 100 == 98 => 256,
+                    _ => SIZES[w / 2 % SIZES.len()],
                 };
                 let mut service = Service::new(generator, w as u64);
                 let mut scorer = ServiceScorer::new(config);

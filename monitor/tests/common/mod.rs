@@ -293,3 +293,42 @@ pub fn attachments(lab: &Lab, ns: &str, interface: &str) -> Vec<String> {
     );
     found
 }
+
+// Used by tests/privileges.rs only; every test crate compiles this module.
+#[allow(dead_code)]
+impl Daemon {
+    /// Like [`Daemon::start`], with `seqwatch` run through `wrapper` (e.g. `setpriv …`), which
+    /// must exec it so that the child's pid is the daemon's.
+    pub fn start_wrapped(
+        lab: &Lab,
+        ns: &str,
+        dir: &Path,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Daemon {
+        let sample_log = dir.join(format!("samples-{ns}.jsonl"));
+        let log = dir.join(format!("daemon-{ns}.log"));
+        let child = lab
+            .command_in(ns, wrapper[0])
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_seqwatch"))
+            .args(["run", "--listen", METRICS_ADDR, "--sample-log"])
+            .arg(&sample_log)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("daemon log"))
+            .spawn()
+            .expect("start seqwatch run");
+        Daemon {
+            child,
+            ns: ns.to_owned(),
+            sample_log,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}

@@ -1,0 +1,567 @@
+//! Handshake anomaly tracker: stateless flag checks on every TCP segment that is not a plain
+//! ACK, and a small per-4-tuple state (LRU) for handshakes to this host's listeners, so that
+//! the third packet, retransmitted SYNs and SYN-ACKs, early data/FIN and handshake RSTs can be
+//! judged. Every anomaly becomes one `AnomalyEvent` in its own ring buffer.
+//!
+//! What established traffic pays: a plain ACK (ACK set; SYN, FIN, RST clear) — every data
+//! segment and pure ACK of an established connection — is only interesting as a handshake's
+//! third packet, which arrives on ingress while a handshake to us is open. So egress plain ACKs
+//! leave after the flags byte, and ingress ones after one read of a direct-mapped array
+//! (`OPEN_HANDSHAKES`, inlined by the verifier: no helper call, no hash-map lookup) that holds a
+//! tag of each 4-tuple with an open handshake. Only a tag match costs a state lookup. What that
+//! misses, accepted because the alternative is a hash lookup per data segment:
+//! - ACKs or data for a 4-tuple that never had a handshake (a SYN-cookie guess, or midstream
+//!   traffic): no state exists, so there is nothing to judge them against anyway;
+//! - the third packet of a handshake whose slot a newer handshake took over (a 1-in-65 536
+//!   collision): its state stays "SYN-ACK sent" until its FIN or RST, which are looked up and
+//!   complete it implicitly when they ack our SYN-ACK, so it yields no false anomaly;
+//! - anything after completion except SYN, FIN and RST (in-window checks are the kernel's).
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::__sk_buff,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use seqwatch_common::{
+    Direction,
+    handshake::{ANOMALY_RINGBUF_BYTES, AnomalyEvent, AnomalyKind, HandshakeCounter},
+    synack::FAMILY_IPV4,
+};
+
+use crate::packet::{
+    self, OPTIONS_BUF, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TcpPacket,
+};
+
+/// Handshakes (and completed connections, until their FIN or RST) tracked at once.
+const MAX_TRACKED: u32 = 65_536;
+/// Slots of the open-handshake filter: a power of two.
+const FILTER_SLOTS: u32 = 1 << 16;
+/// Slack for "right seq": a window, not an exact match (TFO data, a lost third ACK).
+const SEQ_WINDOW: u32 = 1 << 16;
+/// TCP options are at most 40 bytes, so at most 40 of them (all NOPs).
+const MAX_OPTIONS: usize = 40;
+const TCPOPT_END: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_FASTOPEN: u8 = 34;
+/// RFC 7413's experimental encoding: kind 254 with the magic 0xF989.
+const TCPOPT_EXPERIMENTAL: u8 = 254;
+
+const SYN_SEEN: u8 = 0;
+const SYNACK_SENT: u8 = 1;
+const ESTABLISHED: u8 = 2;
+
+/// Index 0: non-zero when userspace attached both directions, so that the stateful checks see
+/// both halves of every handshake. With one direction only the stateless checks run.
+#[map]
+static HANDSHAKE_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+static HANDSHAKES: LruHashMap<FlowKey, Handshake> = LruHashMap::with_max_entries(MAX_TRACKED, 0);
+
+/// Tag of the 4-tuple whose handshake is open in each slot, 0 for none.
+#[map]
+static OPEN_HANDSHAKES: Array<u32> = Array::with_max_entries(FILTER_SLOTS, 0);
+
+#[map]
+static ANOMALY_EVENTS: RingBuf = RingBuf::with_byte_size(ANOMALY_RINGBUF_BYTES, 0);
+
+#[map]
+static HANDSHAKE_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(HandshakeCounter::COUNT, 0);
+
+/// A connection as this host sees it: local = the listener (the service).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FlowKey {
+    local: [u8; 16],
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+    family: u8,
+    _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Handshake {
+    client_isn: u32,
+    /// Our SYN-ACK's seq (our ISN) and ack, once sent.
+    synack_seq: u32,
+    synack_ack: u32,
+    state: u8,
+    /// The SYN carried TFO data: the server may send data before the third ACK.
+    tfo: u8,
+    _pad: [u8; 2],
+}
+
+/// One segment, oriented: what the checks need.
+struct Segment<'a> {
+    tcp: &'a TcpPacket,
+    direction: Direction,
+    key: FlowKey,
+    tag: u32,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload_len: usize,
+}
+
+#[inline(always)]
+pub fn observe(ctx: &TcContext, direction: Direction) {
+    if let Some(fast) = packet::plain_tcp_flags(ctx) {
+        let Some(flags) = fast else { return };
+        if is_plain_ack(flags) && !may_complete_handshake_in_place(ctx, direction) {
+            return;
+        }
+    }
+    observe_slow(ctx, direction);
+}
+
+/// The fast path's filter check for a plain ACK read in place.
+#[inline(always)]
+fn may_complete_handshake_in_place(ctx: &TcContext, direction: Direction) -> bool {
+    if direction == Direction::Egress {
+        return false;
+    }
+    match packet::plain_source_and_ports(ctx) {
+        Some((remote, ports)) => filter_contains(filter_tag(remote, ports)),
+        None => true,
+    }
+}
+
+#[inline(never)]
+fn observe_slow(ctx: &TcContext, direction: Direction) {
+    // Parse failures are the SYN-ACK sampler's to count.
+    let Ok(tcp) = packet::parse_tcp(ctx) else {
+        return;
+    };
+    let segment = Segment::new(&tcp, direction);
+    if is_plain_ack(segment.flags)
+        && (direction == Direction::Egress || !filter_contains(segment.tag))
+    {
+        return;
+    }
+    if let Some(kind) = illegal_flags(segment.flags) {
+        report(ctx, &segment, kind, 0, 0);
+        return;
+    }
+    let mut tfo = false;
+    if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && segment.payload_len > 0 {
+        if !has_fastopen_option(ctx, tcp.tcp_offset + 20, tcp.options_len()) {
+            report(ctx, &segment, AnomalyKind::SynWithData, 0, 0);
+            return;
+        }
+        count(HandshakeCounter::TfoSyns);
+        tfo = true;
+    }
+    if tracking_enabled() {
+        track(ctx, &segment, tfo);
+    }
+}
+
+impl<'a> Segment<'a> {
+    #[inline(always)]
+    fn new(tcp: &'a TcpPacket, direction: Direction) -> Self {
+        let h = &tcp.tcp;
+        let sport = u16::from_be_bytes([h[0], h[1]]);
+        let dport = u16::from_be_bytes([h[2], h[3]]);
+        let (local, remote, local_port, remote_port) = match direction {
+            Direction::Ingress => (tcp.daddr, tcp.saddr, dport, sport),
+            Direction::Egress => (tcp.saddr, tcp.daddr, sport, dport),
+        };
+        let low = if tcp.family == FAMILY_IPV4 { 0 } else { 12 };
+        let remote_word = u32::from_be_bytes([
+            remote[low],
+            remote[low + 1],
+            remote[low + 2],
+            remote[low + 3],
+        ]);
+        Segment {
+            tcp,
+            direction,
+            key: FlowKey {
+                local,
+                remote,
+                local_port,
+                remote_port,
+                family: tcp.family,
+                _pad: [0; 3],
+            },
+            tag: filter_tag(
+                remote_word,
+                (u32::from(remote_port) << 16) | u32::from(local_port),
+            ),
+            flags: tcp.flags(),
+            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+            payload_len: tcp.payload_len(),
+        }
+    }
+}
+
+/// ACK set, SYN, FIN and RST clear: established traffic, or a handshake's third packet.
+#[inline(always)]
+fn is_plain_ack(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK) == TCP_ACK
+}
+
+/// Flag sets no conforming stack sends. ECE/CWR (ECN) are ignored: they are legal with SYN.
+#[inline(always)]
+fn illegal_flags(flags: u8) -> Option<AnomalyKind> {
+    let f = flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_PSH | TCP_ACK | TCP_URG);
+    if f & (TCP_SYN | TCP_FIN) == TCP_SYN | TCP_FIN {
+        Some(AnomalyKind::SynFin)
+    } else if f & (TCP_SYN | TCP_RST) == TCP_SYN | TCP_RST {
+        Some(AnomalyKind::SynRst)
+    } else if f == 0 {
+        Some(AnomalyKind::NullFlags)
+    } else if f == TCP_FIN | TCP_PSH | TCP_URG {
+        Some(AnomalyKind::XmasFlags)
+    } else if (f & TCP_ACK == 0 && f & (TCP_FIN | TCP_PSH | TCP_URG) != 0)
+        || f & (TCP_RST | TCP_FIN) == TCP_RST | TCP_FIN
+        || f & (TCP_SYN | TCP_URG) == TCP_SYN | TCP_URG
+    {
+        Some(AnomalyKind::InvalidFlags)
+    } else {
+        None
+    }
+}
+
+/// Whether a SYN's options include a Fast Open cookie (kind 34, or 254 with magic 0xF989).
+/// A subprogram of its own, reading each option from the packet (two bytes on the stack, not
+/// a buffer): the verifier walks the loop once, and the caller continues from two states.
+#[inline(never)]
+fn has_fastopen_option(ctx: &TcContext, options_start: usize, options_len: usize) -> bool {
+    let len = options_len & (OPTIONS_BUF - 1);
+    let mut i = 0;
+    for _ in 0..MAX_OPTIONS {
+        if i >= len {
+            return false;
+        }
+        let Ok([kind, option_len]) = ctx.load::<[u8; 2]>(options_start + i) else {
+            return false;
+        };
+        let step = match kind {
+            TCPOPT_END => return false,
+            TCPOPT_NOP => 1,
+            TCPOPT_FASTOPEN => return true,
+            TCPOPT_EXPERIMENTAL
+                if option_len >= 4
+                    && matches!(ctx.load::<[u8; 2]>(options_start + i + 2), Ok([0xf9, 0x89])) =>
+            {
+                return true;
+            }
+            _ if option_len < 2 => return false,
+            _ => usize::from(option_len),
+        };
+        let next = i + step;
+        if next >= len {
+            return false;
+        }
+        // Masked so that the verifier sees the same range at every iteration and prunes,
+        // instead of one state per possible offset (which exceeds its budget).
+        i = next & (OPTIONS_BUF - 1);
+    }
+    false
+}
+
+#[inline(always)]
+fn tracking_enabled() -> bool {
+    HANDSHAKE_CONFIG.get(0).is_some_and(|enabled| *enabled != 0)
+}
+
+#[inline(always)]
+fn track(ctx: &TcContext, segment: &Segment, tfo: bool) {
+    let flags = segment.flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
+    match segment.direction {
+        Direction::Ingress if flags == TCP_SYN => on_syn(ctx, segment, tfo),
+        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment),
+        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment),
+        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment),
+        Direction::Ingress => on_client_ack(ctx, segment),
+        Direction::Egress if flags == TCP_SYN | TCP_ACK => on_synack_sent(ctx, segment),
+        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment),
+        Direction::Egress if flags & TCP_FIN != 0 => forget(segment),
+        Direction::Egress => {}
+    }
+}
+
+#[inline(always)]
+fn on_syn(ctx: &TcContext, segment: &Segment, tfo: bool) {
+    match lookup(segment) {
+        Some(state) if state.state == ESTABLISHED => {
+            report(ctx, segment, AnomalyKind::SynOnEstablished, 0, 0);
+        }
+        Some(state) => {
+            if segment.seq != state.client_isn {
+                let expected = state.client_isn;
+                report(
+                    ctx,
+                    segment,
+                    AnomalyKind::SynRetransmitDifferentIsn,
+                    expected,
+                    0,
+                );
+            }
+        }
+        None => {
+            let state = Handshake {
+                client_isn: segment.seq,
+                synack_seq: 0,
+                synack_ack: 0,
+                state: SYN_SEEN,
+                tfo: u8::from(tfo),
+                _pad: [0; 2],
+            };
+            if HANDSHAKES.insert(&segment.key, &state, 0).is_ok() {
+                filter_set(segment.tag);
+            }
+        }
+    }
+}
+
+/// Our own SYN-ACK leaving: remember its ISN, or judge a retransmission against the first.
+#[inline(always)]
+fn on_synack_sent(ctx: &TcContext, segment: &Segment) {
+    match lookup(segment) {
+        Some(state) if state.state == SYNACK_SENT => {
+            let (seq, ack) = (state.synack_seq, state.synack_ack);
+            if segment.ack != ack {
+                let kind = AnomalyKind::SynAckRetransmitDifferentAck;
+                report(ctx, segment, kind, seq, ack);
+            } else if segment.seq != seq {
+                let kind = AnomalyKind::SynAckRetransmitDifferentSeq;
+                report(ctx, segment, kind, seq, ack);
+            }
+        }
+        Some(state) if state.state == SYN_SEEN => {
+            state.synack_seq = segment.seq;
+            state.synack_ack = segment.ack;
+            state.state = SYNACK_SENT;
+        }
+        Some(_) => {}
+        None => {
+            // The SYN was not seen (the tracker started, or its entry was evicted).
+            let state = Handshake {
+                client_isn: segment.ack.wrapping_sub(1),
+                synack_seq: segment.seq,
+                synack_ack: segment.ack,
+                state: SYNACK_SENT,
+                tfo: 0,
+                _pad: [0; 2],
+            };
+            if HANDSHAKES.insert(&segment.key, &state, 0).is_ok() {
+                filter_set(segment.tag);
+            }
+        }
+    }
+}
+
+/// Our RST. During the handshake it answers a bad third packet, and the kernel keeps its
+/// request: so does the tracker (the LRU ages it out). Otherwise the connection is over.
+#[inline(always)]
+fn on_server_rst(segment: &Segment) {
+    if lookup(segment).is_none_or(|state| state.state != SYNACK_SENT) {
+        forget(segment);
+    }
+}
+
+/// A SYN-ACK arriving for a 4-tuple where we are the server. In a simultaneous open the
+/// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate.
+#[inline(always)]
+fn on_synack_to_us(ctx: &TcContext, segment: &Segment) {
+    let Some(state) = lookup(segment) else {
+        return; // the answer to our own SYN: we are the client here
+    };
+    let simultaneous_open = segment.seq == state.client_isn
+        && (state.state == SYN_SEEN || segment.ack == state.synack_seq.wrapping_add(1));
+    if !simultaneous_open {
+        report(ctx, segment, AnomalyKind::SynAckToListener, 0, 0);
+    } else if state.state == SYNACK_SENT {
+        state.state = ESTABLISHED;
+        filter_clear(segment.tag);
+    }
+}
+
+/// A client RST during the handshake must hit the window at the next expected seq.
+#[inline(always)]
+fn on_rst(ctx: &TcContext, segment: &Segment) {
+    let Some(state) = lookup(segment) else {
+        return;
+    };
+    let expected = match state.state {
+        SYN_SEEN => state.client_isn.wrapping_add(1),
+        SYNACK_SENT => state.synack_ack,
+        _ => {
+            forget(segment);
+            return;
+        }
+    };
+    if segment.seq.wrapping_sub(expected) >= SEQ_WINDOW {
+        // The kernel ignores it, and so does the tracker.
+        report(ctx, segment, AnomalyKind::RstOutOfWindow, expected, 0);
+    } else {
+        forget(segment);
+    }
+}
+
+#[inline(always)]
+fn on_client_fin(ctx: &TcContext, segment: &Segment) {
+    let Some(state) = lookup(segment) else {
+        return;
+    };
+    let early = match state.state {
+        SYN_SEEN => true,
+        SYNACK_SENT => !acks_our_synack(state, segment),
+        _ => false,
+    };
+    if early {
+        report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0);
+    } else {
+        forget(segment);
+    }
+}
+
+/// A plain ACK on a 4-tuple the filter says has an open handshake: the third packet.
+#[inline(always)]
+fn on_client_ack(ctx: &TcContext, segment: &Segment) {
+    let Some(state) = lookup(segment) else {
+        return;
+    };
+    match state.state {
+        SYN_SEEN if segment.payload_len > 0 => {
+            report(ctx, segment, AnomalyKind::DataBeforeHandshake, 0, 0);
+        }
+        SYN_SEEN => report(ctx, segment, AnomalyKind::AckWithoutSynAck, 0, 0),
+        SYNACK_SENT => {
+            let seq_ok = segment.seq.wrapping_sub(state.synack_ack) < SEQ_WINDOW;
+            let kind = match (seq_ok, acks_our_synack(state, segment)) {
+                (true, true) => {
+                    state.state = ESTABLISHED;
+                    filter_clear(segment.tag);
+                    return;
+                }
+                (true, false) => AnomalyKind::HandshakeAckWrongAck,
+                (false, true) => AnomalyKind::HandshakeAckWrongSeq,
+                (false, false) => AnomalyKind::HandshakeAckWrongSeqAndAck,
+            };
+            let (seq, ack) = (state.synack_ack, state.synack_seq.wrapping_add(1));
+            report(ctx, segment, kind, seq, ack);
+        }
+        _ => {}
+    }
+}
+
+/// The ack is our ISN+1 exactly; after a TFO SYN the server may already have sent data.
+#[inline(always)]
+fn acks_our_synack(state: &Handshake, segment: &Segment) -> bool {
+    let acked = segment.ack.wrapping_sub(state.synack_seq.wrapping_add(1));
+    segment.flags & TCP_ACK != 0 && (acked == 0 || (state.tfo != 0 && acked < SEQ_WINDOW))
+}
+
+#[inline(always)]
+fn lookup<'m>(segment: &Segment) -> Option<&'m mut Handshake> {
+    count(HandshakeCounter::StateLookups);
+    // SAFETY: the entry stays valid for this program run (RCU); concurrent updates of the
+    // same 4-tuple on two CPUs can at worst lose one state change, never corrupt memory.
+    HANDSHAKES
+        .get_ptr_mut(&segment.key)
+        .map(|state| unsafe { &mut *state })
+}
+
+#[inline(always)]
+fn forget(segment: &Segment) {
+    let _ = HANDSHAKES.remove(&segment.key);
+    filter_clear(segment.tag);
+}
+
+/// A non-zero 32-bit tag of (remote address low word, remote port, local port).
+#[inline(always)]
+fn filter_tag(remote_word: u32, ports: u32) -> u32 {
+    let mut hash = remote_word.wrapping_mul(0x9e37_79b1) ^ ports;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    (hash ^ (hash >> 15)) | 1
+}
+
+#[inline(always)]
+fn filter_slot(tag: u32) -> u32 {
+    (tag >> 8) & (FILTER_SLOTS - 1)
+}
+
+#[inline(always)]
+fn filter_contains(tag: u32) -> bool {
+    OPEN_HANDSHAKES
+        .get(filter_slot(tag))
+        .is_some_and(|slot| *slot == tag)
+}
+
+#[inline(always)]
+fn filter_set(tag: u32) {
+    if let Some(slot) = OPEN_HANDSHAKES.get_ptr_mut(filter_slot(tag)) {
+        // SAFETY: an array slot; a racing writer can only replace one tag by another.
+        unsafe { *slot = tag };
+    }
+}
+
+#[inline(always)]
+fn filter_clear(tag: u32) {
+    if let Some(slot) = OPEN_HANDSHAKES.get_ptr_mut(filter_slot(tag)) {
+        // SAFETY: as in filter_set; only our own tag is cleared.
+        unsafe {
+            if *slot == tag {
+                *slot = 0;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn report(
+    ctx: &TcContext,
+    segment: &Segment,
+    kind: AnomalyKind,
+    expected_seq: u32,
+    expected_ack: u32,
+) {
+    let Some(mut entry) = ANOMALY_EVENTS.reserve::<AnomalyEvent>(0) else {
+        count(HandshakeCounter::EventsDropped);
+        return;
+    };
+    let tcp = segment.tcp;
+    let header = &tcp.tcp;
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved, writable AnomalyEvent; every field is written
+    // in place (no copy of the whole record on the small BPF stack) before submit.
+    unsafe {
+        (*event).ts_ns = bpf_ktime_get_ns();
+        (*event).saddr = tcp.saddr;
+        (*event).daddr = tcp.daddr;
+        // The context of a TC program is a valid __sk_buff.
+        (*event).ifindex = (*ctx.as_ptr().cast::<__sk_buff>()).ifindex;
+        (*event).seq = segment.seq;
+        (*event).ack = segment.ack;
+        (*event).expected_seq = expected_seq;
+        (*event).expected_ack = expected_ack;
+        (*event).sport = u16::from_be_bytes([header[0], header[1]]);
+        (*event).dport = u16::from_be_bytes([header[2], header[3]]);
+        (*event).payload_len = segment.payload_len as u16;
+        (*event).family = tcp.family;
+        (*event).direction = segment.direction as u8;
+        (*event).kind = kind as u8;
+        (*event).flags = segment.flags;
+        (*event)._pad = [0; 2];
+    }
+    entry.submit(0);
+}
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+fn count(counter: HandshakeCounter) {
+    if let Some(slot) = HANDSHAKE_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and TC programs do not nest on one CPU.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,284 @@
+//! The configuration file of `seqwatch run` (TOML), its validation (`seqwatch check-config`)
+//! and its merge with the command line, where flags win. Every error names the file, the line,
+//! the key and what is allowed. The keys are documented in docs/config.md.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    num::NonZeroUsize,
+    ops::{Range, RangeInclusive},
+    path::{Path, PathBuf},
+};
+
+use clap::{ArgMatches, ValueEnum, parser::ValueSource};
+use serde::{Deserialize, Deserializer};
+use toml::de::{DeTable, DeValue};
+
+use crate::{daemon::Directions, daemon::RunArgs, probes::AttachMode, web::WebConfig};
+
+/// Bounds of the numeric keys (and of their flags).
+pub const MAX_SERVICES: RangeInclusive<usize> = 1..=1_048_576;
+pub const MAX_SOURCES: RangeInclusive<usize> = 1..=1_048_576;
+pub const GUESSES: RangeInclusive<u64> = 1..=u64::MAX;
+/// The scorer needs a handful of samples per window; beyond 65 536 a window only costs memory.
+pub const WINDOW: RangeInclusive<usize> = 8..=65_536;
+/// Linux interface names are at most IFNAMSIZ - 1 bytes.
+const IFNAME_MAX: usize = 15;
+
+/// A configuration that cannot be used: exit code 2, like a usage error.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The file as written: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub interfaces: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "value_enum")]
+    pub direction: Option<Directions>,
+    pub listen: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "value_enum")]
+    pub attach_mode: Option<AttachMode>,
+    pub max_services: Option<usize>,
+    /// Sources tracked by the anomaly engine (accepted and validated; used once it lands).
+    pub max_sources: Option<usize>,
+    pub guesses: Option<u64>,
+    pub sample_log: Option<PathBuf>,
+    /// The handshake anomaly engine's event log (`-`: stdout).
+    pub event_log: Option<PathBuf>,
+    pub web_config: Option<PathBuf>,
+    #[serde(default)]
+    pub scorer: ScorerSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScorerSection {
+    pub window: Option<usize>,
+}
+
+/// A clap value enum read from a string, with the same names and the list of allowed ones.
+fn value_enum<'de, D: Deserializer<'de>, T: ValueEnum>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    T::from_str(&name, false).map(Some).map_err(|_| {
+        let allowed: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+            .collect();
+        serde::de::Error::custom(format!(
+            "`{name}` is not allowed: expected one of {}",
+            allowed.join(", ")
+        ))
+    })
+}
+
+/// A parsed file and where it came from, for messages and relative paths.
+pub struct LoadedConfig {
+    pub file: FileConfig,
+    path: PathBuf,
+    source: String,
+}
+
+impl LoadedConfig {
+    /// Reads, parses and validates a configuration file, and the web config it names.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError(format!("{}: cannot read: {err}", path.display())))?;
+        let mut config = LoadedConfig {
+            file: FileConfig::default(),
+            path: path.to_owned(),
+            source,
+        };
+        config.file = toml::from_str(&config.source).map_err(|err| {
+            config.error_at(err.span(), err.message().trim_end().to_owned(), None)
+        })?;
+        config.resolve_relative_paths();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Paths in the file are relative to the file's own directory.
+    fn resolve_relative_paths(&mut self) {
+        let base = self.path.parent().unwrap_or(Path::new(".")).to_owned();
+        let file = &mut self.file;
+        for path in [
+            &mut file.sample_log,
+            &mut file.event_log,
+            &mut file.web_config,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if path.is_relative() && path != Path::new("-") {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let file = &self.file;
+        for name in file.interfaces.iter().flatten() {
+            if name.is_empty() || name.len() > IFNAME_MAX || name.contains(['/', ' ', ':']) {
+                return Err(self.key_error(
+                    &["interfaces"],
+                    format!(
+                        "{name:?} is not an interface name: expected 1 to {IFNAME_MAX} \
+                         characters, no '/', ':' or space"
+                    ),
+                ));
+            }
+        }
+        self.check_range(&["max_services"], file.max_services, MAX_SERVICES)?;
+        self.check_range(&["max_sources"], file.max_sources, MAX_SOURCES)?;
+        self.check_range(&["guesses"], file.guesses, GUESSES)?;
+        self.check_range(&["scorer", "window"], file.scorer.window, WINDOW)?;
+        for (key, path) in [
+            ("sample_log", &file.sample_log),
+            ("event_log", &file.event_log),
+        ] {
+            if let Some(path) = path
+                && path.file_name().is_none()
+            {
+                return Err(self.key_error(&[key], "expected a file path".to_owned()));
+            }
+        }
+        if let Some(path) = &file.web_config {
+            WebConfig::load(path)
+                .map_err(|err| self.key_error(&["web_config"], err.to_string()))?;
+        }
+        Ok(())
+    }
+
+    fn check_range<T: PartialOrd + fmt::Display>(
+        &self,
+        key: &[&str],
+        value: Option<T>,
+        allowed: RangeInclusive<T>,
+    ) -> Result<(), ConfigError> {
+        match value {
+            Some(value) if !allowed.contains(&value) => Err(self.key_error(
+                key,
+                format!(
+                    "{value} is out of range: expected {} to {}",
+                    allowed.start(),
+                    allowed.end()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// An error about a key that parsed but is not acceptable.
+    fn key_error(&self, key: &[&str], message: String) -> ConfigError {
+        let span = DeTable::parse(&self.source)
+            .ok()
+            .and_then(|table| key_span(table.get_ref(), key));
+        self.error_at(span, message, Some(key.join(".")))
+    }
+
+    /// `FILE:LINE: key `KEY`: MESSAGE`, the key found from the span when not given.
+    fn error_at(
+        &self,
+        span: Option<Range<usize>>,
+        message: String,
+        key: Option<String>,
+    ) -> ConfigError {
+        let file = self.path.display();
+        let Some(span) = span else {
+            return ConfigError(format!("{file}: {message}"));
+        };
+        let line = self.source[..span.start.min(self.source.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        let key = key.or_else(|| {
+            let table = DeTable::parse(&self.source).ok()?;
+            key_at(table.get_ref(), span.start)
+        });
+        match key {
+            Some(key) => ConfigError(format!("{file}:{line}: key `{key}`: {message}")),
+            None => ConfigError(format!("{file}:{line}: {message}")),
+        }
+    }
+}
+
+/// The dotted key whose name or value covers byte `pos`, innermost first.
+fn key_at(table: &DeTable<'_>, pos: usize) -> Option<String> {
+    table.iter().find_map(|(key, value)| {
+        if let DeValue::Table(inner) = value.get_ref()
+            && let Some(inner_key) = key_at(inner, pos)
+        {
+            return Some(format!("{}.{inner_key}", key.get_ref()));
+        }
+        (key.span().contains(&pos) || value.span().contains(&pos))
+            .then(|| key.get_ref().to_string())
+    })
+}
+
+/// Where a dotted key's name is written.
+fn key_span(table: &DeTable<'_>, path: &[&str]) -> Option<Range<usize>> {
+    let (first, rest) = path.split_first()?;
+    let (key, value) = table.iter().find(|(key, _)| key.get_ref() == first)?;
+    match (rest.is_empty(), value.get_ref()) {
+        (true, _) => Some(key.span()),
+        (false, DeValue::Table(inner)) => key_span(inner, rest),
+        (false, _) => None,
+    }
+}
+
+/// `seqwatch run`'s arguments with the file's values under the flags that were not given.
+pub fn merge(mut args: RunArgs, matches: &ArgMatches) -> Result<RunArgs, ConfigError> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let file = LoadedConfig::load(&path)?.file;
+    let from_file = |id: &str| matches.value_source(id) != Some(ValueSource::CommandLine);
+    if let Some(interfaces) = file.interfaces
+        && from_file("interfaces")
+    {
+        args.interfaces = interfaces;
+    }
+    set(&mut args.direction, file.direction, from_file("direction"));
+    set(&mut args.listen, file.listen, from_file("listen"));
+    set(
+        &mut args.attach_mode,
+        file.attach_mode,
+        from_file("attach_mode"),
+    );
+    let max_services = file.max_services.and_then(NonZeroUsize::new);
+    set(
+        &mut args.max_services,
+        max_services,
+        from_file("max_services"),
+    );
+    set(&mut args.guesses, file.guesses, from_file("guesses"));
+    set(&mut args.window, file.scorer.window, from_file("window"));
+    if from_file("sample_log") && file.sample_log.is_some() {
+        args.sample_log = file.sample_log;
+    }
+    if from_file("event_log") && file.event_log.is_some() {
+        args.event_log = file.event_log;
+    }
+    if from_file("web_config") && file.web_config.is_some() {
+        args.web_config = file.web_config;
+    }
+    Ok(args)
+}
+
+fn set<T>(target: &mut T, value: Option<T>, from_file: bool) {
+    if let Some(value) = value
+        && from_file
+    {
+        *target = value;
+    }
+}

@@ -1,0 +1,496 @@
+//! The handshake anomaly engine's userspace half: reads the kernel tracker's anomaly events,
+//! counts them per kind and service (services capped, overflow labelled `other`), and writes
+//! each as one JSON line for a SIEM, rate-limited per (source address, kind).
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io::{BufWriter, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use lru::LruCache;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use seqwatch_common::{
+    Direction,
+    handshake::{AnomalyEvent, AnomalyKind, Expects, HandshakeCounter},
+    synack::FAMILY_IPV4,
+};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use crate::metrics::register;
+
+/// The service label of anomalies beyond the service cap.
+pub const OTHER_SERVICE: &str = "other";
+/// Events per (source, kind) let through at once, and refilled per second, by the log's limit.
+const LOG_BURST: f64 = 10.0;
+const LOG_REFILL_PER_SECOND: f64 = 1.0;
+/// (source, kind) buckets remembered; the least recently used is forgotten.
+const LOG_BUCKETS: usize = 4096;
+
+/// Options of the engine, from `seqwatch run`.
+pub struct EngineOptions {
+    /// JSON-lines event log: a file, or `-` for stdout.
+    pub event_log: Option<PathBuf>,
+    pub max_services: NonZeroUsize,
+}
+
+/// The engine's metrics, registered with the daemon's registry.
+#[derive(Clone)]
+pub struct HandshakeMetrics {
+    pub anomalies: IntCounterVec,
+    pub events_dropped: IntCounter,
+    pub events_rate_limited: IntCounter,
+    pub tfo_syns: IntCounter,
+    pub state_lookups: IntCounter,
+}
+
+impl HandshakeMetrics {
+    pub fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let counter = |name: &str, help: &str| register(registry, IntCounter::new(name, help)?);
+        Ok(HandshakeMetrics {
+            anomalies: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "seqwatch_handshake_anomalies_total",
+                        "TCP handshake and flag anomalies, by kind and local service \
+                         (services beyond the cap are \"other\").",
+                    ),
+                    &["kind", "service"],
+                )?,
+            )?,
+            events_dropped: counter(
+                "seqwatch_anomaly_events_dropped_total",
+                "Anomaly events lost in the kernel because their ring buffer was full.",
+            )?,
+            events_rate_limited: counter(
+                "seqwatch_anomaly_events_rate_limited_total",
+                "Anomaly events counted but left out of the event log by the per-source limit.",
+            )?,
+            tfo_syns: counter(
+                "seqwatch_tfo_syns_total",
+                "SYNs carrying data with a TCP Fast Open option (legitimate, not anomalies).",
+            )?,
+            state_lookups: counter(
+                "seqwatch_handshake_state_lookups_total",
+                "Segments whose handshake state the kernel tracker looked up.",
+            )?,
+        })
+    }
+
+    fn refresh(&self, counters: &HandshakeCounters) {
+        advance(
+            &self.events_dropped,
+            counters.read(HandshakeCounter::EventsDropped),
+        );
+        advance(&self.tfo_syns, counters.read(HandshakeCounter::TfoSyns));
+        advance(
+            &self.state_lookups,
+            counters.read(HandshakeCounter::StateLookups),
+        );
+    }
+}
+
+fn advance(mirror: &IntCounter, total: u64) {
+    let delta = total.saturating_sub(mirror.get());
+    if delta > 0 {
+        mirror.inc_by(delta);
+    }
+}
+
+/// The tracker's per-CPU counters, summed over CPUs on read.
+pub struct HandshakeCounters(pub PerCpuArray<MapData, u64>);
+
+impl HandshakeCounters {
+    pub fn read(&self, counter: HandshakeCounter) -> u64 {
+        self.0
+            .get(&(counter as u32), 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// One anomaly, decoded. Also the line format of `--event-log`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Anomaly {
+    /// RFC 3339, UTC, from the kernel's monotonic timestamp.
+    pub time: String,
+    pub kind: &'static str,
+    /// The local side: the listener on ingress, the sender on egress.
+    pub service: SocketAddr,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub direction: &'static str,
+    pub ifindex: u32,
+    /// TCP flags as letters: F S R P A U E C.
+    pub flags: String,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload_len: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_seq: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_ack: Option<u32>,
+    #[serde(skip)]
+    pub ts_ns: u64,
+    #[serde(skip)]
+    pub anomaly_kind: AnomalyKind,
+}
+
+impl Anomaly {
+    /// `None` for a kind this build does not know (never expected from our program).
+    pub fn from_event(event: &AnomalyEvent, clock: &Clock) -> Option<Self> {
+        let kind = AnomalyKind::from_u8(event.kind)?;
+        let (saddr, daddr) = if event.family == FAMILY_IPV4 {
+            (ipv4(&event.saddr), ipv4(&event.daddr))
+        } else {
+            (
+                IpAddr::V6(Ipv6Addr::from(event.saddr)),
+                IpAddr::V6(Ipv6Addr::from(event.daddr)),
+            )
+        };
+        let source = SocketAddr::new(saddr, event.sport);
+        let destination = SocketAddr::new(daddr, event.dport);
+        let direction = Direction::from_u8(event.direction)?;
+        let service = match direction {
+            Direction::Ingress => destination,
+            Direction::Egress => source,
+        };
+        let (expected_seq, expected_ack) = match kind.expects() {
+            Expects::Nothing => (None, None),
+            Expects::Seq => (Some(event.expected_seq), None),
+            Expects::SeqAndAck => (Some(event.expected_seq), Some(event.expected_ack)),
+        };
+        Some(Anomaly {
+            time: clock.rfc3339(event.ts_ns),
+            kind: kind.as_str(),
+            service,
+            source,
+            destination,
+            direction: direction.as_str(),
+            ifindex: event.ifindex,
+            flags: flag_letters(event.flags),
+            seq: event.seq,
+            ack: event.ack,
+            payload_len: event.payload_len,
+            expected_seq,
+            expected_ack,
+            ts_ns: event.ts_ns,
+            anomaly_kind: kind,
+        })
+    }
+}
+
+fn ipv4(bytes: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+}
+
+fn flag_letters(flags: u8) -> String {
+    b"FSRPAUEC"
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| flags & (1 << bit) != 0)
+        .map(|(_, letter)| char::from(*letter))
+        .collect()
+}
+
+/// Turns `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) into wall-clock time.
+pub struct Clock {
+    wall_minus_monotonic_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i128;
+        let monotonic = crate::lab::monotonic_ns() as i128;
+        Clock {
+            wall_minus_monotonic_ns: wall - monotonic,
+        }
+    }
+
+    fn rfc3339(&self, monotonic_ns: u64) -> String {
+        let unix_ns = (monotonic_ns as i128 + self.wall_minus_monotonic_ns).max(0);
+        let (secs, millis) = (
+            (unix_ns / 1_000_000_000) as i64,
+            (unix_ns / 1_000_000) % 1000,
+        );
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Service labels under a cap: the first `cap` services keep their own label, later ones are
+/// counted as `other`, so that a port scan cannot grow the series without bound.
+pub struct ServiceLabels {
+    cap: usize,
+    known: HashSet<SocketAddr>,
+}
+
+impl ServiceLabels {
+    pub fn new(cap: NonZeroUsize) -> Self {
+        ServiceLabels {
+            cap: cap.get(),
+            known: HashSet::new(),
+        }
+    }
+
+    pub fn label(&mut self, service: SocketAddr) -> String {
+        if self.known.contains(&service) || self.known.len() < self.cap {
+            self.known.insert(service);
+            service.to_string()
+        } else {
+            OTHER_SERVICE.to_owned()
+        }
+    }
+}
+
+/// A token bucket per (source address, kind), in a bounded LRU.
+pub struct RateLimiter {
+    buckets: LruCache<(IpAddr, AnomalyKind), (f64, Instant)>,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter {
+            buckets: LruCache::new(NonZeroUsize::new(LOG_BUCKETS).expect("non-zero")),
+        }
+    }
+}
+
+impl RateLimiter {
+    pub fn allow(&mut self, source: IpAddr, kind: AnomalyKind, now: Instant) -> bool {
+        let (tokens, last) = self
+            .buckets
+            .get_or_insert_mut((source, kind), || (LOG_BURST, now));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * LOG_REFILL_PER_SECOND;
+        *tokens = (*tokens + refill).min(LOG_BURST);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Everything the reader task owns.
+struct Engine {
+    metrics: HandshakeMetrics,
+    counters: HandshakeCounters,
+    services: ServiceLabels,
+    limiter: RateLimiter,
+    log: Option<Box<dyn Write + Send>>,
+    clock: Clock,
+}
+
+impl Engine {
+    fn handle(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
+        let service = self.services.label(anomaly.service);
+        self.metrics
+            .anomalies
+            .with_label_values(&[anomaly.kind, service.as_str()])
+            .inc();
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        if !self
+            .limiter
+            .allow(anomaly.source.ip(), anomaly.anomaly_kind, Instant::now())
+        {
+            self.metrics.events_rate_limited.inc();
+            return Ok(());
+        }
+        serde_json::to_writer(&mut *log, anomaly)?;
+        log.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        while let Some(item) = events.next() {
+            let Some(anomaly) =
+                decode_event(&item).and_then(|e| Anomaly::from_event(&e, &self.clock))
+            else {
+                log::warn!("undecodable anomaly event of {} bytes ignored", item.len());
+                continue;
+            };
+            self.handle(&anomaly)?;
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.flush()?;
+        }
+        self.metrics.refresh(&self.counters);
+        Ok(())
+    }
+}
+
+/// Decodes one ring-buffer item; `None` for a short item.
+pub fn decode_event(bytes: &[u8]) -> Option<AnomalyEvent> {
+    if bytes.len() < size_of::<AnomalyEvent>() {
+        return None;
+    }
+    // SAFETY: AnomalyEvent is plain old data and the length was checked.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<AnomalyEvent>()) })
+}
+
+fn open_log(path: &Path) -> anyhow::Result<Box<dyn Write + Send>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the event log {}", path.display()))?;
+    Ok(Box::new(BufWriter::new(file)))
+}
+
+/// Starts the reader task: it runs until the runtime stops. `events` and `counters` are the
+/// tracker's maps, taken from the loaded object.
+pub fn start(
+    events: RingBuf<MapData>,
+    counters: HandshakeCounters,
+    metrics: HandshakeMetrics,
+    options: &EngineOptions,
+) -> anyhow::Result<()> {
+    let mut engine = Engine {
+        metrics,
+        counters,
+        services: ServiceLabels::new(options.max_services),
+        limiter: RateLimiter::default(),
+        log: options.event_log.as_deref().map(open_log).transpose()?,
+        clock: Clock::now(),
+    };
+    // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
+    let mut events = unsafe { AsyncFd::register(events) }
+        .map_err(|err| anyhow::anyhow!("polling the anomaly ring buffer: {err}"))?;
+    tokio::spawn(async move {
+        let mut refresh = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let result = tokio::select! {
+                guard = events.readable_mut() => match guard {
+                    Ok(mut guard) => {
+                        let result = engine.drain(guard.get_inner_mut());
+                        guard.clear_ready();
+                        result
+                    }
+                    Err(err) => Err(err.into()),
+                },
+                _ = refresh.tick() => {
+                    engine.metrics.refresh(&engine.counters);
+                    Ok(())
+                }
+            };
+            if let Err(err) = result {
+                log::error!("anomaly reader stopped: {err:#}");
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The Markdown table of `docs/anomalies.md`, generated from `AnomalyKind`.
+pub fn markdown_table() -> String {
+    let or_dash = |names: &'static str| if names.is_empty() { "—" } else { names };
+    let mut table = String::from("| kind | what | Suricata | Zeek |\n|---|---|---|---|\n");
+    for kind in AnomalyKind::ALL {
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            kind.as_str(),
+            kind.description(),
+            or_dash(kind.suricata()),
+            or_dash(kind.zeek()),
+        ));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/anomalies.md` carries the table generated from the code: it cannot drift.
+    #[test]
+    fn the_docs_table_is_the_generated_one() {
+        let docs = include_str!("../../docs/anomalies.md");
+        let table = markdown_table();
+        assert!(
+            docs.contains(&table),
+            "docs/anomalies.md is out of date; replace its table with:\n\n{table}"
+        );
+    }
+
+    #[test]
+    fn services_beyond_the_cap_are_other() {
+        let mut labels = ServiceLabels::new(NonZeroUsize::new(2).unwrap());
+        let service = |port| SocketAddr::from(([10, 0, 0, 1], port));
+        assert_eq!(labels.label(service(1)), "10.0.0.1:1");
+        assert_eq!(labels.label(service(2)), "10.0.0.1:2");
+        assert_eq!(labels.label(service(3)), OTHER_SERVICE);
+        assert_eq!(
+            labels.label(service(1)),
+            "10.0.0.1:1",
+            "known ones keep theirs"
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_one_per_second() {
+        let mut limiter = RateLimiter::default();
+        let source = IpAddr::from([192, 0, 2, 9]);
+        let start = Instant::now();
+        let allowed = (0..100)
+            .filter(|_| limiter.allow(source, AnomalyKind::NullFlags, start))
+            .count();
+        assert_eq!(allowed, LOG_BURST as usize);
+        assert!(
+            limiter.allow(source, AnomalyKind::SynFin, start),
+            "per kind"
+        );
+        assert!(!limiter.allow(source, AnomalyKind::NullFlags, start));
+        let later = start + Duration::from_secs(1);
+        assert!(limiter.allow(source, AnomalyKind::NullFlags, later));
+        assert!(!limiter.allow(source, AnomalyKind::NullFlags, later));
+    }
+
+    #[test]
+    fn times_and_flags_are_readable() {
+        let clock = Clock {
+            wall_minus_monotonic_ns: 1_700_000_000_123_000_000,
+        };
+        assert_eq!(clock.rfc3339(0), "2023-11-14T22:13:20.123Z");
+        assert_eq!(flag_letters(0x12), "SA");
+        assert_eq!(flag_letters(0x29), "FPU");
+    }
+}

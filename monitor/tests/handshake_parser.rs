@@ -1,0 +1,381 @@
+//! The handshake tracker in the real kernel, on crafted frames (BPF_PROG_TEST_RUN): every
+//! illegal flag set yields exactly one event of its kind, legitimate segments (TFO included)
+//! yield none, and a handshake fed through both programs is judged statefully. Needs root.
+
+use std::net::SocketAddr;
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use etherparse::{PacketBuilder, TcpHeader, TcpOptionElement};
+use seqwatch::{
+    handshake::{Anomaly, Clock, decode_event},
+    probes,
+};
+use seqwatch_common::handshake::{AnomalyKind, HandshakeCounter};
+
+/// TC_ACT_UNSPEC: the only verdict the classifiers ever give.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const PSH: u8 = 0x08;
+const ACK: u8 = 0x10;
+const URG: u8 = 0x20;
+const ECE: u8 = 0x40;
+const CWR: u8 = 0x80;
+
+const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const SERVER_V4: [u8; 4] = [192, 0, 2, 1];
+const CLIENT_V4: [u8; 4] = [198, 51, 100, 7];
+const SERVER_PORT: u16 = 443;
+const CLIENT_PORT: u16 = 51_000;
+
+struct Tracker {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    clock: Clock,
+}
+
+impl Tracker {
+    fn load(track_state: bool) -> Tracker {
+        let mut ebpf = Ebpf::load(probes::object().unwrap()).unwrap();
+        for name in ["synack_ingress", "synack_egress"] {
+            program(&mut ebpf, name).load().unwrap();
+        }
+        if track_state {
+            let mut config =
+                Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").unwrap()).unwrap();
+            config.set(0, &1, 0).unwrap();
+        }
+        let events = RingBuf::try_from(ebpf.take_map("ANOMALY_EVENTS").unwrap()).unwrap();
+        let counters = PerCpuArray::try_from(ebpf.take_map("HANDSHAKE_COUNTERS").unwrap()).unwrap();
+        Tracker {
+            ebpf,
+            events,
+            counters,
+            clock: Clock::now(),
+        }
+    }
+
+    /// Runs one frame through the ingress (client → server) or egress (server → client)
+    /// program and returns the anomalies it raised.
+    fn run(&mut self, name: &str, frame: &[u8]) -> Vec<Anomaly> {
+        let mut out = vec![0u8; frame.len() + 64];
+        let result = program(&mut self.ebpf, name)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(result.return_value, TC_ACT_UNSPEC, "never drops");
+        assert_eq!(
+            &out[..result.data_size_out as usize],
+            frame,
+            "never rewrites"
+        );
+        let mut anomalies = Vec::new();
+        while let Some(item) = self.events.next() {
+            let event = decode_event(&item).expect("a whole event");
+            anomalies.push(Anomaly::from_event(&event, &self.clock).expect("a known kind"));
+        }
+        anomalies
+    }
+
+    fn ingress(&mut self, frame: &[u8]) -> Vec<Anomaly> {
+        self.run("synack_ingress", frame)
+    }
+
+    fn egress(&mut self, frame: &[u8]) -> Vec<Anomaly> {
+        self.run("synack_egress", frame)
+    }
+
+    fn counter(&self, counter: HandshakeCounter) -> u64 {
+        self.counters
+            .get(&(counter as u32), 0)
+            .unwrap()
+            .iter()
+            .sum()
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name).unwrap().try_into().unwrap()
+}
+
+/// A segment from the client to the server.
+fn to_server(flags: u8, seq: u32, ack: u32, options: &[TcpOptionElement], data: &[u8]) -> Vec<u8> {
+    frame(
+        CLIENT_MAC,
+        SERVER_MAC,
+        (CLIENT_V4, CLIENT_PORT),
+        (SERVER_V4, SERVER_PORT),
+        flags,
+        seq,
+        ack,
+        options,
+        data,
+    )
+}
+
+/// A segment from the server to the client.
+fn to_client(flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    frame(
+        SERVER_MAC,
+        CLIENT_MAC,
+        (SERVER_V4, SERVER_PORT),
+        (CLIENT_V4, CLIENT_PORT),
+        flags,
+        seq,
+        ack,
+        &[],
+        &[],
+    )
+}
+
+#[allow(clippy::too_many_arguments, reason = "one frame, every field explicit")]
+fn frame(
+    source_mac: [u8; 6],
+    destination_mac: [u8; 6],
+    from: ([u8; 4], u16),
+    to: ([u8; 4], u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    options: &[TcpOptionElement],
+    data: &[u8],
+) -> Vec<u8> {
+    let mut tcp = TcpHeader::new(from.1, to.1, seq, 29_200);
+    tcp.fin = flags & FIN != 0;
+    tcp.syn = flags & SYN != 0;
+    tcp.rst = flags & RST != 0;
+    tcp.psh = flags & PSH != 0;
+    tcp.ack = flags & ACK != 0;
+    tcp.urg = flags & URG != 0;
+    tcp.ece = flags & ECE != 0;
+    tcp.cwr = flags & CWR != 0;
+    tcp.acknowledgment_number = ack;
+    tcp.set_options(options).unwrap();
+    let builder = PacketBuilder::ethernet2(source_mac, destination_mac)
+        .ipv4(from.0, to.0, 64)
+        .tcp_header(tcp);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, data).unwrap();
+    frame
+}
+
+fn kinds(anomalies: &[Anomaly]) -> Vec<AnomalyKind> {
+    anomalies.iter().map(|a| a.anomaly_kind).collect()
+}
+
+#[test]
+fn each_illegal_flag_set_is_one_event_of_its_kind() {
+    let mut tracker = Tracker::load(false);
+    let cases = [
+        ("SYN+FIN", SYN | FIN, AnomalyKind::SynFin),
+        ("SYN+FIN+ACK", SYN | FIN | ACK, AnomalyKind::SynFin),
+        ("SYN+RST", SYN | RST, AnomalyKind::SynRst),
+        ("NULL", 0, AnomalyKind::NullFlags),
+        ("XMAS", FIN | PSH | URG, AnomalyKind::XmasFlags),
+        ("FIN alone (FIN scan)", FIN, AnomalyKind::InvalidFlags),
+        ("PSH alone", PSH, AnomalyKind::InvalidFlags),
+        ("RST+FIN+ACK", RST | FIN | ACK, AnomalyKind::InvalidFlags),
+        ("SYN+URG", SYN | URG, AnomalyKind::InvalidFlags),
+    ];
+    for (what, flags, kind) in cases {
+        let anomalies = tracker.ingress(&to_server(flags, 1000, 0, &[], &[]));
+        assert_eq!(kinds(&anomalies), [kind], "{what}");
+        let anomaly = &anomalies[0];
+        assert_eq!(
+            anomaly.service,
+            SocketAddr::from((SERVER_V4, SERVER_PORT)),
+            "{what}"
+        );
+        assert_eq!(
+            anomaly.source,
+            SocketAddr::from((CLIENT_V4, CLIENT_PORT)),
+            "{what}"
+        );
+        assert_eq!(
+            (anomaly.seq, anomaly.direction),
+            (1000, "ingress"),
+            "{what}"
+        );
+    }
+    // On egress the local side is the sender.
+    let anomalies = tracker.egress(&to_client(0, 5, 0));
+    assert_eq!(kinds(&anomalies), [AnomalyKind::NullFlags]);
+    assert_eq!(
+        anomalies[0].service,
+        SocketAddr::from((SERVER_V4, SERVER_PORT))
+    );
+}
+
+#[test]
+fn legitimate_segments_raise_nothing_and_tfo_is_counted_apart() {
+    let mut tracker = Tracker::load(false);
+    let legitimate = [
+        ("SYN", to_server(SYN, 1, 0, &[], &[])),
+        (
+            "SYN with ECN setup",
+            to_server(SYN | ECE | CWR, 1, 0, &[], &[]),
+        ),
+        ("SYN-ACK", to_client(SYN | ACK, 7, 2)),
+        ("ACK", to_server(ACK, 2, 8, &[], &[])),
+        (
+            "data",
+            to_server(ACK | PSH, 2, 8, &[], b"GET / HTTP/1.1\r\n"),
+        ),
+        ("URG data", to_server(ACK | URG, 2, 8, &[], b"!")),
+        ("FIN+ACK", to_server(FIN | ACK, 2, 8, &[], &[])),
+        ("RST", to_server(RST, 2, 0, &[], &[])),
+        ("RST+ACK", to_server(RST | ACK, 2, 8, &[], &[])),
+    ];
+    for (what, frame) in legitimate {
+        assert_eq!(kinds(&tracker.ingress(&frame)), [], "{what}");
+    }
+    let tfo_cookie = [TcpOptionElement::Noop, TcpOptionElement::Noop];
+    let mut tfo_syn = to_server(SYN, 1, 0, &tfo_cookie, b"hello");
+    // Turn the two NOPs into a TFO option with an empty cookie: kind 34, length 2.
+    tfo_syn[14 + 20 + 20..14 + 20 + 22].copy_from_slice(&[34, 2]);
+    assert_eq!(kinds(&tracker.ingress(&tfo_syn)), []);
+    assert_eq!(tracker.counter(HandshakeCounter::TfoSyns), 1);
+    let plain_syn_data = to_server(SYN, 1, 0, &[], b"hello");
+    assert_eq!(
+        kinds(&tracker.ingress(&plain_syn_data)),
+        [AnomalyKind::SynWithData]
+    );
+    assert_eq!(tracker.counter(HandshakeCounter::TfoSyns), 1);
+}
+
+/// Client ISN 1000, our ISN 5000: the third packet must be seq 1001, ack 5001.
+fn open_handshake(tracker: &mut Tracker) {
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(SYN, 1000, 0, &[], &[]))),
+        []
+    );
+    assert_eq!(
+        kinds(&tracker.egress(&to_client(SYN | ACK, 5000, 1001))),
+        []
+    );
+}
+
+#[test]
+fn the_third_packet_is_judged_against_our_synack() {
+    let cases = [
+        (1001, 9999, AnomalyKind::HandshakeAckWrongAck),
+        (1001 + (1 << 30), 5001, AnomalyKind::HandshakeAckWrongSeq),
+        (7, 9999, AnomalyKind::HandshakeAckWrongSeqAndAck),
+    ];
+    for (seq, ack, kind) in cases {
+        let mut tracker = Tracker::load(true);
+        open_handshake(&mut tracker);
+        let anomalies = tracker.ingress(&to_server(ACK, seq, ack, &[], &[]));
+        assert_eq!(kinds(&anomalies), [kind]);
+        let anomaly = &anomalies[0];
+        assert_eq!(
+            (anomaly.expected_seq, anomaly.expected_ack),
+            (Some(1001), Some(5001))
+        );
+        // The right third packet still completes it; a later SYN is then a reuse attempt.
+        assert_eq!(
+            kinds(&tracker.ingress(&to_server(ACK, 1001, 5001, &[], &[]))),
+            []
+        );
+        assert_eq!(
+            kinds(&tracker.ingress(&to_server(SYN, 3000, 0, &[], &[]))),
+            [AnomalyKind::SynOnEstablished]
+        );
+    }
+}
+
+#[test]
+fn retransmissions_rsts_and_early_segments_are_judged() {
+    let mut tracker = Tracker::load(true);
+    open_handshake(&mut tracker);
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(SYN, 1000, 0, &[], &[]))),
+        [],
+        "same ISN"
+    );
+    let syn = tracker.ingress(&to_server(SYN, 1234, 0, &[], &[]));
+    assert_eq!(kinds(&syn), [AnomalyKind::SynRetransmitDifferentIsn]);
+    assert_eq!(syn[0].expected_seq, Some(1000));
+    assert_eq!(
+        kinds(&tracker.egress(&to_client(SYN | ACK, 5000, 1001))),
+        [],
+        "same SYN-ACK"
+    );
+    assert_eq!(
+        kinds(&tracker.egress(&to_client(SYN | ACK, 6000, 1001))),
+        [AnomalyKind::SynAckRetransmitDifferentSeq]
+    );
+    assert_eq!(
+        kinds(&tracker.egress(&to_client(SYN | ACK, 5000, 1235))),
+        [AnomalyKind::SynAckRetransmitDifferentAck]
+    );
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(SYN | ACK, 77, 5001, &[], &[]))),
+        [AnomalyKind::SynAckToListener]
+    );
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(FIN | ACK, 1001, 42, &[], &[]))),
+        [AnomalyKind::FinBeforeHandshake]
+    );
+    let rst = tracker.ingress(&to_server(RST, 1001 + (1 << 20), 0, &[], &[]));
+    assert_eq!(kinds(&rst), [AnomalyKind::RstOutOfWindow]);
+    assert_eq!(rst[0].expected_seq, Some(1001));
+    // An in-window RST ends the handshake: the next SYN starts a new one.
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(RST, 1001, 0, &[], &[]))),
+        []
+    );
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(SYN, 9000, 0, &[], &[]))),
+        []
+    );
+    // No SYN-ACK sent yet: data and ACKs answer nothing we said.
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(ACK | PSH, 9001, 1, &[], b"x"))),
+        [AnomalyKind::DataBeforeHandshake]
+    );
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(ACK, 9001, 1, &[], &[]))),
+        [AnomalyKind::AckWithoutSynAck]
+    );
+    assert!(tracker.counter(HandshakeCounter::StateLookups) > 0);
+}
+
+/// A simultaneous open: the peer's SYN-ACK repeats its ISN and acks ours.
+#[test]
+fn a_simultaneous_open_is_not_a_synack_to_a_listener() {
+    let mut tracker = Tracker::load(true);
+    open_handshake(&mut tracker);
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(SYN | ACK, 1000, 5001, &[], &[]))),
+        []
+    );
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(SYN, 1000, 0, &[], &[]))),
+        [AnomalyKind::SynOnEstablished],
+        "it completed the handshake"
+    );
+}
+
+/// Without both directions attached the daemon leaves the stateful checks off.
+#[test]
+fn stateful_checks_are_off_unless_enabled() {
+    let mut tracker = Tracker::load(false);
+    open_handshake(&mut tracker);
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(ACK, 1001, 9999, &[], &[]))),
+        []
+    );
+    assert_eq!(tracker.counter(HandshakeCounter::StateLookups), 0);
+}
