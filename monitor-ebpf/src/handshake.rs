@@ -111,13 +111,17 @@ struct Segment<'a> {
 
 #[inline(always)]
 pub fn observe(ctx: &TcContext, direction: Direction) {
-    if let Some(fast) = packet::plain_tcp_flags(ctx) {
-        let Some(flags) = fast else { return };
-        if is_plain_ack(flags) && !may_complete_handshake_in_place(ctx, direction) {
-            return;
+    let plain = match packet::plain_tcp_flags(ctx) {
+        Some(None) => return,
+        Some(Some(flags)) => {
+            if is_plain_ack(flags) && !may_complete_handshake_in_place(ctx, direction) {
+                return;
+            }
+            true
         }
-    }
-    observe_slow(ctx, direction);
+        None => false,
+    };
+    observe_slow(ctx, direction, plain);
 }
 
 /// The fast path's filter check for a plain ACK read in place.
@@ -133,9 +137,14 @@ fn may_complete_handshake_in_place(ctx: &TcContext, direction: Direction) -> boo
 }
 
 #[inline(never)]
-fn observe_slow(ctx: &TcContext, direction: Direction) {
-    // Parse failures are the SYN-ACK sampler's to count.
-    let Ok(tcp) = packet::parse_tcp(ctx) else {
+fn observe_slow(ctx: &TcContext, direction: Direction, plain: bool) {
+    // Plain headers are copied in place (no helper calls); parse failures are the SYN-ACK
+    // sampler's to count.
+    let parsed = match plain.then(|| packet::read_plain_tcp(ctx)).flatten() {
+        Some(tcp) => Ok(tcp),
+        None => packet::parse_tcp(ctx),
+    };
+    let Ok(tcp) = parsed else {
         return;
     };
     let segment = Segment::new(&tcp, direction);

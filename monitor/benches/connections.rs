@@ -114,7 +114,8 @@ impl<'a> Monitor<'a> {
     fn start(lab: &'a Lab) -> anyhow::Result<Monitor<'a>> {
         let child = lab
             .command_in(&lab.server_ns, env!("CARGO_BIN_EXE_seqwatch"))
-            .args(["run", "--interface", &lab.server_if])
+            // Both directions: the SYN-ACK sampler and the full (stateful) handshake tracker.
+            .args(["run", "--interface", &lab.server_if, "--direction", "both"])
             .stderr(Stdio::null())
             .spawn()?;
         let monitor = Monitor { lab, child };

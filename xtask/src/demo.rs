@@ -17,6 +17,11 @@ const SERVER_NS: &str = "/run/netns/sw-demo-s";
 
 pub fn run() -> anyhow::Result<()> {
     let binary = build_release()?;
+    // A demo interrupted before its clean-up leaves the lab up: start from scratch.
+    let _ = Command::new(&binary)
+        .args(["lab", "down", "--name", LAB])
+        .stderr(Stdio::null())
+        .status();
     step("seqwatch lab up (namespaces sw-demo-s and sw-demo-c, joined by a veth)");
     run_checked(Command::new(&binary).args(["lab", "up", "--name", LAB]))?;
     let _lab = LabGuard(binary.clone());
