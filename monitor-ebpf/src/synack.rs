@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -108,7 +108,23 @@ fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     };
     record.options.copy_from_slice(&options[..MAX_TCP_OPTIONS]);
     entry.write(record);
-    entry.submit(0);
+    entry.submit(wakeup_flag());
+}
+
+/// Wake the reader only when this record takes the ring buffer past an eighth full: it
+/// drains on a short timer anyway, and a wakeup per SYN-ACK costs more CPU than everything
+/// else here together. One wakeup per crossing, not one per record above the mark.
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    const MARK: u64 = RINGBUF_BYTES as u64 / 8;
+    // A record takes its size plus the ring buffer's 8-byte header, in 8-byte units.
+    const FOOTPRINT: u64 = (core::mem::size_of::<SynAckRecord>() as u64 + 8).div_ceil(8) * 8;
+    let queued = SYNACK_RECORDS.query(BPF_RB_AVAIL_DATA.into());
+    if (MARK..MARK + FOOTPRINT).contains(&queued) {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
 }
 
 #[inline(always)]
