@@ -31,8 +31,8 @@ RUNBOOKS = HERE.parent / "docs" / "alerts.md"
 # regex-escaped by Grafana, still parse.
 SUBSTITUTIONS = [
     {"instance": ".*", "service": ".*"},
-    {"instance": "127.0.0.1:9435", "service": "10.0.0.1:22"},
-    {"instance": "127.0.0.1:9435", "service": r"\\[2001:db8::1\\]:443"},
+    {"instance": "127.0.0.1:10045", "service": "10.0.0.1:22"},
+    {"instance": "127.0.0.1:10045", "service": r"\\[2001:db8::1\\]:443"},
 ]
 VARIABLES = {"datasource", "instance", "service"}
 EXPR_VARIABLES = {"instance", "service"}
