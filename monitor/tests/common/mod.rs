@@ -33,24 +33,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(lab: &Lab, ns: &str, dir: &Path, args: &[&str]) -> Daemon {
-        let sample_log = dir.join(format!("samples-{ns}.jsonl"));
-        let log = dir.join(format!("daemon-{ns}.log"));
-        let child = lab
-            .command_in(ns, env!("CARGO_BIN_EXE_seqwatch"))
-            .args(["run", "--listen", METRICS_ADDR, "--sample-log"])
-            .arg(&sample_log)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("daemon log"))
-            .spawn()
-            .expect("start seqwatch run");
-        Daemon {
-            child,
-            ns: ns.to_owned(),
-            sample_log,
-            log,
-        }
+        Self::start_wrapped(lab, ns, dir, &[], args)
     }
 
     pub fn log(&self) -> String {
@@ -308,10 +291,16 @@ impl Daemon {
     ) -> Daemon {
         let sample_log = dir.join(format!("samples-{ns}.jsonl"));
         let log = dir.join(format!("daemon-{ns}.log"));
-        let child = lab
-            .command_in(ns, wrapper[0])
-            .args(&wrapper[1..])
-            .arg(env!("CARGO_BIN_EXE_seqwatch"))
+        let seqwatch = env!("CARGO_BIN_EXE_seqwatch");
+        let mut command = match wrapper {
+            [program, prefix @ ..] => {
+                let mut command = lab.command_in(ns, program);
+                command.args(prefix).arg(seqwatch);
+                command
+            }
+            [] => lab.command_in(ns, seqwatch),
+        };
+        let child = command
             .args(["run", "--listen", METRICS_ADDR, "--sample-log"])
             .arg(&sample_log)
             .args(args)
