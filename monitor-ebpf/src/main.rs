@@ -11,24 +11,75 @@ mod packet;
 mod synack;
 
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
-use seqwatch_common::Direction;
+use seqwatch_common::{Direction, synack::Counter};
+
+use crate::packet::{Skip, TcpPacket};
 
 // Every classifier returns TC_ACT_UNSPEC (tcx: "next"): the packet goes on unchanged to
-// whatever comes after us, and we never drop, redirect or rewrite it. Each runs the SYN-ACK
-// sampler, then the handshake anomaly tracker.
+// whatever comes after us, and we never drop, redirect or rewrite it.
 
 #[classifier]
 pub fn synack_egress(ctx: TcContext) -> i32 {
-    synack::observe(&ctx, Direction::Egress);
-    handshake::observe(&ctx, Direction::Egress);
+    observe(&ctx, Direction::Egress);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn synack_ingress(ctx: TcContext) -> i32 {
-    synack::observe(&ctx, Direction::Ingress);
-    handshake::observe(&ctx, Direction::Ingress);
+    observe(&ctx, Direction::Ingress);
     TC_ACT_UNSPEC
+}
+
+/// The per-packet fast path: untagged packets are classified from their flags read in place,
+/// and only those a detector wants are parsed — once, for both detectors.
+#[inline(always)]
+fn observe(ctx: &TcContext, direction: Direction) {
+    synack::count(Counter::PacketsSeen);
+    let plain = match packet::plain_tcp_flags(ctx) {
+        Some(None) => return,
+        Some(Some(flags)) => {
+            if !handshake::worth_parsing(ctx, direction, flags) {
+                return;
+            }
+            true
+        }
+        None => false,
+    };
+    inspect(ctx, direction, plain);
+}
+
+/// Hands a parsed packet to the SYN-ACK sampler and the handshake tracker.
+#[inline(never)]
+fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
+    let mut tcp = TcpPacket::EMPTY;
+    if !parse(ctx, plain, &mut tcp) {
+        return;
+    }
+    if synack::is_synack(tcp.flags()) {
+        synack::emit(ctx, direction, &tcp);
+    }
+    handshake::judge(ctx, direction, &tcp);
+}
+
+/// Copies plain headers in place, or runs the full parser; counts parse failures. A
+/// subprogram beside the detectors, so that the parser's stack is not added to theirs.
+#[inline(never)]
+fn parse(ctx: &TcContext, plain: bool, out: &mut TcpPacket) -> bool {
+    let parsed = match plain.then(|| packet::read_plain_tcp(ctx)).flatten() {
+        Some(tcp) => Ok(tcp),
+        None => packet::parse_tcp(ctx),
+    };
+    match parsed {
+        Ok(tcp) => {
+            *out = tcp;
+            true
+        }
+        Err(Skip::NotTcp) => false,
+        Err(Skip::Counted(counter)) => {
+            synack::count(counter);
+            false
+        }
+    }
 }
 
 /// Does nothing: the baseline that `cargo xtask bench` measures the classifiers against.

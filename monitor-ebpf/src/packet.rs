@@ -59,6 +59,16 @@ pub struct TcpPacket {
 }
 
 impl TcpPacket {
+    pub const EMPTY: TcpPacket = TcpPacket {
+        family: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        ttl: 0,
+        tcp: [0; 20],
+        tcp_offset: 0,
+        ip_end: 0,
+    };
+
     pub fn flags(&self) -> u8 {
         self.tcp[13]
     }
@@ -155,15 +165,7 @@ pub fn read_plain_tcp(ctx: &TcContext) -> Option<TcpPacket> {
     }
     // SAFETY: every offset read is below the bound checked for its family.
     let byte = |offset: usize| unsafe { *((data + offset) as *const u8) };
-    let mut packet = TcpPacket {
-        family: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        ttl: 0,
-        tcp: [0; 20],
-        tcp_offset: 0,
-        ip_end: 0,
-    };
+    let mut packet = TcpPacket::EMPTY;
     match u16::from_be_bytes([byte(12), byte(13)]) {
         ETH_P_IPV4 => {
             let fragment = u16::from_be_bytes([byte(ETH_HLEN + 6), byte(ETH_HLEN + 7)]) & 0x1fff;

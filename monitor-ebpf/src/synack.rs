@@ -26,54 +26,16 @@ static SYNACK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter
 /// journal without putting logging on the per-packet path.
 const DROP_LOG_EVERY: u64 = 1 << 16;
 
-#[inline(always)]
-pub fn observe(ctx: &TcContext, direction: Direction) {
-    count(Counter::PacketsSeen);
-    match packet::plain_tcp_flags(ctx) {
-        Some(None) => {}
-        Some(Some(flags)) if !is_synack(flags) => {}
-        Some(Some(_)) => {
-            if !observe_plain_synack(ctx, direction) {
-                observe_slow(ctx, direction);
-            }
-        }
-        None => observe_slow(ctx, direction),
-    }
-}
-
-/// A SYN-ACK with plain headers: copied in place, sparing three helper calls; `false` if the
-/// packet needs the full parser. Its own function, beside (not under) `observe_slow`, so that
-/// the verifier's combined stack stays small.
-#[inline(never)]
-fn observe_plain_synack(ctx: &TcContext, direction: Direction) -> bool {
-    match packet::read_plain_tcp(ctx) {
-        Some(tcp) => {
-            emit(ctx, direction, &tcp);
-            true
-        }
-        None => false,
-    }
-}
-
-#[inline(never)]
-fn observe_slow(ctx: &TcContext, direction: Direction) {
-    match packet::parse_tcp(ctx) {
-        Ok(tcp) if is_synack(tcp.flags()) => emit(ctx, direction, &tcp),
-        Ok(_) | Err(Skip::NotTcp) => {}
-        Err(Skip::Counted(counter)) => {
-            count(counter);
-        }
-    }
-}
-
 /// SYN and ACK set, RST and FIN clear.
 #[inline(always)]
-fn is_synack(flags: u8) -> bool {
+pub fn is_synack(flags: u8) -> bool {
     flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN | TCP_ACK
 }
 
-#[inline(always)]
-fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
+/// Sends one SYN-ACK's record. A subprogram of its own, beside (not under) the handshake
+/// tracker, so that the verifier's combined stack stays small.
+#[inline(never)]
+pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     let mut options = [0u8; OPTIONS_BUF];
     let options_len = tcp.options_len();
     if let Err(Skip::Counted(counter)) =
@@ -140,7 +102,7 @@ fn ringbuf_full(ctx: &TcContext) {
 
 /// Adds one to a per-CPU counter and returns the new per-CPU value.
 #[inline(always)]
-fn count(counter: Counter) -> u64 {
+pub fn count(counter: Counter) -> u64 {
     match SYNACK_COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, and TC programs do not nest on one CPU.
         Some(slot) => unsafe {

@@ -240,18 +240,50 @@ fn legitimate_segments_raise_nothing_and_tfo_is_counted_apart() {
     for (what, frame) in legitimate {
         assert_eq!(kinds(&tracker.ingress(&frame)), [], "{what}");
     }
-    let tfo_cookie = [TcpOptionElement::Noop, TcpOptionElement::Noop];
-    let mut tfo_syn = to_server(SYN, 1, 0, &tfo_cookie, b"hello");
-    // Turn the two NOPs into a TFO option with an empty cookie: kind 34, length 2.
-    tfo_syn[14 + 20 + 20..14 + 20 + 22].copy_from_slice(&[34, 2]);
-    assert_eq!(kinds(&tracker.ingress(&tfo_syn)), []);
-    assert_eq!(tracker.counter(HandshakeCounter::TfoSyns), 1);
-    let plain_syn_data = to_server(SYN, 1, 0, &[], b"hello");
-    assert_eq!(
-        kinds(&tracker.ingress(&plain_syn_data)),
-        [AnomalyKind::SynWithData]
-    );
-    assert_eq!(tracker.counter(HandshakeCounter::TfoSyns), 1);
+    // Linux's SYN options (20 bytes), then a TFO cookie where the walk must find it.
+    let tfo_encodings: [(&str, &[u8]); 2] = [
+        ("TFO option (kind 34)", &[34, 10, 1, 2, 3, 4, 5, 6, 7, 8]),
+        (
+            "experimental TFO (kind 254, magic F989)",
+            &[254, 12, 0xf9, 0x89, 1, 2, 3, 4, 5, 6, 7, 8],
+        ),
+    ];
+    for (count, (what, cookie)) in (1..).zip(tfo_encodings) {
+        let tfo_syn = syn_with_data_after_linux_options(cookie);
+        assert_eq!(kinds(&tracker.ingress(&tfo_syn)), [], "{what}");
+        assert_eq!(tracker.counter(HandshakeCounter::TfoSyns), count, "{what}");
+    }
+    let not_tfo: [(&str, &[u8]); 3] = [
+        ("no cookie", &[]),
+        ("kind 254 without the magic", &[254, 6, 0xf9, 0x88, 1, 2]),
+        ("end of list before the cookie", &[0, 34, 2]),
+    ];
+    for (what, trailing) in not_tfo {
+        assert_eq!(
+            kinds(&tracker.ingress(&syn_with_data_after_linux_options(trailing))),
+            [AnomalyKind::SynWithData],
+            "{what}"
+        );
+    }
+    assert_eq!(tracker.counter(HandshakeCounter::TfoSyns), 2);
+}
+
+/// A SYN with data whose options are Linux's usual ones followed by `trailing` bytes, padded
+/// with NOPs to a multiple of four.
+fn syn_with_data_after_linux_options(trailing: &[u8]) -> Vec<u8> {
+    let nops = trailing.len().div_ceil(4) * 4;
+    let mut options = vec![
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(1, 0),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ];
+    options.extend(std::iter::repeat_n(TcpOptionElement::Noop, nops));
+    let mut syn = to_server(SYN, 1, 0, &options, b"hello");
+    let trailing_start = 14 + 20 + 20 + 20;
+    syn[trailing_start..trailing_start + trailing.len()].copy_from_slice(trailing);
+    syn
 }
 
 /// Client ISN 1000, our ISN 5000: the third packet must be seq 1001, ack 5001.
