@@ -51,9 +51,9 @@ const TCPOPT_FASTOPEN: u8 = 34;
 /// RFC 7413's experimental encoding: kind 254 with the magic 0xF989.
 const TCPOPT_EXPERIMENTAL: u8 = 254;
 
-const SYN_SEEN: u8 = 0;
-const SYNACK_SENT: u8 = 1;
-const ESTABLISHED: u8 = 2;
+const SYN_SEEN: u16 = 0;
+const SYNACK_SENT: u16 = 1;
+const ESTABLISHED: u16 = 2;
 
 /// Index 0: non-zero when userspace attached both directions, so that the stateful checks see
 /// both halves of every handshake. With one direction only the stateless checks run.
@@ -74,16 +74,17 @@ static ANOMALY_EVENTS: RingBuf = RingBuf::with_byte_size(ANOMALY_RINGBUF_BYTES, 
 static HANDSHAKE_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(HandshakeCounter::COUNT, 0);
 
-/// A connection as this host sees it: local = the listener (the service).
-#[repr(C)]
+/// A connection as this host sees it: local = the listener (the service). No padding and
+/// word-sized fields, so that building one is a few stores (byte arrays of zeroes become
+/// calls to a byte loop on BPF).
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct FlowKey {
     local: [u8; 16],
     remote: [u8; 16],
     local_port: u16,
     remote_port: u16,
-    family: u8,
-    _pad: [u8; 3],
+    family: u32,
 }
 
 #[repr(C)]
@@ -93,10 +94,9 @@ struct Handshake {
     /// Our SYN-ACK's seq (our ISN) and ack, once sent.
     synack_seq: u32,
     synack_ack: u32,
-    state: u8,
+    state: u16,
     /// The SYN carried TFO data: the server may send data before the third ACK.
-    tfo: u8,
-    _pad: [u8; 2],
+    tfo: u16,
 }
 
 /// One segment, oriented: what the checks need.
@@ -180,8 +180,7 @@ impl<'a> Segment<'a> {
                 remote,
                 local_port,
                 remote_port,
-                family: tcp.family,
-                _pad: [0; 3],
+                family: u32::from(tcp.family),
             },
             tag: filter_tag(
                 remote_word,
@@ -345,8 +344,7 @@ fn on_syn(ctx: &TcContext, segment: &Segment, tfo: bool) {
                 synack_seq: 0,
                 synack_ack: 0,
                 state: SYN_SEEN,
-                tfo: u8::from(tfo),
-                _pad: [0; 2],
+                tfo: u16::from(tfo),
             };
             if HANDSHAKES.insert(&segment.key, &state, 0).is_ok() {
                 filter_set(segment.tag);
@@ -383,7 +381,6 @@ fn on_synack_sent(ctx: &TcContext, segment: &Segment) {
                 synack_ack: segment.ack,
                 state: SYNACK_SENT,
                 tfo: 0,
-                _pad: [0; 2],
             };
             if HANDSHAKES.insert(&segment.key, &state, 0).is_ok() {
                 filter_set(segment.tag);
@@ -570,8 +567,8 @@ fn report(
     // in place (no copy of the whole record on the small BPF stack) before submit.
     unsafe {
         (*event).ts_ns = bpf_ktime_get_ns();
-        (*event).saddr = tcp.saddr;
-        (*event).daddr = tcp.daddr;
+        packet::copy_address(&raw mut (*event).saddr, &tcp.saddr);
+        packet::copy_address(&raw mut (*event).daddr, &tcp.daddr);
         // The context of a TC program is a valid __sk_buff.
         (*event).ifindex = (*ctx.as_ptr().cast::<__sk_buff>()).ifindex;
         (*event).seq = segment.seq;

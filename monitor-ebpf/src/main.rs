@@ -10,6 +10,8 @@ mod handshake;
 mod packet;
 mod synack;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use seqwatch_common::{Direction, synack::Counter};
 
@@ -51,27 +53,31 @@ fn observe(ctx: &TcContext, direction: Direction) {
 /// Hands a parsed packet to the SYN-ACK sampler and the handshake tracker.
 #[inline(never)]
 fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
-    let mut tcp = TcpPacket::EMPTY;
+    // Not zeroed first: `parse` writes all of it before returning true, and zeroing would
+    // be a call to a byte loop.
+    let mut tcp = MaybeUninit::<TcpPacket>::uninit();
     if !parse(ctx, plain, &mut tcp) {
         return;
     }
+    // SAFETY: parse returned true, so it wrote the whole packet.
+    let tcp = unsafe { tcp.assume_init_ref() };
     if synack::is_synack(tcp.flags()) {
-        synack::emit(ctx, direction, &tcp);
+        synack::emit(ctx, direction, tcp);
     }
-    handshake::judge(ctx, direction, &tcp);
+    handshake::judge(ctx, direction, tcp);
 }
 
 /// Copies plain headers in place, or runs the full parser; counts parse failures. A
 /// subprogram beside the detectors, so that the parser's stack is not added to theirs.
 #[inline(never)]
-fn parse(ctx: &TcContext, plain: bool, out: &mut TcpPacket) -> bool {
+fn parse(ctx: &TcContext, plain: bool, out: &mut MaybeUninit<TcpPacket>) -> bool {
     let parsed = match plain.then(|| packet::read_plain_tcp(ctx)).flatten() {
         Some(tcp) => Ok(tcp),
         None => packet::parse_tcp(ctx),
     };
     match parsed {
         Ok(tcp) => {
-            *out = tcp;
+            out.write(tcp);
             true
         }
         Err(Skip::NotTcp) => false,

@@ -6,7 +6,7 @@
 //! everything else, and every packet that needs its fields, goes through `parse_tcp`, which
 //! reads with `bpf_skb_load_bytes` and so also copes with headers outside the linear area.
 
-use aya_ebpf::{EbpfContext, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use seqwatch_common::synack::{Counter, FAMILY_IPV4, FAMILY_IPV6};
 
 const ETH_HLEN: usize = 14;
@@ -33,9 +33,6 @@ pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_URG: u8 = 0x20;
 
-/// The options buffer: a power of two, so that a masked length is provably in bounds.
-pub const OPTIONS_BUF: usize = 64;
-
 /// Why a packet was not handed to a detector.
 pub enum Skip {
     /// Not TCP over IP: nothing to count.
@@ -44,14 +41,18 @@ pub enum Skip {
     Counted(Counter),
 }
 
-/// The IP and TCP fields a detector needs, copied out of the packet.
+/// The IP and TCP fields a detector needs, copied out of the packet. Laid out without padding
+/// and 8-byte aligned, so that copies of it and of its addresses are a few wide moves: the
+/// BPF backend turns byte-wise copies and zeroing into calls to byte loops.
+#[repr(C, align(8))]
 pub struct TcpPacket {
-    pub family: u8,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub ttl: u8,
     /// The fixed 20-byte TCP header.
     pub tcp: [u8; 20],
+    pub family: u8,
+    pub ttl: u8,
+    _pad: [u8; 2],
     /// Offset of the TCP header from the start of the frame.
     pub tcp_offset: usize,
     /// Offset just past the IP payload (from the IP length: Ethernet padding excluded).
@@ -60,11 +61,12 @@ pub struct TcpPacket {
 
 impl TcpPacket {
     pub const EMPTY: TcpPacket = TcpPacket {
-        family: 0,
         saddr: [0; 16],
         daddr: [0; 16],
-        ttl: 0,
         tcp: [0; 20],
+        family: 0,
+        ttl: 0,
+        _pad: [0; 2],
         tcp_offset: 0,
         ip_end: 0,
     };
@@ -277,12 +279,10 @@ fn parse_ipv4(ctx: &TcContext, offset: usize) -> Result<TcpPacket, Skip> {
     }
     let mut packet = TcpPacket {
         family: FAMILY_IPV4,
-        saddr: [0; 16],
-        daddr: [0; 16],
         ttl: header[8],
-        tcp: [0; 20],
         tcp_offset: offset + ihl * 4,
         ip_end: offset + usize::from(u16::from_be_bytes([header[2], header[3]])),
+        ..TcpPacket::EMPTY
     };
     packet.saddr[..4].copy_from_slice(&header[12..16]);
     packet.daddr[..4].copy_from_slice(&header[16..20]);
@@ -297,12 +297,9 @@ fn parse_ipv6(ctx: &TcContext, offset: usize) -> Result<TcpPacket, Skip> {
     }
     let mut packet = TcpPacket {
         family: FAMILY_IPV6,
-        saddr: [0; 16],
-        daddr: [0; 16],
         ttl: header[7],
-        tcp: [0; 20],
-        tcp_offset: 0,
         ip_end: offset + 40 + usize::from(u16::from_be_bytes([header[4], header[5]])),
+        ..TcpPacket::EMPTY
     };
     packet.saddr.copy_from_slice(&header[8..24]);
     packet.daddr.copy_from_slice(&header[24..40]);
@@ -346,33 +343,16 @@ fn skip_ipv6_extensions(ctx: &TcContext, first: u8, start: usize) -> Result<usiz
     }
 }
 
-/// Copies `len` (at most 40) bytes of TCP options into `buf`.
+/// Copies an address as two 8-byte words: a plain array copy can become a call to a byte
+/// loop on BPF. Both sides must be 8-byte aligned, as TcpPacket's and the records' are.
 #[inline(always)]
-pub fn load_options(
-    ctx: &TcContext,
-    offset: usize,
-    len: usize,
-    buf: &mut [u8; OPTIONS_BUF],
-) -> Result<(), Skip> {
-    // The mask is what lets the verifier bound the length (the compiler folds range checks
-    // it can prove, and the verifier cannot); parse_tcp already limited it to 40.
-    let len = len & (OPTIONS_BUF - 1);
-    if len == 0 {
-        return Ok(());
-    }
-    // SAFETY: `buf` has room for `len` bytes; the helper checks the packet bounds.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr(),
-            offset as u32,
-            buf.as_mut_ptr().cast(),
-            len as u32,
-        )
-    };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(Skip::Counted(Counter::ParseTruncated))
+pub fn copy_address(dst: *mut [u8; 16], src: &[u8; 16]) {
+    let src = src.as_ptr().cast::<u64>();
+    let dst = dst.cast::<u64>();
+    // SAFETY: both are 16 bytes, 8-byte aligned (see above), and do not overlap.
+    unsafe {
+        dst.write(src.read());
+        dst.add(1).write(src.add(1).read());
     }
 }
 

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
     macros::map,
     maps::{PerCpuArray, RingBuf},
     programs::TcContext,
@@ -14,7 +14,7 @@ use seqwatch_common::{
     synack::{Counter, MAX_TCP_OPTIONS, RINGBUF_BYTES, SynAckRecord},
 };
 
-use crate::packet::{self, OPTIONS_BUF, Skip, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket};
+use crate::packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket};
 
 #[map]
 static SYNACK_RECORDS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
@@ -32,45 +32,66 @@ pub fn is_synack(flags: u8) -> bool {
     flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN | TCP_ACK
 }
 
-/// Sends one SYN-ACK's record. A subprogram of its own, beside (not under) the handshake
-/// tracker, so that the verifier's combined stack stays small.
+/// Sends one SYN-ACK's record, written in place in the ring buffer (no copy through the
+/// stack). A subprogram of its own, beside (not under) the handshake tracker, so that the
+/// verifier's combined stack stays small.
 #[inline(never)]
 pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
-    let mut options = [0u8; OPTIONS_BUF];
-    let options_len = tcp.options_len();
-    if let Err(Skip::Counted(counter)) =
-        packet::load_options(ctx, tcp.tcp_offset + 20, options_len, &mut options)
-    {
-        count(counter);
-        return;
-    }
     count(Counter::SynAcks);
     let Some(mut entry) = SYNACK_RECORDS.reserve::<SynAckRecord>(0) else {
         ringbuf_full(ctx);
         return;
     };
+    let record = entry.as_mut_ptr();
+    // Within 0..=40 for the verifier, whatever parse_tcp checked.
+    let options_len = tcp.options_len().min(MAX_TCP_OPTIONS);
+    if options_len > 0 && !load_options(ctx, tcp, record, options_len) {
+        entry.discard(0);
+        count(Counter::ParseTruncated);
+        return;
+    }
     let header = &tcp.tcp;
-    let mut record = SynAckRecord {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        saddr: tcp.saddr,
-        daddr: tcp.daddr,
-        // SAFETY: the context of a TC program is a valid __sk_buff.
-        ifindex: unsafe { (*ctx.as_ptr().cast::<__sk_buff>()).ifindex },
-        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
-        ack: u32::from_be_bytes([header[8], header[9], header[10], header[11]]),
-        sport: u16::from_be_bytes([header[0], header[1]]),
-        dport: u16::from_be_bytes([header[2], header[3]]),
-        window: u16::from_be_bytes([header[14], header[15]]),
-        family: tcp.family,
-        direction: direction as u8,
-        ttl: tcp.ttl,
-        options_len: options_len as u8,
-        options: [0; MAX_TCP_OPTIONS],
-        _pad: [0; 2],
-    };
-    record.options.copy_from_slice(&options[..MAX_TCP_OPTIONS]);
-    entry.write(record);
+    // SAFETY: as above; every other field is written before submit.
+    unsafe {
+        (*record).ts_ns = bpf_ktime_get_ns();
+        packet::copy_address(&raw mut (*record).saddr, &tcp.saddr);
+        packet::copy_address(&raw mut (*record).daddr, &tcp.daddr);
+        // The context of a TC program is a valid __sk_buff.
+        (*record).ifindex = (*ctx.as_ptr().cast::<__sk_buff>()).ifindex;
+        (*record).seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        (*record).ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        (*record).sport = u16::from_be_bytes([header[0], header[1]]);
+        (*record).dport = u16::from_be_bytes([header[2], header[3]]);
+        (*record).window = u16::from_be_bytes([header[14], header[15]]);
+        (*record).family = tcp.family;
+        (*record).direction = direction as u8;
+        (*record).ttl = tcp.ttl;
+        (*record).options_len = options_len as u8;
+        (*record)._pad = [0; 2];
+    }
     entry.submit(wakeup_flag());
+}
+
+/// Copies the TCP options (1..=40 bytes) into the record. Option bytes past `options_len`
+/// keep what the ring buffer held: userspace reads only the first `options_len`.
+#[inline(always)]
+fn load_options(
+    ctx: &TcContext,
+    tcp: &TcpPacket,
+    record: *mut SynAckRecord,
+    options_len: usize,
+) -> bool {
+    // SAFETY: `record` is a reserved, writable SynAckRecord whose options field holds 40
+    // bytes; the helper checks the packet bounds.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            (tcp.tcp_offset + 20) as u32,
+            (*record).options.as_mut_ptr().cast(),
+            options_len as u32,
+        )
+    };
+    loaded == 0
 }
 
 /// Wake the reader only when this record takes the ring buffer past an eighth full: it
