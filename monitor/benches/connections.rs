@@ -55,10 +55,16 @@ fn main() -> anyhow::Result<()> {
                 setup => {
                     let (name, args) = setups[setup - 1];
                     let monitor = Monitor::start(&lab, args)?;
+                    let cpu_before = monitor.cpu_time()?;
                     let monitored = connection_rate(&lab, server);
+                    let daemon_cpu = (monitor.cpu_time()? - cpu_before).as_secs_f64()
+                        / ROUND.as_secs_f64();
                     let samples = monitor.stop();
                     with[setup - 1].push(monitored);
-                    line += &format!("   {name} {monitored:>8.0}/s ({samples} samples)");
+                    line += &format!(
+                        "   {name} {monitored:>8.0}/s ({samples} samples, daemon {:.1}% CPU)",
+                        daemon_cpu * 100.0
+                    );
                 }
             }
         }
@@ -183,6 +189,19 @@ impl<'a> Monitor<'a> {
             .1
             .parse()
             .ok()
+    }
+
+    /// CPU time the daemon has used so far (user + system), from /proc/PID/stat.
+    fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name, which is in parentheses and may contain spaces:
+        // state is the first, utime and stime the 12th and 13th.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
     }
 
     /// Stops the daemon and returns how many samples it had taken.
