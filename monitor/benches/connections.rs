@@ -57,8 +57,8 @@ fn main() -> anyhow::Result<()> {
                     let monitor = Monitor::start(&lab, args)?;
                     let cpu_before = monitor.cpu_time()?;
                     let monitored = connection_rate(&lab, server);
-                    let daemon_cpu = (monitor.cpu_time()? - cpu_before).as_secs_f64()
-                        / ROUND.as_secs_f64();
+                    let daemon_cpu =
+                        (monitor.cpu_time()? - cpu_before).as_secs_f64() / ROUND.as_secs_f64();
                     let samples = monitor.stop();
                     with[setup - 1].push(monitored);
                     line += &format!(

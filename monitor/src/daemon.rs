@@ -6,7 +6,7 @@ use std::{
     num::NonZeroUsize,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -33,6 +33,13 @@ use crate::{
 /// How often the SYN-ACK ring buffer is drained when the kernel has not woken us: it holds
 /// about 26 000 records, 10 ms of 2.6 M SYN-ACKs/s.
 const RINGBUF_POLL: Duration = Duration::from_millis(10);
+
+/// Scoring a full window takes tens of milliseconds, so with many busy services it could
+/// starve the ring-buffer reader: it gets at most this share of one CPU, in slices between
+/// drains, stalest service first. What waits is `seqwatch_scoring_backlog`.
+const SCORING_SHARE: f64 = 0.25;
+/// Scoring stops for this poll once a slice has run this long (one service may take longer).
+const SCORING_SLICE: Duration = Duration::from_millis(5);
 
 /// The port /metrics listens on by default.
 pub const DEFAULT_PORT: u16 = 10045;
@@ -170,6 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         NotifyState::Status(&format!("attached; serving {url}")),
     ]);
     let mut syncookies = SyncookieWatch::start();
+    let mut scoring = ScoringBudget::new(Instant::now());
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     // The kernel wakes us only when the ring buffer fills up (an eighth): drain it on a timer.
     let mut poll = tokio::time::interval(RINGBUF_POLL);
@@ -184,6 +192,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = poll.tick() => {
                 drain(records.get_mut(), &shared, &attacher.names, sample_log.as_mut(), syncookies.active())?;
+                scoring.run(&mut lock(&shared.services), &shared.metrics);
             }
             event = link_events.next() => {
                 if event.is_none() {
@@ -193,7 +202,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = publish.tick() => {
                 syncookies.poll();
-                lock(&shared.services).publish(&shared.metrics);
+                let services = lock(&shared.services);
+                shared.metrics.services.set(services.tracked() as i64);
+                shared.metrics.scoring_backlog.set(services.backlog() as i64);
+                drop(services);
                 if let Some(log) = sample_log.as_mut() {
                     log.flush()?;
                 }
@@ -273,6 +285,44 @@ fn drain(
         }
     }
     Ok(())
+}
+
+/// Meters the scorer's CPU time: `SCORING_SHARE` of the wall time, accrued up to one
+/// second's worth, spent in slices of about `SCORING_SLICE`.
+struct ScoringBudget {
+    /// Seconds of scoring available; negative after a service that took longer.
+    available: f64,
+    accrued_at: Instant,
+}
+
+impl ScoringBudget {
+    fn new(now: Instant) -> Self {
+        ScoringBudget {
+            available: SCORING_SHARE,
+            accrued_at: now,
+        }
+    }
+
+    fn accrue(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.accrued_at).as_secs_f64();
+        self.available = (self.available + elapsed * SCORING_SHARE).min(SCORING_SHARE);
+        self.accrued_at = now;
+    }
+
+    /// Scores the stalest waiting services while budget and this slice last.
+    fn run(&mut self, services: &mut ServiceTable, metrics: &Metrics) {
+        let started = Instant::now();
+        self.accrue(started);
+        while self.available > 0.0 && started.elapsed() < SCORING_SLICE {
+            let before = Instant::now();
+            if services.score_stalest(metrics, before).is_none() {
+                break;
+            }
+            let spent = before.elapsed().as_secs_f64();
+            self.available -= spent;
+            metrics.scoring_seconds.inc_by(spent);
+        }
+    }
 }
 
 /// Keeps the attachments in step with the interfaces of this network namespace.
@@ -357,4 +407,57 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use seqwatch_common::synack::SynAckRecord;
+
+    use super::*;
+
+    #[test]
+    fn the_scoring_budget_accrues_a_share_of_wall_time_up_to_a_cap() {
+        let start = Instant::now();
+        let mut budget = ScoringBudget::new(start);
+        budget.available = -0.5;
+        budget.accrue(start + Duration::from_secs(1));
+        assert!((budget.available + 0.5 - SCORING_SHARE).abs() < 1e-9);
+        budget.accrue(start + Duration::from_secs(100));
+        assert_eq!(budget.available, SCORING_SHARE);
+    }
+
+    #[test]
+    fn an_overdrawn_budget_leaves_services_waiting() {
+        let metrics = Metrics::new().unwrap();
+        let mut services =
+            ServiceTable::new(NonZeroUsize::new(4).unwrap(), ScorerConfig::default());
+        let record = SynAckRecord {
+            ts_ns: 1,
+            saddr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [198, 51, 100, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ifindex: 1,
+            seq: 7,
+            ack: 1,
+            sport: 443,
+            dport: 40_000,
+            window: 0,
+            family: seqwatch_common::synack::FAMILY_IPV4,
+            direction: Direction::Egress as u8,
+            ttl: 64,
+            options_len: 0,
+            options: [0; seqwatch_common::synack::MAX_TCP_OPTIONS],
+            _pad: [0; 2],
+        };
+        services.ingest(&Sample::from_record(&record), false);
+        let mut budget = ScoringBudget::new(Instant::now());
+        budget.available = -1.0;
+        budget.run(&mut services, &metrics);
+        assert_eq!(services.backlog(), 1);
+        budget.available = SCORING_SHARE;
+        budget.run(&mut services, &metrics);
+        assert_eq!(services.backlog(), 0);
+        assert!(metrics.scoring_seconds.get() > 0.0);
+    }
 }

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub synack_samples: IntCounterVec,
     pub services: IntGauge,
     pub service_evictions: IntCounter,
+    /// Services whose newest samples are not scored yet (scoring has a CPU budget).
+    pub scoring_backlog: IntGauge,
+    pub scoring_seconds: prometheus::Counter,
     /// SYN-ACKs whose option list was malformed (summarized in userspace).
     pub options_malformed: IntCounter,
     pub isn: IsnMetrics,
@@ -86,6 +89,21 @@ impl Metrics {
                 IntCounter::new(
                     "seqwatch_service_evictions_total",
                     "Services dropped because the service cap was reached.",
+                )?,
+            )?,
+            scoring_backlog: register(
+                &registry,
+                IntGauge::new(
+                    "seqwatch_scoring_backlog",
+                    "Services with samples their published scores do not include yet: scoring \
+                     gets a quarter of one CPU, stalest service first.",
+                )?,
+            )?,
+            scoring_seconds: register(
+                &registry,
+                prometheus::Counter::new(
+                    "seqwatch_scoring_seconds_total",
+                    "Time spent scoring services.",
                 )?,
             )?,
             isn: IsnMetrics::new(&registry)?,

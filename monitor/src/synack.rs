@@ -6,6 +6,7 @@ use std::{
     io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroUsize,
+    time::Instant,
 };
 
 use etherparse::{TcpOptionElement, TcpOptionsIterator};
@@ -121,6 +122,8 @@ struct ServiceState {
     scorer: ServiceScorer,
     /// New samples since the last published report.
     dirty: bool,
+    /// When the service was last scored; `None` before its first report.
+    scored_at: Option<Instant>,
     report: Option<ServiceReport>,
 }
 
@@ -151,6 +154,7 @@ impl ServiceTable {
         let state = ServiceState {
             scorer,
             dirty: true,
+            scored_at: None,
             report: None,
         };
         self.services
@@ -158,18 +162,34 @@ impl ServiceTable {
             .and_then(|(evicted, _)| (evicted != sample.server).then_some(evicted))
     }
 
-    /// Re-scores services with new samples and publishes their gauges.
-    pub fn publish(&mut self, metrics: &Metrics) {
-        for (service, state) in self.services.iter_mut() {
-            if !state.dirty {
-                continue;
-            }
-            state.dirty = false;
-            let report = state.scorer.report(&service.to_string());
-            set_gauges(metrics, &report);
-            state.report = Some(report);
-        }
-        metrics.services.set(self.services.len() as i64);
+    /// Scores the service with new samples whose report is the stalest (never-scored ones
+    /// first), publishes its gauges and returns it; `None` when no service is waiting.
+    pub fn score_stalest(&mut self, metrics: &Metrics, now: Instant) -> Option<SocketAddr> {
+        let service = self
+            .services
+            .iter()
+            .filter(|(_, state)| state.dirty)
+            .min_by_key(|(_, state)| state.scored_at)
+            .map(|(service, _)| *service)?;
+        let state = self.services.peek_mut(&service)?;
+        state.dirty = false;
+        state.scored_at = Some(now);
+        let report = state.scorer.report(&service.to_string());
+        set_gauges(metrics, &report);
+        state.report = Some(report);
+        Some(service)
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Services with samples that their published report does not include yet.
+    pub fn backlog(&self) -> usize {
+        self.services
+            .iter()
+            .filter(|(_, state)| state.dirty)
+            .count()
     }
 
     /// The latest report of every service, as served by the JSON endpoint.
@@ -271,6 +291,8 @@ impl SampleLog {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use seqwatch_common::synack::FAMILY_IPV6;
 
     use super::*;
@@ -347,9 +369,34 @@ mod tests {
         let evicted = table.ingest(&sample(3), false);
         assert_eq!(evicted, Some("192.0.2.1:2".parse().unwrap()));
         let metrics = Metrics::new().unwrap();
-        table.publish(&metrics);
+        while table.score_stalest(&metrics, Instant::now()).is_some() {}
         let services: Vec<_> = table.reports().into_iter().map(|r| r.service).collect();
         assert_eq!(services, ["192.0.2.1:1", "192.0.2.1:3"]);
-        assert_eq!(metrics.services.get(), 2);
+        assert_eq!(table.tracked(), 2);
+    }
+
+    #[test]
+    fn the_stalest_waiting_service_is_scored_first() {
+        let mut table = ServiceTable::new(NonZeroUsize::new(8).unwrap(), ScorerConfig::default());
+        let metrics = Metrics::new().unwrap();
+        let sample = |port| Sample::from_record(&record(FAMILY_IPV4, port, &[]));
+        let start = Instant::now();
+        let score = |table: &mut ServiceTable, at: u64| {
+            table
+                .score_stalest(&metrics, start + Duration::from_secs(at))
+                .map(|service| service.port())
+        };
+        table.ingest(&sample(1), false);
+        assert_eq!(score(&mut table, 0), Some(1));
+        table.ingest(&sample(2), false);
+        assert_eq!(score(&mut table, 1), Some(2));
+        assert_eq!(score(&mut table, 1), None, "nothing new to score");
+        for port in [2, 1, 3] {
+            table.ingest(&sample(port), false);
+        }
+        assert_eq!(table.backlog(), 3);
+        let order: Vec<_> = (0..3).filter_map(|_| score(&mut table, 2)).collect();
+        assert_eq!(order, [3, 1, 2], "never scored first, then the stalest");
+        assert_eq!(table.backlog(), 0);
     }
 }
