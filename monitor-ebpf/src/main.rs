@@ -9,8 +9,13 @@
 mod handshake;
 mod packet;
 mod synack;
+mod tcp_events;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    macros::{classifier, tracepoint},
+    programs::{TcContext, TracePointContext},
+};
 use seqwatch_common::Direction;
 
 // Every classifier returns TC_ACT_UNSPEC (tcx: "next"): the packet goes on unchanged to
@@ -35,6 +40,32 @@ pub fn synack_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn baseline(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
+}
+
+// Kernel TCP signals beside the packets, filtered to the monitored network namespace.
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    tcp_events::retransmit_synack(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    tcp_events::send_reset(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    tcp_events::receive_reset(&ctx);
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    tcp_events::inet_sock_set_state(&ctx);
+    0
 }
 
 #[cfg(not(test))]
