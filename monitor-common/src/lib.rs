@@ -6,6 +6,7 @@
 
 pub mod handshake;
 pub mod synack;
+pub mod tcp_events;
 
 /// Where a TC program is attached, as seen from this host.
 #[repr(u8)]

@@ -9,10 +9,15 @@
 mod handshake;
 mod packet;
 mod synack;
+mod tcp_events;
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    macros::{classifier, tracepoint},
+    programs::{TcContext, TracePointContext},
+};
 use seqwatch_common::{Direction, synack::Counter};
 
 use crate::packet::{Skip, TcpPacket};
@@ -92,6 +97,32 @@ fn parse(ctx: &TcContext, plain: bool, out: &mut MaybeUninit<TcpPacket>) -> bool
 #[classifier]
 pub fn baseline(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
+}
+
+// Kernel TCP signals beside the packets, filtered to the monitored network namespace.
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    tcp_events::retransmit_synack(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    tcp_events::send_reset(&ctx);
+    0
+}
+
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    tcp_events::receive_reset(&ctx);
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    tcp_events::inet_sock_set_state(&ctx);
+    0
 }
 
 #[cfg(not(test))]

@@ -22,6 +22,8 @@ pub const MAX_SOURCES: RangeInclusive<usize> = 1..=1_048_576;
 pub const GUESSES: RangeInclusive<u64> = 1..=u64::MAX;
 /// The scorer needs a handful of samples per window; beyond 65 536 a window only costs memory.
 pub const WINDOW: RangeInclusive<usize> = 8..=65_536;
+/// Seconds between an anomaly and a listener's loss that still correlate them.
+pub const LISTENER_LOSS_WINDOW: RangeInclusive<u64> = 1..=3600;
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const IFNAME_MAX: usize = 15;
 
@@ -54,6 +56,8 @@ pub struct FileConfig {
     pub sample_log: Option<PathBuf>,
     /// The handshake anomaly engine's event log (`-`: stdout).
     pub event_log: Option<PathBuf>,
+    /// Seconds after an anomaly within which a listener's loss is reported.
+    pub listener_loss_window: Option<u64>,
     pub web_config: Option<PathBuf>,
     #[serde(default)]
     pub scorer: ScorerSection,
@@ -142,6 +146,11 @@ impl LoadedConfig {
         self.check_range(&["max_sources"], file.max_sources, MAX_SOURCES)?;
         self.check_range(&["guesses"], file.guesses, GUESSES)?;
         self.check_range(&["scorer", "window"], file.scorer.window, WINDOW)?;
+        self.check_range(
+            &["listener_loss_window"],
+            file.listener_loss_window,
+            LISTENER_LOSS_WINDOW,
+        )?;
         for (key, path) in [
             ("sample_log", &file.sample_log),
             ("event_log", &file.event_log),
@@ -263,6 +272,11 @@ pub fn merge(mut args: RunArgs, matches: &ArgMatches) -> Result<RunArgs, ConfigE
     );
     set(&mut args.guesses, file.guesses, from_file("guesses"));
     set(&mut args.window, file.scorer.window, from_file("window"));
+    set(
+        &mut args.listener_loss_window,
+        file.listener_loss_window,
+        from_file("listener_loss_window"),
+    );
     if from_file("sample_log") && file.sample_log.is_some() {
         args.sample_log = file.sample_log;
     }

@@ -20,13 +20,16 @@ use tokio::{
 use crate::{
     caps::{self, KernelFeatures},
     config::{self, ConfigError},
-    handshake, http,
+    crash::{self, AnomalyHistory},
+    handshake::{self, EventLog},
+    http,
     interfaces::{self, LinkEvents, Selection},
     metrics::Metrics,
     netstat::SyncookieWatch,
     probes::{self, AttachMode, KernelCounters, Probes},
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
+    tcp_events,
     web::{WebConfig, WebSecurity},
 };
 
@@ -78,6 +81,11 @@ pub struct RunArgs {
     /// burst of 10 then 1/s per source and kind. Stateful checks need `--direction both`.
     #[arg(long, value_name = "FILE|-")]
     pub event_log: Option<PathBuf>,
+    /// Report a listener that closes (or whose process exits) within this many seconds
+    /// after a handshake anomaly to its port (1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = crash::DEFAULT_WINDOW.as_secs(),
+          value_parser = clap::value_parser!(u64).range(config::LISTENER_LOSS_WINDOW))]
+    pub listener_loss_window: u64,
     /// TLS and basic auth for the HTTP endpoints: an exporter-toolkit web-config YAML file.
     #[arg(long, value_name = "FILE")]
     pub web_config: Option<PathBuf>,
@@ -144,7 +152,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         counters: probes.take_synack_counters()?,
         services: Mutex::new(ServiceTable::new(args.max_services, scorer)),
     });
-    start_handshake_engine(&mut probes, &shared.metrics, &args)?;
+    start_engines(&mut probes, &shared.metrics, &args)?;
     let selection = if args.interfaces.is_empty() {
         Selection::AllUp
     } else {
@@ -236,25 +244,32 @@ impl RunArgs {
     }
 }
 
-/// The anomaly reader runs as its own task; stateful checks only when both directions are on.
-fn start_handshake_engine(
-    probes: &mut Probes,
-    metrics: &Metrics,
-    args: &RunArgs,
-) -> anyhow::Result<()> {
+/// The anomaly reader and the kernel TCP event reader run as their own tasks, sharing the
+/// event log and the anomaly history; stateful checks only when both directions are on.
+fn start_engines(probes: &mut Probes, metrics: &Metrics, args: &RunArgs) -> anyhow::Result<()> {
     if args.direction == Directions::Both {
         probes.enable_handshake_tracking()?;
     }
+    let event_log = args.event_log.as_deref().map(EventLog::open).transpose()?;
+    let window = Duration::from_secs(args.listener_loss_window);
+    let history = AnomalyHistory::shared(window);
     let options = handshake::EngineOptions {
-        event_log: args.event_log.clone(),
+        event_log: event_log.clone(),
         max_services: args.max_services,
+        history: history.clone(),
     };
     handshake::start(
         probes.take_anomaly_events()?,
         probes.take_handshake_counters()?,
         metrics.handshake.clone(),
         &options,
-    )
+    )?;
+    let options = tcp_events::TcpEventOptions {
+        max_services: args.max_services,
+        event_log,
+        history,
+    };
+    tcp_events::start(probes, metrics, options)
 }
 
 /// Reads every record waiting in the ring buffer.
@@ -403,7 +418,7 @@ fn notify_systemd(states: &[NotifyState<'_>]) {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -8,7 +8,8 @@ use std::{
     io::{BufWriter, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroUsize,
-    path::{Path, PathBuf},
+    path::Path,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -24,7 +25,7 @@ use seqwatch_common::{
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use crate::metrics::register;
+use crate::{crash::SharedHistory, daemon::lock, metrics::register};
 
 /// The service label of anomalies beyond the service cap.
 pub const OTHER_SERVICE: &str = "other";
@@ -36,9 +37,10 @@ const LOG_BUCKETS: usize = 4096;
 
 /// Options of the engine, from `seqwatch run`.
 pub struct EngineOptions {
-    /// JSON-lines event log: a file, or `-` for stdout.
-    pub event_log: Option<PathBuf>,
+    pub event_log: Option<EventLog>,
     pub max_services: NonZeroUsize,
+    /// Where every anomaly is remembered for crash correlation.
+    pub history: SharedHistory,
 }
 
 /// The engine's metrics, registered with the daemon's registry.
@@ -218,7 +220,7 @@ impl Clock {
         }
     }
 
-    fn rfc3339(&self, monotonic_ns: u64) -> String {
+    pub(crate) fn rfc3339(&self, monotonic_ns: u64) -> String {
         let unix_ns = (monotonic_ns as i128 + self.wall_minus_monotonic_ns).max(0);
         let (secs, millis) = (
             (unix_ns / 1_000_000_000) as i64,
@@ -310,7 +312,8 @@ struct Engine {
     counters: HandshakeCounters,
     services: ServiceLabels,
     limiter: RateLimiter,
-    log: Option<Box<dyn Write + Send>>,
+    log: Option<EventLog>,
+    history: SharedHistory,
     clock: Clock,
 }
 
@@ -321,7 +324,8 @@ impl Engine {
             .anomalies
             .with_label_values(&[anomaly.kind, service.as_str()])
             .inc();
-        let Some(log) = self.log.as_mut() else {
+        lock(&self.history).record(anomaly);
+        let Some(log) = self.log.as_ref() else {
             return Ok(());
         };
         if !self
@@ -331,9 +335,7 @@ impl Engine {
             self.metrics.events_rate_limited.inc();
             return Ok(());
         }
-        serde_json::to_writer(&mut *log, anomaly)?;
-        log.write_all(b"\n")?;
-        Ok(())
+        log.write_line(anomaly)
     }
 
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
@@ -346,7 +348,7 @@ impl Engine {
             };
             self.handle(&anomaly)?;
         }
-        if let Some(log) = self.log.as_mut() {
+        if let Some(log) = self.log.as_ref() {
             log.flush()?;
         }
         self.metrics.refresh(&self.counters);
@@ -363,16 +365,38 @@ pub fn decode_event(bytes: &[u8]) -> Option<AnomalyEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<AnomalyEvent>()) })
 }
 
-fn open_log(path: &Path) -> anyhow::Result<Box<dyn Write + Send>> {
-    if path == Path::new("-") {
-        return Ok(Box::new(std::io::stdout()));
+/// The JSON-lines event log (`--event-log`), shared by the engines that write to it; each
+/// line is written whole under the lock, so lines of different engines never interleave.
+#[derive(Clone)]
+pub struct EventLog(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl EventLog {
+    /// Opens a file for appending, or stdout for `-`.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let writer: Box<dyn Write + Send> = if path == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the event log {}", path.display()))?;
+            Box::new(BufWriter::new(file))
+        };
+        Ok(EventLog(Arc::new(Mutex::new(writer))))
     }
-    let file = File::options()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening the event log {}", path.display()))?;
-    Ok(Box::new(BufWriter::new(file)))
+
+    pub fn write_line(&self, value: &impl Serialize) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
+        lock(&self.0).write_all(&line)?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> anyhow::Result<()> {
+        lock(&self.0).flush()?;
+        Ok(())
+    }
 }
 
 /// Starts the reader task: it runs until the runtime stops. `events` and `counters` are the
@@ -388,7 +412,8 @@ pub fn start(
         counters,
         services: ServiceLabels::new(options.max_services),
         limiter: RateLimiter::default(),
-        log: options.event_log.as_deref().map(open_log).transpose()?,
+        log: options.event_log.clone(),
+        history: options.history.clone(),
         clock: Clock::now(),
     };
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.

@@ -4,14 +4,17 @@
 pub mod analyze;
 pub mod caps;
 pub mod config;
+pub mod crash;
 pub mod daemon;
 pub mod handshake;
 pub mod http;
 pub mod interfaces;
+pub mod kernel_btf;
 pub mod lab;
 pub mod metrics;
 pub mod netstat;
 pub mod probes;
 pub mod scorer;
 pub mod synack;
+pub mod tcp_events;
 pub mod web;

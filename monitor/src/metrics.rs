@@ -8,7 +8,7 @@ use prometheus::{
 };
 use seqwatch_common::synack::Counter;
 
-use crate::{handshake::HandshakeMetrics, probes::KernelCounters};
+use crate::{handshake::HandshakeMetrics, probes::KernelCounters, tcp_events::TcpEventMetrics};
 
 pub struct Metrics {
     registry: Registry,
@@ -23,6 +23,7 @@ pub struct Metrics {
     pub options_malformed: IntCounter,
     pub isn: IsnMetrics,
     pub handshake: HandshakeMetrics,
+    pub tcp: TcpEventMetrics,
     kernel: KernelMetrics,
 }
 
@@ -108,6 +109,7 @@ impl Metrics {
             )?,
             isn: IsnMetrics::new(&registry)?,
             handshake: HandshakeMetrics::new(&registry)?,
+            tcp: TcpEventMetrics::new(&registry)?,
             options_malformed: kernel.parse_errors.with_label_values(&["tcp_bad_options"]),
             kernel,
             registry,
@@ -242,7 +244,7 @@ impl KernelMetrics {
 }
 
 /// Moves a mirror counter up to the kernel's total (which never goes down).
-fn advance(mirror: &IntCounter, total: u64) {
+pub(crate) fn advance(mirror: &IntCounter, total: u64) {
     let delta = total.saturating_sub(mirror.get());
     if delta > 0 {
         mirror.inc_by(delta);

@@ -1,14 +1,17 @@
 //! Loads the kernel programs and attaches them to interfaces (tcx, or netlink/clsact where tcx
 //! is missing), keeping track of everything it attached so that it can take all of it back.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        SchedClassifier, TcAttach, TcAttachType,
+        SchedClassifier, TcAttach, TcAttachType, TracePoint,
         tc::{self, NlOptions, SchedClassifierLinkId, TcError},
     },
     util::KernelVersion,
@@ -16,9 +19,10 @@ use aya::{
 use seqwatch_common::{
     Direction,
     synack::{Counter, SynAckRecord},
+    tcp_events::TcpEventsConfig,
 };
 
-use crate::handshake::HandshakeCounters;
+use crate::{handshake::HandshakeCounters, tcp_events::TcpEventCounters};
 
 /// The eBPF object built by aya-build and embedded in this binary.
 pub fn object() -> anyhow::Result<&'static [u8]> {
@@ -201,6 +205,53 @@ impl Probes {
         Array::<_, u32>::try_from(map)?.set(0, &1, 0)?;
         Ok(())
     }
+
+    /// Loads the tracepoint program `name` and attaches it to the tracepoint of the same
+    /// name in `category`; returns how long loading (the verifier) took. The link lives as
+    /// long as the loaded object.
+    pub fn attach_tracepoint(&mut self, name: &str, category: &str) -> anyhow::Result<Duration> {
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("the eBPF object has no program {name}"))?
+            .try_into()?;
+        let started = Instant::now();
+        program
+            .load()
+            .with_context(|| format!("the verifier rejected {name}"))?;
+        let verified = started.elapsed();
+        program
+            .attach(category, name)
+            .with_context(|| format!("attaching to tracepoint {category}:{name} failed"))?;
+        Ok(verified)
+    }
+
+    /// Tells the tracepoint programs which network namespace to report, and how to find a
+    /// socket's.
+    pub fn configure_tcp_events(&mut self, config: TcpEventsConfig) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("TCP_EVENTS_CONFIG")
+            .context("the eBPF object has no TCP_EVENTS_CONFIG map")?;
+        Array::<_, TcpEventsConfig>::try_from(map)?.set(0, &config, 0)?;
+        Ok(())
+    }
+
+    pub fn take_tcp_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("TCP_EVENTS")
+            .context("the eBPF object has no TCP_EVENTS map")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    pub fn take_tcp_event_counters(&mut self) -> anyhow::Result<TcpEventCounters> {
+        let map = self
+            .ebpf
+            .take_map("TCP_EVENT_COUNTERS")
+            .context("the eBPF object has no TCP_EVENT_COUNTERS map")?;
+        Ok(TcpEventCounters(PerCpuArray::try_from(map)?))
+    }
 }
 
 impl Drop for Probes {
@@ -219,11 +270,16 @@ pub struct KernelCounters(PerCpuArray<MapData, u64>);
 
 impl KernelCounters {
     pub fn read(&self, counter: Counter) -> u64 {
-        self.0
-            .get(&(counter as u32), 0)
-            .map(|values| values.iter().sum())
-            .unwrap_or(0)
+        per_cpu_total(&self.0, counter as u32)
     }
+}
+
+/// One slot of a per-CPU counter array, summed over the CPUs (0 if unreadable).
+pub fn per_cpu_total(counters: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    counters
+        .get(&index, 0)
+        .map(|values| values.iter().sum())
+        .unwrap_or(0)
 }
 
 /// Decodes one ring-buffer item; `None` for a short item (never expected from our program).

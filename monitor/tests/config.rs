@@ -94,6 +94,10 @@ fn every_config_error_names_line_key_and_what_is_allowed() {
             ":1: key `max_sources`: 0 is out of range: expected 1 to 1048576",
         ),
         (
+            "listener_loss_window = 3601\n",
+            ":1: key `listener_loss_window`: 3601 is out of range: expected 1 to 3600",
+        ),
+        (
             "guesses = -5\n",
             ":1: key `guesses`: invalid value: integer `-5`",
         ),
@@ -154,7 +158,8 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
         "seqwatch.toml",
         "interfaces = [\"eth7\"]\ndirection = \"both\"\nlisten = \"127.0.0.1:20000\"\n\
          attach_mode = \"netlink\"\nmax_services = 10\nguesses = 77\n\
-         sample_log = \"samples.jsonl\"\nevent_log = \"-\"\n[scorer]\nwindow = 512\n",
+         sample_log = \"samples.jsonl\"\nevent_log = \"-\"\nlistener_loss_window = 30\n\
+         [scorer]\nwindow = 512\n",
     );
     let config = path.to_str().unwrap();
 
@@ -165,6 +170,7 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
         "127.0.0.1:10045".parse::<SocketAddr>().unwrap()
     );
     assert!(defaults.interfaces.is_empty(), "all interfaces by default");
+    assert_eq!(defaults.listener_loss_window, 10);
 
     let from_file = merged(&["--config", config]).unwrap();
     assert_eq!(from_file.interfaces, ["eth7"]);
@@ -174,6 +180,7 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
     assert_eq!(from_file.max_services.get(), 10);
     assert_eq!(from_file.guesses, 77);
     assert_eq!(from_file.window, 512);
+    assert_eq!(from_file.listener_loss_window, 30);
     // Relative to the file's directory, not to where seqwatch was started.
     assert_eq!(from_file.sample_log, Some(dir.path().join("samples.jsonl")));
     assert_eq!(
@@ -195,12 +202,15 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
         "64",
         "--guesses",
         "5000",
+        "--listener-loss-window",
+        "5",
     ])
     .unwrap();
     assert_eq!(overridden.interfaces, ["eth9"]);
     assert_eq!(overridden.direction, Directions::Egress);
     assert_eq!(overridden.listen.port(), 30000);
     assert_eq!(overridden.window, 64);
+    assert_eq!(overridden.listener_loss_window, 5);
     assert_eq!(
         overridden.guesses, 5000,
         "a flag equal to the default still wins"

@@ -17,7 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, connect_many, listen, read_json_lines, series_value, wait_for};
+use common::{
+    Daemon, connect_many,
+    crafted::{route_spoofed, sampled_server_isn, start_both_directions},
+    listen, read_json_lines, series_value, wait_for,
+};
 use seqwatch::lab::{Crafter, Lab, LabOptions, Segment, flags::*};
 use seqwatch_common::handshake::AnomalyKind;
 
@@ -46,45 +50,11 @@ impl Scene {
         let lab = Lab::create(&LabOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let events = dir.path().join("events.jsonl");
-        let server_if = lab.server_if.clone();
-        let events_arg = events.to_str().unwrap().to_owned();
-        let mut daemon = Daemon::start(
-            &lab,
-            &lab.server_ns,
-            dir.path(),
-            &[
-                "--interface",
-                &server_if,
-                "--direction",
-                "both",
-                "--event-log",
-                &events_arg,
-            ],
-        );
-        daemon.wait_attached(&lab, &server_if, "egress");
-        daemon.wait_attached(&lab, &server_if, "ingress");
+        let daemon = start_both_directions(&lab, dir.path(), &events);
         let crafter = Crafter::client_to_server(&lab).unwrap();
         let server_crafter = Crafter::server_to_client(&lab).unwrap();
-        let mac = crafter.source_mac().map(|b| format!("{b:02x}")).join(":");
-        let ip = |args: &[&str]| {
-            let status = lab.command_in(&lab.server_ns, "ip").args(args).status();
-            assert!(status.unwrap().success(), "ip {args:?}");
-        };
-        for spoofed in [SPOOFED, UNANSWERED] {
-            ip(&["route", "add", &format!("{spoofed}/32"), "dev", &server_if]);
-        }
-        let spoofed = SPOOFED.to_string();
-        ip(&[
-            "neigh",
-            "replace",
-            &spoofed,
-            "lladdr",
-            &mac,
-            "dev",
-            &server_if,
-            "nud",
-            "permanent",
-        ]);
+        route_spoofed(&lab, SPOOFED, Some(crafter.source_mac()));
+        route_spoofed(&lab, UNANSWERED, None);
         Scene {
             lab,
             daemon,
@@ -127,15 +97,7 @@ impl Scene {
 
     /// The ISN of the server's SYN-ACK to `client`, from the daemon's own sample log.
     fn server_isn(&self, client: SocketAddr) -> u32 {
-        let mut isn = None;
-        wait_for(Duration::from_secs(10), || {
-            isn = read_json_lines(&self.daemon.sample_log)
-                .iter()
-                .find(|s| s["client"] == client.to_string())
-                .map(|s| s["seq"].as_u64().unwrap() as u32);
-            isn.is_some()
-        });
-        isn.unwrap_or_else(|| {
+        sampled_server_isn(&self.daemon, client).unwrap_or_else(|| {
             panic!(
                 "no SYN-ACK to {client} sampled; anomalies {:?}\n{}",
                 self.anomaly_counts(),

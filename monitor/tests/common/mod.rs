@@ -321,3 +321,81 @@ impl Daemon {
         self.child.id()
     }
 }
+
+/// Helpers of the tests with crafted handshakes (tests/handshake.rs, tests/tcp_events.rs);
+/// every test crate compiles this module.
+#[allow(dead_code)]
+pub mod crafted {
+    use std::{
+        net::{Ipv4Addr, SocketAddr},
+        path::Path,
+        time::Duration,
+    };
+
+    use seqwatch::lab::Lab;
+
+    use super::{Daemon, read_json_lines, wait_for};
+
+    /// The daemon on the lab server's veth in both directions (the handshake tracker's stateful
+    /// checks on), writing its event log to `events`; returns once both classifiers are attached.
+    pub fn start_both_directions(lab: &Lab, dir: &Path, events: &Path) -> Daemon {
+        let server_if = lab.server_if.clone();
+        let events = events.to_str().expect("a UTF-8 path");
+        let mut daemon = Daemon::start(
+            lab,
+            &lab.server_ns,
+            dir,
+            &[
+                "--interface",
+                &server_if,
+                "--direction",
+                "both",
+                "--event-log",
+                events,
+            ],
+        );
+        daemon.wait_attached(lab, &server_if, "egress");
+        daemon.wait_attached(lab, &server_if, "ingress");
+        daemon
+    }
+
+    /// The ISN of the server's SYN-ACK to `client`, from the daemon's own sample log (waits up
+    /// to 10 s for it).
+    pub fn sampled_server_isn(daemon: &Daemon, client: SocketAddr) -> Option<u32> {
+        let mut isn = None;
+        wait_for(Duration::from_secs(10), || {
+            isn = read_json_lines(&daemon.sample_log)
+                .iter()
+                .find(|s| s["client"] == client.to_string())
+                .map(|s| s["seq"].as_u64().unwrap() as u32);
+            isn.is_some()
+        });
+        isn
+    }
+
+    /// Routes `spoofed` out of the server's veth; with `via`, to that MAC address (a permanent
+    /// neighbour entry: the client namespace drops what is sent to an address it does not have,
+    /// so a spoofed client never answers), without, it stays unresolved and nothing is sent.
+    pub fn route_spoofed(lab: &Lab, spoofed: Ipv4Addr, via: Option<[u8; 6]>) {
+        let ip = |args: &[&str]| {
+            let status = lab.command_in(&lab.server_ns, "ip").args(args).status();
+            assert!(status.unwrap().success(), "ip {args:?}");
+        };
+        let (spoofed, server_if) = (spoofed.to_string(), lab.server_if.as_str());
+        ip(&["route", "add", &format!("{spoofed}/32"), "dev", server_if]);
+        if let Some(mac) = via {
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            ip(&[
+                "neigh",
+                "replace",
+                &spoofed,
+                "lladdr",
+                &mac,
+                "dev",
+                server_if,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! Kernel TCP signals beside the packets, userspace half: checks each tracepoint's record
+//! layout against the running kernel, points the programs at this process's network
+//! namespace, attaches what it can (a program that cannot be loaded or attached is logged and
+//! reported as not attached; the rest carry on), reads their events and counts them:
+//! SYN-ACK retransmits and resets received per service, resets sent per kernel reason,
+//! listeners closed, and listeners lost right after an anomaly (see [`crate::crash`]).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    num::NonZeroUsize,
+    os::unix::fs::MetadataExt as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use seqwatch_common::{
+    synack::FAMILY_IPV4,
+    tcp_events::{
+        Field, TcpEvent, TcpEventCounter, TcpEventKind, TcpEventsConfig,
+        layout::{inet_sock_set_state, receive_reset, retransmit_synack, send_reset},
+    },
+};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    crash::{ListenerLost, SharedHistory},
+    handshake::{Clock, EventLog, ServiceLabels},
+    kernel_btf::KernelBtf,
+    metrics::{Metrics, advance, register},
+    probes::{Probes, per_cpu_total},
+};
+
+/// How long a listener's close waits before it is judged, so that anomalies the kernel
+/// reported just before it (read from another ring buffer) have arrived.
+const JUDGE_AFTER: Duration = Duration::from_millis(1000);
+/// Listener closes waiting to be judged; beyond it the oldest is judged at once.
+const MAX_PENDING: usize = 1024;
+/// Where tracefs may be mounted.
+const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+/// The `reason` label of a reset whose reason the kernel's format does not name.
+const UNKNOWN_REASON: &str = "unknown";
+
+/// One tracepoint program: its name in the object (and `program` label), its tracepoint,
+/// and the record fields it reads.
+struct Program {
+    name: &'static str,
+    category: &'static str,
+    fields: Vec<Field>,
+}
+
+fn programs() -> [Program; 4] {
+    let with = |first: &[Field], addresses: [Field; 7]| {
+        let mut fields = first.to_vec();
+        fields.extend(addresses);
+        fields
+    };
+    [
+        Program {
+            name: "tcp_retransmit_synack",
+            category: "tcp",
+            fields: with(
+                &[retransmit_synack::SKADDR],
+                retransmit_synack::ADDRESSES.fields(),
+            ),
+        },
+        Program {
+            name: "tcp_send_reset",
+            category: "tcp",
+            fields: send_reset::FIELDS.to_vec(),
+        },
+        Program {
+            name: "tcp_receive_reset",
+            category: "tcp",
+            fields: with(&[receive_reset::SKADDR], receive_reset::ADDRESSES.fields()),
+        },
+        Program {
+            name: "inet_sock_set_state",
+            category: "sock",
+            fields: with(
+                &[
+                    inet_sock_set_state::SKADDR,
+                    inet_sock_set_state::OLDSTATE,
+                    inet_sock_set_state::NEWSTATE,
+                    inet_sock_set_state::PROTOCOL,
+                ],
+                inet_sock_set_state::ADDRESSES.fields(),
+            ),
+        },
+    ]
+}
+
+/// The program names, for documentation and tests.
+pub fn program_names() -> Vec<&'static str> {
+    programs().iter().map(|p| p.name).collect()
+}
+
+/// The metrics of this module, registered with the daemon's registry.
+#[derive(Clone)]
+pub struct TcpEventMetrics {
+    pub synack_retransmits: IntCounterVec,
+    pub resets_sent: IntCounterVec,
+    pub resets_received: IntCounterVec,
+    pub listeners_closed: IntCounter,
+    pub listener_lost_after_anomaly: IntCounterVec,
+    pub events_dropped: IntCounter,
+    pub netns_unreadable: IntCounter,
+}
+
+impl TcpEventMetrics {
+    pub fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let counter = |name: &str, help: &str| register(registry, IntCounter::new(name, help)?);
+        let vec = |name: &str, help: &str, label: &str| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), &[label])?,
+            )
+        };
+        Ok(TcpEventMetrics {
+            synack_retransmits: vec(
+                "seqwatch_synack_retransmits_total",
+                "SYN-ACKs a listener of this namespace retransmitted (no third ACK came), \
+                 by local service (services beyond the cap are \"other\").",
+                "service",
+            )?,
+            resets_sent: vec(
+                "seqwatch_resets_sent_total",
+                "RSTs this namespace sent, by the kernel's reason (enum sk_rst_reason).",
+                "reason",
+            )?,
+            resets_received: vec(
+                "seqwatch_resets_received_total",
+                "RSTs sockets of this namespace received, by service: the local listener's \
+                 address:port, or the remote server's for outgoing connections.",
+                "service",
+            )?,
+            listeners_closed: counter(
+                "seqwatch_listeners_closed_total",
+                "TCP listeners of this namespace that closed (or whose process exited).",
+            )?,
+            listener_lost_after_anomaly: vec(
+                "seqwatch_listener_lost_after_anomaly_total",
+                "Listeners that closed within the window after a handshake anomaly to their \
+                 port, by the anomalies' service.",
+                "service",
+            )?,
+            events_dropped: counter(
+                "seqwatch_tcp_events_dropped_total",
+                "Kernel TCP events lost because their ring buffer was full.",
+            )?,
+            netns_unreadable: counter(
+                "seqwatch_tcp_events_netns_unreadable_total",
+                "Kernel TCP events skipped because their socket's network namespace could not \
+                 be read.",
+            )?,
+        })
+    }
+
+    fn refresh(&self, counters: &TcpEventCounters) {
+        advance(
+            &self.events_dropped,
+            counters.read(TcpEventCounter::EventsDropped),
+        );
+        advance(
+            &self.netns_unreadable,
+            counters.read(TcpEventCounter::NetnsUnreadable),
+        );
+    }
+}
+
+/// The programs' per-CPU counters, summed over CPUs on read.
+pub struct TcpEventCounters(pub PerCpuArray<MapData, u64>);
+
+impl TcpEventCounters {
+    fn read(&self, counter: TcpEventCounter) -> u64 {
+        per_cpu_total(&self.0, counter as u32)
+    }
+}
+
+/// Options of the reader, from `seqwatch run`.
+pub struct TcpEventOptions {
+    pub max_services: NonZeroUsize,
+    pub event_log: Option<EventLog>,
+    pub history: SharedHistory,
+}
+
+/// Attaches what this kernel allows and starts the reader task. Only an unusable object is
+/// an error: a kernel without a tracepoint, tracefs or BTF leaves these signals off, logged.
+pub fn start(
+    probes: &mut Probes,
+    metrics: &Metrics,
+    options: TcpEventOptions,
+) -> anyhow::Result<()> {
+    let config = match monitored_netns_config() {
+        Ok(config) => config,
+        Err(err) => {
+            log::warn!("kernel TCP events off: {err:#}");
+            mark_all_unattached(metrics);
+            return Ok(());
+        }
+    };
+    probes.configure_tcp_events(config)?;
+    let formats = attach_programs(probes, metrics);
+    let Some(reasons) = formats.get("tcp_send_reset").map(|f| reset_reasons(f)) else {
+        log::warn!("no reset reasons: tcp_send_reset is not attached");
+        return spawn_reader(probes, metrics, options, HashMap::new());
+    };
+    for name in reasons.values() {
+        metrics.tcp.resets_sent.with_label_values(&[name]);
+    }
+    metrics.tcp.resets_sent.with_label_values(&[UNKNOWN_REASON]);
+    spawn_reader(probes, metrics, options, reasons)
+}
+
+/// This process's network namespace and the kernel offsets that lead a socket to its own.
+fn monitored_netns_config() -> anyhow::Result<TcpEventsConfig> {
+    let netns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    let btf = KernelBtf::from_sys_fs()?;
+    Ok(TcpEventsConfig {
+        netns_inum: netns.ino() as u32,
+        sock_net: btf.offset_of("sock", &["__sk_common", "skc_net", "net"])?,
+        net_inum: btf.offset_of("net", &["ns", "inum"])?,
+        skb_dev: btf.offset_of("sk_buff", &["dev"])?,
+        dev_net: btf.offset_of("net_device", &["nd_net", "net"])?,
+    })
+}
+
+fn mark_all_unattached(metrics: &Metrics) {
+    for program in programs() {
+        set_attached(metrics, program.name, false);
+    }
+}
+
+fn set_attached(metrics: &Metrics, program: &str, attached: bool) {
+    // Tracepoints have no interface or direction: those labels stay empty.
+    metrics
+        .program_attached
+        .with_label_values(&[program, "", ""])
+        .set(i64::from(attached));
+}
+
+/// Attaches each program whose record layout matches this kernel's; returns the `format`
+/// text of each one attached.
+fn attach_programs(probes: &mut Probes, metrics: &Metrics) -> HashMap<&'static str, String> {
+    let mut attached = HashMap::new();
+    for program in programs() {
+        let result = read_format(program.category, program.name)
+            .and_then(|format| {
+                check_fields(&format, &program.fields)?;
+                Ok(format)
+            })
+            .and_then(|format| {
+                let verified = probes.attach_tracepoint(program.name, program.category)?;
+                log::info!(
+                    "attached {} (tracepoint {}:{}; loaded and verified in {verified:?})",
+                    program.name,
+                    program.category,
+                    program.name,
+                );
+                Ok(format)
+            });
+        match result {
+            Ok(format) => {
+                attached.insert(program.name, format);
+            }
+            Err(err) => log::warn!("{} off: {err:#}", program.name),
+        }
+        set_attached(metrics, program.name, attached.contains_key(program.name));
+    }
+    attached
+}
+
+fn read_format(category: &str, name: &str) -> anyhow::Result<String> {
+    let relative = format!("events/{category}/{name}/format");
+    TRACEFS
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}/{relative}")).ok())
+        .with_context(|| {
+            format!(
+                "tracepoint {category}:{name} not found (no such tracepoint, or tracefs is not \
+                 mounted: mount -t tracefs tracefs /sys/kernel/tracing)"
+            )
+        })
+}
+
+/// Fails unless every field the program reads is in the record at the offset and size it
+/// was built for.
+fn check_fields(format: &str, fields: &[Field]) -> anyhow::Result<()> {
+    let present = format_fields(format);
+    for field in fields {
+        match present.get(field.name) {
+            Some(&(offset, size)) if (offset, size) == (field.offset, field.size) => {}
+            found => anyhow::bail!(
+                "this kernel's record layout differs: field {} is {} (built for offset {} \
+                 size {})",
+                field.name,
+                found.map_or("missing".to_owned(), |(o, s)| format!("at {o} size {s}")),
+                field.offset,
+                field.size
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// `field:TYPE NAME[N];\toffset:O;\tsize:S;` lines as NAME → (O, S).
+fn format_fields(format: &str) -> HashMap<&str, (usize, usize)> {
+    format
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.trim().split(';');
+            let declaration = parts.next()?.strip_prefix("field:")?;
+            let name = declaration.rsplit(' ').next()?.split('[').next()?;
+            let number = |part: Option<&str>, key: &str| -> Option<usize> {
+                part?.trim().strip_prefix(key)?.parse().ok()
+            };
+            let offset = number(parts.next(), "offset:")?;
+            let size = number(parts.next(), "size:")?;
+            Some((name, (offset, size)))
+        })
+        .collect()
+}
+
+/// The reset reasons `tcp_send_reset`'s format names: `{ 1, "NO_SOCKET" }` → 1 → `no_socket`.
+fn reset_reasons(format: &str) -> HashMap<u32, String> {
+    let Some((_, symbols)) = format.split_once("__print_symbolic(REC->reason,") else {
+        return HashMap::new();
+    };
+    symbols
+        .split('{')
+        .skip(1)
+        .map_while(|entry| {
+            let (number, rest) = entry.split_once(',')?;
+            let name = rest.split('"').nth(1)?;
+            Some((number.trim().parse().ok()?, name.to_ascii_lowercase()))
+        })
+        .filter(|(_, name): &(u32, String)| name != "max")
+        .collect()
+}
+
+fn spawn_reader(
+    probes: &mut Probes,
+    metrics: &Metrics,
+    options: TcpEventOptions,
+    reasons: HashMap<u32, String>,
+) -> anyhow::Result<()> {
+    let mut reader = Reader {
+        metrics: metrics.tcp.clone(),
+        counters: probes.take_tcp_event_counters()?,
+        services: ServiceLabels::new(options.max_services),
+        reasons,
+        listening: ListeningPorts::scan(),
+        history: options.history,
+        pending: VecDeque::new(),
+        log: options.event_log,
+        clock: Clock::now(),
+    };
+    // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
+    let mut events = unsafe { AsyncFd::register(probes.take_tcp_events()?) }
+        .map_err(|err| anyhow::anyhow!("polling the TCP event ring buffer: {err}"))?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let result = tokio::select! {
+                guard = events.readable_mut() => match guard {
+                    Ok(mut guard) => {
+                        reader.drain(guard.get_inner_mut());
+                        guard.clear_ready();
+                        Ok(())
+                    }
+                    Err(err) => Err(anyhow::Error::from(err)),
+                },
+                _ = tick.tick() => {
+                    reader.drain(events.get_mut());
+                    reader.metrics.refresh(&reader.counters);
+                    reader.judge_due(Instant::now())
+                }
+            };
+            if let Err(err) = result {
+                log::error!("TCP event reader stopped: {err:#}");
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Local ports with a listener, seeded from /proc/net/tcp{,6} and kept up to date from the
+/// listener events: they tell a server's reset from a client's.
+struct ListeningPorts(HashMap<u16, u32>);
+
+impl ListeningPorts {
+    fn scan() -> Self {
+        let mut ports = HashMap::new();
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            for port in listening_ports(&text) {
+                *ports.entry(port).or_insert(0) += 1;
+            }
+        }
+        ListeningPorts(ports)
+    }
+
+    fn opened(&mut self, port: u16) {
+        *self.0.entry(port).or_insert(0) += 1;
+    }
+
+    fn closed(&mut self, port: u16) {
+        if let Some(count) = self.0.get_mut(&port) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&port);
+            }
+        }
+    }
+
+    fn contains(&self, port: u16) -> bool {
+        self.0.contains_key(&port)
+    }
+}
+
+/// Local ports of the LISTEN (0A) rows of a /proc/net/tcp table.
+fn listening_ports(table: &str) -> impl Iterator<Item = u16> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let mut columns = line.split_whitespace().skip(1);
+        let local = columns.next()?;
+        let state = columns.nth(1)?;
+        let port = local.rsplit(':').next()?;
+        (state == "0A").then(|| u16::from_str_radix(port, 16).ok())?
+    })
+}
+
+/// One decoded event.
+struct Decoded {
+    kind: TcpEventKind,
+    local: SocketAddr,
+    remote: SocketAddr,
+    event: TcpEvent,
+}
+
+fn decode(bytes: &[u8]) -> Option<Decoded> {
+    if bytes.len() < size_of::<TcpEvent>() {
+        return None;
+    }
+    // SAFETY: TcpEvent is plain old data and the length was checked.
+    let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TcpEvent>()) };
+    let address = |bytes: &[u8; 16]| -> IpAddr {
+        if event.family == FAMILY_IPV4 {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*bytes))
+        }
+    };
+    Some(Decoded {
+        kind: TcpEventKind::from_u8(event.kind)?,
+        local: SocketAddr::new(address(&event.local_addr), event.local_port),
+        remote: SocketAddr::new(address(&event.remote_addr), event.remote_port),
+        event,
+    })
+}
+
+/// A listener close waiting to be judged.
+struct PendingClose {
+    due: Instant,
+    listener: SocketAddr,
+    ts_ns: u64,
+    pid: u32,
+    comm: [u8; 16],
+}
+
+/// Everything the reader task owns.
+struct Reader {
+    metrics: TcpEventMetrics,
+    counters: TcpEventCounters,
+    services: ServiceLabels,
+    reasons: HashMap<u32, String>,
+    listening: ListeningPorts,
+    history: SharedHistory,
+    pending: VecDeque<PendingClose>,
+    log: Option<EventLog>,
+    clock: Clock,
+}
+
+impl Reader {
+    fn drain(&mut self, events: &mut RingBuf<MapData>) {
+        while let Some(item) = events.next() {
+            match decode(&item) {
+                Some(decoded) => self.handle(&decoded),
+                None => log::warn!("undecodable TCP event of {} bytes ignored", item.len()),
+            }
+        }
+    }
+
+    fn handle(&mut self, decoded: &Decoded) {
+        let Decoded {
+            kind,
+            local,
+            remote,
+            event,
+        } = decoded;
+        match kind {
+            TcpEventKind::SynAckRetransmit => {
+                let service = self.services.label(*local);
+                self.metrics
+                    .synack_retransmits
+                    .with_label_values(&[service.as_str()])
+                    .inc();
+            }
+            TcpEventKind::ResetSent => {
+                let reason = self.reasons.get(&event.reason);
+                let reason = reason.map_or(UNKNOWN_REASON, String::as_str);
+                self.metrics.resets_sent.with_label_values(&[reason]).inc();
+            }
+            TcpEventKind::ResetReceived => {
+                let server = if self.listening.contains(local.port()) {
+                    *local
+                } else {
+                    *remote
+                };
+                let service = self.services.label(server);
+                self.metrics
+                    .resets_received
+                    .with_label_values(&[service.as_str()])
+                    .inc();
+            }
+            TcpEventKind::ListenerOpened => self.listening.opened(local.port()),
+            TcpEventKind::ListenerClosed => self.listener_closed(*local, event),
+        }
+    }
+
+    fn listener_closed(&mut self, listener: SocketAddr, event: &TcpEvent) {
+        self.listening.closed(listener.port());
+        self.metrics.listeners_closed.inc();
+        if self.pending.len() == MAX_PENDING
+            && let Some(oldest) = self.pending.pop_front()
+        {
+            self.judge(&oldest);
+        }
+        self.pending.push_back(PendingClose {
+            due: Instant::now() + JUDGE_AFTER,
+            listener,
+            ts_ns: event.ts_ns,
+            pid: event.pid,
+            comm: event.comm,
+        });
+    }
+
+    fn judge_due(&mut self, now: Instant) -> anyhow::Result<()> {
+        while self.pending.front().is_some_and(|p| p.due <= now) {
+            let close = self.pending.pop_front().expect("checked");
+            self.judge(&close);
+        }
+        if let Some(log) = &self.log {
+            log.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Reports the close if anomalies to its port came just before it.
+    fn judge(&mut self, close: &PendingClose) {
+        let port = close.listener.port();
+        let precursors = crate::daemon::lock(&self.history).take_before(port, close.ts_ns);
+        let Some(precursors) = precursors else {
+            return;
+        };
+        let service = self.services.label(precursors.service);
+        self.metrics
+            .listener_lost_after_anomaly
+            .with_label_values(&[service.as_str()])
+            .inc();
+        let lost = ListenerLost {
+            time: self.clock.rfc3339(close.ts_ns),
+            kind: ListenerLost::KIND,
+            listener: close.listener,
+            port,
+            service: precursors.service,
+            pid: close.pid,
+            process: comm_name(&close.comm),
+            anomaly_kinds: precursors.kinds,
+            anomalies: precursors.anomalies,
+            sources: precursors.sources,
+            seconds_after_last_anomaly: close.ts_ns.saturating_sub(precursors.last_ts_ns) as f64
+                / 1e9,
+        };
+        log::warn!(
+            "listener {} (process {} {}) lost {:.1} s after anomalies {:?} from {:?}",
+            lost.listener,
+            lost.pid,
+            lost.process,
+            lost.seconds_after_last_anomaly,
+            lost.anomaly_kinds,
+            lost.sources
+        );
+        if let Some(log) = &self.log
+            && let Err(err) = log.write_line(&lost)
+        {
+            log::error!("writing the event log: {err:#}");
+        }
+    }
+}
+
+fn comm_name(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEND_RESET_FORMAT: &str = "name: tcp_send_reset
+ID: 2280
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
+\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
+
+print fmt: \"skbaddr=%p reason=%s\", REC->skbaddr, __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }, { 2, \"TCP_INVALID_ACK_SEQUENCE\" }, { 25, \"MAX\" })";
+
+    #[test]
+    fn the_built_layout_is_checked_against_the_format() {
+        check_fields(SEND_RESET_FORMAT, &send_reset::FIELDS).unwrap();
+        let moved = SEND_RESET_FORMAT.replace("offset:28;", "offset:32;");
+        let err = check_fields(&moved, &send_reset::FIELDS).unwrap_err();
+        assert!(
+            err.to_string().contains("field reason is at 32 size 4"),
+            "{err}"
+        );
+        let older = SEND_RESET_FORMAT.replace("reason;", "other;");
+        let err = check_fields(&older, &send_reset::FIELDS).unwrap_err();
+        assert!(err.to_string().contains("field reason is missing"), "{err}");
+    }
+
+    #[test]
+    fn reset_reasons_come_from_the_format() {
+        let reasons = reset_reasons(SEND_RESET_FORMAT);
+        assert_eq!(reasons.len(), 3, "MAX is not a reason");
+        assert_eq!(reasons[&1], "no_socket");
+        assert_eq!(reasons[&2], "tcp_invalid_ack_sequence");
+        assert!(reset_reasons("print fmt: \"x\"").is_empty());
+    }
+
+    #[test]
+    fn listening_ports_are_read_from_proc_tables() {
+        let table = "  sl  local_address rem_address   st tx_queue
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0
+   1: 0100C70A:1F90 0200C70A:A000 01 00000000:00000000 00:00000000 00000000     0
+   2: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 0";
+        assert_eq!(listening_ports(table).collect::<Vec<_>>(), [8080, 22]);
+        let mut ports = ListeningPorts(HashMap::new());
+        ports.opened(80);
+        ports.opened(80);
+        ports.closed(80);
+        assert!(ports.contains(80), "one of two listeners is still open");
+        ports.closed(80);
+        ports.closed(80);
+        assert!(!ports.contains(80));
+    }
+
+    #[test]
+    fn short_or_unknown_events_are_not_decoded() {
+        assert!(decode(&[0; 8]).is_none());
+        let mut bytes = [0u8; size_of::<TcpEvent>()];
+        bytes[std::mem::offset_of!(TcpEvent, kind)] = 99;
+        assert!(decode(&bytes).is_none());
+        bytes[std::mem::offset_of!(TcpEvent, kind)] = TcpEventKind::ResetSent as u8;
+        bytes[std::mem::offset_of!(TcpEvent, family)] = FAMILY_IPV4;
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.local, "0.0.0.0:0".parse().unwrap());
+    }
+}
