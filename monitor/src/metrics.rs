@@ -1,6 +1,7 @@
-//! Every metric the daemon exports. Label values come from fixed sets (reasons, directions),
-//! from this host's interfaces, or from services bounded by the service cap — never from
-//! unbounded attacker-controlled values.
+//! Every metric the daemon exports. Label values come from fixed sets (reasons, directions,
+//! posture checks), from this host's interfaces, or from services bounded by the service
+//! cap — never from unbounded attacker-controlled values. The TcpExt counters are read at
+//! scrape time by [`TcpExtCollector`].
 
 use prometheus::{
     Encoder as _, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -8,7 +9,7 @@ use prometheus::{
 };
 use seqwatch_common::synack::Counter;
 
-use crate::{handshake::HandshakeMetrics, probes::KernelCounters};
+use crate::{handshake::HandshakeMetrics, netstat::TcpExtCollector, probes::KernelCounters};
 
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +56,7 @@ impl Metrics {
             .set(1);
         registry.register(Box::new(build_info))?;
         let kernel = KernelMetrics::new(&registry)?;
+        registry.register(Box::new(TcpExtCollector::new()?))?;
         Ok(Metrics {
             program_attached: register(
                 &registry,
