@@ -24,6 +24,7 @@ use crate::{
     interfaces::{self, LinkEvents, Selection},
     metrics::Metrics,
     netstat::SyncookieWatch,
+    posture::PostureWatch,
     probes::{self, AttachMode, KernelCounters, Probes},
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
@@ -33,6 +34,9 @@ use crate::{
 /// How often the SYN-ACK ring buffer is drained when the kernel has not woken us: it holds
 /// about 26 000 records, 10 ms of 2.6 M SYN-ACKs/s.
 const RINGBUF_POLL: Duration = Duration::from_millis(10);
+
+/// How often the hardening sysctls are read again (cheap: a few dozen small files).
+const POSTURE_REFRESH: Duration = Duration::from_secs(60);
 
 /// The port /metrics listens on by default.
 pub const DEFAULT_PORT: u16 = 10045;
@@ -171,6 +175,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ]);
     let mut syncookies = SyncookieWatch::start();
     let mut publish = tokio::time::interval(Duration::from_secs(1));
+    // Its first tick is immediate: the posture is exported from the start.
+    let mut posture_refresh = tokio::time::interval(POSTURE_REFRESH);
+    let mut posture = PostureWatch::default();
     // The kernel wakes us only when the ring buffer fills up (an eighth): drain it on a timer.
     let mut poll = tokio::time::interval(RINGBUF_POLL);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -198,6 +205,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     log.flush()?;
                 }
             }
+            _ = posture_refresh.tick() => posture.refresh(&shared.metrics.posture),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }

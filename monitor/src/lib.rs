@@ -11,6 +11,7 @@ pub mod interfaces;
 pub mod lab;
 pub mod metrics;
 pub mod netstat;
+pub mod posture;
 pub mod probes;
 pub mod scorer;
 pub mod synack;

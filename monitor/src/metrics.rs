@@ -21,6 +21,8 @@ pub struct Metrics {
     pub options_malformed: IntCounter,
     pub isn: IsnMetrics,
     pub handshake: HandshakeMetrics,
+    /// 1 if a hardening check is as recommended, 0 if not; absent when unreadable.
+    pub posture: IntGaugeVec,
     kernel: KernelMetrics,
 }
 
@@ -92,6 +94,17 @@ impl Metrics {
             )?,
             isn: IsnMetrics::new(&registry)?,
             handshake: HandshakeMetrics::new(&registry)?,
+            posture: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "seqwatch_posture_check",
+                        "1 if the hardening check's sysctls are as recommended, 0 if not \
+                         (see `seqwatch posture`); absent when unreadable.",
+                    ),
+                    &["check", "scope"],
+                )?,
+            )?,
             options_malformed: kernel.parse_errors.with_label_values(&["tcp_bad_options"]),
             kernel,
             registry,

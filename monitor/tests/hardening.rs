@@ -1,6 +1,8 @@
-//! The TcpExt counters against the real kernel: the real daemon in a lab's server namespace,
-//! a listener flooded from the client namespace, and that namespace's own /proc/net/netstat as
-//! the referee. Needs root; every lab namespace is removed when its test ends.
+//! The TcpExt counters and the hardening posture against the real kernel: the real daemon in a
+//! lab's server namespace, a listener flooded from the client namespace with that namespace's
+//! own /proc/net/netstat as the referee, and per-namespace sysctls set in the lab only.
+//! Needs root; every lab namespace is removed when its test ends, and no host-wide sysctl is
+//! written.
 
 // This crate uses only some of the shared helpers.
 #[allow(dead_code)]
@@ -14,7 +16,7 @@ use std::{
 
 use common::{Daemon, backlog_listener, connect_many, listen, netstat, scrape, series_value};
 use seqwatch::{
-    lab::{Crafter, Lab, LabOptions, Segment, flags},
+    lab::{Crafter, Lab, LabOptions, Segment, command_in_netns, flags},
     netstat::TCPEXT_COUNTERS,
 };
 
@@ -170,6 +172,105 @@ fn forced_syncookies_equal_the_namespaces_netstat() {
     daemon.stop();
 }
 
+/// Per-namespace sysctls set against advice and as advised in a fresh namespace: `seqwatch
+/// posture --json` run there (nsenter) judges each as expected, leaves the host-wide
+/// `net.core.bpf_jit_harden` (absent outside the host's namespace) unjudged and exits 3; the
+/// daemon there exports the same verdicts, and no series for the unjudged check. The host's
+/// own values are the same before and after.
+#[test]
+fn posture_verdicts_follow_the_namespaces_sysctls() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let ns = lab.server_ns.clone();
+    let host_before = posture_values(None);
+    // Against advice, then as advised (accept_redirects needs both all and default).
+    let settings = [
+        ("net.ipv4.tcp_syncookies", "0"),
+        ("net.ipv4.tcp_timestamps", "2"),
+        ("net.ipv4.ip_local_port_range", "60000 60100"),
+        ("net.ipv4.conf.all.rp_filter", "1"),
+        ("net.ipv4.conf.all.accept_redirects", "0"),
+        ("net.ipv4.conf.default.accept_redirects", "0"),
+        ("net.ipv4.tcp_synack_retries", "2"),
+        ("net.ipv4.tcp_rfc1337", "1"),
+        ("net.ipv4.conf.all.log_martians", "1"),
+    ];
+    for (name, value) in settings {
+        write_sysctl(&lab, &ns, name, value);
+    }
+
+    let (status, checks) = posture_json(Some(&ns));
+    let verdict = |check: &str| checks[check]["ok"].as_bool();
+    let expected = [
+        ("tcp_syncookies", Some(false)),
+        ("tcp_timestamps", Some(false)),
+        ("ip_local_port_range", Some(false)),
+        ("rp_filter", Some(true)),
+        ("accept_redirects", Some(true)),
+        ("tcp_synack_retries", Some(true)),
+        ("tcp_rfc1337", Some(true)),
+        ("log_martians", Some(true)),
+        ("bpf_jit_harden", None),
+    ];
+    for (check, ok) in expected {
+        assert_eq!(verdict(check), ok, "{check}: {}", checks[check]);
+    }
+    assert_eq!(checks["ip_local_port_range"]["value"], "60000 60100");
+    assert_eq!(status, Some(3), "a check failed: exit status 3");
+
+    let mut daemon = Daemon::start(&lab, &ns, dir.path(), &["--interface", &lab.server_if]);
+    daemon.wait_attached(&lab, &lab.server_if, "egress");
+    let metrics = daemon.metrics(&lab);
+    for (check, assessment) in &checks {
+        let series = format!(
+            "seqwatch_posture_check{{check=\"{check}\",scope=\"{}\"}}",
+            assessment["scope"].as_str().unwrap()
+        );
+        let exported = series_value(&metrics, &series);
+        let expected = assessment["ok"].as_bool().map(|ok| f64::from(u8::from(ok)));
+        assert_eq!(exported, expected, "{series}");
+    }
+    assert!(!metrics.contains("check=\"bpf_jit_harden\""));
+    daemon.stop();
+    assert_eq!(
+        posture_values(None),
+        host_before,
+        "the host's sysctls are untouched"
+    );
+}
+
+/// `seqwatch posture --json`, in `ns` (via nsenter) or in this process's namespace: the exit
+/// status and each check's object by name.
+fn posture_json(ns: Option<&str>) -> (Option<i32>, HashMap<String, serde_json::Value>) {
+    let seqwatch = env!("CARGO_BIN_EXE_seqwatch");
+    let mut command = match ns {
+        Some(ns) => command_in_netns(ns, seqwatch),
+        None => std::process::Command::new(seqwatch),
+    };
+    let output = command
+        .args(["posture", "--json"])
+        .output()
+        .expect("run seqwatch posture");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&output.stderr)));
+    let checks = json["checks"]
+        .as_array()
+        .expect("a checks array")
+        .iter()
+        .map(|check| (check["check"].as_str().unwrap().to_owned(), check.clone()))
+        .collect();
+    (output.status.code(), checks)
+}
+
+/// What `seqwatch posture` reads, check by check.
+fn posture_values(ns: Option<&str>) -> HashMap<String, serde_json::Value> {
+    let (_, checks) = posture_json(ns);
+    checks
+        .into_iter()
+        .map(|(check, assessment)| (check, assessment["value"].clone()))
+        .collect()
+}
+
 /// A sysctl as `nsenter --net` would see it in `ns` (or in this process's namespace).
 fn read_sysctl(ns: Option<(&Lab, &str)>, name: &str) -> String {
     let path = sysctl_path(name);
@@ -185,8 +286,9 @@ fn write_sysctl(lab: &Lab, ns: &str, name: &str, value: &str) {
     let path = sysctl_path(name);
     lab.run_in(ns, || std::fs::write(&path, value))
         .unwrap_or_else(|err| panic!("setting {name} in {ns}: {err}"));
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
     assert_eq!(
-        read_sysctl(Some((lab, ns)), name).trim(),
+        words(&read_sysctl(Some((lab, ns)), name)),
         value,
         "{name} in {ns}"
     );
