@@ -85,6 +85,14 @@ ATTACHED_MAPPINGS = [{
     },
 }]
 
+POSTURE_MAPPINGS = [{
+    "type": "value",
+    "options": {
+        "0": {"index": 0, "text": "NOT AS RECOMMENDED", "color": "red"},
+        "1": {"index": 1, "text": "ok", "color": "green"},
+    },
+}]
+
 # Guess bits: < 14 guessable, < 24 suspicious, ~32 unpredictable.
 GUESS_BITS_STEPS = thresholds((None, "red"), (14, "orange"), (24, "green"))
 # Feasibility: uniform ISNs give ~1.2e-6; the alert fires above 0.1.
@@ -387,6 +395,60 @@ def overview():
                      "Listeners that stopped answering right after a handshake anomaly, "
                      "per hour. Alert: SeqwatchListenerLostAfterAnomaly.",
                      min_=0, bars=True), 8, 8)
+
+    L.row("Hardening posture and TCP stack")
+    L.add(stat("Posture checks not as recommended",
+               [target(f"count(seqwatch_posture_check{{{INST}}} == 0) or vector(0)",
+                       instant=True)],
+               "Hardening sysctls set against their recommendation (seqwatch posture). "
+               "Alert: SeqwatchPostureCheckFailed.",
+               steps=thresholds((None, "green"), (1, "red"))), 4, 8)
+    L.add(table("Posture checks",
+                [target(f"seqwatch_posture_check{{{INST}}}", table=True)],
+                "One row per hardening check and instance; scope netns is the daemon's "
+                "network namespace, host the whole machine. Values, recommendations and "
+                "reasons: seqwatch posture on the host. Unreadable checks have no row.",
+                rename={"Value": "as recommended"}, mappings=POSTURE_MAPPINGS,
+                steps=thresholds((None, "red"), (1, "green"))), 20, 8)
+    L.add(timeseries("Listen queue overflows and drops/s",
+                     [target(f"sum by (instance) (rate(seqwatch_tcpext_listen_overflows_total{{{INST}}}[5m]))",
+                             "{{instance}} ListenOverflows", ref="A"),
+                      target(f"sum by (instance) (rate(seqwatch_tcpext_listen_drops_total{{{INST}}}[5m]))",
+                             "{{instance}} ListenDrops", ref="B")],
+                     "Handshakes dropped because an accept queue was full (overflows), and "
+                     "every drop at a listener (drops). Alert: SeqwatchListenQueueOverflow.",
+                     unit="ops"), 6, 8)
+    L.add(timeseries("SYN cookies/s",
+                     [target(f"sum by (instance) (rate(seqwatch_tcpext_syncookies_sent_total{{{INST}}}[5m]))",
+                             "{{instance}} sent", ref="A"),
+                      target(f"sum by (instance) (rate(seqwatch_tcpext_syncookies_recv_total{{{INST}}}[5m]))",
+                             "{{instance}} valid", ref="B"),
+                      target(f"sum by (instance) (rate(seqwatch_tcpext_syncookies_failed_total{{{INST}}}[5m]))",
+                             "{{instance}} failed", ref="C")],
+                     "Cookies are sent when a SYN queue overflows (tcp_syncookies = 1): a SYN "
+                     "flood or an undersized backlog. Alert: SeqwatchSynFlood.",
+                     unit="ops"), 6, 8)
+    L.add(timeseries("Challenge ACKs/s (RFC 5961)",
+                     [target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_challenge_ack_total{{{INST}}}[5m]))",
+                             "{{instance}} challenge ACKs", ref="A"),
+                      target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_syn_challenge_total{{{INST}}}[5m]))",
+                             "{{instance}} for SYNs", ref="B")],
+                     "Challenge ACKs answer in-window RSTs and SYNs on established "
+                     "connections: blind reset or injection attempts raise them.",
+                     unit="ops"), 6, 8)
+    L.add(timeseries("SYN queue full, embryonic RSTs, backlog drops/s",
+                     [target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_req_q_full_drop_total{{{INST}}}[5m]))",
+                             "{{instance}} SYN queue full: dropped", ref="A"),
+                      target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_req_q_full_do_cookies_total{{{INST}}}[5m]))",
+                             "{{instance}} SYN queue full: cookies", ref="B"),
+                      target(f"sum by (instance) (rate(seqwatch_tcpext_embryonic_rsts_total{{{INST}}}[5m]))",
+                             "{{instance}} embryonic RSTs", ref="C"),
+                      target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_backlog_drop_total{{{INST}}}[5m]))",
+                             "{{instance}} backlog drops", ref="D"),
+                      target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_abort_on_data_total{{{INST}}}[5m]))",
+                             "{{instance}} aborts on data", ref="E")],
+                     "The other TcpExt counters Seqwatch re-exports (node_exporter leaves them "
+                     "out by default).", unit="ops"), 6, 8)
 
     return dashboard("seqwatch-overview", "Seqwatch / Overview",
                      "TCP ISN predictability of every service, and the health of the "
