@@ -179,6 +179,14 @@ def state_timeline(title, targets, description, mappings):
     }
 
 
+def tcpext_rates(*series):
+    """Per-instance 5m rates of seqwatch_tcpext_<counter>_total: one target per
+    (counter, legend), refIds A, B, ..."""
+    return [target(f"sum by (instance) (rate(seqwatch_tcpext_{counter}_total{{{INST}}}[5m]))",
+                   "{{instance}} " + legend, ref=chr(ord("A") + i))
+            for i, (counter, legend) in enumerate(series)]
+
+
 class Layout:
     """Places panels left to right on Grafana's 24-column grid and numbers them."""
 
@@ -411,42 +419,30 @@ def overview():
                 rename={"Value": "as recommended"}, mappings=POSTURE_MAPPINGS,
                 steps=thresholds((None, "red"), (1, "green"))), 20, 8)
     L.add(timeseries("Listen queue overflows and drops/s",
-                     [target(f"sum by (instance) (rate(seqwatch_tcpext_listen_overflows_total{{{INST}}}[5m]))",
-                             "{{instance}} ListenOverflows", ref="A"),
-                      target(f"sum by (instance) (rate(seqwatch_tcpext_listen_drops_total{{{INST}}}[5m]))",
-                             "{{instance}} ListenDrops", ref="B")],
+                     tcpext_rates(("listen_overflows", "ListenOverflows"),
+                                  ("listen_drops", "ListenDrops")),
                      "Handshakes dropped because an accept queue was full (overflows), and "
                      "every drop at a listener (drops). Alert: SeqwatchListenQueueOverflow.",
                      unit="ops"), 6, 8)
     L.add(timeseries("SYN cookies/s",
-                     [target(f"sum by (instance) (rate(seqwatch_tcpext_syncookies_sent_total{{{INST}}}[5m]))",
-                             "{{instance}} sent", ref="A"),
-                      target(f"sum by (instance) (rate(seqwatch_tcpext_syncookies_recv_total{{{INST}}}[5m]))",
-                             "{{instance}} valid", ref="B"),
-                      target(f"sum by (instance) (rate(seqwatch_tcpext_syncookies_failed_total{{{INST}}}[5m]))",
-                             "{{instance}} failed", ref="C")],
+                     tcpext_rates(("syncookies_sent", "sent"),
+                                  ("syncookies_recv", "valid"),
+                                  ("syncookies_failed", "failed")),
                      "Cookies are sent when a SYN queue overflows (tcp_syncookies = 1): a SYN "
                      "flood or an undersized backlog. Alert: SeqwatchSynFlood.",
                      unit="ops"), 6, 8)
     L.add(timeseries("Challenge ACKs/s (RFC 5961)",
-                     [target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_challenge_ack_total{{{INST}}}[5m]))",
-                             "{{instance}} challenge ACKs", ref="A"),
-                      target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_syn_challenge_total{{{INST}}}[5m]))",
-                             "{{instance}} for SYNs", ref="B")],
+                     tcpext_rates(("tcp_challenge_ack", "challenge ACKs"),
+                                  ("tcp_syn_challenge", "for SYNs")),
                      "Challenge ACKs answer in-window RSTs and SYNs on established "
                      "connections: blind reset or injection attempts raise them.",
                      unit="ops"), 6, 8)
     L.add(timeseries("SYN queue full, embryonic RSTs, backlog drops/s",
-                     [target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_req_q_full_drop_total{{{INST}}}[5m]))",
-                             "{{instance}} SYN queue full: dropped", ref="A"),
-                      target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_req_q_full_do_cookies_total{{{INST}}}[5m]))",
-                             "{{instance}} SYN queue full: cookies", ref="B"),
-                      target(f"sum by (instance) (rate(seqwatch_tcpext_embryonic_rsts_total{{{INST}}}[5m]))",
-                             "{{instance}} embryonic RSTs", ref="C"),
-                      target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_backlog_drop_total{{{INST}}}[5m]))",
-                             "{{instance}} backlog drops", ref="D"),
-                      target(f"sum by (instance) (rate(seqwatch_tcpext_tcp_abort_on_data_total{{{INST}}}[5m]))",
-                             "{{instance}} aborts on data", ref="E")],
+                     tcpext_rates(("tcp_req_q_full_drop", "SYN queue full: dropped"),
+                                  ("tcp_req_q_full_do_cookies", "SYN queue full: cookies"),
+                                  ("embryonic_rsts", "embryonic RSTs"),
+                                  ("tcp_backlog_drop", "backlog drops"),
+                                  ("tcp_abort_on_data", "aborts on data")),
                      "The other TcpExt counters Seqwatch re-exports (node_exporter leaves them "
                      "out by default).", unit="ops"), 6, 8)
 
