@@ -85,6 +85,14 @@ ATTACHED_MAPPINGS = [{
     },
 }]
 
+POSTURE_MAPPINGS = [{
+    "type": "value",
+    "options": {
+        "0": {"index": 0, "text": "NOT AS RECOMMENDED", "color": "red"},
+        "1": {"index": 1, "text": "ok", "color": "green"},
+    },
+}]
+
 # Guess bits: < 14 guessable, < 24 suspicious, ~32 unpredictable.
 GUESS_BITS_STEPS = thresholds((None, "red"), (14, "orange"), (24, "green"))
 # Feasibility: uniform ISNs give ~1.2e-6; the alert fires above 0.1.
@@ -169,6 +177,14 @@ def state_timeline(title, targets, description, mappings):
                     "legend": {"displayMode": "list", "placement": "bottom",
                                "showLegend": True}},
     }
+
+
+def tcpext_rates(*series):
+    """Per-instance 5m rates of seqwatch_tcpext_<counter>_total: one target per
+    (counter, legend), refIds A, B, ..."""
+    return [target(f"sum by (instance) (rate(seqwatch_tcpext_{counter}_total{{{INST}}}[5m]))",
+                   "{{instance}} " + legend, ref=chr(ord("A") + i))
+            for i, (counter, legend) in enumerate(series)]
 
 
 class Layout:
@@ -387,6 +403,48 @@ def overview():
                      "Listeners that stopped answering right after a handshake anomaly, "
                      "per hour. Alert: SeqwatchListenerLostAfterAnomaly.",
                      min_=0, bars=True), 8, 8)
+
+    L.row("Hardening posture and TCP stack")
+    L.add(stat("Posture checks not as recommended",
+               [target(f"count(seqwatch_posture_check{{{INST}}} == 0) or vector(0)",
+                       instant=True)],
+               "Hardening sysctls set against their recommendation (seqwatch posture). "
+               "Alert: SeqwatchPostureCheckFailed.",
+               steps=thresholds((None, "green"), (1, "red"))), 4, 8)
+    L.add(table("Posture checks",
+                [target(f"seqwatch_posture_check{{{INST}}}", table=True)],
+                "One row per hardening check and instance; scope netns is the daemon's "
+                "network namespace, host the whole machine. Values, recommendations and "
+                "reasons: seqwatch posture on the host. Unreadable checks have no row.",
+                rename={"Value": "as recommended"}, mappings=POSTURE_MAPPINGS,
+                steps=thresholds((None, "red"), (1, "green"))), 20, 8)
+    L.add(timeseries("Listen queue overflows and drops/s",
+                     tcpext_rates(("listen_overflows", "ListenOverflows"),
+                                  ("listen_drops", "ListenDrops")),
+                     "Handshakes dropped because an accept queue was full (overflows), and "
+                     "every drop at a listener (drops). Alert: SeqwatchListenQueueOverflow.",
+                     unit="ops"), 6, 8)
+    L.add(timeseries("SYN cookies/s",
+                     tcpext_rates(("syncookies_sent", "sent"),
+                                  ("syncookies_recv", "valid"),
+                                  ("syncookies_failed", "failed")),
+                     "Cookies are sent when a SYN queue overflows (tcp_syncookies = 1): a SYN "
+                     "flood or an undersized backlog. Alert: SeqwatchSynFlood.",
+                     unit="ops"), 6, 8)
+    L.add(timeseries("Challenge ACKs/s (RFC 5961)",
+                     tcpext_rates(("tcp_challenge_ack", "challenge ACKs"),
+                                  ("tcp_syn_challenge", "for SYNs")),
+                     "Challenge ACKs answer in-window RSTs and SYNs on established "
+                     "connections: blind reset or injection attempts raise them.",
+                     unit="ops"), 6, 8)
+    L.add(timeseries("SYN queue full, embryonic RSTs, backlog drops/s",
+                     tcpext_rates(("tcp_req_q_full_drop", "SYN queue full: dropped"),
+                                  ("tcp_req_q_full_do_cookies", "SYN queue full: cookies"),
+                                  ("embryonic_rsts", "embryonic RSTs"),
+                                  ("tcp_backlog_drop", "backlog drops"),
+                                  ("tcp_abort_on_data", "aborts on data")),
+                     "The other TcpExt counters Seqwatch re-exports (node_exporter leaves them "
+                     "out by default).", unit="ops"), 6, 8)
 
     return dashboard("seqwatch-overview", "Seqwatch / Overview",
                      "TCP ISN predictability of every service, and the health of the "

@@ -26,6 +26,7 @@ use crate::{
     interfaces::{self, LinkEvents, Selection},
     metrics::Metrics,
     netstat::SyncookieWatch,
+    posture::PostureWatch,
     probes::{self, AttachMode, KernelCounters, Probes},
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
@@ -43,6 +44,9 @@ const RINGBUF_POLL: Duration = Duration::from_millis(10);
 const SCORING_SHARE: f64 = 0.25;
 /// Scoring stops for this poll once a slice has run this long (one service may take longer).
 const SCORING_SLICE: Duration = Duration::from_millis(5);
+
+/// How often the hardening sysctls are read again (cheap: a few dozen small files).
+const POSTURE_REFRESH: Duration = Duration::from_secs(60);
 
 /// The port /metrics listens on by default.
 pub const DEFAULT_PORT: u16 = 10045;
@@ -187,6 +191,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut syncookies = SyncookieWatch::start();
     let mut scoring = ScoringBudget::new(Instant::now());
     let mut publish = tokio::time::interval(Duration::from_secs(1));
+    // Its first tick is immediate: the posture is exported from the start.
+    let mut posture_refresh = tokio::time::interval(POSTURE_REFRESH);
+    let mut posture = PostureWatch::default();
     // The kernel wakes us only when the ring buffer fills up (an eighth): drain it on a timer.
     let mut poll = tokio::time::interval(RINGBUF_POLL);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -218,6 +225,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     log.flush()?;
                 }
             }
+            _ = posture_refresh.tick() => posture.refresh(&shared.metrics.posture),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }

@@ -13,6 +13,7 @@ pub mod kernel_btf;
 pub mod lab;
 pub mod metrics;
 pub mod netstat;
+pub mod posture;
 pub mod probes;
 pub mod scorer;
 pub mod synack;

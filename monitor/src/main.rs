@@ -18,13 +18,15 @@ const EXIT_CONFIG: u8 = 2;
   seqwatch run --config /etc/seqwatch/seqwatch.toml
   seqwatch check-config /etc/seqwatch/seqwatch.toml
   seqwatch analyze --json capture.pcapng
+  seqwatch posture                              # hardening sysctls against recommendations
   seqwatch completions bash > /etc/bash_completion.d/seqwatch
 
 Exit codes:
   0  success
   1  runtime error (no privileges, kernel lacks BTF/tcx, missing interface, I/O)
   2  usage or configuration error (bad flag, bad config or web-config file);
-     `analyze`: a capture was damaged and the results cover only what came before it"
+     `analyze`: a capture was damaged and the results cover only what came before it
+  3  `posture`: at least one check is not as recommended"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +40,8 @@ enum Command {
     Run(seqwatch::daemon::RunArgs),
     /// Score the ISN generators seen in pcap/pcapng captures.
     Analyze(seqwatch::analyze::AnalyzeArgs),
+    /// Check the hardening sysctls of this host and network namespace against recommendations.
+    Posture(seqwatch::posture::PostureArgs),
     /// Validate a configuration file (and the web-config file it names); exit 2 if invalid.
     CheckConfig {
         /// The TOML configuration file.
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_daemon(args, run_matches(&matches)),
         Command::Analyze(args) => seqwatch::analyze::run(args),
+        Command::Posture(args) => seqwatch::posture::run(args),
         Command::CheckConfig { file } => check_config(file),
         Command::Version => version(),
         Command::Completions { shell } => {

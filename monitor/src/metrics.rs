@@ -1,6 +1,7 @@
-//! Every metric the daemon exports. Label values come from fixed sets (reasons, directions),
-//! from this host's interfaces, or from services bounded by the service cap — never from
-//! unbounded attacker-controlled values.
+//! Every metric the daemon exports. Label values come from fixed sets (reasons, directions,
+//! posture checks), from this host's interfaces, or from services bounded by the service
+//! cap — never from unbounded attacker-controlled values. The TcpExt counters are read at
+//! scrape time by [`TcpExtCollector`].
 
 use prometheus::{
     Encoder as _, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -8,7 +9,10 @@ use prometheus::{
 };
 use seqwatch_common::synack::Counter;
 
-use crate::{handshake::HandshakeMetrics, probes::KernelCounters, tcp_events::TcpEventMetrics};
+use crate::{
+    handshake::HandshakeMetrics, netstat::TcpExtCollector, probes::KernelCounters,
+    tcp_events::TcpEventMetrics,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -24,6 +28,8 @@ pub struct Metrics {
     pub isn: IsnMetrics,
     pub handshake: HandshakeMetrics,
     pub tcp: TcpEventMetrics,
+    /// 1 if a hardening check is as recommended, 0 if not; absent when unreadable.
+    pub posture: IntGaugeVec,
     kernel: KernelMetrics,
 }
 
@@ -59,6 +65,7 @@ impl Metrics {
             .set(1);
         registry.register(Box::new(build_info))?;
         let kernel = KernelMetrics::new(&registry)?;
+        registry.register(Box::new(TcpExtCollector::new()?))?;
         Ok(Metrics {
             program_attached: register(
                 &registry,
@@ -110,6 +117,17 @@ impl Metrics {
             isn: IsnMetrics::new(&registry)?,
             handshake: HandshakeMetrics::new(&registry)?,
             tcp: TcpEventMetrics::new(&registry)?,
+            posture: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "seqwatch_posture_check",
+                        "1 if the hardening check's sysctls are as recommended, 0 if not \
+                         (see `seqwatch posture`); absent when unreadable.",
+                    ),
+                    &["check", "scope"],
+                )?,
+            )?,
             options_malformed: kernel.parse_errors.with_label_values(&["tcp_bad_options"]),
             kernel,
             registry,

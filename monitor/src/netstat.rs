@@ -1,6 +1,107 @@
-//! Reads `/proc/net/netstat` (TcpExt) of this network namespace.
+//! Reads `/proc/net/netstat` (TcpExt) of this network namespace: the TcpExt counters that
+//! node_exporter leaves out by default, re-exported as `seqwatch_tcpext_*_total`, and the
+//! SYN-cookie watch the scorer uses. Both read the same file through [`read_tcpext`].
 
 use std::collections::HashMap;
+
+use prometheus::{
+    core::{Collector, Desc},
+    proto::{Counter, Metric, MetricFamily, MetricType},
+};
+
+/// This network namespace's counters: /proc/net is /proc/self/net, the daemon's namespace.
+const NETSTAT: &str = "/proc/net/netstat";
+
+/// One exported TcpExt counter: the kernel's field name and the metric it becomes.
+pub struct TcpExtCounter {
+    /// The name in the `TcpExt:` lines (and in `nstat`, prefixed `TcpExt`).
+    pub field: &'static str,
+    /// `seqwatch_tcpext_` + the field in snake_case + `_total`.
+    pub metric: &'static str,
+    pub help: &'static str,
+}
+
+const fn counter(field: &'static str, metric: &'static str, help: &'static str) -> TcpExtCounter {
+    TcpExtCounter {
+        field,
+        metric,
+        help,
+    }
+}
+
+/// The field the SYN-cookie watch reads.
+const SYNCOOKIES_SENT: &str = "SyncookiesSent";
+
+/// The TcpExt counters seqwatch re-exports: handshake abuse, SYN floods and accept-queue
+/// starvation. A fixed set, so the series are bounded.
+pub const TCPEXT_COUNTERS: [TcpExtCounter; 12] = [
+    counter(
+        "TCPChallengeACK",
+        "seqwatch_tcpext_tcp_challenge_ack_total",
+        "TcpExt TCPChallengeACK: challenge ACKs sent (RFC 5961) for in-window RSTs, SYNs \
+         and out-of-window ACKs.",
+    ),
+    counter(
+        "TCPSYNChallenge",
+        "seqwatch_tcpext_tcp_syn_challenge_total",
+        "TcpExt TCPSYNChallenge: challenge ACKs sent in answer to a SYN on an established \
+         connection (RFC 5961 section 4).",
+    ),
+    counter(
+        "TCPReqQFullDrop",
+        "seqwatch_tcpext_tcp_req_q_full_drop_total",
+        "TcpExt TCPReqQFullDrop: SYNs dropped because a SYN queue was full and SYN cookies \
+         were off.",
+    ),
+    counter(
+        "TCPReqQFullDoCookies",
+        "seqwatch_tcpext_tcp_req_q_full_do_cookies_total",
+        "TcpExt TCPReqQFullDoCookies: SYNs answered with a SYN cookie because a SYN queue \
+         was full (or cookies are forced).",
+    ),
+    counter(
+        "EmbryonicRsts",
+        "seqwatch_tcpext_embryonic_rsts_total",
+        "TcpExt EmbryonicRsts: RSTs received for connections still in SYN_RECV.",
+    ),
+    counter(
+        "ListenOverflows",
+        "seqwatch_tcpext_listen_overflows_total",
+        "TcpExt ListenOverflows: handshakes dropped because a listener's accept queue was full.",
+    ),
+    counter(
+        "ListenDrops",
+        "seqwatch_tcpext_listen_drops_total",
+        "TcpExt ListenDrops: SYNs and handshake completions a listener dropped, for any \
+         reason (includes ListenOverflows).",
+    ),
+    counter(
+        SYNCOOKIES_SENT,
+        "seqwatch_tcpext_syncookies_sent_total",
+        "TcpExt SyncookiesSent: SYN-ACKs sent with a SYN cookie as ISN.",
+    ),
+    counter(
+        "SyncookiesRecv",
+        "seqwatch_tcpext_syncookies_recv_total",
+        "TcpExt SyncookiesRecv: ACKs that carried a valid SYN cookie.",
+    ),
+    counter(
+        "SyncookiesFailed",
+        "seqwatch_tcpext_syncookies_failed_total",
+        "TcpExt SyncookiesFailed: ACKs to a listener whose SYN cookie did not check out.",
+    ),
+    counter(
+        "TCPBacklogDrop",
+        "seqwatch_tcpext_tcp_backlog_drop_total",
+        "TcpExt TCPBacklogDrop: segments dropped because a socket's backlog was full.",
+    ),
+    counter(
+        "TCPAbortOnData",
+        "seqwatch_tcpext_tcp_abort_on_data_total",
+        "TcpExt TCPAbortOnData: connections reset because data arrived after the \
+         application closed them.",
+    ),
+];
 
 /// Parses the `Prefix: names…` / `Prefix: values…` line pairs of /proc/net/netstat.
 pub fn parse(text: &str) -> HashMap<String, u64> {
@@ -21,9 +122,104 @@ pub fn parse(text: &str) -> HashMap<String, u64> {
     counters
 }
 
+/// The TcpExt counters of one reading of /proc/net/netstat.
+pub struct TcpExt(HashMap<String, u64>);
+
+impl TcpExt {
+    pub fn parse(text: &str) -> Self {
+        TcpExt(parse(text))
+    }
+
+    /// The counter's value; `None` when this kernel does not have it.
+    pub fn get(&self, field: &str) -> Option<u64> {
+        self.0.get(&format!("TcpExt{field}")).copied()
+    }
+
+    /// The exported counters this kernel lacks.
+    pub fn missing(&self) -> impl Iterator<Item = &'static TcpExtCounter> + '_ {
+        TCPEXT_COUNTERS
+            .iter()
+            .filter(|counter| self.get(counter.field).is_none())
+    }
+}
+
+/// This namespace's TcpExt counters, or `None` if /proc/net/netstat cannot be read.
+pub fn read_tcpext() -> Option<TcpExt> {
+    std::fs::read_to_string(NETSTAT)
+        .ok()
+        .map(|text| TcpExt::parse(&text))
+}
+
+/// The re-exported TcpExt counters, read from /proc/net/netstat at each scrape: the kernel's
+/// counters are monotonic for the namespace's lifetime, so its totals are the counters.
+/// A counter this kernel lacks is absent, not 0.
+pub struct TcpExtCollector {
+    descs: Vec<Desc>,
+}
+
+impl TcpExtCollector {
+    /// Says once, in the log, which counters this kernel does not have.
+    pub fn new() -> anyhow::Result<Self> {
+        match read_tcpext() {
+            Some(tcpext) => {
+                for counter in tcpext.missing() {
+                    log::warn!(
+                        "this kernel has no TcpExt {} in {NETSTAT}: {} is not exported",
+                        counter.field,
+                        counter.metric
+                    );
+                }
+            }
+            None => log::warn!("cannot read {NETSTAT}: no seqwatch_tcpext_* metrics"),
+        }
+        let descs = TCPEXT_COUNTERS
+            .iter()
+            .map(|counter| {
+                Desc::new(
+                    counter.metric.into(),
+                    counter.help.into(),
+                    vec![],
+                    HashMap::new(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TcpExtCollector { descs })
+    }
+}
+
+impl Collector for TcpExtCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        read_tcpext().map_or_else(Vec::new, |tcpext| families(&tcpext))
+    }
+}
+
+/// One counter family per exported counter this reading has.
+fn families(tcpext: &TcpExt) -> Vec<MetricFamily> {
+    TCPEXT_COUNTERS
+        .iter()
+        .filter_map(|exported| {
+            let value = tcpext.get(exported.field)?;
+            let mut counter = Counter::default();
+            // f64 is exact up to 2^53: centuries of any of these counters.
+            counter.set_value(value as f64);
+            let mut metric = Metric::default();
+            metric.set_counter(counter);
+            let mut family = MetricFamily::default();
+            family.set_name(exported.metric.into());
+            family.set_help(exported.help.into());
+            family.set_field_type(MetricType::COUNTER);
+            family.set_metric(vec![metric]);
+            Some(family)
+        })
+        .collect()
+}
+
 fn syncookies_sent() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
-    parse(&text).get("TcpExtSyncookiesSent").copied()
+    read_tcpext()?.get(SYNCOOKIES_SENT)
 }
 
 /// Tells whether the host sent SYN cookies since the previous poll: SYN-ACKs seen then may
@@ -55,6 +251,8 @@ impl SyncookieWatch {
 
 #[cfg(test)]
 mod tests {
+    use prometheus::{Encoder as _, Registry, TextEncoder};
+
     use super::*;
 
     #[test]
@@ -70,5 +268,40 @@ mod tests {
     #[test]
     fn reads_this_hosts_netstat() {
         assert!(syncookies_sent().is_some(), "TcpExt SyncookiesSent missing");
+    }
+
+    #[test]
+    fn exports_present_counters_as_counters_and_leaves_missing_ones_out() {
+        // A kernel without the challenge-ACK counters.
+        let tcpext =
+            TcpExt::parse("TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 5 12 13\n");
+        let missing: Vec<_> = tcpext.missing().map(|c| c.field).collect();
+        assert!(missing.contains(&"TCPChallengeACK"));
+        assert!(!missing.contains(&"ListenOverflows"));
+        assert_eq!(missing.len(), TCPEXT_COUNTERS.len() - 3);
+        let mut text = Vec::new();
+        TextEncoder::new()
+            .encode(&families(&tcpext), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("# TYPE seqwatch_tcpext_listen_overflows_total counter\n"));
+        assert!(text.contains("\nseqwatch_tcpext_listen_overflows_total 12\n"));
+        assert!(text.contains("\nseqwatch_tcpext_listen_drops_total 13\n"));
+        assert!(text.contains("\nseqwatch_tcpext_syncookies_sent_total 5\n"));
+        assert!(!text.contains("challenge"), "{text}");
+    }
+
+    #[test]
+    fn the_collector_registers_and_reads_this_namespace() {
+        let registry = Registry::new();
+        registry
+            .register(Box::new(TcpExtCollector::new().unwrap()))
+            .unwrap();
+        let names: Vec<String> = registry
+            .gather()
+            .iter()
+            .map(|family| family.name().to_owned())
+            .collect();
+        assert!(names.contains(&"seqwatch_tcpext_listen_overflows_total".to_owned()));
     }
 }

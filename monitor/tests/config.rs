@@ -239,6 +239,7 @@ fn help_shows_examples_and_exit_codes_and_usage_errors_exit_2() {
         "Exit codes:",
         "check-config",
         "completions",
+        "posture",
         "version",
     ] {
         assert!(help.contains(expected), "{expected} in:\n{help}");
@@ -256,7 +257,14 @@ fn completions_cover_every_subcommand() {
         let output = seqwatch(&["completions", shell]);
         assert!(output.status.success());
         let script = stdout(&output);
-        for subcommand in ["run", "analyze", "check-config", "version", "completions"] {
+        for subcommand in [
+            "run",
+            "analyze",
+            "check-config",
+            "posture",
+            "version",
+            "completions",
+        ] {
             assert!(script.contains(subcommand), "{shell}: {subcommand}");
         }
     }

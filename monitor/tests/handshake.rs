@@ -11,16 +11,15 @@ mod common;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
     path::Path,
     thread,
     time::{Duration, Instant},
 };
 
 use common::{
-    Daemon, connect_many,
+    Daemon, backlog_listener, connect_many,
     crafted::{route_spoofed, sampled_server_isn, start_both_directions},
-    listen, read_json_lines, series_value, wait_for,
+    listen, netstat, read_json_lines, series_value, wait_for,
 };
 use seqwatch::lab::{Crafter, Lab, LabOptions, Segment, flags::*};
 use seqwatch_common::handshake::AnomalyKind;
@@ -361,24 +360,10 @@ fn normal_connections_raise_no_anomaly() {
 
 /// A listener with an accept queue of one that starts accepting only after `pause`.
 fn slow_listener(lab: &Lab, addr: SocketAddr, pause: Duration) {
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
-    };
     let SocketAddr::V4(addr) = addr else {
         panic!("an IPv4 address")
     };
-    let listener: TcpListener = lab.run_in(&lab.server_ns, || {
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::empty(),
-            None,
-        )
-        .unwrap();
-        bind(fd.as_raw_fd(), &SockaddrIn::from(addr)).unwrap();
-        listen(&fd, Backlog::new(1).unwrap()).unwrap();
-        fd.into()
-    });
+    let listener = backlog_listener(lab, &lab.server_ns, addr, 1);
     thread::spawn(move || {
         thread::sleep(pause);
         for stream in listener.incoming().flatten() {
@@ -389,16 +374,5 @@ fn slow_listener(lab: &Lab, addr: SocketAddr, pause: Duration) {
 
 /// A `TcpExt:` counter of a namespace.
 fn tcp_ext(lab: &Lab, ns: &str, name: &str) -> u64 {
-    let text = lab.run_in(ns, || {
-        std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap()
-    });
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let index = names.split_whitespace().position(|n| n == name).unwrap();
-    values
-        .split_whitespace()
-        .nth(index)
-        .unwrap()
-        .parse()
-        .unwrap()
+    netstat(lab, ns)[&format!("TcpExt{name}")]
 }

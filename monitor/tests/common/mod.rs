@@ -2,8 +2,10 @@
 //! capture of the same interface, TCP traffic, and /metrics scrapes.
 
 use std::{
+    collections::HashMap,
     io::{BufRead as _, BufReader},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     thread,
@@ -150,6 +152,39 @@ pub fn listen(lab: &Lab, ns: &str, addr: SocketAddr) {
             drop(stream);
         }
     });
+}
+
+/// A listener in `ns` whose accept queue holds `backlog` (+1, as Linux counts) connections;
+/// nothing accepts from it until the caller does.
+// Used by tests/handshake.rs and tests/hardening.rs; every test crate compiles this module.
+#[allow(dead_code)]
+pub fn backlog_listener(lab: &Lab, ns: &str, addr: SocketAddrV4, backlog: i32) -> TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
+    };
+    lab.run_in(ns, || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        bind(fd.as_raw_fd(), &SockaddrIn::from(addr)).expect("bind the backlog listener");
+        listen(&fd, Backlog::new(backlog).expect("a valid backlog")).expect("listen");
+        fd.into()
+    })
+}
+
+/// The counters of `ns`'s /proc/net/netstat, named as nstat names them (`TcpExtListenDrops`).
+// Used by tests/handshake.rs and tests/hardening.rs.
+#[allow(dead_code)]
+pub fn netstat(lab: &Lab, ns: &str) -> HashMap<String, u64> {
+    // /proc/net is the namespace of the process's main thread; thread-self is this thread's.
+    let text = lab.run_in(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat")
+    });
+    seqwatch::netstat::parse(&text)
 }
 
 /// `count` complete TCP handshakes from `ns` to `to`, one after another.

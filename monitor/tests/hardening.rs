@@ -1,0 +1,299 @@
+//! The TcpExt counters and the hardening posture against the real kernel: the real daemon in a
+//! lab's server namespace, a listener flooded from the client namespace with that namespace's
+//! own /proc/net/netstat as the referee, and per-namespace sysctls set in the lab only.
+//! Needs root; every lab namespace is removed when its test ends, and no host-wide sysctl is
+//! written.
+
+// This crate uses only some of the shared helpers.
+#[allow(dead_code)]
+mod common;
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, SocketAddrV4, TcpStream},
+    time::Duration,
+};
+
+use common::{Daemon, backlog_listener, connect_many, listen, netstat, scrape, series_value};
+use seqwatch::{
+    lab::{Crafter, Lab, LabOptions, Segment, command_in_netns, flags},
+    netstat::TCPEXT_COUNTERS,
+};
+
+/// The exported TcpExt counters, by field name.
+type Counters = HashMap<&'static str, u64>;
+
+/// A lab with the daemon attached in its server namespace.
+fn lab_with_daemon(dir: &std::path::Path) -> (Lab, Daemon) {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let mut daemon = Daemon::start(
+        &lab,
+        &lab.server_ns,
+        dir,
+        &["--interface", &lab.server_if.clone()],
+    );
+    daemon.wait_attached(&lab, &lab.server_if, "egress");
+    (lab, daemon)
+}
+
+fn tcpext_of_netstat(lab: &Lab, ns: &str) -> Counters {
+    let all = netstat(lab, ns);
+    TCPEXT_COUNTERS
+        .iter()
+        .map(|c| (c.field, all[&format!("TcpExt{}", c.field)]))
+        .collect()
+}
+
+fn tcpext_of_metrics(metrics: &str) -> Counters {
+    TCPEXT_COUNTERS
+        .iter()
+        .map(|c| {
+            let value = series_value(metrics, c.metric)
+                .unwrap_or_else(|| panic!("{} missing from /metrics", c.metric));
+            (c.field, value as u64)
+        })
+        .collect()
+}
+
+/// The daemon's counters, checked against the namespace's: read netstat, scrape, read netstat
+/// again. Counters only rise, so every scraped value lies between the two readings; once the
+/// namespace is quiet but for the scrape's own handshake (which raises each of `per_scrape` by
+/// one), the scrape must equal the second reading exactly.
+fn settled_counters(lab: &Lab, daemon: &Daemon, per_scrape: &[&'static str]) -> Counters {
+    let mut moved = Counters::new();
+    for _ in 0..50 {
+        let before = tcpext_of_netstat(lab, &daemon.ns);
+        let metrics = scrape(lab, &daemon.ns).expect("/metrics");
+        let after = tcpext_of_netstat(lab, &daemon.ns);
+        let scraped = tcpext_of_metrics(&metrics);
+        for (field, value) in &scraped {
+            assert!(
+                (before[field]..=after[field]).contains(value),
+                "{field}: scraped {value}, netstat {} then {}",
+                before[field],
+                after[field]
+            );
+        }
+        moved = after
+            .iter()
+            .map(|(&field, &value)| (field, value - before[field]))
+            .filter(|&(_, moved)| moved > 0)
+            .collect();
+        let expected: Counters = per_scrape.iter().map(|&field| (field, 1)).collect();
+        if moved == expected {
+            assert_eq!(scraped, after);
+            return scraped;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the namespace's TcpExt counters never settled; last moved: {moved:?}");
+}
+
+fn delta(before: &Counters, after: &Counters, field: &str) -> u64 {
+    after[field] - before[field]
+}
+
+/// A listener with an accept queue of one that never accepts, and connection attempts that
+/// give up after one SYN: every attempt after the queue is full is one ListenOverflows and
+/// one ListenDrops. Then one crafted SYN into a queued, established connection: one challenge
+/// ACK (RFC 5961 section 4). The daemon's /metrics says exactly what the namespace says.
+#[test]
+fn listen_overflows_and_challenge_acks_equal_the_namespaces_netstat() {
+    const ATTEMPTS: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, daemon) = lab_with_daemon(dir.path());
+    let addr = SocketAddrV4::new(lab.server_v4, 9000);
+    let _listener = backlog_listener(&lab, &lab.server_ns, addr, 1);
+    let before = settled_counters(&lab, &daemon, &[]);
+
+    let completed = lab.run_in(&lab.client_ns, || {
+        (0..ATTEMPTS)
+            // Short enough that the client never retransmits its SYN (first RTO: 1 s).
+            .filter_map(|_| {
+                TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_millis(200)).ok()
+            })
+            .collect::<Vec<_>>()
+    });
+    let overflowed = settled_counters(&lab, &daemon, &[]);
+    // Linux queues backlog + 1 connections: 2 complete, every later SYN overflows.
+    assert_eq!(completed.len(), 2);
+    let refused = ATTEMPTS - 2;
+    assert_eq!(delta(&before, &overflowed, "ListenOverflows"), refused);
+    assert_eq!(delta(&before, &overflowed, "ListenDrops"), refused);
+
+    Crafter::client_to_server(&lab)
+        .unwrap()
+        .send_segment(&Segment {
+            from: completed[0].local_addr().unwrap(),
+            to: SocketAddr::V4(addr),
+            flags: flags::SYN,
+            seq: 12_345,
+            ack: 0,
+            options: &[],
+            payload: &[],
+        })
+        .unwrap();
+    let challenged = settled_counters(&lab, &daemon, &[]);
+    assert_eq!(delta(&overflowed, &challenged, "TCPSYNChallenge"), 1);
+    assert_eq!(delta(&overflowed, &challenged, "TCPChallengeACK"), 1);
+    daemon.stop();
+}
+
+/// `tcp_syncookies = 2` in the server namespace only: every SYN is answered with a cookie and
+/// every handshake completes on one — the scrapes' own handshakes too.
+#[test]
+fn forced_syncookies_equal_the_namespaces_netstat() {
+    const CONNECTIONS: u64 = 30;
+    const COOKIE_HANDSHAKE: [&str; 3] =
+        ["SyncookiesSent", "SyncookiesRecv", "TCPReqQFullDoCookies"];
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, daemon) = lab_with_daemon(dir.path());
+    let host_syncookies = read_sysctl(None, "net.ipv4.tcp_syncookies");
+    write_sysctl(&lab, &lab.server_ns, "net.ipv4.tcp_syncookies", "2");
+    assert_eq!(
+        read_sysctl(None, "net.ipv4.tcp_syncookies"),
+        host_syncookies,
+        "the host's own value is untouched"
+    );
+    let service = SocketAddr::new(lab.server_v4.into(), 9001);
+    listen(&lab, &lab.server_ns, service);
+    settled_counters(&lab, &daemon, &COOKIE_HANDSHAKE);
+
+    // No scrape in between: the namespace's own count of the connections.
+    let before = tcpext_of_netstat(&lab, &lab.server_ns);
+    connect_many(&lab, &lab.client_ns, service, CONNECTIONS as usize);
+    let after = tcpext_of_netstat(&lab, &lab.server_ns);
+    for field in COOKIE_HANDSHAKE {
+        assert_eq!(delta(&before, &after, field), CONNECTIONS, "{field}");
+    }
+    assert_eq!(delta(&before, &after, "SyncookiesFailed"), 0);
+    // And the daemon says exactly what the namespace says.
+    settled_counters(&lab, &daemon, &COOKIE_HANDSHAKE);
+    daemon.stop();
+}
+
+/// Per-namespace sysctls set against advice and as advised in a fresh namespace: `seqwatch
+/// posture --json` run there (nsenter) judges each as expected, leaves the host-wide
+/// `net.core.bpf_jit_harden` (absent outside the host's namespace) unjudged and exits 3; the
+/// daemon there exports the same verdicts, and no series for the unjudged check. The host's
+/// own values are the same before and after.
+#[test]
+fn posture_verdicts_follow_the_namespaces_sysctls() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let ns = lab.server_ns.clone();
+    let host_before = posture_values(None);
+    // Against advice, then as advised (accept_redirects needs both all and default).
+    let settings = [
+        ("net.ipv4.tcp_syncookies", "0"),
+        ("net.ipv4.tcp_timestamps", "2"),
+        ("net.ipv4.ip_local_port_range", "60000 60100"),
+        ("net.ipv4.conf.all.rp_filter", "1"),
+        ("net.ipv4.conf.all.accept_redirects", "0"),
+        ("net.ipv4.conf.default.accept_redirects", "0"),
+        ("net.ipv4.tcp_synack_retries", "2"),
+        ("net.ipv4.tcp_rfc1337", "1"),
+        ("net.ipv4.conf.all.log_martians", "1"),
+    ];
+    for (name, value) in settings {
+        write_sysctl(&lab, &ns, name, value);
+    }
+
+    let (status, checks) = posture_json(Some(&ns));
+    let verdict = |check: &str| checks[check]["ok"].as_bool();
+    let expected = [
+        ("tcp_syncookies", Some(false)),
+        ("tcp_timestamps", Some(false)),
+        ("ip_local_port_range", Some(false)),
+        ("rp_filter", Some(true)),
+        ("accept_redirects", Some(true)),
+        ("tcp_synack_retries", Some(true)),
+        ("tcp_rfc1337", Some(true)),
+        ("log_martians", Some(true)),
+        ("bpf_jit_harden", None),
+    ];
+    for (check, ok) in expected {
+        assert_eq!(verdict(check), ok, "{check}: {}", checks[check]);
+    }
+    assert_eq!(checks["ip_local_port_range"]["value"], "60000 60100");
+    assert_eq!(status, Some(3), "a check failed: exit status 3");
+
+    let mut daemon = Daemon::start(&lab, &ns, dir.path(), &["--interface", &lab.server_if]);
+    daemon.wait_attached(&lab, &lab.server_if, "egress");
+    let metrics = daemon.metrics(&lab);
+    for (check, assessment) in &checks {
+        let series = format!(
+            "seqwatch_posture_check{{check=\"{check}\",scope=\"{}\"}}",
+            assessment["scope"].as_str().unwrap()
+        );
+        let exported = series_value(&metrics, &series);
+        let expected = assessment["ok"].as_bool().map(|ok| f64::from(u8::from(ok)));
+        assert_eq!(exported, expected, "{series}");
+    }
+    assert!(!metrics.contains("check=\"bpf_jit_harden\""));
+    daemon.stop();
+    assert_eq!(
+        posture_values(None),
+        host_before,
+        "the host's sysctls are untouched"
+    );
+}
+
+/// `seqwatch posture --json`, in `ns` (via nsenter) or in this process's namespace: the exit
+/// status and each check's object by name.
+fn posture_json(ns: Option<&str>) -> (Option<i32>, HashMap<String, serde_json::Value>) {
+    let seqwatch = env!("CARGO_BIN_EXE_seqwatch");
+    let mut command = match ns {
+        Some(ns) => command_in_netns(ns, seqwatch),
+        None => std::process::Command::new(seqwatch),
+    };
+    let output = command
+        .args(["posture", "--json"])
+        .output()
+        .expect("run seqwatch posture");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&output.stderr)));
+    let checks = json["checks"]
+        .as_array()
+        .expect("a checks array")
+        .iter()
+        .map(|check| (check["check"].as_str().unwrap().to_owned(), check.clone()))
+        .collect();
+    (output.status.code(), checks)
+}
+
+/// What `seqwatch posture` reads, check by check.
+fn posture_values(ns: Option<&str>) -> HashMap<String, serde_json::Value> {
+    let (_, checks) = posture_json(ns);
+    checks
+        .into_iter()
+        .map(|(check, assessment)| (check, assessment["value"].clone()))
+        .collect()
+}
+
+/// A sysctl as `nsenter --net` would see it in `ns` (or in this process's namespace).
+fn read_sysctl(ns: Option<(&Lab, &str)>, name: &str) -> String {
+    let path = sysctl_path(name);
+    let read = move || std::fs::read_to_string(&path).expect("read a sysctl");
+    match ns {
+        Some((lab, ns)) => lab.run_in(ns, read),
+        None => read(),
+    }
+}
+
+/// Sets a per-namespace sysctl in `ns` only (the namespace dies with the lab).
+fn write_sysctl(lab: &Lab, ns: &str, name: &str, value: &str) {
+    let path = sysctl_path(name);
+    lab.run_in(ns, || std::fs::write(&path, value))
+        .unwrap_or_else(|err| panic!("setting {name} in {ns}: {err}"));
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(
+        words(&read_sysctl(Some((lab, ns)), name)),
+        value,
+        "{name} in {ns}"
+    );
+}
+
+fn sysctl_path(name: &str) -> String {
+    format!("/proc/sys/{}", name.replace('.', "/"))
+}
