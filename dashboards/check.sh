@@ -18,6 +18,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "promtool check config prometheus/prometheus.yml"
 promtool check config prometheus/prometheus.yml
 
+step "promtool check config prometheus/federation.yml (the README's fleet example)"
+promtool check config prometheus/federation.yml
+
 step "promtool check rules --lint=all --lint-fatal prometheus/seqwatch-rules.yml"
 promtool check rules --lint=all --lint-fatal prometheus/seqwatch-rules.yml
 

@@ -316,12 +316,12 @@ def overview():
 
     L.row("ISN strength")
     L.add(timeseries("ISN guess bits per service",
-                     [target(f"seqwatch_isn_guess_bits{{{SVC}}}", LEGEND_SVC)],
+                     [target(f"seqwatch_isn_guess_space_log2{{{SVC}}}", LEGEND_SVC)],
                      "log2 of the residual spread of each service's ISNs after the best "
                      "model fit: ~32 is unpredictable, below 14 a blind attacker can guess.",
                      min_=0, max_=32, steps=GUESS_BITS_STEPS, threshold_lines=True), 16, 8)
     L.add(bargauge("Weakest services (lowest guess bits)",
-                   [target(f"bottomk(10, seqwatch_isn_guess_bits{{{SVC}}})",
+                   [target(f"bottomk(10, seqwatch_isn_guess_space_log2{{{SVC}}})",
                            LEGEND_SVC, instant=True)],
                    "The ten services with the most predictable ISNs.",
                    min_=0, max_=32, steps=GUESS_BITS_STEPS), 8, 8)
@@ -338,7 +338,7 @@ def overview():
     weak_only = f"(seqwatch_isn_weak{{{SVC}}} == 1)"
     L.add(table("Weak services",
                 [target(weak_only, ref="A", table=True),
-                 target(f"seqwatch_isn_guess_bits{{{SVC}}} "
+                 target(f"seqwatch_isn_guess_space_log2{{{SVC}}} "
                         f"and on (job, instance, service) {weak_only}",
                         ref="B", table=True),
                  target(f"seqwatch_isn_attack_feasibility{{{SVC}}} "
@@ -463,7 +463,7 @@ def service():
                mappings=WEAK_MAPPINGS,
                steps=thresholds((None, "green"), (1, "red"))), 6, 5)
     L.add(stat("Guess bits",
-               [target(f"seqwatch_isn_guess_bits{{{SVC}}}", LEGEND_SVC, instant=True)],
+               [target(f"seqwatch_isn_guess_space_log2{{{SVC}}}", LEGEND_SVC, instant=True)],
                "~32 unpredictable, below 14 guessable.", steps=GUESS_BITS_STEPS,
                decimals=1), 6, 5)
     L.add(stat("Attack feasibility (N = 5000)",
@@ -478,7 +478,7 @@ def service():
 
     L.row("ISN strength over time")
     L.add(timeseries("Guess bits",
-                     [target(f"seqwatch_isn_guess_bits{{{SVC}}}", LEGEND_SVC)],
+                     [target(f"seqwatch_isn_guess_space_log2{{{SVC}}}", LEGEND_SVC)],
                      "log2 of the residual spread after the best model fit.",
                      min_=0, max_=32, steps=GUESS_BITS_STEPS, threshold_lines=True), 12, 8)
     L.add(timeseries("Attack feasibility (N = 5000)",

@@ -5,6 +5,7 @@
 //!   exist before this program can be built);
 //! - bpf-linker, built from source against that nightly's own libLLVM (Debian's LLVM is too
 //!   old, and bpf-linker must speak exactly the LLVM the nightly emits);
+//! - cargo-deb, which builds the Debian package;
 //! - bpffs and tracefs mounts.
 
 use std::{
@@ -19,9 +20,13 @@ use crate::{run_checked, step, workspace_root};
 
 /// tcpdump: capture cross-checks; bpftool: BPF run-time stats in benchmarks; prometheus:
 /// promtool and the end-to-end scrape; nmap: the side-by-side ISN check; hping3: SYN floods;
-/// ethtool: interface offloads in the lab; iproute2: namespaces, veth, tc; curl: the demo.
+/// ethtool: interface offloads in the lab; iproute2: namespaces, veth, tc; curl: the demo;
+/// dpkg-dev: dpkg-shlibdeps, which cargo-deb runs for the package's Depends; systemd:
+/// systemd-analyze, which checks the packaged unit.
 const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
+    "dpkg-dev",
+    "systemd",
     "tcpdump",
     "bpftool",
     "prometheus",
@@ -31,12 +36,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn ensure() -> anyhow::Result<()> {
     ensure_debian_packages()?;
     let nightly = ebpf_toolchain()?;
     ensure_nightly(&nightly)?;
     ensure_bpf_linker(&nightly)?;
+    ensure_cargo_deb()?;
     ensure_mount("bpf", "/sys/fs/bpf")?;
     ensure_mount("tracefs", "/sys/kernel/tracing")?;
     Ok(())
@@ -162,6 +169,36 @@ fn ensure_bpf_linker(nightly: &str) -> anyhow::Result<()> {
             .arg(&tools)
             .env("LLVM_PREFIX", &prefix)
             .env("CARGO_TARGET_DIR", tools.join("build")),
+    )
+}
+
+/// cargo-deb in cargo's own bin directory, at the pinned version (`cargo deb -p seqwatch`).
+fn ensure_cargo_deb() -> anyhow::Result<()> {
+    let installed = Command::new("cargo-deb")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| {
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).trim()
+                    == format!("cargo-deb {CARGO_DEB_VERSION}")
+        });
+    if installed {
+        return Ok(());
+    }
+    step(&format!(
+        "cargo install --locked cargo-deb --version {CARGO_DEB_VERSION} (a few minutes)"
+    ));
+    run_checked(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "cargo-deb",
+                "--version",
+                CARGO_DEB_VERSION,
+            ])
+            // A temporary build directory, not the workspace's target/.
+            .env_remove("CARGO_TARGET_DIR"),
     )
 }
 

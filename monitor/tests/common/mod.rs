@@ -112,7 +112,12 @@ pub fn scrape(lab: &Lab, ns: &str) -> Option<String> {
 }
 
 pub fn http_get(lab: &Lab, ns: &str, path: &str) -> Option<String> {
-    let url = format!("http://{METRICS_ADDR}{path}");
+    http_get_from(lab, ns, METRICS_ADDR, path)
+}
+
+/// GET `http://{addr}{path}` from inside `ns`: None on any error or a non-2xx status.
+pub fn http_get_from(lab: &Lab, ns: &str, addr: &str, path: &str) -> Option<String> {
+    let url = format!("http://{addr}{path}");
     lab.run_in(ns, || {
         ureq::get(&url)
             .call()
