@@ -17,11 +17,11 @@ use std::{
 };
 
 use common::{
-    Daemon, backlog_listener, connect_many,
-    crafted::{route_spoofed, sampled_server_isn, start_both_directions},
+    backlog_listener, connect_many,
+    crafted::{MonitoredLab, route_spoofed, sampled_server_isn},
     listen, netstat, read_json_lines, series_value, wait_for,
 };
-use seqwatch::lab::{Crafter, Lab, LabOptions, Segment, flags::*};
+use seqwatch::lab::{Crafter, Lab, Segment, flags::*};
 use seqwatch_common::handshake::AnomalyKind;
 
 /// The real listener; it keeps every connection open, so a completed handshake stays so.
@@ -35,32 +35,33 @@ const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 77);
 /// and never leave, so its handshakes stay at "SYN seen".
 const UNANSWERED: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 88);
 
+/// The monitored lab, with crafters on both sides.
 struct Scene {
-    lab: Lab,
-    daemon: Daemon,
+    monitored: MonitoredLab,
     crafter: Crafter,
     server_crafter: Crafter,
-    events: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Scene {
+    type Target = MonitoredLab;
+
+    fn deref(&self) -> &MonitoredLab {
+        &self.monitored
+    }
 }
 
 impl Scene {
     fn start() -> Scene {
-        let lab = Lab::create(&LabOptions::default()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let events = dir.path().join("events.jsonl");
-        let daemon = start_both_directions(&lab, dir.path(), &events);
-        let crafter = Crafter::client_to_server(&lab).unwrap();
-        let server_crafter = Crafter::server_to_client(&lab).unwrap();
-        route_spoofed(&lab, SPOOFED, Some(crafter.source_mac()));
-        route_spoofed(&lab, UNANSWERED, None);
+        let monitored = MonitoredLab::start();
+        let lab = &monitored.lab;
+        let crafter = Crafter::client_to_server(lab).unwrap();
+        let server_crafter = Crafter::server_to_client(lab).unwrap();
+        route_spoofed(lab, SPOOFED, Some(crafter.source_mac()));
+        route_spoofed(lab, UNANSWERED, None);
         Scene {
-            lab,
-            daemon,
+            monitored,
             crafter,
             server_crafter,
-            events,
-            _dir: dir,
         }
     }
 
@@ -268,7 +269,7 @@ fn each_anomaly_kind_is_counted_once_with_its_service() {
         series_value(&metrics, "seqwatch_anomaly_events_dropped_total"),
         Some(0.0)
     );
-    scene.daemon.stop();
+    scene.monitored.stop();
 }
 
 /// One JSON line per anomaly, with the fields a SIEM needs.
@@ -355,7 +356,7 @@ fn normal_connections_raise_no_anomaly() {
         "the tracker looked at every handshake ({lookups} lookups)"
     );
     assert!(read_json_lines(&scene.events).is_empty());
-    scene.daemon.stop();
+    scene.monitored.stop();
 }
 
 /// A listener with an accept queue of one that starts accepting only after `pause`.

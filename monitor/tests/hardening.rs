@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, backlog_listener, connect_many, listen, netstat, scrape, series_value};
+use common::{
+    Daemon, backlog_listener, connect_many, listen, netstat, scrape, series_value,
+    sysctl::{read as read_sysctl, write as write_sysctl},
+};
 use seqwatch::{
     lab::{Crafter, Lab, LabOptions, Segment, command_in_netns, flags},
     netstat::TCPEXT_COUNTERS,
@@ -269,31 +272,4 @@ fn posture_values(ns: Option<&str>) -> HashMap<String, serde_json::Value> {
         .into_iter()
         .map(|(check, assessment)| (check, assessment["value"].clone()))
         .collect()
-}
-
-/// A sysctl as `nsenter --net` would see it in `ns` (or in this process's namespace).
-fn read_sysctl(ns: Option<(&Lab, &str)>, name: &str) -> String {
-    let path = sysctl_path(name);
-    let read = move || std::fs::read_to_string(&path).expect("read a sysctl");
-    match ns {
-        Some((lab, ns)) => lab.run_in(ns, read),
-        None => read(),
-    }
-}
-
-/// Sets a per-namespace sysctl in `ns` only (the namespace dies with the lab).
-fn write_sysctl(lab: &Lab, ns: &str, name: &str, value: &str) {
-    let path = sysctl_path(name);
-    lab.run_in(ns, || std::fs::write(&path, value))
-        .unwrap_or_else(|err| panic!("setting {name} in {ns}: {err}"));
-    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert_eq!(
-        words(&read_sysctl(Some((lab, ns)), name)),
-        value,
-        "{name} in {ns}"
-    );
-}
-
-fn sysctl_path(name: &str) -> String {
-    format!("/proc/sys/{}", name.replace('.', "/"))
 }

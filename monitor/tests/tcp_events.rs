@@ -13,15 +13,13 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
     sync::Mutex,
     thread,
     time::Duration,
 };
 
 use common::{
-    Daemon,
-    crafted::{route_spoofed, sampled_server_isn, start_both_directions},
+    crafted::{MonitoredLab, route_spoofed, sampled_server_isn},
     read_json_lines, series_value, wait_for,
 };
 use nix::{
@@ -47,22 +45,25 @@ const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 77);
 /// child of another, or it would stay open after its own child exits.
 static FORK: Mutex<()> = Mutex::new(());
 
-/// A lab whose server namespace the daemon monitors (both directions, with an event log).
+/// The monitored lab, with every tracepoint program attached, and a crafter.
 struct Scene {
-    lab: Lab,
-    daemon: Daemon,
+    monitored: MonitoredLab,
     crafter: Crafter,
-    events: PathBuf,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Scene {
+    type Target = MonitoredLab;
+
+    fn deref(&self) -> &MonitoredLab {
+        &self.monitored
+    }
 }
 
 impl Scene {
     fn start() -> Scene {
-        let lab = Lab::create(&LabOptions::default()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let events = dir.path().join("events.jsonl");
-        let daemon = start_both_directions(&lab, dir.path(), &events);
-        let metrics = daemon.metrics(&lab);
+        let monitored = MonitoredLab::start();
+        let (lab, daemon) = (&monitored.lab, &monitored.daemon);
+        let metrics = daemon.metrics(lab);
         for program in program_names() {
             let series = format!(
                 "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
@@ -74,15 +75,9 @@ impl Scene {
                 daemon.log()
             );
         }
-        let crafter = Crafter::client_to_server(&lab).unwrap();
-        route_spoofed(&lab, SPOOFED, Some(crafter.source_mac()));
-        Scene {
-            lab,
-            daemon,
-            crafter,
-            events,
-            _dir: dir,
-        }
+        let crafter = Crafter::client_to_server(lab).unwrap();
+        route_spoofed(lab, SPOOFED, Some(crafter.source_mac()));
+        Scene { monitored, crafter }
     }
 
     fn service(&self, port: u16) -> SocketAddr {
@@ -211,7 +206,7 @@ fn a_listener_lost_right_after_an_anomaly_is_reported_once() {
         [(format!("service=\"{service}\""), 1.0)]
     );
     assert_eq!(scene.counter("seqwatch_listeners_closed_total"), Some(1.0));
-    scene.daemon.stop();
+    scene.monitored.stop();
 }
 
 #[test]
@@ -234,7 +229,7 @@ fn a_listener_closed_without_an_anomaly_is_not_reported() {
         [],
         "no anomaly"
     );
-    scene.daemon.stop();
+    scene.monitored.stop();
 }
 
 /// What `after` counts beyond `before`, series that did not move left out.
@@ -338,5 +333,5 @@ fn resets_and_synack_retransmits_are_counted_in_the_monitored_namespace_only() {
     ] {
         assert_eq!(scene.counter(counter), Some(0.0), "{counter}");
     }
-    scene.daemon.stop();
+    scene.monitored.stop();
 }

@@ -362,6 +362,36 @@ impl Daemon {
     }
 }
 
+/// Per-namespace sysctls of the lab (tests/hardening.rs, tests/real_handshakes.rs); every test
+/// crate compiles this module.
+#[allow(dead_code)]
+pub mod sysctl {
+    use seqwatch::lab::Lab;
+
+    /// A sysctl as `nsenter --net` would see it in `ns` (or in this process's namespace).
+    pub fn read(ns: Option<(&Lab, &str)>, name: &str) -> String {
+        let path = sysctl_path(name);
+        let read = move || std::fs::read_to_string(&path).expect("read a sysctl");
+        match ns {
+            Some((lab, ns)) => lab.run_in(ns, read),
+            None => read(),
+        }
+    }
+
+    /// Sets a per-namespace sysctl in `ns` only (the namespace dies with the lab).
+    pub fn write(lab: &Lab, ns: &str, name: &str, value: &str) {
+        let path = sysctl_path(name);
+        lab.run_in(ns, || std::fs::write(&path, value))
+            .unwrap_or_else(|err| panic!("setting {name} in {ns}: {err}"));
+        let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(words(&read(Some((lab, ns)), name)), value, "{name} in {ns}");
+    }
+
+    fn sysctl_path(name: &str) -> String {
+        format!("/proc/sys/{}", name.replace('.', "/"))
+    }
+}
+
 /// Helpers of the tests with crafted handshakes (tests/handshake.rs, tests/tcp_events.rs);
 /// every test crate compiles this module.
 #[allow(dead_code)]
@@ -375,6 +405,34 @@ pub mod crafted {
     use seqwatch::lab::Lab;
 
     use super::{Daemon, read_json_lines, wait_for};
+
+    /// A lab whose server veth the daemon monitors in both directions, with an event log.
+    pub struct MonitoredLab {
+        pub lab: Lab,
+        pub daemon: Daemon,
+        pub events: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl MonitoredLab {
+        pub fn start() -> MonitoredLab {
+            let lab = Lab::create(&seqwatch::lab::LabOptions::default()).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let events = dir.path().join("events.jsonl");
+            let daemon = start_both_directions(&lab, dir.path(), &events);
+            MonitoredLab {
+                lab,
+                daemon,
+                events,
+                _dir: dir,
+            }
+        }
+
+        /// Stops the daemon, which must exit cleanly.
+        pub fn stop(self) {
+            self.daemon.stop();
+        }
+    }
 
     /// The daemon on the lab server's veth in both directions (the handshake tracker's stateful
     /// checks on), writing its event log to `events`; returns once both classifiers are attached.
