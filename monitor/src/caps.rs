@@ -19,6 +19,11 @@ pub const REQUIRED: [Capability; 3] = [
     Capability::CAP_PERFMON,
 ];
 
+/// Optional: the tracepoint programs' ids and record formats live in tracefs files only root
+/// may read (mode 0440), so a daemon that is not root needs CAP_DAC_READ_SEARCH to attach
+/// them; without it they stay off, with a warning, and the rest runs. Dropped after attach.
+pub const READS_TRACEFS: Capability = Capability::CAP_DAC_READ_SEARCH;
+
 /// Kept after the first attach, for interfaces that appear later and for taking attachments
 /// back: attaching a loaded program (a tcx link, or a clsact qdisc and filter) needs only
 /// CAP_NET_ADMIN and the program's fd; reading maps and the ring buffer needs only their fds.

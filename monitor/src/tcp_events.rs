@@ -274,15 +274,24 @@ fn attach_programs(probes: &mut Probes, metrics: &Metrics) -> HashMap<&'static s
 
 fn read_format(category: &str, name: &str) -> anyhow::Result<String> {
     let relative = format!("events/{category}/{name}/format");
-    TRACEFS
-        .iter()
-        .find_map(|root| std::fs::read_to_string(format!("{root}/{relative}")).ok())
-        .with_context(|| {
-            format!(
-                "tracepoint {category}:{name} not found (no such tracepoint, or tracefs is not \
-                 mounted: mount -t tracefs tracefs /sys/kernel/tracing)"
-            )
-        })
+    let mut denied = false;
+    for root in TRACEFS {
+        match std::fs::read_to_string(format!("{root}/{relative}")) {
+            Ok(format) => return Ok(format),
+            Err(err) => denied |= err.kind() == std::io::ErrorKind::PermissionDenied,
+        }
+    }
+    if denied {
+        anyhow::bail!(
+            "tracepoint {category}:{name}: tracefs files are readable by root only; run as \
+             root or grant {} (packaging/seqwatch.service does; it is dropped once attached)",
+            crate::caps::READS_TRACEFS
+        );
+    }
+    anyhow::bail!(
+        "tracepoint {category}:{name} not found (no such tracepoint, or tracefs is not \
+         mounted: mount -t tracefs tracefs /sys/kernel/tracing)"
+    )
 }
 
 /// Fails unless every field the program reads is in the record at the offset and size it
