@@ -31,7 +31,7 @@ use crate::{
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
     tcp_events,
-    web::{WebConfig, WebSecurity},
+    web::WebSecurity,
 };
 
 /// How often the SYN-ACK ring buffer is drained when the kernel has not woken us: it holds
@@ -137,9 +137,7 @@ pub struct Shared {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let security = match &args.web_config {
-        Some(path) => WebConfig::load(path)
-            .and_then(|config| config.security())
-            .map_err(|err| ConfigError(err.to_string()))?,
+        Some(path) => WebSecurity::from_file(path).map_err(|err| ConfigError(err.to_string()))?,
         None => WebSecurity::plain(),
     };
     caps::require_privileges()?;

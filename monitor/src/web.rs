@@ -5,9 +5,10 @@
 use std::{
     collections::BTreeMap,
     fmt,
+    hash::{Hash as _, Hasher as _},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, LazyLock},
+    sync::{Arc, LazyLock, Mutex},
     time::Duration,
 };
 
@@ -85,10 +86,41 @@ impl fmt::Display for WebConfigError {
 
 impl std::error::Error for WebConfigError {}
 
-/// What the server needs at run time, built once at start-up.
+/// What the server needs at run time: TLS and users as last read from the web-config file.
+/// Like exporter-toolkit, the file (and the certificates and keys it names) is read again when
+/// it changes, so certificates and passwords rotate without a restart; a change that does not
+/// load keeps the previous settings, with an error in the log.
+#[derive(Clone)]
 pub struct WebSecurity {
+    live: Arc<Mutex<Loaded>>,
+    /// Fixed at start: a listener cannot switch between plain HTTP and TLS.
+    tls: bool,
+}
+
+/// One loaded web config, and what its files looked like then.
+struct Loaded {
+    path: Option<PathBuf>,
+    files: Vec<PathBuf>,
+    stamps: Vec<Option<FileStamp>>,
     tls: Option<Arc<ServerConfig>>,
     users: Arc<BTreeMap<String, String>>,
+}
+
+/// A hash of a file's contents: modification times can be too coarse to see a quick rewrite,
+/// and the files are small (a scrape every few seconds reads them again, as exporter-toolkit
+/// does).
+type FileStamp = u64;
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<FileStamp>> {
+    files
+        .iter()
+        .map(|file| {
+            let bytes = std::fs::read(file).ok()?;
+            let mut hasher = std::hash::DefaultHasher::new();
+            bytes.hash(&mut hasher);
+            Some(hasher.finish())
+        })
+        .collect()
 }
 
 impl WebConfig {
@@ -120,16 +152,25 @@ impl WebConfig {
                 ))
             })?;
         }
-        config.security().map_err(|err| error(err.0))?;
+        config.loaded(path).map_err(|err| error(err.0))?;
         Ok(config)
     }
 
-    pub fn security(&self) -> Result<WebSecurity, WebConfigError> {
+    /// The server settings of a config read from `path`.
+    fn loaded(&self, path: &Path) -> Result<Loaded, WebConfigError> {
         let tls = match &self.tls_server_config {
             Some(tls) => Some(Arc::new(tls.server_config()?)),
             None => None,
         };
-        Ok(WebSecurity {
+        let mut files = vec![path.to_owned()];
+        if let Some(tls) = &self.tls_server_config {
+            files.extend([tls.cert_file.clone(), tls.key_file.clone()]);
+            files.extend(tls.client_ca_file.clone());
+        }
+        Ok(Loaded {
+            path: Some(path.to_owned()),
+            stamps: stamps(&files),
+            files,
             tls,
             users: Arc::new(self.basic_auth_users.clone()),
         })
@@ -212,30 +253,73 @@ fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, We
 impl WebSecurity {
     pub fn plain() -> WebSecurity {
         WebSecurity {
-            tls: None,
-            users: Arc::default(),
+            live: Arc::new(Mutex::new(Loaded {
+                path: None,
+                files: Vec::new(),
+                stamps: Vec::new(),
+                tls: None,
+                users: Arc::default(),
+            })),
+            tls: false,
         }
     }
 
+    /// Loads the web-config file, which is then watched for changes.
+    pub fn from_file(path: &Path) -> Result<WebSecurity, WebConfigError> {
+        let loaded = WebConfig::load(path)?.loaded(path)?;
+        Ok(WebSecurity {
+            tls: loaded.tls.is_some(),
+            live: Arc::new(Mutex::new(loaded)),
+        })
+    }
+
     pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// The TLS settings and users now in force, read again first if a file changed.
+    fn current(&self) -> (Option<Arc<ServerConfig>>, Arc<BTreeMap<String, String>>) {
+        let mut loaded = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = stamps(&loaded.files);
+        if now != loaded.stamps {
+            loaded.stamps = now;
+            if let Some(path) = loaded.path.clone() {
+                self.reload(&mut loaded, &path);
+            }
+        }
+        (loaded.tls.clone(), loaded.users.clone())
+    }
+
+    fn reload(&self, loaded: &mut Loaded, path: &Path) {
+        match WebConfig::load(path).and_then(|config| config.loaded(path)) {
+            Ok(new) if new.tls.is_some() == self.tls => {
+                *loaded = new;
+                log::info!("{}: reloaded", path.display());
+            }
+            Ok(_) => log::error!(
+                "{}: switching between plain HTTP and TLS needs a restart; keeping the \
+                 previous settings",
+                path.display()
+            ),
+            Err(err) => log::error!("{err}; keeping the previous settings"),
+        }
     }
 
     /// Serves `app` on `listener` in the background, behind TLS and basic auth as configured.
     pub fn serve(&self, listener: TcpListener, app: Router) {
-        let app = if self.users.is_empty() {
-            app
-        } else {
-            app.layer(middleware::from_fn_with_state(
-                self.users.clone(),
-                require_basic_auth,
-            ))
-        };
-        let tls = self.tls.clone();
+        let app = app.layer(middleware::from_fn_with_state(
+            self.clone(),
+            require_basic_auth,
+        ));
+        let security = self.clone();
         tokio::spawn(async move {
-            let served = match tls {
-                None => axum::serve(listener, app).await,
-                Some(tls) => axum::serve(TlsListener::start(listener, tls), app).await,
+            let served = if security.tls {
+                axum::serve(TlsListener::start(listener, security), app).await
+            } else {
+                axum::serve(listener, app).await
             };
             if let Err(err) = served {
                 log::error!("http server stopped: {err}");
@@ -252,10 +336,9 @@ struct TlsListener {
 }
 
 impl TlsListener {
-    fn start(listener: TcpListener, tls: Arc<ServerConfig>) -> TlsListener {
+    fn start(listener: TcpListener, security: WebSecurity) -> TlsListener {
         let local_addr = listener.local_addr();
         let (sender, connections) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(tls);
         tokio::spawn(async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
@@ -266,7 +349,10 @@ impl TlsListener {
                         continue;
                     }
                 };
-                let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                let Some(tls) = security.current().0 else {
+                    continue; // not reached: a TLS listener's settings always have TLS
+                };
+                let (acceptor, sender) = (TlsAcceptor::from(tls), sender.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
@@ -305,12 +391,17 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// 401 unless the request carries a user and password whose bcrypt hash is configured.
+/// 401 unless the request carries a user and password whose bcrypt hash is configured, when
+/// users are configured.
 async fn require_basic_auth(
-    State(users): State<Arc<BTreeMap<String, String>>>,
+    State(security): State<WebSecurity>,
     request: Request,
     next: Next,
 ) -> Response {
+    let users = security.current().1;
+    if users.is_empty() {
+        return next.run(request).await;
+    }
     let credentials = request
         .headers()
         .get(header::AUTHORIZATION)

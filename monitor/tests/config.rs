@@ -15,7 +15,7 @@ use seqwatch::{
     config,
     daemon::{Directions, RunArgs},
     probes::AttachMode,
-    web::WebConfig,
+    web::{WebConfig, WebSecurity},
 };
 
 const SEQWATCH: &str = env!("CARGO_BIN_EXE_seqwatch");
@@ -307,9 +307,7 @@ fn test_cert(dir: &Path, name: &str) -> TestCert {
 
 /// Serves a one-route router with the web config's security on a real socket.
 fn serve(web_config: &Path) -> (tokio::runtime::Runtime, SocketAddr) {
-    let security = WebConfig::load(web_config)
-        .and_then(|config| config.security())
-        .expect("a valid web config");
+    let security = WebSecurity::from_file(web_config).expect("a valid web config");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -413,6 +411,49 @@ fn tls_and_basic_auth_protect_the_endpoints() {
     assert!(
         untrusted.is_err(),
         "a client that does not trust the cert: {untrusted:?}"
+    );
+}
+
+/// Certificates and passwords rotate without a restart, as with exporter-toolkit; a change that
+/// does not load, or that would switch TLS off, keeps the settings in force.
+#[test]
+fn web_config_changes_apply_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = test_cert(dir.path(), "server");
+    let next = test_cert(dir.path(), "next");
+    let users = |password: &str| {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        format!("basic_auth_users:\n  prometheus: '{hash}'\n")
+    };
+    let tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    let web_config = write(dir.path(), "web.yml", &format!("{tls}{}", users("old")));
+    let (_runtime, addr) = serve(&web_config);
+    let url = format!("https://{addr}/metrics");
+    let (trusts_first, trusts_next) = (agent(&first.der, None), agent(&next.der, None));
+    let (old, new) = (basic("prometheus", "old"), basic("prometheus", "new"));
+    assert_eq!(get_status(&trusts_first, &url, Some(&old)).unwrap(), 200);
+
+    for file in ["crt", "key"] {
+        let from = dir.path().join(format!("next.{file}"));
+        std::fs::copy(from, dir.path().join(format!("server.{file}"))).unwrap();
+    }
+    write(dir.path(), "web.yml", &format!("{tls}{}", users("new")));
+    assert_eq!(get_status(&trusts_next, &url, Some(&new)).unwrap(), 200);
+    assert_eq!(get_status(&trusts_next, &url, Some(&old)).unwrap(), 401);
+    let stale = get_status(&trusts_first, &url, Some(&new));
+    assert!(stale.is_err(), "the rotated-out certificate: {stale:?}");
+
+    write(dir.path(), "web.yml", "basic_auth_users: [");
+    assert_eq!(
+        get_status(&trusts_next, &url, Some(&new)).unwrap(),
+        200,
+        "a broken file keeps the settings in force"
+    );
+    write(dir.path(), "web.yml", &users("plain"));
+    assert_eq!(
+        get_status(&trusts_next, &url, Some(&new)).unwrap(),
+        200,
+        "TLS is not switched off without a restart"
     );
 }
 
