@@ -70,13 +70,23 @@ fn main() -> anyhow::Result<()> {
         }
         println!("{line}");
     }
+    // Each round's own ratio pairs runs seconds apart, so a drift of the machine between
+    // rounds cancels out; their spread says how far to trust the median.
+    let paired: Vec<Vec<f64>> = with
+        .iter()
+        .map(|rates| rates.iter().zip(&without).map(|(w, b)| w / b).collect())
+        .collect();
     let without = median(&mut without);
     println!("median without the monitor: {without:.0}/s");
-    for (rates, (name, _)) in with.iter_mut().zip(setups) {
+    for ((rates, mut ratios), (name, _)) in with.iter_mut().zip(paired).zip(setups) {
         let rate = median(rates);
+        let ratio = median(&mut ratios);
         println!(
-            "median with --direction {name}: {rate:.0}/s, ratio {:.3}",
-            rate / without
+            "median with --direction {name}: {rate:.0}/s, ratio of medians {:.3}; \
+             per-round ratio median {ratio:.3} (range {:.3} to {:.3})",
+            rate / without,
+            ratios[0],
+            ratios[ratios.len() - 1]
         );
     }
     Ok(())
