@@ -54,11 +54,11 @@ impl SpoofingScores {
 
     /// Every anomaly gives its service a score (0 until a guess); guesses raise it.
     pub fn observe(&mut self, service: &str, kind: AnomalyKind, now_ns: u64) {
-        let window = self.window;
-        let guesses = self
-            .services
-            .entry(service.to_owned())
-            .or_insert_with(|| Buckets::new(window, BUCKETS, 0));
+        if !self.services.contains_key(service) {
+            let empty = Buckets::new(self.window, BUCKETS, 0);
+            self.services.insert(service.to_owned(), empty);
+        }
+        let guesses = self.services.get_mut(service).expect("inserted above");
         if GUESS_KINDS.contains(&kind) {
             *guesses.current(now_ns) += 1;
         }
