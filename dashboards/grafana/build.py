@@ -217,6 +217,16 @@ class Layout:
         self.row_h = max(self.row_h, h)
 
 
+def spoofing_score_panel():
+    return timeseries("Spoofing attempt score (guesses/min)",
+                      [target(f"seqwatch_spoofing_attempt_score{{{SVC}}}", LEGEND_SVC)],
+                      "Blind sequence-number guesses per minute over the daemon's anomaly "
+                      "window: handshake ACKs with a wrong ack and out-of-window handshake "
+                      "RSTs. Alert: SeqwatchSpoofingAttempts (>= 1/min for 5m).",
+                      min_=0, steps=thresholds((None, "green"), (1, "red")),
+                      threshold_lines=True)
+
+
 # ---------------------------------------------------------------- variables
 
 def variables(service_multi):
@@ -387,22 +397,28 @@ def overview():
                              f"(rate(seqwatch_handshake_anomalies_total{{{SVC}}}[5m])))",
                              LEGEND_SVC)],
                      "Services with the most handshake anomalies.", unit="ops"), 12, 8)
-    L.add(timeseries("Spoofing attempt score",
-                     [target(f"seqwatch_spoofing_attempt_score{{{SVC}}}", LEGEND_SVC)],
-                     "Alert: SeqwatchSpoofingAttempts (score >= 0.8 for 5m).",
-                     min_=0, steps=thresholds((None, "green"), (0.8, "red")),
-                     threshold_lines=True), 8, 8)
+    L.add(spoofing_score_panel(), 6, 8)
+    L.add(timeseries("Challenge ACKs per minute",
+                     [target(f"seqwatch_spoofing_challenge_ack_score{{{INST}}}", "{{instance}}")],
+                     "RFC 5961 challenge ACKs (sent or rate-limited) per minute over the "
+                     "daemon's anomaly window, for its whole network namespace: blind RST, "
+                     "SYN and ACK guesses against established connections. "
+                     "Alert: SeqwatchChallengeAckSurge (>= 60/min for 10m).",
+                     min_=0, steps=thresholds((None, "green"), (60, "red")),
+                     threshold_lines=True), 6, 8)
     L.add(table("Top anomaly sources",
                 [target(f"seqwatch_anomaly_top_source_events{{{INST}}}", table=True)],
-                "Events from the top sources of each anomaly kind, by rank.",
-                rename={"Value": "events"}), 8, 8)
+                "Events over the anomaly window from the top sources of each anomaly "
+                "kind, by rank (1 = most). The addresses are not labels: "
+                "GET /api/v1/anomalies/top-sources on the daemon lists them.",
+                rename={"Value": "events"}), 6, 8)
     L.add(timeseries("Listeners lost after an anomaly",
                      [target(f"sum by (instance, service) "
                              f"(increase(seqwatch_listener_lost_after_anomaly_total{{{SVC}}}[1h]))",
                              LEGEND_SVC)],
                      "Listeners that stopped answering right after a handshake anomaly, "
                      "per hour. Alert: SeqwatchListenerLostAfterAnomaly.",
-                     min_=0, bars=True), 8, 8)
+                     min_=0, bars=True), 6, 8)
 
     L.row("Hardening posture and TCP stack")
     L.add(stat("Posture checks not as recommended",
@@ -515,11 +531,7 @@ def service():
                              f"(rate(seqwatch_handshake_anomalies_total{{{SVC}}}[5m]))",
                              "{{kind}} " + LEGEND_SVC)],
                      "Alert: SeqwatchHandshakeAnomalySurge.", unit="ops"), 8, 8)
-    L.add(timeseries("Spoofing attempt score",
-                     [target(f"seqwatch_spoofing_attempt_score{{{SVC}}}", LEGEND_SVC)],
-                     "Alert: SeqwatchSpoofingAttempts (score >= 0.8 for 5m).",
-                     min_=0, steps=thresholds((None, "green"), (0.8, "red")),
-                     threshold_lines=True), 8, 8)
+    L.add(spoofing_score_panel(), 8, 8)
     L.add(timeseries("Listeners lost after an anomaly",
                      [target(f"sum by (instance, service) "
                              f"(increase(seqwatch_listener_lost_after_anomaly_total{{{SVC}}}[1h]))",

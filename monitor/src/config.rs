@@ -24,6 +24,10 @@ pub const GUESSES: RangeInclusive<u64> = 1..=u64::MAX;
 pub const WINDOW: RangeInclusive<usize> = 8..=65_536;
 /// Seconds between an anomaly and a listener's loss that still correlate them.
 pub const LISTENER_LOSS_WINDOW: RangeInclusive<u64> = 1..=3600;
+/// Sources ranked per anomaly kind; each costs 16 counters per kind and time bucket.
+pub const TOP_SOURCES: RangeInclusive<usize> = 1..=50;
+/// Seconds of the sliding window of the top sources and spoofing scores (10 buckets).
+pub const ANOMALY_WINDOW: RangeInclusive<u64> = 10..=86_400;
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const IFNAME_MAX: usize = 15;
 
@@ -58,6 +62,10 @@ pub struct FileConfig {
     pub event_log: Option<PathBuf>,
     /// Seconds after an anomaly within which a listener's loss is reported.
     pub listener_loss_window: Option<u64>,
+    /// Sources ranked per anomaly kind.
+    pub top_sources: Option<usize>,
+    /// Seconds of the top sources' and spoofing scores' sliding window.
+    pub anomaly_window: Option<u64>,
     pub web_config: Option<PathBuf>,
     #[serde(default)]
     pub scorer: ScorerSection,
@@ -151,6 +159,8 @@ impl LoadedConfig {
             file.listener_loss_window,
             LISTENER_LOSS_WINDOW,
         )?;
+        self.check_range(&["top_sources"], file.top_sources, TOP_SOURCES)?;
+        self.check_range(&["anomaly_window"], file.anomaly_window, ANOMALY_WINDOW)?;
         for (key, path) in [
             ("sample_log", &file.sample_log),
             ("event_log", &file.event_log),
@@ -276,6 +286,16 @@ pub fn merge(mut args: RunArgs, matches: &ArgMatches) -> Result<RunArgs, ConfigE
         &mut args.listener_loss_window,
         file.listener_loss_window,
         from_file("listener_loss_window"),
+    );
+    set(
+        &mut args.top_sources,
+        file.top_sources,
+        from_file("top_sources"),
+    );
+    set(
+        &mut args.anomaly_window,
+        file.anomaly_window,
+        from_file("anomaly_window"),
     );
     if from_file("sample_log") && file.sample_log.is_some() {
         args.sample_log = file.sample_log;

@@ -31,6 +31,7 @@ use crate::{
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
     tcp_events,
+    top_sources::{self, SharedTopSources, TopSources},
     web::WebSecurity,
 };
 
@@ -61,7 +62,7 @@ pub struct RunArgs {
     /// Which SYN-ACKs to sample: this host's own (egress), remote servers' (ingress), or both.
     #[arg(long, value_enum, default_value_t = Directions::Egress)]
     pub direction: Directions,
-    /// Address for /metrics, the landing page and /api/v1/services.
+    /// Address for /metrics, the landing page and the JSON API (/api/v1/…).
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     pub listen: SocketAddr,
     /// How to attach the classifiers.
@@ -90,6 +91,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = crash::DEFAULT_WINDOW.as_secs(),
           value_parser = clap::value_parser!(u64).range(config::LISTENER_LOSS_WINDOW))]
     pub listener_loss_window: u64,
+    /// Sources ranked per anomaly kind (1 to 50): `seqwatch_anomaly_top_source_events` and
+    /// /api/v1/anomalies/top-sources.
+    #[arg(long, value_name = "K", default_value_t = top_sources::DEFAULT_K,
+          value_parser = top_sources_in_range)]
+    pub top_sources: usize,
+    /// Sliding window of the top sources and the spoofing scores, in seconds (10 to 86400).
+    #[arg(long, value_name = "SECONDS", default_value_t = top_sources::DEFAULT_WINDOW.as_secs(),
+          value_parser = clap::value_parser!(u64).range(config::ANOMALY_WINDOW))]
+    pub anomaly_window: u64,
     /// TLS and basic auth for the HTTP endpoints: an exporter-toolkit web-config YAML file.
     #[arg(long, value_name = "FILE")]
     pub web_config: Option<PathBuf>,
@@ -99,15 +109,19 @@ pub struct RunArgs {
 }
 
 fn window_in_range(text: &str) -> Result<usize, String> {
-    let window: usize = text.parse().map_err(|err| format!("{err}"))?;
-    if config::WINDOW.contains(&window) {
-        Ok(window)
+    usize_in(text, &config::WINDOW)
+}
+
+fn top_sources_in_range(text: &str) -> Result<usize, String> {
+    usize_in(text, &config::TOP_SOURCES)
+}
+
+fn usize_in(text: &str, allowed: &std::ops::RangeInclusive<usize>) -> Result<usize, String> {
+    let value: usize = text.parse().map_err(|err| format!("{err}"))?;
+    if allowed.contains(&value) {
+        Ok(value)
     } else {
-        Err(format!(
-            "expected {} to {}",
-            config::WINDOW.start(),
-            config::WINDOW.end()
-        ))
+        Err(format!("expected {} to {}", allowed.start(), allowed.end()))
     }
 }
 
@@ -133,6 +147,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub counters: KernelCounters,
     pub services: Mutex<ServiceTable>,
+    pub top_sources: SharedTopSources,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -153,8 +168,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: Metrics::new()?,
         counters: probes.take_synack_counters()?,
         services: Mutex::new(ServiceTable::new(args.max_services, scorer)),
+        top_sources: TopSources::shared(args.top_sources, Duration::from_secs(args.anomaly_window)),
     });
-    start_engines(&mut probes, &shared.metrics, &args)?;
+    start_engines(&mut probes, &shared, &args)?;
     let selection = if args.interfaces.is_empty() {
         Selection::AllUp
     } else {
@@ -252,7 +268,8 @@ impl RunArgs {
 
 /// The anomaly reader and the kernel TCP event reader run as their own tasks, sharing the
 /// event log and the anomaly history; stateful checks only when both directions are on.
-fn start_engines(probes: &mut Probes, metrics: &Metrics, args: &RunArgs) -> anyhow::Result<()> {
+fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow::Result<()> {
+    let metrics = &shared.metrics;
     if args.direction == Directions::Both {
         probes.enable_handshake_tracking()?;
     }
@@ -263,6 +280,8 @@ fn start_engines(probes: &mut Probes, metrics: &Metrics, args: &RunArgs) -> anyh
         event_log: event_log.clone(),
         max_services: args.max_services,
         history: history.clone(),
+        top_sources: shared.top_sources.clone(),
+        anomaly_window: Duration::from_secs(args.anomaly_window),
     };
     handshake::start(
         probes.take_anomaly_events()?,

@@ -1,9 +1,10 @@
 //! The handshake anomaly engine's userspace half: reads the kernel tracker's anomaly events,
-//! counts them per kind and service (services capped, overflow labelled `other`), and writes
-//! each as one JSON line for a SIEM, rate-limited per (source address, kind).
+//! counts them per kind and service (services capped, overflow labelled `other`), ranks their
+//! sources per kind (`top_sources`), scores blind spoofing guesses per service (`spoofing`), and
+//! writes each as one JSON line for a SIEM, rate-limited per (source address, kind).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{BufWriter, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -25,7 +26,15 @@ use seqwatch_common::{
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use crate::{crash::SharedHistory, daemon::lock, metrics::register};
+use crate::{
+    crash::SharedHistory,
+    daemon::lock,
+    lab::monotonic_ns,
+    metrics::register,
+    netstat::read_tcpext,
+    spoofing::{ChallengeAcks, SpoofingMetrics, SpoofingScores},
+    top_sources::{SharedTopSources, SourcePrefix, TopSourceMetrics, TopSources},
+};
 
 /// The service label of anomalies beyond the service cap.
 pub const OTHER_SERVICE: &str = "other";
@@ -41,6 +50,10 @@ pub struct EngineOptions {
     pub max_services: NonZeroUsize,
     /// Where every anomaly is remembered for crash correlation.
     pub history: SharedHistory,
+    /// The per-kind source ranking, shared with the HTTP API.
+    pub top_sources: SharedTopSources,
+    /// The window of the top sources and of the spoofing scores.
+    pub anomaly_window: Duration,
 }
 
 /// The engine's metrics, registered with the daemon's registry.
@@ -51,6 +64,8 @@ pub struct HandshakeMetrics {
     pub events_rate_limited: IntCounter,
     pub tfo_syns: IntCounter,
     pub state_lookups: IntCounter,
+    pub top_sources: TopSourceMetrics,
+    pub spoofing: SpoofingMetrics,
 }
 
 impl HandshakeMetrics {
@@ -84,6 +99,8 @@ impl HandshakeMetrics {
                 "seqwatch_handshake_state_lookups_total",
                 "Segments whose handshake state the kernel tracker looked up.",
             )?,
+            top_sources: TopSourceMetrics::new(registry)?,
+            spoofing: SpoofingMetrics::new(registry)?,
         })
     }
 
@@ -315,30 +332,59 @@ struct Engine {
     log: Option<EventLog>,
     history: SharedHistory,
     clock: Clock,
+    top_sources: SharedTopSources,
+    /// Each ranked (kind, source)'s rank at the last refresh, for the event log.
+    source_ranks: HashMap<(AnomalyKind, SourcePrefix), usize>,
+    spoofing: SpoofingScores,
+    challenge_acks: ChallengeAcks,
+}
+
+/// An event-log line: the anomaly, and its source's rank among the top sources of its kind.
+#[derive(Serialize)]
+struct LogLine<'a> {
+    #[serde(flatten)]
+    anomaly: &'a Anomaly,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_rank: Option<usize>,
 }
 
 impl Engine {
-    fn handle(&mut self, anomaly: &Anomaly) -> anyhow::Result<()> {
+    fn handle(
+        &mut self,
+        anomaly: &Anomaly,
+        top: &mut TopSources,
+        now_ns: u64,
+    ) -> anyhow::Result<()> {
         let service = self.services.label(anomaly.service);
         self.metrics
             .anomalies
             .with_label_values(&[anomaly.kind, service.as_str()])
             .inc();
+        let (kind, source) = (anomaly.anomaly_kind, anomaly.source.ip());
+        top.record(kind, source, now_ns);
+        self.spoofing.observe(&service, kind, now_ns);
         lock(&self.history).record(anomaly);
         let Some(log) = self.log.as_ref() else {
             return Ok(());
         };
-        if !self
-            .limiter
-            .allow(anomaly.source.ip(), anomaly.anomaly_kind, Instant::now())
-        {
+        if !self.limiter.allow(source, kind, Instant::now()) {
             self.metrics.events_rate_limited.inc();
             return Ok(());
         }
-        log.write_line(anomaly)
+        let source_rank = self
+            .source_ranks
+            .get(&(kind, SourcePrefix::of(source)))
+            .copied();
+        log.write_line(&LogLine {
+            anomaly,
+            source_rank,
+        })
     }
 
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        let now_ns = monotonic_ns();
+        let top_sources = self.top_sources.clone();
+        let mut top = lock(&top_sources);
         while let Some(item) = events.next() {
             let Some(anomaly) =
                 decode_event(&item).and_then(|e| Anomaly::from_event(&e, &self.clock))
@@ -346,13 +392,28 @@ impl Engine {
                 log::warn!("undecodable anomaly event of {} bytes ignored", item.len());
                 continue;
             };
-            self.handle(&anomaly)?;
+            self.handle(&anomaly, &mut top, now_ns)?;
         }
+        drop(top);
         if let Some(log) = self.log.as_ref() {
             log.flush()?;
         }
         self.metrics.refresh(&self.counters);
         Ok(())
+    }
+
+    /// Once a second: the kernel counters, the top-sources gauge and the spoofing scores.
+    fn refresh(&mut self) {
+        let now_ns = monotonic_ns();
+        self.metrics.refresh(&self.counters);
+        self.source_ranks = self
+            .metrics
+            .top_sources
+            .publish(&lock(&self.top_sources), now_ns);
+        self.challenge_acks.observe(read_tcpext().as_ref(), now_ns);
+        self.metrics
+            .spoofing
+            .publish(&self.spoofing, &self.challenge_acks, now_ns);
     }
 }
 
@@ -415,6 +476,10 @@ pub fn start(
         log: options.event_log.clone(),
         history: options.history.clone(),
         clock: Clock::now(),
+        top_sources: options.top_sources.clone(),
+        source_ranks: HashMap::new(),
+        spoofing: SpoofingScores::new(options.anomaly_window),
+        challenge_acks: ChallengeAcks::new(options.anomaly_window),
     };
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut events = unsafe { AsyncFd::register(events) }
@@ -432,7 +497,7 @@ pub fn start(
                     Err(err) => Err(err.into()),
                 },
                 _ = refresh.tick() => {
-                    engine.metrics.refresh(&engine.counters);
+                    engine.refresh();
                     Ok(())
                 }
             };

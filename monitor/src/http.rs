@@ -1,4 +1,5 @@
-//! /metrics, a landing page, and /api/v1/services (the scorer's per-service JSON).
+//! /metrics, a landing page, /api/v1/services (the scorer's per-service JSON) and
+//! /api/v1/anomalies/top-sources (the sources with the most anomalies per kind).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -11,7 +12,11 @@ use axum::{
     routing::get,
 };
 
-use crate::{daemon::Shared, web::WebSecurity};
+use crate::{
+    daemon::{Shared, lock},
+    lab::monotonic_ns,
+    web::WebSecurity,
+};
 
 pub struct Server {
     pub local_addr: SocketAddr,
@@ -32,6 +37,7 @@ pub async fn serve(
         .route("/", get(landing))
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(services))
+        .route("/api/v1/anomalies/top-sources", get(top_sources))
         .with_state(shared);
     security.serve(listener, app);
     Ok(Server { local_addr })
@@ -45,6 +51,8 @@ async fn landing() -> Html<&'static str> {
         "</h1><p>eBPF network-hardening monitor: ISN predictability of every service.</p>",
         "<ul><li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>",
         "<li><a href=\"/api/v1/services\">/api/v1/services</a> (per-service ISN scores, JSON)</li>",
+        "<li><a href=\"/api/v1/anomalies/top-sources\">/api/v1/anomalies/top-sources</a> ",
+        "(top anomaly sources per kind, JSON)</li>",
         "</ul></body></html>"
     ))
 }
@@ -63,4 +71,8 @@ async fn services(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .reports();
     Json(serde_json::json!({ "services": services }))
+}
+
+async fn top_sources(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json(lock(&shared.top_sources).report(monotonic_ns()))
 }

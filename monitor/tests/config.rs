@@ -98,6 +98,22 @@ fn every_config_error_names_line_key_and_what_is_allowed() {
             ":1: key `listener_loss_window`: 3601 is out of range: expected 1 to 3600",
         ),
         (
+            "top_sources = 0\n",
+            ":1: key `top_sources`: 0 is out of range: expected 1 to 50",
+        ),
+        (
+            "\ntop_sources = 51\n",
+            ":2: key `top_sources`: 51 is out of range: expected 1 to 50",
+        ),
+        (
+            "anomaly_window = 9\n",
+            ":1: key `anomaly_window`: 9 is out of range: expected 10 to 86400",
+        ),
+        (
+            "anomaly_window = \"5m\"\n",
+            ":1: key `anomaly_window`: invalid type: string",
+        ),
+        (
             "guesses = -5\n",
             ":1: key `guesses`: invalid value: integer `-5`",
         ),
@@ -159,6 +175,7 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
         "interfaces = [\"eth7\"]\ndirection = \"both\"\nlisten = \"127.0.0.1:20000\"\n\
          attach_mode = \"netlink\"\nmax_services = 10\nguesses = 77\n\
          sample_log = \"samples.jsonl\"\nevent_log = \"-\"\nlistener_loss_window = 30\n\
+         top_sources = 20\nanomaly_window = 600\n\
          [scorer]\nwindow = 512\n",
     );
     let config = path.to_str().unwrap();
@@ -171,6 +188,7 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
     );
     assert!(defaults.interfaces.is_empty(), "all interfaces by default");
     assert_eq!(defaults.listener_loss_window, 10);
+    assert_eq!((defaults.top_sources, defaults.anomaly_window), (10, 300));
 
     let from_file = merged(&["--config", config]).unwrap();
     assert_eq!(from_file.interfaces, ["eth7"]);
@@ -181,6 +199,7 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
     assert_eq!(from_file.guesses, 77);
     assert_eq!(from_file.window, 512);
     assert_eq!(from_file.listener_loss_window, 30);
+    assert_eq!((from_file.top_sources, from_file.anomaly_window), (20, 600));
     // Relative to the file's directory, not to where seqwatch was started.
     assert_eq!(from_file.sample_log, Some(dir.path().join("samples.jsonl")));
     assert_eq!(
@@ -204,6 +223,8 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
         "5000",
         "--listener-loss-window",
         "5",
+        "--top-sources",
+        "3",
     ])
     .unwrap();
     assert_eq!(overridden.interfaces, ["eth9"]);
@@ -211,6 +232,8 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
     assert_eq!(overridden.listen.port(), 30000);
     assert_eq!(overridden.window, 64);
     assert_eq!(overridden.listener_loss_window, 5);
+    assert_eq!(overridden.top_sources, 3);
+    assert_eq!(overridden.anomaly_window, 600, "not given: the file's");
     assert_eq!(
         overridden.guesses, 5000,
         "a flag equal to the default still wins"
@@ -249,6 +272,16 @@ fn help_shows_examples_and_exit_codes_and_usage_errors_exit_2() {
     let output = seqwatch(&["run", "--window", "3"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("expected 8 to 65536"));
+    let output = seqwatch(&["run", "--top-sources", "51"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("expected 1 to 50"));
+    let output = seqwatch(&["run", "--anomaly-window", "9"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("10..=86400"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -18,7 +18,7 @@ use std::{
 
 use common::{
     backlog_listener, connect_many,
-    crafted::{MonitoredLab, route_spoofed, sampled_server_isn},
+    crafted::{self, MonitoredLab, listen_and_hold, route_spoofed, sampled_server_isn},
     listen, netstat, read_json_lines, series_value, wait_for,
 };
 use seqwatch::lab::{Crafter, Lab, Segment, flags::*};
@@ -83,16 +83,7 @@ impl Scene {
         ack: u32,
         payload: &[u8],
     ) {
-        let segment = Segment {
-            from: client,
-            to: server,
-            flags,
-            seq,
-            ack,
-            options: &[],
-            payload,
-        };
-        self.crafter.send_segment(&segment).unwrap();
+        crafted::send(&self.crafter, (client, server), flags, (seq, ack), payload);
     }
 
     /// The ISN of the server's SYN-ACK to `client`, from the daemon's own sample log.
@@ -123,19 +114,6 @@ impl Scene {
             })
             .collect()
     }
-}
-
-/// A listener that keeps every accepted connection open until the process ends.
-fn listen_and_hold(lab: &Lab, addr: SocketAddr) {
-    let listener = lab
-        .run_in(&lab.server_ns, || TcpListener::bind(addr))
-        .expect("bind the holding listener");
-    thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
 }
 
 fn client(address: Ipv4Addr, port: u16) -> SocketAddr {

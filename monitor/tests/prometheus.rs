@@ -3,7 +3,9 @@
 //! crafted segments with illegal flags. Its live /metrics must pass `promtool check metrics`;
 //! and Debian's Prometheus, started in the same namespace with the shipped scrape config and
 //! rules (target, intervals and `for:` shortened), must return data for every Grafana panel's
-//! query and fire the weak-generator alert. Needs root; the lab namespaces and Prometheus go
+//! query and fire the weak-generator alert. Blind ISN guesses (wrong-ack third packets from a
+//! spoofed address) against the weak service give the spoofing panels their data and fire the
+//! spoofing alert. Needs root; the lab namespaces and Prometheus go
 //! with the test.
 
 // This crate uses only some of the shared helpers.
@@ -20,10 +22,14 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{Daemon, METRICS_ADDR, connect_many, http_get_from, listen, series_value, wait_for};
+use common::{
+    Daemon, METRICS_ADDR, connect_many,
+    crafted::{self, sampled_server_isn},
+    http_get_from, listen, series_value, wait_for,
+};
 use seqwatch::lab::{
-    Crafter, GeneratorKind, Lab, LabOptions, Responder, ResponderConfig, Segment,
-    flags::{FIN, PSH, URG},
+    Crafter, GeneratorKind, Lab, LabOptions, Responder, ResponderConfig,
+    flags::{ACK, FIN, PSH, SYN, URG},
 };
 use seqwatch_common::handshake::AnomalyKind;
 use serde_json::Value as Json;
@@ -43,13 +49,17 @@ const ILLEGAL_FLAGS: [(u8, AnomalyKind); 2] = [
 const PROMETHEUS_ADDR: &str = "127.0.0.1:9090";
 /// What the test's copy of the rules waits instead of the shipped `for:` (5 to 15 minutes).
 const SHORT_FOR: &str = "2s";
-/// Metrics that some panels read and the daemon does not export yet (docs/alerts.md says so):
-/// no traffic gives those panels data. The test checks that they are indeed absent.
-const NOT_EXPORTED_YET: [&str; 3] = [
-    "seqwatch_spoofing_attempt_score",
-    "seqwatch_anomaly_top_source_events",
-    "seqwatch_listener_lost_after_anomaly_total",
-];
+/// Spoofed handshakes to the weak service, and wrong-ack guesses at its ISN in each: 6 guesses
+/// in the default 5-minute window score 1.2 per minute, over SeqwatchSpoofingAttempts' 1/min.
+const SPOOFED_HANDSHAKES: u16 = 2;
+const GUESSES_PER_HANDSHAKE: u32 = 3;
+/// The claimed client address of the spoofed handshakes: not the client's, which would answer
+/// the responder's SYN-ACKs with RSTs.
+const SPOOFED: [u8; 4] = [10, 199, 0, 77];
+/// Metrics that some panels read and this traffic does not create (a listener lost after an
+/// anomaly needs a crash): those panels are allowed to be empty. The test checks that they are
+/// indeed absent.
+const NOT_EXPORTED_YET: [&str; 1] = ["seqwatch_listener_lost_after_anomaly_total"];
 
 /// Loading the classifiers keeps the verifier busy for 10-20 s of CPU on a 2-core VM; two
 /// daemons loading at once (this file's tests run in parallel) push each other past
@@ -100,6 +110,7 @@ impl Scene {
         connect_many(&lab, &lab.client_ns, linux, CONNECTIONS);
         connect_many(&lab, &lab.client_ns, weak, CONNECTIONS);
         send_illegal_flags(&lab, weak);
+        guess_isns(&lab, &daemon, weak);
         let scene = Scene {
             daemon,
             _responder: responder,
@@ -112,9 +123,14 @@ impl Scene {
         scene
     }
 
-    /// Until the weak service is scored weak and every crafted segment is counted.
+    /// Until the weak service is scored weak, every crafted segment is counted and the guesses
+    /// are scored.
     fn wait_until_scored(&self) {
         let weak = format!("seqwatch_isn_weak{{service=\"{}\"}}", self.weak);
+        let spoofing = format!(
+            "seqwatch_spoofing_attempt_score{{service=\"{}\"}}",
+            self.weak
+        );
         let counted = |metrics: &str| {
             ILLEGAL_FLAGS.iter().all(|(_, kind)| {
                 let series = format!(
@@ -126,8 +142,11 @@ impl Scene {
             })
         };
         let settled = wait_for(Duration::from_secs(15), || {
-            common::scrape(&self.lab, &self.daemon.ns)
-                .is_some_and(|m| series_value(&m, &weak) == Some(1.0) && counted(&m))
+            common::scrape(&self.lab, &self.daemon.ns).is_some_and(|m| {
+                series_value(&m, &weak) == Some(1.0)
+                    && counted(&m)
+                    && series_value(&m, &spoofing).is_some_and(|score| score > 0.0)
+            })
         });
         assert!(
             settled,
@@ -144,16 +163,24 @@ fn send_illegal_flags(lab: &Lab, service: SocketAddr) {
     for (i, (flags, _)) in ILLEGAL_FLAGS.into_iter().enumerate() {
         for n in 0..CRAFTED_PER_KIND {
             let port = 40_000 + 100 * i as u16 + n;
-            let segment = Segment {
-                from: SocketAddr::new(lab.client_v4.into(), port),
-                to: service,
-                flags,
-                seq: 1,
-                ack: 0,
-                options: &[],
-                payload: &[],
-            };
-            crafter.send_segment(&segment).unwrap();
+            let from = SocketAddr::new(lab.client_v4.into(), port);
+            crafted::send(&crafter, (from, service), flags, (1, 0), &[]);
+        }
+    }
+}
+
+/// Blind guesses at the weak service's ISN: spoofed SYNs, then third packets with the right
+/// seq and a wrong ack (`handshake_ack_wrong_ack`), the spoofing score's input.
+fn guess_isns(lab: &Lab, daemon: &Daemon, service: SocketAddr) {
+    let crafter = Crafter::client_to_server(lab).unwrap();
+    let send =
+        |from, flags, seq, ack| crafted::send(&crafter, (from, service), flags, (seq, ack), &[]);
+    for port in 0..SPOOFED_HANDSHAKES {
+        let from = SocketAddr::from((SPOOFED, 41_000 + port));
+        send(from, SYN, 1000, 0);
+        let isn = sampled_server_isn(daemon, from).expect("the responder's SYN-ACK sampled");
+        for guess in 1..=GUESSES_PER_HANDSHAKE {
+            send(from, ACK, 1001, isn.wrapping_add(guess << 16));
         }
     }
 }
@@ -192,7 +219,7 @@ fn a_live_scrape_passes_promtool_check_metrics() {
 }
 
 #[test]
-fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_alert() {
+fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_and_spoofing_alerts() {
     let started = Instant::now();
     let scene = Scene::start();
     let prometheus = Prometheus::start(&scene.lab, &scene.daemon.ns, scene.dir.path());
@@ -230,14 +257,17 @@ fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_alert() {
         );
     }
 
+    prometheus.wait_for_firing(&scene.lab, "SeqwatchSpoofingAttempts", &weak);
     let alerts = prometheus.wait_for_firing(&scene.lab, "SeqwatchWeakIsnGenerator", &weak);
     let linux = scene.linux.to_string();
-    assert!(
-        !alerts
-            .iter()
-            .any(|(name, service, _)| name == "SeqwatchWeakIsnGenerator" && *service == linux),
-        "the Linux listener is not weak: {alerts:?}"
-    );
+    for alert in ["SeqwatchWeakIsnGenerator", "SeqwatchSpoofingAttempts"] {
+        assert!(
+            !alerts
+                .iter()
+                .any(|(name, service, _)| name == alert && *service == linux),
+            "{alert} not for the Linux listener: {alerts:?}"
+        );
+    }
     assert!(
         !alerts.iter().any(|(name, _, _)| name == "SeqwatchDown"),
         "{alerts:?}"

@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::{
-    crafted::{MonitoredLab, route_spoofed, sampled_server_isn},
+    crafted::{self, MonitoredLab, route_spoofed, sampled_server_isn},
     read_json_lines, series_value, wait_for,
 };
 use nix::{
@@ -85,16 +85,7 @@ impl Scene {
     }
 
     fn send(&self, from: SocketAddr, to: SocketAddr, flags: u8, seq: u32, ack: u32, data: &[u8]) {
-        let segment = Segment {
-            from,
-            to,
-            flags,
-            seq,
-            ack,
-            options: &[],
-            payload: data,
-        };
-        self.crafter.send_segment(&segment).unwrap();
+        crafted::send(&self.crafter, (from, to), flags, (seq, ack), data);
     }
 
     /// The ISN of the server's SYN-ACK to `client`, from the daemon's sample log.

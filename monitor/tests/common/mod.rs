@@ -397,12 +397,13 @@ pub mod sysctl {
 #[allow(dead_code)]
 pub mod crafted {
     use std::{
-        net::{Ipv4Addr, SocketAddr},
+        net::{Ipv4Addr, SocketAddr, TcpListener},
         path::Path,
+        thread,
         time::Duration,
     };
 
-    use seqwatch::lab::Lab;
+    use seqwatch::lab::{Crafter, Lab, Segment};
 
     use super::{Daemon, read_json_lines, wait_for};
 
@@ -437,21 +438,28 @@ pub mod crafted {
     /// The daemon on the lab server's veth in both directions (the handshake tracker's stateful
     /// checks on), writing its event log to `events`; returns once both classifiers are attached.
     pub fn start_both_directions(lab: &Lab, dir: &Path, events: &Path) -> Daemon {
+        start_both_directions_with(lab, dir, events, &[])
+    }
+
+    /// [`start_both_directions`] with more `seqwatch run` flags.
+    pub fn start_both_directions_with(
+        lab: &Lab,
+        dir: &Path,
+        events: &Path,
+        flags: &[&str],
+    ) -> Daemon {
         let server_if = lab.server_if.clone();
         let events = events.to_str().expect("a UTF-8 path");
-        let mut daemon = Daemon::start(
-            lab,
-            &lab.server_ns,
-            dir,
-            &[
-                "--interface",
-                &server_if,
-                "--direction",
-                "both",
-                "--event-log",
-                events,
-            ],
-        );
+        let mut args = vec![
+            "--interface",
+            &server_if,
+            "--direction",
+            "both",
+            "--event-log",
+            events,
+        ];
+        args.extend_from_slice(flags);
+        let mut daemon = Daemon::start(lab, &lab.server_ns, dir, &args);
         daemon.wait_attached(lab, &server_if, "egress");
         daemon.wait_attached(lab, &server_if, "ingress");
         daemon
@@ -495,5 +503,39 @@ pub mod crafted {
                 "permanent",
             ]);
         }
+    }
+
+    /// One crafted segment, without TCP options.
+    pub fn send(
+        crafter: &Crafter,
+        (from, to): (SocketAddr, SocketAddr),
+        flags: u8,
+        (seq, ack): (u32, u32),
+        payload: &[u8],
+    ) {
+        let segment = Segment {
+            from,
+            to,
+            flags,
+            seq,
+            ack,
+            options: &[],
+            payload,
+        };
+        crafter.send_segment(&segment).unwrap();
+    }
+
+    /// A listener in the lab's server namespace that keeps every accepted connection open until
+    /// the process ends, so a completed handshake stays so.
+    pub fn listen_and_hold(lab: &Lab, addr: SocketAddr) {
+        let listener = lab
+            .run_in(&lab.server_ns, || TcpListener::bind(addr))
+            .expect("bind the holding listener");
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
     }
 }
