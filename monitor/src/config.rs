@@ -24,6 +24,7 @@ pub const GUESSES: RangeInclusive<u64> = 1..=u64::MAX;
 pub const WINDOW: RangeInclusive<usize> = 8..=65_536;
 /// Seconds between an anomaly and a listener's loss that still correlate them.
 pub const LISTENER_LOSS_WINDOW: RangeInclusive<u64> = 1..=3600;
+pub const UNRESPONSIVE_AFTER: RangeInclusive<u64> = 1..=3600;
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const IFNAME_MAX: usize = 15;
 
@@ -58,6 +59,8 @@ pub struct FileConfig {
     pub event_log: Option<PathBuf>,
     /// Seconds after an anomaly within which a listener's loss is reported.
     pub listener_loss_window: Option<u64>,
+    /// Seconds a connection may wait in an accept queue before its port is unresponsive.
+    pub unresponsive_after: Option<u64>,
     pub web_config: Option<PathBuf>,
     #[serde(default)]
     pub scorer: ScorerSection,
@@ -150,6 +153,11 @@ impl LoadedConfig {
             &["listener_loss_window"],
             file.listener_loss_window,
             LISTENER_LOSS_WINDOW,
+        )?;
+        self.check_range(
+            &["unresponsive_after"],
+            file.unresponsive_after,
+            UNRESPONSIVE_AFTER,
         )?;
         for (key, path) in [
             ("sample_log", &file.sample_log),
@@ -276,6 +284,11 @@ pub fn merge(mut args: RunArgs, matches: &ArgMatches) -> Result<RunArgs, ConfigE
         &mut args.listener_loss_window,
         file.listener_loss_window,
         from_file("listener_loss_window"),
+    );
+    set(
+        &mut args.unresponsive_after,
+        file.unresponsive_after,
+        from_file("unresponsive_after"),
     );
     if from_file("sample_log") && file.sample_log.is_some() {
         args.sample_log = file.sample_log;

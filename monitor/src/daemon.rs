@@ -24,6 +24,7 @@ use crate::{
     handshake::{self, EventLog},
     http,
     interfaces::{self, LinkEvents, Selection},
+    listeners::{self, ListenerOptions, SharedReport},
     metrics::Metrics,
     netstat::SyncookieWatch,
     posture::PostureWatch,
@@ -90,6 +91,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = crash::DEFAULT_WINDOW.as_secs(),
           value_parser = clap::value_parser!(u64).range(config::LISTENER_LOSS_WINDOW))]
     pub listener_loss_window: u64,
+    /// Report a listening port as unresponsive once a connection has waited this many seconds
+    /// in its accept queue (1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = listeners::DEFAULT_UNRESPONSIVE_AFTER.as_secs(),
+          value_parser = clap::value_parser!(u64).range(config::UNRESPONSIVE_AFTER))]
+    pub unresponsive_after: u64,
     /// TLS and basic auth for the HTTP endpoints: an exporter-toolkit web-config YAML file.
     #[arg(long, value_name = "FILE")]
     pub web_config: Option<PathBuf>,
@@ -133,6 +139,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub counters: KernelCounters,
     pub services: Mutex<ServiceTable>,
+    /// The latest listener and owner report (`/api/v1/owners`).
+    pub owners: SharedReport,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -155,8 +163,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: Metrics::new()?,
         counters: probes.take_synack_counters()?,
         services: Mutex::new(ServiceTable::new(args.max_services, scorer)),
+        owners: SharedReport::default(),
     });
-    start_engines(&mut probes, &shared.metrics, &args)?;
+    start_engines(&mut probes, &shared, &args)?;
     let selection = if args.interfaces.is_empty() {
         Selection::AllUp
     } else {
@@ -252,9 +261,11 @@ impl RunArgs {
     }
 }
 
-/// The anomaly reader and the kernel TCP event reader run as their own tasks, sharing the
-/// event log and the anomaly history; stateful checks only when both directions are on.
-fn start_engines(probes: &mut Probes, metrics: &Metrics, args: &RunArgs) -> anyhow::Result<()> {
+/// The anomaly reader, the kernel TCP event reader and the listener watch run as their own
+/// tasks, sharing the event log (and the first two the anomaly history); stateful checks only
+/// when both directions are on.
+fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow::Result<()> {
+    let metrics = &shared.metrics;
     if args.direction == Directions::Both {
         probes.enable_handshake_tracking()?;
     }
@@ -272,6 +283,11 @@ fn start_engines(probes: &mut Probes, metrics: &Metrics, args: &RunArgs) -> anyh
         metrics.handshake.clone(),
         &options,
     )?;
+    let options = ListenerOptions {
+        unresponsive_after: Duration::from_secs(args.unresponsive_after),
+        event_log: event_log.clone(),
+    };
+    listeners::start(&metrics.listeners, options, shared.owners.clone())?;
     let options = tcp_events::TcpEventOptions {
         max_services: args.max_services,
         event_log,

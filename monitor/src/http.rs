@@ -1,4 +1,5 @@
-//! /metrics, a landing page, and /api/v1/services (the scorer's per-service JSON).
+//! /metrics, a landing page, /api/v1/services (the scorer's per-service JSON) and
+//! /api/v1/owners (listener health and who holds the shared resources).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -32,6 +33,7 @@ pub async fn serve(
         .route("/", get(landing))
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(services))
+        .route("/api/v1/owners", get(owners))
         .with_state(shared);
     security.serve(listener, app);
     Ok(Server { local_addr })
@@ -45,6 +47,7 @@ async fn landing() -> Html<&'static str> {
         "</h1><p>eBPF network-hardening monitor: ISN predictability of every service.</p>",
         "<ul><li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>",
         "<li><a href=\"/api/v1/services\">/api/v1/services</a> (per-service ISN scores, JSON)</li>",
+        "<li><a href=\"/api/v1/owners\">/api/v1/owners</a> (listeners, and who holds sockets and ports, JSON)</li>",
         "</ul></body></html>"
     ))
 }
@@ -63,4 +66,9 @@ async fn services(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .reports();
     Json(serde_json::json!({ "services": services }))
+}
+
+async fn owners(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let report = crate::daemon::lock(&shared.owners).clone();
+    Json(report)
 }
