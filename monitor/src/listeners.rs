@@ -47,8 +47,11 @@ const MAX_WAITING: usize = 65_536;
 /// Processes and descriptors read when looking for a listener's process.
 const MAX_PROCESSES: usize = 4096;
 const MAX_FDS_PER_PROCESS: usize = 4096;
-/// How often /proc and the cgroup tree may be walked again for an unknown owner.
-const RESOLVE_AGAIN: Duration = Duration::from_secs(10);
+/// How often /proc may be walked again for a listener's unknown process (an event forces it).
+const PROCESSES_AGAIN: Duration = Duration::from_secs(10);
+/// How often the cgroup tree may be walked again for an unknown cgroup id: each poll, as a
+/// walk reads only directories (at most [`MAX_CGROUPS`]) and new cgroups are common.
+const CGROUPS_AGAIN: Duration = POLL;
 /// Cgroup directories walked at most.
 const MAX_CGROUPS: usize = 10_000;
 /// The label of everything beyond a cap.
@@ -584,15 +587,13 @@ impl Watch {
             let label = self.labels.label(number);
             let labels = [label.as_str()];
             let waited = oldest.get(&number).copied().unwrap_or_default();
-            m.accept_queue
-                .with_label_values(&labels)
-                .add(i64::from(port.accept_queue));
-            m.accept_queue_max
-                .with_label_values(&labels)
-                .add(i64::from(port.accept_queue_max));
-            m.syn_queue
-                .with_label_values(&labels)
-                .add(i64::from(port.syn_queue));
+            add(&m.accept_queue, &labels, i64::from(port.accept_queue));
+            add(
+                &m.accept_queue_max,
+                &labels,
+                i64::from(port.accept_queue_max),
+            );
+            add(&m.syn_queue, &labels, i64::from(port.syn_queue));
             let gauge = m.oldest_wait.with_label_values(&labels);
             gauge.set(gauge.get().max(waited.as_secs() as i64));
             m.drops
@@ -697,22 +698,20 @@ impl Watch {
         m.owner_ephemeral_ports.reset();
         let mut reports = Vec::with_capacity(ranked.len().min(MAX_REPORTED_OWNERS));
         for (rank, ((uid, cgroup_id), totals)) in ranked.into_iter().enumerate() {
-            let cgroup = cgroup_id.and_then(|id| self.names.cgroup(id));
+            let cgroup = cgroup_id.and_then(|id| self.names.cgroup(id, false));
             let (uid_label, cgroup_label) = if rank < MAX_OWNERS {
                 (uid.to_string(), cgroup.clone().unwrap_or_default())
             } else {
                 (OTHER.to_owned(), OTHER.to_owned())
             };
             let labels = [uid_label.as_str(), cgroup_label.as_str()];
-            m.owner_sockets
-                .with_label_values(&labels)
-                .add(i64::from(totals.sockets));
-            m.owner_waiting
-                .with_label_values(&labels)
-                .add(i64::from(totals.listen_backlog));
-            m.owner_ephemeral_ports
-                .with_label_values(&labels)
-                .add(totals.ephemeral_ports.len() as i64);
+            add(&m.owner_sockets, &labels, i64::from(totals.sockets));
+            add(&m.owner_waiting, &labels, i64::from(totals.listen_backlog));
+            add(
+                &m.owner_ephemeral_ports,
+                &labels,
+                totals.ephemeral_ports.len() as i64,
+            );
             if rank >= MAX_REPORTED_OWNERS {
                 continue;
             }
@@ -743,6 +742,11 @@ impl Watch {
     }
 }
 
+/// Adds to a series (ports and owners beyond the cap add up under `other`).
+fn add(gauges: &IntGaugeVec, labels: &[&str], value: i64) {
+    gauges.with_label_values(labels).add(value);
+}
+
 /// `net.ipv4.ip_local_port_range` of this namespace.
 fn ephemeral_range() -> Option<(u16, u16)> {
     let text = std::fs::read_to_string(PORT_RANGE).ok()?;
@@ -762,8 +766,8 @@ fn conntrack() -> Option<ConntrackReport> {
     })
 }
 
-/// User names, cgroup paths and listeners' processes, cached; /proc and the cgroup tree are
-/// walked again for an unknown one at most every [`RESOLVE_AGAIN`].
+/// User names, cgroup paths and listeners' processes, cached; the cgroup tree and /proc are
+/// walked again for an unknown one at most every [`CGROUPS_AGAIN`] / [`PROCESSES_AGAIN`].
 #[derive(Default)]
 struct Names {
     users: HashMap<u32, Option<String>>,
@@ -786,8 +790,9 @@ impl Names {
             .clone()
     }
 
-    fn cgroup(&mut self, id: u64) -> Option<String> {
-        if !self.cgroups.contains_key(&id) && due(&mut self.cgroups_walked) {
+    fn cgroup(&mut self, id: u64, now: bool) -> Option<String> {
+        if !self.cgroups.contains_key(&id) && (due(&mut self.cgroups_walked, CGROUPS_AGAIN) || now)
+        {
             self.cgroups = walk_cgroups();
         }
         self.cgroups.get(&id).cloned()
@@ -800,7 +805,7 @@ impl Names {
         let unnamed = inodes
             .iter()
             .any(|inode| self.processes.get(inode).is_none_or(Vec::is_empty));
-        if (unknown && due(&mut self.processes_walked)) || (now && unnamed) {
+        if (unknown && due(&mut self.processes_walked, PROCESSES_AGAIN)) || (now && unnamed) {
             let mut found = processes_of(inodes);
             for inode in inodes {
                 // Not found (gone, or not readable): remembered as such until forced.
@@ -819,16 +824,16 @@ impl Names {
         Owner {
             uid,
             user: self.user(uid),
-            cgroup: cgroup_id.and_then(|id| self.cgroup(id)),
+            cgroup: cgroup_id.and_then(|id| self.cgroup(id, now)),
             processes,
         }
     }
 }
 
 /// True (and restarts the clock) if the last walk was long enough ago.
-fn due(last: &mut Option<Instant>) -> bool {
+fn due(last: &mut Option<Instant>, every: Duration) -> bool {
     let now = Instant::now();
-    if last.is_some_and(|at| now.duration_since(at) < RESOLVE_AGAIN) {
+    if last.is_some_and(|at| now.duration_since(at) < every) {
         return false;
     }
     *last = Some(now);
