@@ -462,6 +462,55 @@ def overview():
                      "The other TcpExt counters Seqwatch re-exports (node_exporter leaves them "
                      "out by default).", unit="ops"), 6, 8)
 
+    L.row("Listeners and shared resources")
+    legend_port = "{{port}} ({{instance}})"
+    L.add(stat("Unresponsive listening ports",
+               [target(f"sum(seqwatch_listener_unresponsive{{{INST}}}) or vector(0)",
+                       instant=True)],
+               "Ports where a connection has waited longer than --unresponsive-after "
+               "in the accept queue. Alert: SeqwatchListenerUnresponsive.",
+               steps=thresholds((None, "green"), (1, "red"))), 4, 8)
+    L.add(timeseries("Oldest accept-queue wait by port",
+                     [target(f"seqwatch_listener_oldest_wait_seconds{{{INST}}}", legend_port)],
+                     "How long the oldest connection in each port's accept queue has "
+                     "waited for accept(2): a growing line is a server that stopped "
+                     "accepting.", unit="s", min_=0), 10, 8)
+    L.add(timeseries("Accept queue by port (dashed: backlog)",
+                     [target(f"seqwatch_listener_accept_queue{{{INST}}}", legend_port),
+                      target(f"seqwatch_listener_accept_queue_max{{{INST}}}",
+                             "backlog " + legend_port, ref="B")],
+                     "Connections waiting for accept(2), against the listener's backlog; "
+                     "above it the queue overflows.", min_=0), 10, 8)
+    L.add(timeseries("Listener drops/s and SYN queue by port",
+                     [target(f"rate(seqwatch_listener_drops_total{{{INST}}}[5m])",
+                             "drops/s " + legend_port),
+                      target(f"seqwatch_listener_syn_queue{{{INST}}}",
+                             "SYN queue " + legend_port, ref="B")],
+                     "SYNs and handshakes each port's listeners dropped (SYN or accept "
+                     "queue full), and half-open handshakes waiting for their ACK.",
+                     min_=0), 8, 8)
+    L.add(table("Top owners of TCP sockets",
+                [target(f"seqwatch_owner_sockets{{{INST}}}", table=True),
+                 target(f"seqwatch_owner_listen_backlog{{{INST}}}", ref="B", table=True),
+                 target(f"seqwatch_owner_ephemeral_ports{{{INST}}}", ref="C", table=True)],
+                "Sockets, connections waiting in their listeners' accept queues and "
+                "ephemeral ports per uid and cgroup (top 10; the rest under other). "
+                "Details, processes: GET /api/v1/owners.",
+                rename={"Value #A": "sockets", "Value #B": "waiting to be accepted",
+                        "Value #C": "ephemeral ports"}), 8, 8)
+    L.add(timeseries("Ephemeral ports and conntrack table in use",
+                     [target(f"seqwatch_ephemeral_ports_in_use{{{INST}}} / "
+                             f"(seqwatch_ephemeral_ports_in_use{{{INST}}} + "
+                             f"seqwatch_ephemeral_ports_available{{{INST}}})",
+                             "ephemeral ports {{instance}}"),
+                      target(f"seqwatch_conntrack_entries{{{INST}}} / "
+                             f"seqwatch_conntrack_entries_max{{{INST}}}",
+                             "conntrack {{instance}}", ref="B")],
+                     "Share of net.ipv4.ip_local_port_range held by TCP sockets, and of "
+                     "the conntrack table (absent without conntrack). Alerts: "
+                     "SeqwatchEphemeralPortsExhausted, SeqwatchConntrackTableFull.",
+                     unit="percentunit", min_=0, max_=1), 8, 8)
+
     return dashboard("seqwatch-overview", "Seqwatch / Overview",
                      "TCP ISN predictability of every service, and the health of the "
                      "Seqwatch eBPF pipeline.", L.panels, service_multi=True)

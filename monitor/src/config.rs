@@ -28,6 +28,7 @@ pub const LISTENER_LOSS_WINDOW: RangeInclusive<u64> = 1..=3600;
 pub const TOP_SOURCES: RangeInclusive<usize> = 1..=50;
 /// Seconds of the sliding window of the top sources and spoofing scores (10 buckets).
 pub const ANOMALY_WINDOW: RangeInclusive<u64> = 10..=86_400;
+pub const UNRESPONSIVE_AFTER: RangeInclusive<u64> = 1..=3600;
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const IFNAME_MAX: usize = 15;
 
@@ -66,6 +67,8 @@ pub struct FileConfig {
     pub top_sources: Option<usize>,
     /// Seconds of the top sources' and spoofing scores' sliding window.
     pub anomaly_window: Option<u64>,
+    /// Seconds a connection may wait in an accept queue before its port is unresponsive.
+    pub unresponsive_after: Option<u64>,
     pub web_config: Option<PathBuf>,
     #[serde(default)]
     pub scorer: ScorerSection,
@@ -161,6 +164,11 @@ impl LoadedConfig {
         )?;
         self.check_range(&["top_sources"], file.top_sources, TOP_SOURCES)?;
         self.check_range(&["anomaly_window"], file.anomaly_window, ANOMALY_WINDOW)?;
+        self.check_range(
+            &["unresponsive_after"],
+            file.unresponsive_after,
+            UNRESPONSIVE_AFTER,
+        )?;
         for (key, path) in [
             ("sample_log", &file.sample_log),
             ("event_log", &file.event_log),
@@ -296,6 +304,11 @@ pub fn merge(mut args: RunArgs, matches: &ArgMatches) -> Result<RunArgs, ConfigE
         &mut args.anomaly_window,
         file.anomaly_window,
         from_file("anomaly_window"),
+    );
+    set(
+        &mut args.unresponsive_after,
+        file.unresponsive_after,
+        from_file("unresponsive_after"),
     );
     if from_file("sample_log") && file.sample_log.is_some() {
         args.sample_log = file.sample_log;

@@ -24,6 +24,7 @@ use crate::{
     handshake::{self, EventLog},
     http,
     interfaces::{self, LinkEvents, Selection},
+    listeners::{self, ListenerOptions, SharedReport},
     metrics::Metrics,
     netstat::SyncookieWatch,
     posture::PostureWatch,
@@ -100,6 +101,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = top_sources::DEFAULT_WINDOW.as_secs(),
           value_parser = clap::value_parser!(u64).range(config::ANOMALY_WINDOW))]
     pub anomaly_window: u64,
+    /// Report a listening port as unresponsive once a connection has waited this many seconds
+    /// in its accept queue (1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value_t = listeners::DEFAULT_UNRESPONSIVE_AFTER.as_secs(),
+          value_parser = clap::value_parser!(u64).range(config::UNRESPONSIVE_AFTER))]
+    pub unresponsive_after: u64,
     /// TLS and basic auth for the HTTP endpoints: an exporter-toolkit web-config YAML file.
     #[arg(long, value_name = "FILE")]
     pub web_config: Option<PathBuf>,
@@ -148,6 +154,8 @@ pub struct Shared {
     pub counters: KernelCounters,
     pub services: Mutex<ServiceTable>,
     pub top_sources: SharedTopSources,
+    /// The latest listener and owner report (`/api/v1/owners`).
+    pub owners: SharedReport,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -169,6 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         counters: probes.take_synack_counters()?,
         services: Mutex::new(ServiceTable::new(args.max_services, scorer)),
         top_sources: TopSources::shared(args.top_sources, Duration::from_secs(args.anomaly_window)),
+        owners: SharedReport::default(),
     });
     start_engines(&mut probes, &shared, &args)?;
     let selection = if args.interfaces.is_empty() {
@@ -266,8 +275,9 @@ impl RunArgs {
     }
 }
 
-/// The anomaly reader and the kernel TCP event reader run as their own tasks, sharing the
-/// event log and the anomaly history; stateful checks only when both directions are on.
+/// The anomaly reader, the kernel TCP event reader and the listener watch run as their own
+/// tasks, sharing the event log (and the first two the anomaly history); stateful checks only
+/// when both directions are on.
 fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow::Result<()> {
     let metrics = &shared.metrics;
     if args.direction == Directions::Both {
@@ -289,6 +299,11 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
         metrics.handshake.clone(),
         &options,
     )?;
+    let options = ListenerOptions {
+        unresponsive_after: Duration::from_secs(args.unresponsive_after),
+        event_log: event_log.clone(),
+    };
+    listeners::start(&metrics.listeners, options, shared.owners.clone())?;
     let options = tcp_events::TcpEventOptions {
         max_services: args.max_services,
         event_log,

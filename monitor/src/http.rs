@@ -1,5 +1,6 @@
 //! /metrics, a landing page, /api/v1/services (the scorer's per-service JSON) and
 //! /api/v1/anomalies/top-sources (the sources with the most anomalies per kind).
+//! /api/v1/owners (listener health and who holds the shared resources).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -38,6 +39,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(services))
         .route("/api/v1/anomalies/top-sources", get(top_sources))
+        .route("/api/v1/owners", get(owners))
         .with_state(shared);
     security.serve(listener, app);
     Ok(Server { local_addr })
@@ -53,6 +55,7 @@ async fn landing() -> Html<&'static str> {
         "<li><a href=\"/api/v1/services\">/api/v1/services</a> (per-service ISN scores, JSON)</li>",
         "<li><a href=\"/api/v1/anomalies/top-sources\">/api/v1/anomalies/top-sources</a> ",
         "(top anomaly sources per kind, JSON)</li>",
+        "<li><a href=\"/api/v1/owners\">/api/v1/owners</a> (listeners, and who holds sockets and ports, JSON)</li>",
         "</ul></body></html>"
     ))
 }
@@ -75,4 +78,8 @@ async fn services(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 
 async fn top_sources(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json(lock(&shared.top_sources).report(monotonic_ns()))
+}
+
+async fn owners(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json(lock(&shared.owners).clone())
 }

@@ -10,8 +10,8 @@ use prometheus::{
 use seqwatch_common::synack::Counter;
 
 use crate::{
-    handshake::HandshakeMetrics, netstat::TcpExtCollector, probes::KernelCounters,
-    tcp_events::TcpEventMetrics,
+    handshake::HandshakeMetrics, listeners::ListenerMetrics, netstat::TcpExtCollector,
+    probes::KernelCounters, tcp_events::TcpEventMetrics,
 };
 
 pub struct Metrics {
@@ -28,6 +28,7 @@ pub struct Metrics {
     pub isn: IsnMetrics,
     pub handshake: HandshakeMetrics,
     pub tcp: TcpEventMetrics,
+    pub listeners: ListenerMetrics,
     /// 1 if a hardening check is as recommended, 0 if not; absent when unreadable.
     pub posture: IntGaugeVec,
     kernel: KernelMetrics,
@@ -117,6 +118,7 @@ impl Metrics {
             isn: IsnMetrics::new(&registry)?,
             handshake: HandshakeMetrics::new(&registry)?,
             tcp: TcpEventMetrics::new(&registry)?,
+            listeners: ListenerMetrics::new(&registry)?,
             posture: register(
                 &registry,
                 IntGaugeVec::new(

@@ -1,0 +1,182 @@
+//! The kernel's own socket table, through sock_diag (inet_diag) netlink: every TCP socket of
+//! this network namespace, IPv4 and IPv6, with its owner (uid, cgroup id, socket inode) and,
+//! for a listener, its accept queue (`idiag_rqueue`), backlog (`idiag_wqueue`) and drop
+//! counter (`SK_MEMINFO_DROPS`, which the kernel's `tcp_listendrop` bumps for every SYN or
+//! handshake the listener drops, SYN queue or accept queue). Request sockets (a listener's
+//! SYN queue, `TCP_NEW_SYN_RECV`) are dumped too and come back in state `SYN_RECV`.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
+};
+use netlink_sys::{
+    Socket as NetlinkSocket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG,
+};
+
+/// `TCP_NEW_SYN_RECV` (include/net/tcp_states.h): request sockets, dumped as SYN_RECV.
+const TCP_NEW_SYN_RECV: u32 = 12;
+/// `INET_DIAG_CGROUP_ID` (5.7+): the socket's cgroup v2 id, sent unasked.
+const INET_DIAG_CGROUP_ID: u16 = 21;
+
+/// TCP states as inet_diag reports them (include/net/tcp_states.h).
+pub mod state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_RECV: u8 = 3;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LISTEN: u8 = 10;
+}
+
+/// One socket of the dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub state: u8,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The owner's uid (the creator's fsuid; 0 for TIME_WAIT and request sockets).
+    pub uid: u32,
+    /// 0 until the socket has a file: request sockets, connections still in an accept queue,
+    /// TIME_WAIT and orphans.
+    pub inode: u32,
+    /// A listener: connections in its accept queue. Otherwise: unread bytes.
+    pub rqueue: u32,
+    /// A listener: its backlog (the accept queue holds one more). Otherwise: unsent bytes.
+    pub wqueue: u32,
+    /// The socket's cgroup v2 id, where the kernel reports it.
+    pub cgroup_id: Option<u64>,
+    /// SYNs and handshakes dropped (listeners), where the kernel reports it.
+    pub drops: Option<u32>,
+}
+
+/// Every TCP socket of this process's network namespace, IPv4 then IPv6.
+pub fn dump_tcp() -> anyhow::Result<Vec<TcpSocket>> {
+    let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG).context("sock_diag socket")?;
+    socket.bind_auto().context("binding the sock_diag socket")?;
+    socket
+        .connect(&NetlinkAddr::new(0, 0))
+        .context("connecting the sock_diag socket")?;
+    let mut sockets = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        request(&socket, family)?;
+        receive(&socket, &mut sockets)?;
+    }
+    Ok(sockets)
+}
+
+fn request(socket: &NetlinkSocket, family: u8) -> anyhow::Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let states = StateFlags::from_bits_retain(StateFlags::all().bits() | 1 << TCP_NEW_SYN_RECV);
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::SKMEMINFO,
+            states,
+            socket_id: if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            },
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buffer = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buffer);
+    socket
+        .send(&buffer, 0)
+        .context("sending the sock_diag dump request")?;
+    Ok(())
+}
+
+/// Reads the dump's messages up to NLMSG_DONE.
+fn receive(socket: &NetlinkSocket, sockets: &mut Vec<TcpSocket>) -> anyhow::Result<()> {
+    let mut buffer = vec![0; 64 << 10];
+    loop {
+        let size = socket
+            .recv(&mut &mut buffer[..], 0)
+            .context("reading the sock_diag dump")?;
+        let mut offset = 0;
+        while offset < size {
+            let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&buffer[offset..size])
+                .context("decoding a sock_diag message")?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    sockets.push(TcpSocket::from_response(&response));
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(err) => anyhow::bail!("sock_diag dump failed: {err:?}"),
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+}
+
+impl TcpSocket {
+    fn from_response(response: &InetResponse) -> TcpSocket {
+        let header = &response.header;
+        let id = &header.socket_id;
+        let mut socket = TcpSocket {
+            state: header.state,
+            local: SocketAddr::new(id.source_address, id.source_port),
+            remote: SocketAddr::new(id.destination_address, id.destination_port),
+            uid: header.uid,
+            inode: header.inode,
+            rqueue: header.recv_queue,
+            wqueue: header.send_queue,
+            cgroup_id: None,
+            drops: None,
+        };
+        for nla in &response.nlas {
+            match nla {
+                Nla::MemInfo(meminfo) => socket.drops = Some(meminfo.drops),
+                Nla::Other(other) if other.kind() == INET_DIAG_CGROUP_ID => {
+                    let mut value = [0u8; 8];
+                    if other.value_len() == value.len() {
+                        other.emit_value(&mut value);
+                        socket.cgroup_id = Some(u64::from_ne_bytes(value));
+                    }
+                }
+                _ => {}
+            }
+        }
+        socket
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[test]
+    fn a_listener_of_this_process_is_in_the_dump_with_its_owner() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sockets = dump_tcp().unwrap();
+        let found = sockets
+            .iter()
+            .find(|s| s.state == state::LISTEN && s.local.port() == port)
+            .expect("the listener");
+        assert_eq!(found.uid, nix::unistd::geteuid().as_raw());
+        assert_ne!(found.inode, 0);
+        assert_eq!(found.rqueue, 0);
+        assert_eq!(found.wqueue, 128, "std's backlog");
+        assert_eq!(found.drops, Some(0));
+    }
+}
