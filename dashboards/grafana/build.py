@@ -470,17 +470,23 @@ def overview():
                "Ports where a connection has waited longer than --unresponsive-after "
                "in the accept queue. Alert: SeqwatchListenerUnresponsive.",
                steps=thresholds((None, "green"), (1, "red"))), 4, 8)
+    L.add(stat("Silent episodes (24h)",
+               [target(f"sum(increase(seqwatch_host_silent_total{{{INST}}}[24h])) or vector(0)",
+                       instant=True)],
+               "Times a host received TCP segments and sent none for longer than "
+               "--unresponsive-after. Alert: SeqwatchHostWasSilent; when: the event log.",
+               steps=thresholds((None, "green"), (1, "red"))), 4, 8)
     L.add(timeseries("Oldest accept-queue wait by port",
                      [target(f"seqwatch_listener_oldest_wait_seconds{{{INST}}}", legend_port)],
                      "How long the oldest connection in each port's accept queue has "
                      "waited for accept(2): a growing line is a server that stopped "
-                     "accepting.", unit="s", min_=0), 10, 8)
+                     "accepting.", unit="s", min_=0), 8, 8)
     L.add(timeseries("Accept queue by port (dashed: backlog)",
                      [target(f"seqwatch_listener_accept_queue{{{INST}}}", legend_port),
                       target(f"seqwatch_listener_accept_queue_max{{{INST}}}",
                              "backlog " + legend_port, ref="B")],
                      "Connections waiting for accept(2), against the listener's backlog; "
-                     "above it the queue overflows.", min_=0), 10, 8)
+                     "above it the queue overflows.", min_=0), 8, 8)
     L.add(timeseries("Listener drops/s and SYN queue by port",
                      [target(f"rate(seqwatch_listener_drops_total{{{INST}}}[5m])",
                              "drops/s " + legend_port),

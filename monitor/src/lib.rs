@@ -17,6 +17,7 @@ pub mod netstat;
 pub mod posture;
 pub mod probes;
 pub mod scorer;
+pub mod silence;
 pub mod sketch;
 pub mod sock_diag;
 pub mod spoofing;

@@ -29,6 +29,7 @@ use serde::Serialize;
 use crate::{
     handshake::{Clock, EventLog},
     metrics::register,
+    silence::{SilenceEvent, SilenceMetrics, SilenceWatch},
     sock_diag::{self, TcpSocket, state},
 };
 
@@ -79,6 +80,7 @@ pub struct ListenerMetrics {
     /// None without conntrack in this namespace when the daemon started.
     conntrack: Option<ConntrackMetrics>,
     dump_failures: IntCounter,
+    silence: SilenceMetrics,
 }
 
 impl ListenerMetrics {
@@ -172,6 +174,7 @@ impl ListenerMetrics {
                     "Reads of the socket table (sock_diag netlink) that failed.",
                 )?,
             )?,
+            silence: SilenceMetrics::new(registry)?,
         })
     }
 }
@@ -273,6 +276,14 @@ pub struct Owner {
 pub struct Process {
     pub pid: u32,
     pub name: String,
+}
+
+/// An event-log line: the time, then the event's own fields.
+#[derive(Serialize)]
+struct Timed<'a, T: Serialize> {
+    time: String,
+    #[serde(flatten)]
+    event: &'a T,
 }
 
 /// The `listener_unresponsive` / `listener_recovered` lines of the event log.
@@ -458,6 +469,7 @@ struct Watch {
     unresponsive: BTreeSet<u16>,
     names: Names,
     clock: Clock,
+    silence: SilenceWatch,
 }
 
 /// Starts the watch: reads the socket table now (so that a kernel without sock_diag is
@@ -488,6 +500,7 @@ pub fn start(
         unresponsive: BTreeSet::new(),
         names: Names::default(),
         clock: Clock::now(),
+        silence: SilenceWatch::default(),
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(POLL);
@@ -509,6 +522,10 @@ impl Watch {
                 return;
             }
         };
+        let after = self.options.unresponsive_after;
+        if let Some(event) = self.silence.poll(&self.metrics.silence, now, after) {
+            self.write_silence(&event);
+        }
         let range = ephemeral_range();
         let snapshot = Snapshot::build(&sockets, range);
         let oldest = self.waits.update(&snapshot.waiting, now);
@@ -684,6 +701,24 @@ impl Watch {
         );
         if let Some(log) = &self.options.event_log
             && let Err(err) = log.write_line(&event)
+        {
+            log::error!("writing the event log: {err:#}");
+        }
+    }
+
+    fn write_silence(&self, event: &SilenceEvent) {
+        log::warn!(
+            "{}: {} TCP segments arrived and none left in {:.1} s",
+            event.kind,
+            event.segments_unanswered,
+            event.silent_seconds
+        );
+        let line = Timed {
+            time: self.clock.rfc3339(crate::lab::monotonic_ns()),
+            event,
+        };
+        if let Some(log) = &self.options.event_log
+            && let Err(err) = log.write_line(&line)
         {
             log::error!("writing the event log: {err:#}");
         }

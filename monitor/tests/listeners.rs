@@ -562,3 +562,57 @@ fn a_process_holding_every_ephemeral_port_is_named_as_their_owner() {
     assert_eq!(top["ephemeral_ports"], 10);
     scene.daemon.stop();
 }
+
+/// The way back to the clients blackholed: their SYNs arrive and nothing at all leaves the
+/// server namespace, so the host is reported silent (and not before the limit); with the route
+/// back, the next retransmitted SYN is answered and the host answering again.
+#[test]
+fn a_host_that_answers_nobody_is_silent_until_it_answers_again() {
+    let scene = Scene::start();
+    let lab = &scene.lab;
+    // Without reverse-path filtering the SYNs are taken in although the way back is gone.
+    for interface in ["all", lab.server_if.as_str()] {
+        let key = format!("net.ipv4.conf.{interface}.rp_filter");
+        common::sysctl::write(lab, &lab.server_ns, &key, "0");
+    }
+    let at = scene.server(8090);
+    let _listener = backlog_listener(lab, &lab.server_ns, at, 16);
+    let route = |verb: &str| {
+        let client = format!("{}/32", lab.client_v4);
+        let status = lab
+            .command_in(&lab.server_ns, "ip")
+            .args(["route", verb, "blackhole", &client])
+            .status();
+        assert!(status.unwrap().success(), "ip route {verb} blackhole");
+    };
+    route("add");
+    // From here on nothing of the test talks TCP in the server namespace (no scrapes).
+    let started = Instant::now();
+    let _clients = connect_nonblocking(lab, &lab.client_ns, at, 4);
+    let event_of = |kind: &str| {
+        read_json_lines(&scene.events)
+            .into_iter()
+            .find(|event| event["kind"] == kind)
+    };
+    let limit = Duration::from_secs(LIMIT + 8);
+    assert!(wait_for(limit, || event_of("host_silent").is_some()));
+    let silent = event_of("host_silent").unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(LIMIT), "{silent}");
+    assert!(
+        silent["silent_seconds"].as_f64().unwrap() >= LIMIT as f64,
+        "{silent}"
+    );
+    assert!(
+        silent["segments_unanswered"].as_u64().unwrap() >= 4,
+        "{silent}"
+    );
+
+    route("del");
+    assert!(wait_for(limit, || event_of("host_answering").is_some()));
+    let metrics = scene.daemon.metrics(lab);
+    assert_eq!(series_value(&metrics, "seqwatch_host_silent"), Some(0.0));
+    assert_eq!(
+        series_value(&metrics, "seqwatch_host_silent_total"),
+        Some(1.0)
+    );
+}
