@@ -35,7 +35,10 @@ use seqwatch_common::{
     synack::FAMILY_IPV4,
 };
 
-use crate::packet::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TcpPacket};
+use crate::{
+    packet::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TcpPacket},
+    ringbuf,
+};
 
 /// Handshakes (and completed connections, until their FIN or RST) tracked at once.
 const MAX_TRACKED: u32 = 65_536;
@@ -584,7 +587,10 @@ fn report(
         (*event).flags = segment.flags;
         (*event)._pad = [0; 2];
     }
-    entry.submit(0);
+    entry.submit(ringbuf::batched_wakeup::<AnomalyEvent>(
+        &ANOMALY_EVENTS,
+        ANOMALY_RINGBUF_BYTES,
+    ));
 }
 
 /// Adds one to a per-CPU counter.

@@ -8,6 +8,7 @@
 
 mod handshake;
 mod packet;
+mod ringbuf;
 mod synack;
 mod tcp_events;
 

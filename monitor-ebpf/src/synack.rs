@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::__sk_buff,
     helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
     macros::map,
     maps::{PerCpuArray, RingBuf},
@@ -14,7 +14,10 @@ use seqwatch_common::{
     synack::{Counter, MAX_TCP_OPTIONS, RINGBUF_BYTES, SynAckRecord},
 };
 
-use crate::packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket};
+use crate::{
+    packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket},
+    ringbuf,
+};
 
 #[map]
 static SYNACK_RECORDS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
@@ -69,7 +72,10 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
         (*record).options_len = options_len as u8;
         (*record)._pad = [0; 2];
     }
-    entry.submit(wakeup_flag());
+    entry.submit(ringbuf::batched_wakeup::<SynAckRecord>(
+        &SYNACK_RECORDS,
+        RINGBUF_BYTES,
+    ));
 }
 
 /// Copies the TCP options (1..=40 bytes) into the record. Option bytes past `options_len`
@@ -92,22 +98,6 @@ fn load_options(
         )
     };
     loaded == 0
-}
-
-/// Wake the reader only when this record takes the ring buffer past an eighth full: it
-/// drains on a short timer anyway, and a wakeup per SYN-ACK costs more CPU than everything
-/// else here together. One wakeup per crossing, not one per record above the mark.
-#[inline(always)]
-fn wakeup_flag() -> u64 {
-    const MARK: u64 = RINGBUF_BYTES as u64 / 8;
-    // A record takes its size plus the ring buffer's 8-byte header, in 8-byte units.
-    const FOOTPRINT: u64 = (core::mem::size_of::<SynAckRecord>() as u64 + 8).div_ceil(8) * 8;
-    let queued = SYNACK_RECORDS.query(BPF_RB_AVAIL_DATA.into());
-    if (MARK..MARK + FOOTPRINT).contains(&queued) {
-        BPF_RB_FORCE_WAKEUP.into()
-    } else {
-        BPF_RB_NO_WAKEUP.into()
-    }
 }
 
 #[inline(always)]

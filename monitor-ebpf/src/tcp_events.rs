@@ -27,6 +27,8 @@ use seqwatch_common::{
     },
 };
 
+use crate::ringbuf;
+
 #[map]
 static TCP_EVENTS_CONFIG: Array<TcpEventsConfig> = Array::with_max_entries(1, 0);
 
@@ -200,7 +202,10 @@ fn emit(ctx: &TracePointContext, kind: TcpEventKind, source: Source, reason: u32
             Source::SockAddrs => fill_from_sockaddrs(ctx, &mut *event),
         }
     }
-    entry.submit(0);
+    entry.submit(ringbuf::batched_wakeup::<TcpEvent>(
+        &TCP_EVENTS,
+        TCP_EVENTS_RINGBUF_BYTES,
+    ));
 }
 
 #[inline(always)]

@@ -38,6 +38,9 @@ use crate::{
 
 /// The service label of anomalies beyond the service cap.
 pub const OTHER_SERVICE: &str = "other";
+
+/// How often the anomaly ring buffer is drained when the kernel has not woken the reader.
+const EVENTS_POLL: Duration = Duration::from_millis(50);
 /// Events per (source, kind) let through at once, and refilled per second, by the log's limit.
 const LOG_BURST: f64 = 10.0;
 const LOG_REFILL_PER_SECOND: f64 = 1.0;
@@ -486,6 +489,8 @@ pub fn start(
         .map_err(|err| anyhow::anyhow!("polling the anomaly ring buffer: {err}"))?;
     tokio::spawn(async move {
         let mut refresh = tokio::time::interval(Duration::from_secs(1));
+        // The kernel wakes this reader only when the ring buffer fills up (an eighth).
+        let mut poll = tokio::time::interval(EVENTS_POLL);
         loop {
             let result = tokio::select! {
                 guard = events.readable_mut() => match guard {
@@ -496,6 +501,7 @@ pub fn start(
                     }
                     Err(err) => Err(err.into()),
                 },
+                _ = poll.tick() => engine.drain(events.get_mut()),
                 _ = refresh.tick() => {
                     engine.refresh();
                     Ok(())

@@ -6,7 +6,7 @@ use std::{
     io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroUsize,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use etherparse::{TcpOptionElement, TcpOptionsIterator};
@@ -118,6 +118,10 @@ fn ipv4(bytes: &[u8; 16]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
 }
 
+/// A service's report is computed again at most this often: a full window takes tens of
+/// milliseconds to score, and a second's new samples barely move it.
+pub const RESCORE_AFTER: Duration = Duration::from_secs(2);
+
 struct ServiceState {
     scorer: ServiceScorer,
     /// New samples since the last published report.
@@ -168,7 +172,12 @@ impl ServiceTable {
         let service = self
             .services
             .iter()
-            .filter(|(_, state)| state.dirty)
+            .filter(|(_, state)| {
+                state.dirty
+                    && state
+                        .scored_at
+                        .is_none_or(|at| now.duration_since(at) >= RESCORE_AFTER)
+            })
             .min_by_key(|(_, state)| state.scored_at)
             .map(|(service, _)| *service)?;
         let state = self.services.peek_mut(&service)?;
@@ -291,8 +300,6 @@ impl SampleLog {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use seqwatch_common::synack::FAMILY_IPV6;
 
     use super::*;
@@ -395,8 +402,14 @@ mod tests {
             table.ingest(&sample(port), false);
         }
         assert_eq!(table.backlog(), 3);
-        let order: Vec<_> = (0..3).filter_map(|_| score(&mut table, 2)).collect();
-        assert_eq!(order, [3, 1, 2], "never scored first, then the stalest");
+        assert_eq!(score(&mut table, 1), Some(3), "never scored: at once");
+        assert_eq!(
+            score(&mut table, 1),
+            None,
+            "the others were scored too recently"
+        );
+        let order: Vec<_> = (0..3).filter_map(|_| score(&mut table, 10)).collect();
+        assert_eq!(order, [1, 2], "then the stalest first");
         assert_eq!(table.backlog(), 0);
     }
 }

@@ -370,7 +370,8 @@ fn spawn_reader(
     let mut events = unsafe { AsyncFd::register(probes.take_tcp_events()?) }
         .map_err(|err| anyhow::anyhow!("polling the TCP event ring buffer: {err}"))?;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // Also the drain when the kernel has not woken us (it does once an eighth is full).
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             let result = tokio::select! {
                 guard = events.readable_mut() => match guard {
