@@ -121,6 +121,20 @@ impl Scene {
         .collect()
     }
 
+    /// The counts once two reads a second apart agree (within 10 s).
+    fn settled_reset_and_retransmit_counts(&self) -> BTreeMap<String, f64> {
+        let mut last = self.reset_and_retransmit_counts();
+        for _ in 0..10 {
+            thread::sleep(Duration::from_secs(1));
+            let now = self.reset_and_retransmit_counts();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+        panic!("the reset and retransmit counts never settled: {last:?}");
+    }
+
     /// Every non-zero series of one metric as (labels, value).
     fn series(&self, metric: &str) -> Vec<(String, f64)> {
         let prefix = format!("{metric}{{");
@@ -291,8 +305,9 @@ fn resets_and_synack_retransmits_are_counted_in_the_monitored_namespace_only() {
     );
     let scene = Scene::start();
     // The test's scrapes before /metrics was served were refused with resets of this
-    // namespace (no_socket): counted, so compare against what is counted now.
-    let before = scene.reset_and_retransmit_counts();
+    // namespace (no_socket): counted, so compare against what is counted once those have
+    // come through (the reader drains its ring buffer on a timer).
+    let before = scene.settled_reset_and_retransmit_counts();
     reset_and_retransmit_traffic(&unmonitored, &unmonitored_crafter);
     assert_eq!(
         scene.reset_and_retransmit_counts(),
