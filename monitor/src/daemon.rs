@@ -469,7 +469,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use std::num::NonZeroUsize;
 
-    use seqwatch_common::synack::SynAckRecord;
+    use seqwatch_common::synack::FAMILY_IPV4;
 
     use super::*;
 
@@ -489,23 +489,7 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let mut services =
             ServiceTable::new(NonZeroUsize::new(4).unwrap(), ScorerConfig::default());
-        let record = SynAckRecord {
-            ts_ns: 1,
-            saddr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            daddr: [198, 51, 100, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            ifindex: 1,
-            seq: 7,
-            ack: 1,
-            sport: 443,
-            dport: 40_000,
-            window: 0,
-            family: seqwatch_common::synack::FAMILY_IPV4,
-            direction: Direction::Egress as u8,
-            ttl: 64,
-            options_len: 0,
-            options: [0; seqwatch_common::synack::MAX_TCP_OPTIONS],
-            _pad: [0; 2],
-        };
+        let record = crate::synack::tests::record(FAMILY_IPV4, 443, &[]);
         services.ingest(&Sample::from_record(&record), false);
         let mut budget = ScoringBudget::new(Instant::now());
         budget.available = -1.0;

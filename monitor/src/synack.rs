@@ -299,12 +299,13 @@ impl SampleLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use seqwatch_common::synack::FAMILY_IPV6;
 
     use super::*;
 
-    fn record(family: u8, sport: u16, options: &[u8]) -> SynAckRecord {
+    /// A record from 192.0.2.1:`sport` to 198.51.100.2:40000 (also used by the daemon's tests).
+    pub(crate) fn record(family: u8, sport: u16, options: &[u8]) -> SynAckRecord {
         let mut record = SynAckRecord {
             ts_ns: 5,
             saddr: [0; 16],
