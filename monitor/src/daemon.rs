@@ -31,6 +31,7 @@ use crate::{
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
     tcp_events,
+    tls::{self, PortList, TlsOptions},
     web::{WebConfig, WebSecurity},
 };
 
@@ -90,6 +91,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = crash::DEFAULT_WINDOW.as_secs(),
           value_parser = clap::value_parser!(u64).range(config::LISTENER_LOSS_WINDOW))]
     pub listener_loss_window: u64,
+    /// TCP ports carrying TLS: every record header this host sends on them is checked
+    /// (comma-separated; an empty list checks none).
+    #[arg(long, value_name = "PORT,…", default_value = "443,465,636,853,993,995,8443",
+          value_parser = tls::parse_ports)]
+    pub tls_ports: PortList,
+    /// Also check flows on other ports whose first payload from this host is a TLS hello.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_detect_hello: bool,
+    /// Put the first 16 bytes found where a TLS record header had to start into the event
+    /// log, in hex (off: payload bytes never leave the kernel).
+    #[arg(long)]
+    pub tls_log_prefix: bool,
     /// TLS and basic auth for the HTTP endpoints: an exporter-toolkit web-config YAML file.
     #[arg(long, value_name = "FILE")]
     pub web_config: Option<PathBuf>,
@@ -252,8 +265,9 @@ impl RunArgs {
     }
 }
 
-/// The anomaly reader and the kernel TCP event reader run as their own tasks, sharing the
-/// event log and the anomaly history; stateful checks only when both directions are on.
+/// The anomaly reader, the TLS event reader and the kernel TCP event reader run as their own
+/// tasks, sharing the event log (and the anomaly history); stateful handshake checks only when
+/// both directions are on.
 fn start_engines(probes: &mut Probes, metrics: &Metrics, args: &RunArgs) -> anyhow::Result<()> {
     if args.direction == Directions::Both {
         probes.enable_handshake_tracking()?;
@@ -271,6 +285,18 @@ fn start_engines(probes: &mut Probes, metrics: &Metrics, args: &RunArgs) -> anyh
         probes.take_handshake_counters()?,
         metrics.handshake.clone(),
         &options,
+    )?;
+    let tls_options = TlsOptions {
+        ports: args.tls_ports.0.clone(),
+        detect_hello: args.tls_detect_hello,
+        log_prefix: args.tls_log_prefix,
+    };
+    tls::start(
+        probes,
+        metrics.tls.clone(),
+        &tls_options,
+        args.max_services,
+        event_log.clone(),
     )?;
     let options = tcp_events::TcpEventOptions {
         max_services: args.max_services,

@@ -18,4 +18,5 @@ pub mod probes;
 pub mod scorer;
 pub mod synack;
 pub mod tcp_events;
+pub mod tls;
 pub mod web;

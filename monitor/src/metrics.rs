@@ -11,7 +11,7 @@ use seqwatch_common::synack::Counter;
 
 use crate::{
     handshake::HandshakeMetrics, netstat::TcpExtCollector, probes::KernelCounters,
-    tcp_events::TcpEventMetrics,
+    tcp_events::TcpEventMetrics, tls::TlsMetrics,
 };
 
 pub struct Metrics {
@@ -28,6 +28,7 @@ pub struct Metrics {
     pub isn: IsnMetrics,
     pub handshake: HandshakeMetrics,
     pub tcp: TcpEventMetrics,
+    pub tls: TlsMetrics,
     /// 1 if a hardening check is as recommended, 0 if not; absent when unreadable.
     pub posture: IntGaugeVec,
     kernel: KernelMetrics,
@@ -117,6 +118,7 @@ impl Metrics {
             isn: IsnMetrics::new(&registry)?,
             handshake: HandshakeMetrics::new(&registry)?,
             tcp: TcpEventMetrics::new(&registry)?,
+            tls: TlsMetrics::new(&registry)?,
             posture: register(
                 &registry,
                 IntGaugeVec::new(
