@@ -195,12 +195,23 @@ pub fn worth_parsing(ctx: &TcContext, direction: Direction) -> bool {
 /// headers in egress payload, and counts session ends (FIN or RST, either direction).
 #[inline(never)]
 pub fn observe(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
+    let flags = tcp.flags();
+    let is_syn = flags & TCP_SYN != 0;
+    if is_syn && (direction != Direction::Egress || flags & TCP_RST != 0) {
+        return;
+    }
+    // Most parsed segments are of no TLS flow: leave before building the oriented segment.
+    let h = &tcp.tcp;
+    let ports = [
+        u16::from_be_bytes([h[0], h[1]]),
+        u16::from_be_bytes([h[2], h[3]]),
+    ];
+    if !is_syn && !ports.iter().any(|port| slot_in_use(*port)) {
+        return;
+    }
     let segment = Segment::new(ctx, tcp, direction);
-    let flags = segment.flags;
-    if flags & TCP_SYN != 0 {
-        if direction == Direction::Egress && flags & TCP_RST == 0 {
-            on_handshake(&segment);
-        }
+    if is_syn {
+        on_handshake(&segment);
         return;
     }
     if !filter_matches(segment.tag, segment.key.local_port, segment.key.remote_port) {
@@ -836,6 +847,14 @@ fn watched_slot(tag: u32, remote_port: u16) -> bool {
     TLS_PORT_FILTER
         .get(u32::from(remote_port))
         .is_some_and(|slot| *slot == tag)
+}
+
+/// Whether a port's slot marks a TLS port or holds any flow's tag.
+#[inline(always)]
+fn slot_in_use(port: u16) -> bool {
+    TLS_PORT_FILTER
+        .get(u32::from(port))
+        .is_some_and(|slot| *slot != 0)
 }
 
 #[inline(always)]
