@@ -420,6 +420,47 @@ def overview():
                      "per hour. Alert: SeqwatchListenerLostAfterAnomaly.",
                      min_=0, bars=True), 6, 8)
 
+    L.row("TLS record framing")
+    L.add(stat("Plaintext on TLS sessions (24h)",
+               [target(f"sum(increase(seqwatch_tls_plaintext_suspected_total{{{INST}}}[24h])) "
+                       f"or vector(0)", instant=True)],
+               "Bytes that are not a TLS record header where one had to start, sent by "
+               "this host on a TLS session. Flows and offsets: the event log "
+               "(tls_plaintext_suspected). Alert: SeqwatchTlsPlaintextSuspected.",
+               steps=thresholds((None, "green"), (1, "red"))), 4, 8)
+    L.add(timeseries("TLS sessions collapsing, by service",
+                     [target(f"sum by (instance, service) (rate(seqwatch_tls_sessions_total"
+                             f"{{{INST}, end=~\"alert|reset_after_data|plaintext_then_collapse\"}}[15m])) "
+                             f"/ sum by (instance, service) "
+                             f"(rate(seqwatch_tls_sessions_total{{{INST}}}[15m]))",
+                             LEGEND_SVC)],
+                     "Share of each service's TLS sessions that ended in an alert record, a "
+                     "reset right after application data, or a collapse after plaintext. "
+                     "Alert: SeqwatchTlsSessionCollapse (over 20% for 15m).",
+                     unit="percentunit", min_=0, max_=1,
+                     steps=thresholds((None, "green"), (0.2, "red")),
+                     threshold_lines=True), 8, 8)
+    L.add(timeseries("TLS sessions ended/s, by how",
+                     [target(f"sum by (end) (rate(seqwatch_tls_sessions_total{{{INST}}}[5m]))",
+                             "{{end}}")],
+                     "fin: a clean close; alert: an unencrypted alert record last; reset, "
+                     "reset_after_data: a reset (within 1 s of application data); "
+                     "plaintext_then_collapse: ended within 10 s of plaintext.",
+                     unit="ops"), 6, 8)
+    L.add(timeseries("TLS check: records checked, tracking lost/s",
+                     [target(f"sum by (instance) (rate(seqwatch_tls_records_checked_total{{{INST}}}[5m]))",
+                             "records checked {{instance}}"),
+                      target(f"sum by (instance) (rate(seqwatch_tls_tracking_lost_total{{{INST}}}[5m]))",
+                             "tracking lost {{instance}}", ref="B"),
+                      target(f"sum by (instance) (rate(seqwatch_tls_resyncs_total{{{INST}}}[5m]))",
+                             "resyncs {{instance}}", ref="C"),
+                      target(f"sum by (instance) (rate(seqwatch_tls_events_dropped_total{{{INST}}}[5m]))",
+                             "events dropped {{instance}}", ref="D")],
+                     "The kernel check's own health: record headers checked; flows whose "
+                     "boundaries became unknown (a gap, a violation, a flow first seen "
+                     "mid-stream) and flows resynchronised; events lost on a full ring buffer.",
+                     unit="ops"), 6, 8)
+
     L.row("Hardening posture and TCP stack")
     L.add(stat("Posture checks not as recommended",
                [target(f"count(seqwatch_posture_check{{{INST}}} == 0) or vector(0)",

@@ -7,6 +7,7 @@
 pub mod handshake;
 pub mod synack;
 pub mod tcp_events;
+pub mod tls;
 
 /// Where a TC program is attached, as seen from this host.
 #[repr(u8)]

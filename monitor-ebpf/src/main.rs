@@ -11,6 +11,7 @@ mod packet;
 mod ringbuf;
 mod synack;
 mod tcp_events;
+mod tls;
 
 use core::mem::MaybeUninit;
 
@@ -46,7 +47,9 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let plain = match packet::plain_tcp_flags(ctx) {
         Some(None) => return,
         Some(Some(flags)) => {
-            if !handshake::worth_parsing(ctx, direction, flags) {
+            if !handshake::worth_parsing(ctx, direction, flags)
+                && !tls::worth_parsing(ctx, direction)
+            {
                 return;
             }
             true
@@ -56,7 +59,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
     inspect(ctx, direction, plain);
 }
 
-/// Hands a parsed packet to the SYN-ACK sampler and the handshake tracker.
+/// Hands a parsed packet to the SYN-ACK sampler, the handshake tracker and the TLS check.
 #[inline(never)]
 fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
     // Not zeroed first: `parse` writes all of it before returning true, and zeroing would
@@ -71,6 +74,7 @@ fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
         synack::emit(ctx, direction, tcp);
     }
     handshake::judge(ctx, direction, tcp);
+    tls::observe(ctx, direction, tcp);
 }
 
 /// Copies plain headers in place, or runs the full parser; counts parse failures. A

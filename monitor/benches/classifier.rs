@@ -1,10 +1,12 @@
-//! Per-packet cost of the classifiers (SYN-ACK sampler + handshake tracker, stateful checks on)
-//! against an empty classifier, in each direction, measured by the kernel itself
-//! (BPF_PROG_TEST_RUN), runs alternating. Needs root. Run by `./x bench`.
+//! Per-packet cost of the classifiers (SYN-ACK sampler + handshake tracker, stateful checks on,
+//! TLS record check with its default ports) against an empty classifier, in each direction,
+//! measured by the kernel itself (BPF_PROG_TEST_RUN), runs alternating. Needs root. Run by
+//! `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another build's eBPF object, e.g. the one
+//! before a change) its classifiers run in the same alternation, as the `ref ns` column.
 
 use aya::{
     Ebpf,
-    maps::{Array, RingBuf},
+    maps::{Array, MapData, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
@@ -14,36 +16,61 @@ const REPEAT: u32 = 10_000;
 const TRIALS: usize = 15;
 
 fn main() -> anyhow::Result<()> {
-    let mut ebpf = Ebpf::load(seqwatch::probes::object()?)?;
-    for name in ["baseline", "synack_egress", "synack_ingress"] {
-        classifier(&mut ebpf, name)?.load()?;
+    let (mut ebpf, mut records) = load(seqwatch::probes::object()?)?;
+    let tls = seqwatch::tls::TlsOptions::default();
+    let mut ports = Array::<_, u32>::try_from(ebpf.map_mut("TLS_PORT_FILTER").expect("map"))?;
+    for port in tls.ports {
+        ports.set(u32::from(port), &seqwatch_common::tls::PORT_CONFIGURED, 0)?;
     }
-    Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?.set(0, &1, 0)?;
-    let mut records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").expect("map"))?;
+    let hello = seqwatch_common::tls::CONFIG_DETECT_HELLO;
+    Array::<_, u32>::try_from(ebpf.map_mut("TLS_CONFIG").expect("map"))?.set(0, &hello, 0)?;
+    let reference_object = std::env::var_os("SEQWATCH_BENCH_REFERENCE")
+        .map(std::fs::read)
+        .transpose()?;
+    let mut reference = reference_object.as_deref().map(load).transpose()?;
     println!(
         "classifier cost per packet (BPF_PROG_TEST_RUN, {REPEAT} runs x {TRIALS} alternating trials, median)"
     );
     println!(
-        "{:<40} {:<15} {:>9} {:>9} {:>9}",
-        "packet", "program", "empty ns", "ours ns", "delta ns"
+        "{:<44} {:<15} {:>9} {:>9} {:>9} {:>9}",
+        "packet", "program", "empty ns", "ref ns", "ours ns", "delta ns"
     );
     for (label, frame) in frames()? {
         for program in ["synack_egress", "synack_ingress"] {
-            let mut empty = Vec::new();
-            let mut ours = Vec::new();
+            let (mut empty, mut theirs, mut ours) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..TRIALS {
                 empty.push(run(&mut ebpf, "baseline", &frame)?);
+                if let Some((reference, reference_records)) = reference.as_mut() {
+                    theirs.push(run(reference, program, &frame)?);
+                    while reference_records.next().is_some() {}
+                }
                 ours.push(run(&mut ebpf, program, &frame)?);
                 while records.next().is_some() {}
             }
             let (empty, ours) = (median(&mut empty), median(&mut ours));
+            let theirs = if theirs.is_empty() {
+                "-".to_owned()
+            } else {
+                median(&mut theirs).to_string()
+            };
             println!(
-                "{label:<40} {program:<15} {empty:>9} {ours:>9} {:>9}",
+                "{label:<44} {program:<15} {empty:>9} {theirs:>9} {ours:>9} {:>9}",
                 ours as i64 - empty as i64
             );
         }
     }
     Ok(())
+}
+
+/// Loads an object's classifiers with the handshake tracker's stateful checks on.
+fn load(object: &[u8]) -> anyhow::Result<(Ebpf, RingBuf<MapData>)> {
+    let mut ebpf = Ebpf::load(object)?;
+    for name in ["baseline", "synack_egress", "synack_ingress"] {
+        classifier(&mut ebpf, name)?.load()?;
+    }
+    Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?.set(0, &1, 0)?;
+    let records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").expect("map"))?;
+    Ok((ebpf, records))
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
@@ -119,6 +146,18 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
             .psh()
             .options(&timestamps)?,
         &payload,
+    )?;
+    // A TLS session's segment on port 443: the first run resyncs on its record header, every
+    // later one finds it before the next boundary (a flow lookup, no walk).
+    let mut record = vec![23, 3, 3, 0, 95];
+    record.resize(100, 0x5a);
+    push(
+        "IPv4 TLS data segment (443, flow lookup)",
+        v4().tcp(443, 40000, 1, 65535)
+            .ack(2)
+            .psh()
+            .options(&timestamps)?,
+        &record,
     )?;
     push(
         "802.1Q IPv4 data segment (slow path)",

@@ -14,7 +14,9 @@ use clap::{ArgMatches, ValueEnum, parser::ValueSource};
 use serde::{Deserialize, Deserializer};
 use toml::de::{DeTable, DeValue};
 
-use crate::{daemon::Directions, daemon::RunArgs, probes::AttachMode, web::WebConfig};
+use crate::{
+    daemon::Directions, daemon::RunArgs, probes::AttachMode, tls::PortList, web::WebConfig,
+};
 
 /// Bounds of the numeric keys (and of their flags).
 pub const MAX_SERVICES: RangeInclusive<usize> = 1..=1_048_576;
@@ -72,6 +74,17 @@ pub struct FileConfig {
     pub web_config: Option<PathBuf>,
     #[serde(default)]
     pub scorer: ScorerSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+}
+
+/// `[tls]`: the TLS record-framing check.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub ports: Option<Vec<u16>>,
+    pub detect_hello: Option<bool>,
+    pub log_prefix: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +182,12 @@ impl LoadedConfig {
             file.unresponsive_after,
             UNRESPONSIVE_AFTER,
         )?;
+        if file.tls.ports.iter().flatten().any(|port| *port == 0) {
+            return Err(self.key_error(
+                &["tls", "ports"],
+                "0 is not a port: expected 1 to 65535".to_owned(),
+            ));
+        }
         for (key, path) in [
             ("sample_log", &file.sample_log),
             ("event_log", &file.event_log),
@@ -309,6 +328,21 @@ pub fn merge(mut args: RunArgs, matches: &ArgMatches) -> Result<RunArgs, ConfigE
         &mut args.unresponsive_after,
         file.unresponsive_after,
         from_file("unresponsive_after"),
+    );
+    set(
+        &mut args.tls_ports,
+        file.tls.ports.map(PortList),
+        from_file("tls_ports"),
+    );
+    set(
+        &mut args.tls_detect_hello,
+        file.tls.detect_hello,
+        from_file("tls_detect_hello"),
+    );
+    set(
+        &mut args.tls_log_prefix,
+        file.tls.log_prefix,
+        from_file("tls_log_prefix"),
     );
     if from_file("sample_log") && file.sample_log.is_some() {
         args.sample_log = file.sample_log;

@@ -32,6 +32,7 @@ use crate::{
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
     tcp_events,
+    tls::{self, PortList, TlsOptions},
     top_sources::{self, SharedTopSources, TopSources},
     web::WebSecurity,
 };
@@ -107,6 +108,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = listeners::DEFAULT_UNRESPONSIVE_AFTER.as_secs(),
           value_parser = clap::value_parser!(u64).range(config::UNRESPONSIVE_AFTER))]
     pub unresponsive_after: u64,
+    /// TCP ports carrying TLS: every record header this host sends on them is checked
+    /// (comma-separated; an empty list checks none).
+    #[arg(long, value_name = "PORT,…", default_value = "443,465,636,853,993,995,8443",
+          value_parser = tls::parse_ports)]
+    pub tls_ports: PortList,
+    /// Also check flows on other ports whose first payload from this host is a TLS hello.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_detect_hello: bool,
+    /// Put the first 16 bytes found where a TLS record header had to start into the event
+    /// log, in hex (off: payload bytes never leave the kernel).
+    #[arg(long)]
+    pub tls_log_prefix: bool,
     /// TLS and basic auth for the HTTP endpoints: an exporter-toolkit web-config YAML file.
     #[arg(long, value_name = "FILE")]
     pub web_config: Option<PathBuf>,
@@ -276,9 +289,9 @@ impl RunArgs {
     }
 }
 
-/// The anomaly reader, the kernel TCP event reader and the listener watch run as their own
-/// tasks, sharing the event log (and the first two the anomaly history); stateful checks only
-/// when both directions are on.
+/// The anomaly reader, the TLS event reader, the kernel TCP event reader and the listener
+/// watch run as their own tasks, sharing the event log (and the anomaly history); stateful
+/// handshake checks only when both directions are on.
 fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow::Result<()> {
     let metrics = &shared.metrics;
     if args.direction == Directions::Both {
@@ -305,6 +318,18 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
         event_log: event_log.clone(),
     };
     listeners::start(&metrics.listeners, options, shared.owners.clone())?;
+    let tls_options = TlsOptions {
+        ports: args.tls_ports.0.clone(),
+        detect_hello: args.tls_detect_hello,
+        log_prefix: args.tls_log_prefix,
+    };
+    tls::start(
+        probes,
+        metrics.tls.clone(),
+        &tls_options,
+        args.max_services,
+        event_log.clone(),
+    )?;
     let options = tcp_events::TcpEventOptions {
         max_services: args.max_services,
         event_log,

@@ -23,5 +23,6 @@ pub mod sock_diag;
 pub mod spoofing;
 pub mod synack;
 pub mod tcp_events;
+pub mod tls;
 pub mod top_sources;
 pub mod web;

@@ -11,7 +11,7 @@ use seqwatch_common::synack::Counter;
 
 use crate::{
     handshake::HandshakeMetrics, listeners::ListenerMetrics, netstat::TcpExtCollector,
-    probes::KernelCounters, tcp_events::TcpEventMetrics,
+    probes::KernelCounters, tcp_events::TcpEventMetrics, tls::TlsMetrics,
 };
 
 pub struct Metrics {
@@ -29,6 +29,7 @@ pub struct Metrics {
     pub handshake: HandshakeMetrics,
     pub tcp: TcpEventMetrics,
     pub listeners: ListenerMetrics,
+    pub tls: TlsMetrics,
     /// 1 if a hardening check is as recommended, 0 if not; absent when unreadable.
     pub posture: IntGaugeVec,
     kernel: KernelMetrics,
@@ -119,6 +120,7 @@ impl Metrics {
             handshake: HandshakeMetrics::new(&registry)?,
             tcp: TcpEventMetrics::new(&registry)?,
             listeners: ListenerMetrics::new(&registry)?,
+            tls: TlsMetrics::new(&registry)?,
             posture: register(
                 &registry,
                 IntGaugeVec::new(

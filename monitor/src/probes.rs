@@ -163,6 +163,20 @@ impl Probes {
         }
     }
 
+    /// A map of the loaded object, by name.
+    pub fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("the eBPF object has no {name} map"))
+    }
+
+    /// Takes a map out of the loaded object, by name (for a reader task to own).
+    pub fn take_map(&mut self, name: &str) -> anyhow::Result<aya::maps::Map> {
+        self.ebpf
+            .take_map(name)
+            .with_context(|| format!("the eBPF object has no {name} map"))
+    }
+
     pub fn take_synack_records(&mut self) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
             .ebpf

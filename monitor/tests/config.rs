@@ -86,6 +86,14 @@ fn every_config_error_names_line_key_and_what_is_allowed() {
             ":2: key `scorer.windoww`: unknown field `windoww`, expected `window`",
         ),
         (
+            "[tls]\nports = [443, 0]\n",
+            ":2: key `tls.ports`: 0 is not a port: expected 1 to 65535",
+        ),
+        (
+            "[tls]\nlog_prefix = \"yes\"\n",
+            ":2: key `tls.log_prefix`: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
             "max_services = 0\n",
             ":1: key `max_services`: 0 is out of range: expected 1 to 1048576",
         ),
@@ -682,4 +690,36 @@ fn kernels_without_btf_or_tcx_are_refused_clearly() {
             "{mode:?} falls back"
         );
     }
+}
+
+#[test]
+fn tls_keys_merge_like_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "seqwatch.toml",
+        "[tls]\nports = [8443]\ndetect_hello = false\nlog_prefix = true\n",
+    );
+    let config = path.to_str().unwrap();
+    let defaults = merged(&[]).unwrap();
+    assert_eq!(defaults.tls_ports.0, seqwatch::tls::DEFAULT_PORTS.to_vec());
+    assert!(defaults.tls_detect_hello && !defaults.tls_log_prefix);
+    let from_file = merged(&["--config", config]).unwrap();
+    assert_eq!(from_file.tls_ports.0, [8443]);
+    assert!(!from_file.tls_detect_hello && from_file.tls_log_prefix);
+    let overridden = merged(&[
+        "--config",
+        config,
+        "--tls-ports",
+        "",
+        "--tls-detect-hello",
+        "true",
+    ])
+    .unwrap();
+    assert_eq!(
+        overridden.tls_ports.0,
+        Vec::<u16>::new(),
+        "an empty list: none"
+    );
+    assert!(overridden.tls_detect_hello);
 }

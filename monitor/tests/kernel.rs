@@ -2,6 +2,8 @@
 //! real TCP handshakes over a veth, and tcpdump on the same interface as the referee.
 //! Needs root (CI runs as root); every lab namespace is removed when its test ends.
 
+// This crate uses only some of the shared helpers.
+#[allow(dead_code)]
 mod common;
 
 use std::{

@@ -5,8 +5,9 @@
 //! rules (target, intervals and `for:` shortened), must return data for every Grafana panel's
 //! query and fire the weak-generator alert. Blind ISN guesses (wrong-ack third packets from a
 //! spoofed address) against the weak service give the spoofing panels their data and fire the
-//! spoofing alert. Needs root; the lab namespaces and Prometheus go
-//! with the test.
+//! spoofing alert. A TLS session whose server writes plaintext onto its socket gives the TLS
+//! panels theirs and fires the plaintext alert. Needs root; the lab namespaces and Prometheus
+//! go with the test.
 
 // This crate uses only some of the shared helpers.
 #[allow(dead_code)]
@@ -15,7 +16,7 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
-    net::SocketAddr,
+    net::{SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Mutex, PoisonError},
@@ -25,7 +26,9 @@ use std::{
 use common::{
     Daemon, METRICS_ADDR, connect_many,
     crafted::{self, sampled_server_isn},
-    http_get_from, listen, series_value, wait_for,
+    http_get_from, listen, series_value,
+    tls::Credentials,
+    wait_for,
 };
 use seqwatch::lab::{
     Crafter, GeneratorKind, Lab, LabOptions, Responder, ResponderConfig,
@@ -38,6 +41,8 @@ use serde_norway::Value as Yaml;
 /// The weak responder (ISNs +64000 per connection) and a real Linux listener.
 const WEAK_PORT: u16 = 8080;
 const LINUX_PORT: u16 = 8081;
+/// A TLS server (a default TLS port) that leaks plaintext once.
+const TLS_PORT: u16 = 8443;
 const CONNECTIONS: usize = 40;
 /// Crafted segments per illegal flag set, sent to the weak service.
 const CRAFTED_PER_KIND: u16 = 5;
@@ -72,6 +77,7 @@ struct Scene {
     _responder: Responder,
     weak: SocketAddr,
     linux: SocketAddr,
+    tls: SocketAddrV4,
     lab: Lab,
     dir: tempfile::TempDir,
 }
@@ -111,11 +117,14 @@ impl Scene {
         connect_many(&lab, &lab.client_ns, weak, CONNECTIONS);
         send_illegal_flags(&lab, weak);
         guess_isns(&lab, &daemon, weak);
+        let tls = SocketAddrV4::new(lab.server_v4, TLS_PORT);
+        Credentials::for_server(&lab).leak_once(&lab, tls, 50_000);
         let scene = Scene {
             daemon,
             _responder: responder,
             weak,
             linux,
+            tls,
             lab,
             dir,
         };
@@ -219,13 +228,14 @@ fn a_live_scrape_passes_promtool_check_metrics() {
 }
 
 #[test]
-fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_and_spoofing_alerts() {
+fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_spoofing_and_tls_alerts() {
     let started = Instant::now();
     let scene = Scene::start();
     let prometheus = Prometheus::start(&scene.lab, &scene.daemon.ns, scene.dir.path());
     let instance = prometheus.resolve_instance_variable(&scene.lab);
     let services = prometheus.resolve_service_variable(&scene.lab, &instance);
-    let want: BTreeSet<String> = [scene.weak, scene.linux].map(|s| s.to_string()).into();
+    let tls = SocketAddr::from(scene.tls);
+    let want: BTreeSet<String> = [scene.weak, scene.linux, tls].map(|s| s.to_string()).into();
     assert_eq!(services, want, "the $service variable's values");
 
     let weak = scene.weak.to_string();
@@ -258,6 +268,19 @@ fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_and_spoofing
     }
 
     prometheus.wait_for_firing(&scene.lab, "SeqwatchSpoofingAttempts", &weak);
+    // The first leak created the counter at 1, which `increase` does not see: once
+    // Prometheus has that sample, a second leak is an increase.
+    let scraped = wait_for(Duration::from_secs(30), || {
+        let series = prometheus.query(&scene.lab, "seqwatch_tls_plaintext_suspected_total");
+        !series.as_array().unwrap().is_empty()
+    });
+    assert!(scraped, "Prometheus never scraped the plaintext counter");
+    Credentials::for_server(&scene.lab).leak_once(&scene.lab, scene.tls, 50_000);
+    prometheus.wait_for_firing(
+        &scene.lab,
+        "SeqwatchTlsPlaintextSuspected",
+        &tls.to_string(),
+    );
     let alerts = prometheus.wait_for_firing(&scene.lab, "SeqwatchWeakIsnGenerator", &weak);
     let linux = scene.linux.to_string();
     for alert in ["SeqwatchWeakIsnGenerator", "SeqwatchSpoofingAttempts"] {

@@ -21,6 +21,7 @@ use crate::{run_checked, step, workspace_root};
 /// tcpdump: capture cross-checks; bpftool: BPF run-time stats in benchmarks; prometheus:
 /// promtool and the end-to-end scrape; nmap: the side-by-side ISN check; hping3: SYN floods;
 /// ethtool: interface offloads in the lab; iproute2: namespaces, veth, tc; curl: the demo;
+/// openssl: a real TLS server (`s_server`) for the TLS record check's tests;
 /// dpkg-dev: dpkg-shlibdeps, which cargo-deb runs for the package's Depends; systemd:
 /// systemd-analyze, which checks the packaged unit.
 const DEBIAN_PACKAGES: &[&str] = &[
@@ -34,6 +35,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "hping3",
     "ethtool",
     "iproute2",
+    "openssl",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_DEB_VERSION: &str = "3.8.0";

@@ -1,0 +1,457 @@
+//! The TLS record-framing check's userspace half: tells the kernel which ports carry TLS and
+//! what it may copy, reads its events, and counts plaintext on encrypted sessions and session
+//! ends per service (services capped, overflow labelled `other`). A plaintext event also
+//! becomes one `tls_plaintext_suspected` line in the event log; its payload bytes never do,
+//! unless `--tls-log-prefix` asked for the first 16 in hex.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    num::NonZeroUsize,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use seqwatch_common::{
+    Direction,
+    synack::FAMILY_IPV4,
+    tls::{
+        CONFIG_DETECT_HELLO, CONFIG_LOG_PREFIX, EVENT_PLAINTEXT, EVENT_SESSION_END,
+        PORT_CONFIGURED, SessionEnd, TlsCounter, TlsEvent,
+    },
+};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    handshake::{Clock, EventLog, ServiceLabels},
+    metrics::{advance, register},
+    probes::{Probes, per_cpu_total},
+};
+
+/// How often the event ring buffer is drained when the kernel has not woken us.
+const EVENTS_POLL: Duration = Duration::from_millis(50);
+
+/// Implicit-TLS ports: HTTPS, SMTPS (submissions), LDAPS, DNS over TLS, IMAPS, POP3S, and
+/// HTTPS's usual alternative.
+pub const DEFAULT_PORTS: [u16; 7] = [443, 465, 636, 853, 993, 995, 8443];
+
+/// A list of TCP ports (`--tls-ports`, `tls.ports`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+/// Parses `443,8443` (empty: no port); ports are 1 to 65535.
+pub fn parse_ports(text: &str) -> Result<PortList, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|port| !port.is_empty())
+        .map(|port| match port.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(format!("{port:?} is not a port: expected 1 to 65535")),
+        })
+        .collect::<Result<_, _>>()
+        .map(PortList)
+}
+
+/// What `seqwatch run` asks of the check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Flows with either port here are checked from their first byte (or resync point).
+    pub ports: Vec<u16>,
+    /// Also check flows on other ports whose first payload from this host is a hello.
+    pub detect_hello: bool,
+    /// Put the first 16 bytes where a record header had to start into the event log, in hex.
+    pub log_prefix: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            ports: DEFAULT_PORTS.to_vec(),
+            detect_hello: true,
+            log_prefix: false,
+        }
+    }
+}
+
+/// The check's metrics, registered with the daemon's registry.
+#[derive(Clone)]
+pub struct TlsMetrics {
+    pub plaintext_suspected: IntCounterVec,
+    pub sessions: IntCounterVec,
+    records_checked: IntCounter,
+    tracking_lost: IntCounter,
+    resynced: IntCounter,
+    events_dropped: IntCounter,
+}
+
+impl TlsMetrics {
+    pub fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let counter = |name: &str, help: &str| register(registry, IntCounter::new(name, help)?);
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        Ok(TlsMetrics {
+            plaintext_suspected: vec(
+                "seqwatch_tls_plaintext_suspected_total",
+                "Bytes that are not a TLS record header where one had to start, sent on a TLS \
+                 session, by service (services beyond the cap are \"other\").",
+                &["service"],
+            )?,
+            sessions: vec(
+                "seqwatch_tls_sessions_total",
+                "TLS sessions ended, by service and how they ended (fin, alert, reset, \
+                 reset_after_data, plaintext_then_collapse).",
+                &["service", "end"],
+            )?,
+            records_checked: counter(
+                "seqwatch_tls_records_checked_total",
+                "TLS record headers the kernel checked on egress.",
+            )?,
+            tracking_lost: counter(
+                "seqwatch_tls_tracking_lost_total",
+                "Times a TLS flow's record boundaries became unknown (a gap, a violation, or a \
+                 flow first seen mid-stream).",
+            )?,
+            resynced: counter(
+                "seqwatch_tls_resyncs_total",
+                "TLS flows resynchronised on a segment starting with a record header.",
+            )?,
+            events_dropped: counter(
+                "seqwatch_tls_events_dropped_total",
+                "TLS events lost in the kernel because their ring buffer was full.",
+            )?,
+        })
+    }
+
+    fn refresh(&self, counters: &PerCpuArray<MapData, u64>) {
+        let read = |counter: TlsCounter| per_cpu_total(counters, counter as u32);
+        advance(&self.records_checked, read(TlsCounter::RecordsChecked));
+        advance(&self.tracking_lost, read(TlsCounter::TrackingLost));
+        advance(&self.resynced, read(TlsCounter::Resynced));
+        advance(&self.events_dropped, read(TlsCounter::EventsDropped));
+    }
+}
+
+/// Writes the ports and switches into the kernel's maps, before anything is attached.
+pub fn configure(probes: &mut Probes, options: &TlsOptions) -> anyhow::Result<()> {
+    let mut filter = Array::<_, u32>::try_from(probes.map_mut("TLS_PORT_FILTER")?)?;
+    for &port in &options.ports {
+        filter.set(u32::from(port), &PORT_CONFIGURED, 0)?;
+    }
+    let mut flags = 0;
+    if options.detect_hello {
+        flags |= CONFIG_DETECT_HELLO;
+    }
+    if options.log_prefix {
+        flags |= CONFIG_LOG_PREFIX;
+    }
+    Array::<_, u32>::try_from(probes.map_mut("TLS_CONFIG")?)?.set(0, &flags, 0)?;
+    Ok(())
+}
+
+/// One kernel TLS event, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    Plaintext(PlaintextSuspected),
+    SessionEnded {
+        service: SocketAddr,
+        end: SessionEnd,
+    },
+}
+
+/// A `tls_plaintext_suspected` line of the event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlaintextSuspected {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub kind: &'static str,
+    /// The TLS server's side of the flow (this host's, or the remote server's).
+    pub service: SocketAddr,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub direction: &'static str,
+    pub ifindex: u32,
+    /// Sequence number where a record header had to start.
+    pub seq: u32,
+    /// Bytes from `offset_from` to `seq`.
+    pub stream_offset: u32,
+    /// `flow_start` (the first payload byte) or `resync` (the last resynchronisation point).
+    pub offset_from: &'static str,
+    /// The bytes found there, in hex (only with `--tls-log-prefix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_hex: Option<String>,
+}
+
+impl Finding {
+    /// `None` for an event this build does not know (never expected from our program).
+    pub fn from_event(event: &TlsEvent, clock: &Clock) -> Option<Finding> {
+        let (saddr, daddr) = if event.family == FAMILY_IPV4 {
+            (ipv4(&event.saddr), ipv4(&event.daddr))
+        } else {
+            (
+                IpAddr::V6(Ipv6Addr::from(event.saddr)),
+                IpAddr::V6(Ipv6Addr::from(event.daddr)),
+            )
+        };
+        let source = SocketAddr::new(saddr, event.sport);
+        let destination = SocketAddr::new(daddr, event.dport);
+        let direction = Direction::from_u8(event.direction)?;
+        let (local, remote) = match direction {
+            Direction::Egress => (source, destination),
+            Direction::Ingress => (destination, source),
+        };
+        let service = if event.local_is_server != 0 {
+            local
+        } else {
+            remote
+        };
+        match event.kind {
+            EVENT_PLAINTEXT => Some(Finding::Plaintext(PlaintextSuspected {
+                time: clock.rfc3339(event.ts_ns),
+                kind: "tls_plaintext_suspected",
+                service,
+                source,
+                destination,
+                direction: direction.as_str(),
+                ifindex: event.ifindex,
+                seq: event.seq,
+                stream_offset: event.stream_offset,
+                offset_from: if event.from_start != 0 {
+                    "flow_start"
+                } else {
+                    "resync"
+                },
+                prefix_hex: (event.prefix_len > 0).then(|| {
+                    let len = usize::from(event.prefix_len).min(event.prefix.len());
+                    event.prefix[..len]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                }),
+            })),
+            EVENT_SESSION_END => Some(Finding::SessionEnded {
+                service,
+                end: SessionEnd::from_u8(event.end)?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn ipv4(bytes: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+}
+
+/// Decodes one ring-buffer item; `None` for a short item.
+pub fn decode_event(bytes: &[u8]) -> Option<TlsEvent> {
+    if bytes.len() < size_of::<TlsEvent>() {
+        return None;
+    }
+    // SAFETY: TlsEvent is plain old data and the length was checked.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TlsEvent>()) })
+}
+
+/// Everything the reader task owns.
+struct Reader {
+    metrics: TlsMetrics,
+    counters: PerCpuArray<MapData, u64>,
+    services: ServiceLabels,
+    log: Option<EventLog>,
+    clock: Clock,
+}
+
+impl Reader {
+    fn handle(&mut self, finding: &Finding) -> anyhow::Result<()> {
+        match finding {
+            Finding::Plaintext(plaintext) => {
+                let service = self.services.label(plaintext.service);
+                self.metrics
+                    .plaintext_suspected
+                    .with_label_values(&[service.as_str()])
+                    .inc();
+                if let Some(log) = &self.log {
+                    log.write_line(plaintext)?;
+                }
+            }
+            Finding::SessionEnded { service, end } => {
+                let service = self.services.label(*service);
+                self.metrics
+                    .sessions
+                    .with_label_values(&[service.as_str(), end.as_str()])
+                    .inc();
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        while let Some(item) = events.next() {
+            let Some(finding) =
+                decode_event(&item).and_then(|e| Finding::from_event(&e, &self.clock))
+            else {
+                log::warn!("undecodable TLS event of {} bytes ignored", item.len());
+                continue;
+            };
+            self.handle(&finding)?;
+        }
+        if let Some(log) = &self.log {
+            log.flush()?;
+        }
+        Ok(())
+    }
+
+    fn refresh(&self) {
+        self.metrics.refresh(&self.counters);
+    }
+}
+
+/// Configures the check and starts its reader task, which runs until the runtime stops.
+pub fn start(
+    probes: &mut Probes,
+    metrics: TlsMetrics,
+    options: &TlsOptions,
+    max_services: NonZeroUsize,
+    log: Option<EventLog>,
+) -> anyhow::Result<()> {
+    configure(probes, options)?;
+    let events = RingBuf::try_from(probes.take_map("TLS_EVENTS")?)?;
+    let mut reader = Reader {
+        metrics,
+        counters: PerCpuArray::try_from(probes.take_map("TLS_COUNTERS")?)?,
+        services: ServiceLabels::new(max_services),
+        log,
+        clock: Clock::now(),
+    };
+    // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
+    let mut events =
+        unsafe { AsyncFd::register(events) }.context("polling the TLS event ring buffer")?;
+    tokio::spawn(async move {
+        let mut refresh = tokio::time::interval(Duration::from_secs(1));
+        // The kernel wakes this reader only when the ring buffer fills up (an eighth).
+        let mut poll = tokio::time::interval(EVENTS_POLL);
+        loop {
+            let result = tokio::select! {
+                guard = events.readable_mut() => match guard {
+                    Ok(mut guard) => {
+                        let result = reader.drain(guard.get_inner_mut());
+                        guard.clear_ready();
+                        result
+                    }
+                    Err(err) => Err(err.into()),
+                },
+                _ = poll.tick() => reader.drain(events.get_mut()),
+                _ = refresh.tick() => {
+                    reader.refresh();
+                    Ok(())
+                }
+            };
+            if let Err(err) = result {
+                log::error!("TLS event reader stopped: {err:#}");
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The Markdown table of session ends in `docs/anomalies.md`, generated from `SessionEnd`.
+pub fn session_end_table() -> String {
+    let mut table = String::from("| `end` | when |\n|---|---|\n");
+    for end in SessionEnd::ALL {
+        table.push_str(&format!("| `{}` | {} |\n", end.as_str(), end.description()));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/anomalies.md` carries the table generated from the code: it cannot drift.
+    #[test]
+    fn the_docs_table_is_the_generated_one() {
+        let docs = include_str!("../../docs/anomalies.md");
+        let table = session_end_table();
+        assert!(
+            docs.contains(&table),
+            "docs/anomalies.md is out of date; put this table in its TLS section:\n\n{table}"
+        );
+    }
+
+    fn event(kind: u8, direction: Direction, local_is_server: u8) -> TlsEvent {
+        TlsEvent {
+            ts_ns: 0,
+            saddr: [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            prefix: *b"GET / HTTP/1.1\r\n",
+            ifindex: 3,
+            seq: 1000,
+            stream_offset: 517,
+            sport: 443,
+            dport: 51_000,
+            family: FAMILY_IPV4,
+            direction: direction as u8,
+            kind,
+            end: SessionEnd::ResetAfterData as u8,
+            local_is_server,
+            from_start: 1,
+            prefix_len: 0,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn the_service_is_the_tls_server_side() {
+        let clock = Clock::now();
+        let server: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let client: SocketAddr = "198.51.100.7:51000".parse().unwrap();
+        let ended = |direction, local_is_server| match Finding::from_event(
+            &event(EVENT_SESSION_END, direction, local_is_server),
+            &clock,
+        ) {
+            Some(Finding::SessionEnded { service, end }) => (service, end),
+            other => panic!("{other:?}"),
+        };
+        // We sent 192.0.2.1:443 → client as the server; an ingress packet from the server
+        // (source 192.0.2.1:443) to us, the client, names the remote server.
+        assert_eq!(
+            ended(Direction::Egress, 1),
+            (server, SessionEnd::ResetAfterData)
+        );
+        assert_eq!(ended(Direction::Ingress, 0).0, server);
+        assert_eq!(ended(Direction::Egress, 0).0, client);
+    }
+
+    #[test]
+    fn payload_bytes_appear_only_with_the_prefix_switch() {
+        let clock = Clock::now();
+        let mut raw = event(EVENT_PLAINTEXT, Direction::Egress, 1);
+        let Some(Finding::Plaintext(line)) = Finding::from_event(&raw, &clock) else {
+            panic!("a plaintext finding");
+        };
+        assert_eq!(line.prefix_hex, None);
+        let json = serde_json::to_string(&line).unwrap();
+        assert!(!json.contains("prefix"), "{json}");
+        assert!(json.contains(r#""stream_offset":517"#), "{json}");
+        assert!(json.contains(r#""offset_from":"flow_start""#), "{json}");
+        raw.prefix_len = 4;
+        let Some(Finding::Plaintext(line)) = Finding::from_event(&raw, &clock) else {
+            panic!("a plaintext finding");
+        };
+        assert_eq!(line.prefix_hex.as_deref(), Some("47455420"));
+    }
+
+    #[test]
+    fn unknown_kinds_and_ends_are_refused() {
+        let clock = Clock::now();
+        assert_eq!(
+            Finding::from_event(&event(7, Direction::Egress, 1), &clock),
+            None
+        );
+        let mut raw = event(EVENT_SESSION_END, Direction::Egress, 1);
+        raw.end = SessionEnd::COUNT as u8;
+        assert_eq!(Finding::from_event(&raw, &clock), None);
+    }
+}
