@@ -10,7 +10,7 @@ pub const PORT_FILTER_SLOTS: u32 = 1 << 16;
 /// `TLS_PORT_FILTER` value of a port configured as a TLS port. The kernel's own entries (tags
 /// of flows whose first payload is watched for a TLS hello) always have bit 1 set, so they
 /// never equal it.
-pub const PORT_CONFIGURED: u32 = 1;
+pub const PORT_CONFIGURED: u64 = 1;
 
 /// Bits of `TLS_CONFIG[0]`.
 pub const CONFIG_DETECT_HELLO: u32 = 1;

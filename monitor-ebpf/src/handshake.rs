@@ -114,7 +114,7 @@ struct Segment<'a> {
     payload_len: usize,
 }
 
-/// Whether a packet that `packet::plain_tcp_flags` read in place needs the full look: all
+/// Whether a packet that `packet::plain_tcp` read in place needs the full look: all
 /// but plain ACKs, and those only on ingress while their 4-tuple may have a handshake open.
 #[inline(always)]
 pub fn worth_parsing(ctx: &TcContext, direction: Direction, flags: u8) -> bool {

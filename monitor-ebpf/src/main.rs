@@ -44,11 +44,11 @@ pub fn synack_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn observe(ctx: &TcContext, direction: Direction) {
     synack::count(Counter::PacketsSeen);
-    let plain = match packet::plain_tcp_flags(ctx) {
+    let plain = match packet::plain_tcp(ctx) {
         Some(None) => return,
-        Some(Some(flags)) => {
-            if !handshake::worth_parsing(ctx, direction, flags)
-                && !tls::worth_parsing(ctx, direction)
+        Some(Some(tcp)) => {
+            if !handshake::worth_parsing(ctx, direction, tcp.flags)
+                && !tls::worth_parsing(ctx, direction, tcp.ports)
             {
                 return;
             }

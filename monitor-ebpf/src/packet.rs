@@ -1,7 +1,7 @@
 //! Header walking shared by the detectors: Ethernet (802.1Q/802.1ad tags), IPv4 (IHL checked),
 //! IPv6 (extension headers walked, non-first fragments skipped), TCP (data offset checked).
 //!
-//! Two paths: `plain_tcp_flags` reads an untagged IPv4/IPv6 TCP header in place with direct
+//! Two paths: `plain_tcp` reads an untagged IPv4/IPv6 TCP header in place with direct
 //! packet access (a few loads, no helper calls) so that ordinary traffic pays almost nothing;
 //! everything else, and every packet that needs its fields, goes through `parse_tcp`, which
 //! reads with `bpf_skb_load_bytes` and so also copes with headers outside the linear area.
@@ -87,11 +87,19 @@ impl TcpPacket {
     }
 }
 
-/// The flags byte of an untagged IPv4 (IHL 5, not a fragment) or IPv6 (no extension headers)
-/// TCP packet whose headers lie in the linear area, or `None` when the packet needs the full
-/// parser. `Some(None)` means "certainly not TCP".
+/// What the fast path reads of a plain TCP header, in place.
+#[derive(Clone, Copy)]
+pub struct PlainTcp {
+    pub flags: u8,
+    /// Source port << 16 | destination port.
+    pub ports: u32,
+}
+
+/// The flags and ports of an untagged IPv4 (IHL 5, not a fragment) or IPv6 (no extension
+/// headers) TCP packet whose headers lie in the linear area, or `None` when the packet needs
+/// the full parser. `Some(None)` means "certainly not TCP".
 #[inline(always)]
-pub fn plain_tcp_flags(ctx: &TcContext) -> Option<Option<u8>> {
+pub fn plain_tcp(ctx: &TcContext) -> Option<Option<PlainTcp>> {
     let data = ctx.data();
     let end = ctx.data_end();
     // Ethernet + IPv4 + TCP up to the flags byte; IPv6 checks its longer prefix below.
@@ -100,6 +108,10 @@ pub fn plain_tcp_flags(ctx: &TcContext) -> Option<Option<u8>> {
     }
     // SAFETY: bounds checked above against data_end, as the verifier requires.
     let byte = |offset: usize| unsafe { *((data + offset) as *const u8) };
+    // SAFETY: as above; the TCP header's first four bytes lie before its flags byte.
+    let word = |offset: usize| unsafe {
+        u32::from_be(core::ptr::read_unaligned((data + offset) as *const u32))
+    };
     let ethertype = u16::from_be_bytes([byte(12), byte(13)]);
     match ethertype {
         ETH_P_IPV4 => {
@@ -112,7 +124,11 @@ pub fn plain_tcp_flags(ctx: &TcContext) -> Option<Option<u8>> {
             if byte(ETH_HLEN + 9) != IPPROTO_TCP {
                 return Some(None);
             }
-            plain_flags_at(byte(ETH_HLEN + 20 + 12), byte(ETH_HLEN + 20 + 13))
+            plain_at(
+                byte(ETH_HLEN + 20 + 12),
+                byte(ETH_HLEN + 20 + 13),
+                word(ETH_HLEN + 20),
+            )
         }
         ETH_P_IPV6 => {
             if data + ETH_HLEN + 40 + 14 > end {
@@ -121,14 +137,18 @@ pub fn plain_tcp_flags(ctx: &TcContext) -> Option<Option<u8>> {
             if byte(ETH_HLEN) >> 4 != 6 || byte(ETH_HLEN + 6) != IPPROTO_TCP {
                 return None;
             }
-            plain_flags_at(byte(ETH_HLEN + 40 + 12), byte(ETH_HLEN + 40 + 13))
+            plain_at(
+                byte(ETH_HLEN + 40 + 12),
+                byte(ETH_HLEN + 40 + 13),
+                word(ETH_HLEN + 40),
+            )
         }
         ETH_P_8021Q | ETH_P_8021AD => None,
         _ => Some(None),
     }
 }
 
-/// For a packet `plain_tcp_flags` read in place: the low 32 bits of the source address and the
+/// For a packet `plain_tcp` read in place: the low 32 bits of the source address and the
 /// ports word (source port << 16 | destination port), read in place too.
 #[inline(always)]
 pub fn plain_source_and_ports(ctx: &TcContext) -> Option<(u32, u32)> {
@@ -155,7 +175,7 @@ pub fn plain_source_and_ports(ctx: &TcContext) -> Option<(u32, u32)> {
     }
 }
 
-/// The IP and TCP fields of a packet `plain_tcp_flags` classified, copied in place (no helper
+/// The IP and TCP fields of a packet `plain_tcp` classified, copied in place (no helper
 /// calls), or `None` when the packet needs `parse_tcp` after all.
 #[inline(always)]
 pub fn read_plain_tcp(ctx: &TcContext) -> Option<TcpPacket> {
@@ -216,11 +236,11 @@ pub fn read_plain_tcp(ctx: &TcContext) -> Option<TcpPacket> {
 
 /// A bad data offset is left to the full parser, which counts it.
 #[inline(always)]
-fn plain_flags_at(data_offset: u8, flags: u8) -> Option<Option<u8>> {
+fn plain_at(data_offset: u8, flags: u8, ports: u32) -> Option<Option<PlainTcp>> {
     if data_offset >> 4 < 5 {
         None
     } else {
-        Some(Some(flags))
+        Some(Some(PlainTcp { flags, ports }))
     }
 }
 

@@ -8,7 +8,8 @@
 //! egress plain ACKs here only when `TLS_PORT_FILTER` (one slot per port, an array the verifier
 //! inlines: no helper call, no hash) says so for either port: the slot holds
 //! `PORT_CONFIGURED` for a configured TLS port, or, at the flow's ephemeral port, the tag of a
-//! flow whose SYN (or SYN-ACK) this host sent and whose first payload is still to be judged.
+//! flow whose SYN (or SYN-ACK) this host sent and whose first payload is still to be judged,
+//! beside that payload's seq (one 8-byte slot: a SYN-ACK pays two slot reads and one write).
 //! Only segments of such flows pay for a flow lookup, and only those with a record boundary
 //! in them for the walk.
 //!
@@ -92,13 +93,10 @@ const WALK_UNREADABLE: u32 = 3;
 #[map]
 static TLS_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Per port: `PORT_CONFIGURED`, the tag of a flow awaiting its first payload, or 0.
+/// Per port: `PORT_CONFIGURED`; or a flow awaiting its first payload: its tag in the low
+/// word, the seq of that payload's first byte in the high word; or 0.
 #[map]
-static TLS_PORT_FILTER: Array<u32> = Array::with_max_entries(PORT_FILTER_SLOTS, 0);
-
-/// Per port, beside a tag in `TLS_PORT_FILTER`: the seq of that flow's first payload byte.
-#[map]
-static TLS_HELLO_SEQ: Array<u32> = Array::with_max_entries(PORT_FILTER_SLOTS, 0);
+static TLS_PORT_FILTER: Array<u64> = Array::with_max_entries(PORT_FILTER_SLOTS, 0);
 
 #[map]
 static TLS_FLOWS: LruHashMap<FlowKey, TlsFlow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
@@ -179,13 +177,10 @@ struct Segment<'a> {
 /// follows. Called only for plain ACKs that no other detector wanted: two array reads for a
 /// segment of no TLS flow, the tag only when a port's slot is in use.
 #[inline(always)]
-pub fn worth_parsing(ctx: &TcContext, direction: Direction) -> bool {
+pub fn worth_parsing(ctx: &TcContext, direction: Direction, ports: u32) -> bool {
     if direction != Direction::Egress {
         return false;
     }
-    let Some(ports) = plain_ports(ctx) else {
-        return true;
-    };
     let (local_port, remote_port) = ((ports >> 16) as u16, ports as u16);
     if !slot_in_use(local_port) && !slot_in_use(remote_port) {
         return false;
@@ -212,11 +207,7 @@ pub fn observe(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     ];
     if flags & TCP_SYN != 0 {
         if direction == Direction::Egress && flags & TCP_RST == 0 {
-            if port_configured(ports[0]) || port_configured(ports[1]) {
-                start_configured_flow(tcp);
-            } else if config() & CONFIG_DETECT_HELLO != 0 {
-                watch_for_hello(tcp, ports[0], ports[1]);
-            }
+            on_handshake(tcp, ports[0], ports[1]);
         }
         return;
     }
@@ -233,6 +224,34 @@ pub fn observe(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     }
     if flags & (TCP_FIN | TCP_RST) != 0 {
         end_session(ctx, &segment);
+    }
+}
+
+/// This host's SYN (we are the client) or SYN-ACK (the server): a flow on a configured port
+/// is followed from its first payload byte; any other is watched, with hello detection on, by
+/// its tag and first payload seq in the slot of the client's (ephemeral, nearly unique) port.
+/// No flow key is built for the latter: every SYN-ACK passes here, and TLS is the exception.
+#[inline(always)]
+fn on_handshake(tcp: &TcpPacket, local_port: u16, remote_port: u16) {
+    let (Some(local), Some(remote)) = (
+        TLS_PORT_FILTER.get_ptr_mut(u32::from(local_port)),
+        TLS_PORT_FILTER.get_ptr_mut(u32::from(remote_port)),
+    ) else {
+        return;
+    };
+    // SAFETY: array slots; a racing flow on the same port can only take the slot over.
+    unsafe {
+        if *local == PORT_CONFIGURED || *remote == PORT_CONFIGURED {
+            start_configured_flow(tcp);
+            return;
+        }
+        if config() & CONFIG_DETECT_HELLO == 0 {
+            return;
+        }
+        let local_is_server = tcp.flags() & TCP_ACK != 0;
+        let slot = if local_is_server { remote } else { local };
+        let tag = flow_tag(address_word(tcp, &tcp.daddr), local_port, remote_port);
+        *slot = u64::from(first_payload_seq(tcp)) << 32 | u64::from(tag);
     }
 }
 
@@ -255,30 +274,6 @@ fn start_configured_flow(tcp: &TcpPacket) {
     let local_is_server = tcp.flags() & TCP_ACK != 0;
     let flow = TlsFlow::starting(first_payload_seq(tcp), SYNCED, local_is_server);
     let _ = TLS_FLOWS.insert(key, &flow, 0);
-}
-
-/// This host's SYN or SYN-ACK on another port, with hello detection on: the flow's tag goes
-/// into the slot of the client's (ephemeral, nearly unique) port, so that its first payload
-/// is looked at. No flow key is built: every SYN-ACK passes here, and TLS is the exception.
-#[inline(never)]
-fn watch_for_hello(tcp: &TcpPacket, local_port: u16, remote_port: u16) {
-    let local_is_server = tcp.flags() & TCP_ACK != 0;
-    let slot = if local_is_server {
-        remote_port
-    } else {
-        local_port
-    };
-    let tag = flow_tag(address_word(tcp, &tcp.daddr), local_port, remote_port);
-    if let (Some(filter), Some(hello_seq)) = (
-        TLS_PORT_FILTER.get_ptr_mut(u32::from(slot)),
-        TLS_HELLO_SEQ.get_ptr_mut(u32::from(slot)),
-    ) {
-        // SAFETY: array slots; a racing flow on the same port can only take the slot over.
-        unsafe {
-            *filter = tag;
-            *hello_seq = first_payload_seq(tcp);
-        }
-    }
 }
 
 /// The seq of a SYN's (or SYN-ACK's) first payload byte: the SYN takes one sequence number.
@@ -374,9 +369,9 @@ fn start_flow(ctx: &TcContext, segment: &Segment) -> Option<NonNull<TlsFlow>> {
         } else {
             key.local_port
         };
-        let first = TLS_HELLO_SEQ
+        let first = TLS_PORT_FILTER
             .get(u32::from(slot))
-            .is_some_and(|seq| *seq == segment.payload_seq);
+            .is_some_and(|watch| (*watch >> 32) as u32 == segment.payload_seq);
         let hello = if local_is_server {
             HANDSHAKE_SERVER_HELLO
         } else {
@@ -715,9 +710,9 @@ fn end_session(ctx: &TcContext, segment: &Segment) {
 fn clear_watch(segment: &Segment) {
     for port in [segment.key.local_port, segment.key.remote_port] {
         if let Some(slot) = TLS_PORT_FILTER.get_ptr_mut(u32::from(port)) {
-            // SAFETY: an array slot; only this flow's own tag is cleared.
+            // SAFETY: an array slot; only this flow's own watch is cleared.
             unsafe {
-                if *slot == segment.tag {
+                if is_watch_of(*slot, segment.tag) {
                     *slot = 0;
                 }
             }
@@ -824,23 +819,10 @@ fn copy_prefix(ctx: &TcContext, offset: u32, len: u32, event: *mut TlsEvent) -> 
     }
 }
 
-/// The ports word (source << 16 | destination) of a packet `packet::plain_tcp_flags`
-/// classified, read in place.
-#[inline(always)]
-fn plain_ports(ctx: &TcContext) -> Option<u32> {
-    plain_word(ctx, ETH_HLEN + 20, ETH_HLEN + 40)
-}
-
-/// The destination address's low word of such a packet.
+/// The destination address's low word of a packet `packet::plain_tcp` read in place (no IP
+/// options, no extension headers).
 #[inline(always)]
 fn plain_destination(ctx: &TcContext) -> Option<u32> {
-    plain_word(ctx, ETH_HLEN + 16, ETH_HLEN + 36)
-}
-
-/// The word at one offset for IPv4 and another for IPv6 (no options, no extension headers:
-/// what the fast path passes).
-#[inline(always)]
-fn plain_word(ctx: &TcContext, v4_offset: usize, v6_offset: usize) -> Option<u32> {
     let data = ctx.data();
     let end = ctx.data_end();
     if data + ETH_HLEN > end {
@@ -849,8 +831,8 @@ fn plain_word(ctx: &TcContext, v4_offset: usize, v6_offset: usize) -> Option<u32
     // SAFETY: offset 12..14 lies within the checked range.
     let ethertype = unsafe { u16::from_be(core::ptr::read_unaligned((data + 12) as *const u16)) };
     let offset = match ethertype {
-        0x0800 => v4_offset,
-        0x86dd => v6_offset,
+        0x0800 => ETH_HLEN + 16,
+        0x86dd => ETH_HLEN + 36,
         _ => return None,
     };
     if data + offset + 4 > end {
@@ -887,7 +869,7 @@ fn filter_matches(tag: u32, local_port: u16, remote_port: u16) -> bool {
     let hit = |port: u16| {
         TLS_PORT_FILTER
             .get(u32::from(port))
-            .is_some_and(|slot| *slot == PORT_CONFIGURED || *slot == tag)
+            .is_some_and(|slot| *slot == PORT_CONFIGURED || is_watch_of(*slot, tag))
     };
     hit(local_port) || hit(remote_port)
 }
@@ -897,7 +879,14 @@ fn filter_matches(tag: u32, local_port: u16, remote_port: u16) -> bool {
 fn watched_slot(tag: u32, remote_port: u16) -> bool {
     TLS_PORT_FILTER
         .get(u32::from(remote_port))
-        .is_some_and(|slot| *slot == tag)
+        .is_some_and(|slot| is_watch_of(*slot, tag))
+}
+
+/// Whether a slot watches the flow with this tag (never a configured port's slot: tags have
+/// bit 1 set).
+#[inline(always)]
+fn is_watch_of(slot: u64, tag: u32) -> bool {
+    slot as u32 == tag
 }
 
 /// Whether a port's slot marks a TLS port or holds any flow's tag.

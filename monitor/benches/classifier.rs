@@ -18,7 +18,7 @@ const TRIALS: usize = 15;
 fn main() -> anyhow::Result<()> {
     let (mut ebpf, mut records) = load(seqwatch::probes::object()?)?;
     let tls = seqwatch::tls::TlsOptions::default();
-    let mut ports = Array::<_, u32>::try_from(ebpf.map_mut("TLS_PORT_FILTER").expect("map"))?;
+    let mut ports = Array::<_, u64>::try_from(ebpf.map_mut("TLS_PORT_FILTER").expect("map"))?;
     for port in tls.ports {
         ports.set(u32::from(port), &seqwatch_common::tls::PORT_CONFIGURED, 0)?;
     }

@@ -136,7 +136,7 @@ impl TlsMetrics {
 
 /// Writes the ports and switches into the kernel's maps, before anything is attached.
 pub fn configure(probes: &mut Probes, options: &TlsOptions) -> anyhow::Result<()> {
-    let mut filter = Array::<_, u32>::try_from(probes.map_mut("TLS_PORT_FILTER")?)?;
+    let mut filter = Array::<_, u64>::try_from(probes.map_mut("TLS_PORT_FILTER")?)?;
     for &port in &options.ports {
         filter.set(u32::from(port), &PORT_CONFIGURED, 0)?;
     }

@@ -48,7 +48,7 @@ impl Check {
             program(&mut ebpf, name).load().unwrap();
         }
         let mut filter =
-            Array::<_, u32>::try_from(ebpf.map_mut("TLS_PORT_FILTER").unwrap()).unwrap();
+            Array::<_, u64>::try_from(ebpf.map_mut("TLS_PORT_FILTER").unwrap()).unwrap();
         filter.set(443, &PORT_CONFIGURED, 0).unwrap();
         let mut flags = Array::<_, u32>::try_from(ebpf.map_mut("TLS_CONFIG").unwrap()).unwrap();
         flags.set(0, &config, 0).unwrap();
