@@ -25,7 +25,8 @@ use nix::sys::socket::{
     sockopt::TcpFastOpenConnect,
 };
 
-const TFO_PORT: u16 = 8443;
+/// Not a TLS port: the echo server speaks plain bytes.
+const TFO_PORT: u16 = 8088;
 const TFO_CONNECTIONS: usize = 20;
 
 /// Every anomaly series and event-log line: there must be none.
