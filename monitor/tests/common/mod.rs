@@ -483,26 +483,46 @@ pub mod crafted {
     /// neighbour entry: the client namespace drops what is sent to an address it does not have,
     /// so a spoofed client never answers), without, it stays unresolved and nothing is sent.
     pub fn route_spoofed(lab: &Lab, spoofed: Ipv4Addr, via: Option<[u8; 6]>) {
-        let ip = |args: &[&str]| {
-            let status = lab.command_in(&lab.server_ns, "ip").args(args).status();
-            assert!(status.unwrap().success(), "ip {args:?}");
-        };
-        let (spoofed, server_if) = (spoofed.to_string(), lab.server_if.as_str());
-        ip(&["route", "add", &format!("{spoofed}/32"), "dev", server_if]);
+        let server_if = lab.server_if.as_str();
+        let route = format!("{spoofed}/32");
+        ip(
+            lab,
+            &lab.server_ns,
+            &["route", "add", &route, "dev", server_if],
+        );
         if let Some(mac) = via {
-            let mac = mac.map(|b| format!("{b:02x}")).join(":");
-            ip(&[
+            set_neighbour(lab, &lab.server_ns, (spoofed, mac), server_if);
+        }
+    }
+
+    /// A permanent neighbour entry in `ns`: frames to the address go to the MAC address at
+    /// once, without ARP.
+    pub fn set_neighbour(lab: &Lab, ns: &str, (address, mac): (Ipv4Addr, [u8; 6]), dev: &str) {
+        let (address, mac) = (
+            address.to_string(),
+            mac.map(|b| format!("{b:02x}")).join(":"),
+        );
+        ip(
+            lab,
+            ns,
+            &[
                 "neigh",
                 "replace",
-                &spoofed,
+                &address,
                 "lladdr",
                 &mac,
                 "dev",
-                server_if,
+                dev,
                 "nud",
                 "permanent",
-            ]);
-        }
+            ],
+        );
+    }
+
+    /// `ip ARGS` in `ns`, which must succeed.
+    pub fn ip(lab: &Lab, ns: &str, args: &[&str]) {
+        let status = lab.command_in(ns, "ip").args(args).status();
+        assert!(status.unwrap().success(), "ip {args:?} in {ns}");
     }
 
     /// One crafted segment, without TCP options.
