@@ -392,11 +392,15 @@ fn on_synack_sent(ctx: &TcContext, segment: &Segment) {
     }
 }
 
-/// Our RST. During the handshake it answers a bad third packet, and the kernel keeps its
-/// request: so does the tracker (the LRU ages it out). Otherwise the connection is over.
+/// Our RST. Without ACK it answers a segment that carried one: during the handshake an
+/// unacceptable third packet, and the kernel keeps its request, so the tracker keeps its state
+/// (the LRU ages it out). With ACK the kernel ended the handshake itself: an embryonic reset
+/// (a SYN with another ISN in the window drops the request) or an aborted socket. Otherwise the
+/// connection is over.
 #[inline(always)]
 fn on_server_rst(segment: &Segment) {
-    if lookup(segment).is_none_or(|state| state.state != SYNACK_SENT) {
+    let answers_a_bad_ack = segment.flags & TCP_ACK == 0;
+    if !answers_a_bad_ack || lookup(segment).is_none_or(|state| state.state != SYNACK_SENT) {
         forget(segment);
     }
 }
