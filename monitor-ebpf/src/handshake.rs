@@ -406,7 +406,8 @@ fn on_server_rst(segment: &Segment) {
 }
 
 /// A SYN-ACK arriving for a 4-tuple where we are the server. In a simultaneous open the
-/// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate.
+/// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate, and completes
+/// the handshake.
 #[inline(always)]
 fn on_synack_to_us(ctx: &TcContext, segment: &Segment) {
     let Some(state) = lookup(segment) else {
@@ -416,10 +417,14 @@ fn on_synack_to_us(ctx: &TcContext, segment: &Segment) {
         && (state.state == SYN_SEEN || segment.ack == state.synack_seq.wrapping_add(1));
     if !simultaneous_open {
         report(ctx, segment, AnomalyKind::SynAckToListener, 0, 0);
-    } else if state.state == SYNACK_SENT {
-        state.state = ESTABLISHED;
-        filter_clear(segment.tag);
+        return;
     }
+    // Still "SYN seen": the peer's SYN-ACK may reach our kernel before its SYN (they can take
+    // different CPUs), which then completes our connect() and sends no SYN-ACK. Our ISN is
+    // the one it acks, and the one a SYN-ACK of ours would repeat.
+    state.synack_seq = segment.ack.wrapping_sub(1);
+    state.state = ESTABLISHED;
+    filter_clear(segment.tag);
 }
 
 /// A client RST during the handshake must hit the window at the next expected seq.

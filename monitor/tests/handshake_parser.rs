@@ -449,6 +449,35 @@ fn our_rst_keeps_the_handshake_only_when_it_answers_a_bad_third_packet() {
     }
 }
 
+/// A simultaneous open whose SYN-ACK reached our kernel before the peer's SYN: the SYN-ACK
+/// completed our connect(), so no SYN-ACK of ours follows (or a late one, when the SYN won
+/// after all); either way nothing is flagged, and the close is not early.
+#[test]
+fn a_simultaneous_open_completes_before_our_synack() {
+    for our_late_synack in [false, true] {
+        let mut tracker = Tracker::load(true);
+        let mut sequence = vec![
+            tracker.ingress(&to_server(SYN, 1000, 0, &[], &[])),
+            tracker.ingress(&to_server(SYN | ACK, 1000, 5001, &[], &[])),
+        ];
+        if our_late_synack {
+            sequence.push(tracker.egress(&to_client(SYN | ACK, 5000, 1001)));
+        }
+        sequence.push(tracker.ingress(&to_server(SYN | ACK, 1000, 5001, &[], &[])));
+        sequence.push(tracker.ingress(&to_server(ACK, 1001, 5001, &[], &[])));
+        assert!(sequence.iter().all(Vec::is_empty), "{sequence:?}");
+        assert_eq!(
+            kinds(&tracker.ingress(&to_server(SYN, 77, 0, &[], &[]))),
+            [AnomalyKind::SynOnEstablished],
+            "it completed the handshake"
+        );
+        assert_eq!(
+            kinds(&tracker.ingress(&to_server(FIN | ACK, 1001, 5001, &[], &[]))),
+            []
+        );
+    }
+}
+
 /// Without both directions attached the daemon leaves the stateful checks off.
 #[test]
 fn stateful_checks_are_off_unless_enabled() {
