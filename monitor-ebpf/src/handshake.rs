@@ -392,17 +392,22 @@ fn on_synack_sent(ctx: &TcContext, segment: &Segment) {
     }
 }
 
-/// Our RST. During the handshake it answers a bad third packet, and the kernel keeps its
-/// request: so does the tracker (the LRU ages it out). Otherwise the connection is over.
+/// Our RST. Without ACK it answers a segment that carried one: during the handshake an
+/// unacceptable third packet, and the kernel keeps its request, so the tracker keeps its state
+/// (the LRU ages it out). With ACK the kernel ended the handshake itself: an embryonic reset
+/// (a SYN with another ISN in the window drops the request) or an aborted socket. Otherwise the
+/// connection is over.
 #[inline(always)]
 fn on_server_rst(segment: &Segment) {
-    if lookup(segment).is_none_or(|state| state.state != SYNACK_SENT) {
+    let answers_a_bad_ack = segment.flags & TCP_ACK == 0;
+    if !answers_a_bad_ack || lookup(segment).is_none_or(|state| state.state != SYNACK_SENT) {
         forget(segment);
     }
 }
 
 /// A SYN-ACK arriving for a 4-tuple where we are the server. In a simultaneous open the
-/// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate.
+/// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate, and completes
+/// the handshake.
 #[inline(always)]
 fn on_synack_to_us(ctx: &TcContext, segment: &Segment) {
     let Some(state) = lookup(segment) else {
@@ -412,10 +417,14 @@ fn on_synack_to_us(ctx: &TcContext, segment: &Segment) {
         && (state.state == SYN_SEEN || segment.ack == state.synack_seq.wrapping_add(1));
     if !simultaneous_open {
         report(ctx, segment, AnomalyKind::SynAckToListener, 0, 0);
-    } else if state.state == SYNACK_SENT {
-        state.state = ESTABLISHED;
-        filter_clear(segment.tag);
+        return;
     }
+    // Still "SYN seen": the peer's SYN-ACK may reach our kernel before its SYN (they can take
+    // different CPUs), which then completes our connect() and sends no SYN-ACK. Our ISN is
+    // the one it acks, and the one a SYN-ACK of ours would repeat.
+    state.synack_seq = segment.ack.wrapping_sub(1);
+    state.state = ESTABLISHED;
+    filter_clear(segment.tag);
 }
 
 /// A client RST during the handshake must hit the window at the next expected seq.

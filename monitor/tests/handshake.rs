@@ -17,11 +17,14 @@ use std::{
 };
 
 use common::{
-    backlog_listener, connect_many,
+    Capture, CapturedSegment, backlog_listener, connect_many,
     crafted::{self, MonitoredLab, listen_and_hold, route_spoofed, sampled_server_isn},
     listen, netstat, read_json_lines, series_value, wait_for,
 };
-use seqwatch::lab::{Crafter, Lab, Segment, flags::*};
+use seqwatch::{
+    lab::{Crafter, Lab, Segment, flags::*},
+    sock_diag::{self, state},
+};
 use seqwatch_common::handshake::AnomalyKind;
 
 /// The real listener; it keeps every connection open, so a completed handshake stays so.
@@ -184,7 +187,9 @@ fn each_anomaly_kind_is_counted_once_with_its_service() {
     let from = client(SPOOFED, 44_001);
     scene.send(from, listener, SYN, 7000, 0);
     scene.server_isn(from);
-    scene.send(from, listener, SYN, 7777, 0);
+    // Outside the window: the kernel answers with an ACK and keeps its request (inside, it
+    // would reset it, and the tracker would forget the handshake with it).
+    scene.send(from, listener, SYN, 7000 + (1 << 30), 0);
     expected.push((AnomalyKind::SynRetransmitDifferentIsn, listener));
     let synack = |seq, ack| Segment {
         from: listener,
@@ -248,6 +253,120 @@ fn each_anomaly_kind_is_counted_once_with_its_service() {
         Some(0.0)
     );
     scene.monitored.stop();
+}
+
+/// Our RST during a handshake to the listener, and then the client's SYN again: the tracker
+/// must keep its state exactly when the kernel keeps its request (the capture shows what the
+/// kernel did, its socket table that it accepted the handshakes).
+/// - An unacceptable third packet gets a RST without ACK, and the request stays: the same SYN
+///   again is answered with the same SYN-ACK, and the right third packet completes it.
+/// - A SYN with another ISN inside the window gets a RST with ACK (an "embryonic reset"), and
+///   the request is dropped: the next SYN is a new handshake, with a new ISN, and must not be
+///   judged against the old one.
+#[test]
+fn after_our_rst_a_handshake_is_kept_exactly_when_the_kernel_keeps_it() {
+    let scene = Scene::start();
+    let listener = scene.listener();
+    listen_and_hold(&scene.lab, listener);
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Capture::start(
+        &scene.lab,
+        &scene.lab.server_ns,
+        &scene.lab.server_if,
+        &format!("tcp and host {SPOOFED}"),
+        dir.path().join("rst.pcap"),
+    );
+
+    let kept = client(SPOOFED, 46_001);
+    scene.send(kept, listener, SYN, 1000, 0);
+    let isn = scene.server_isn(kept);
+    let wrong_ack = isn.wrapping_add(1 << 30);
+    scene.send(kept, listener, ACK, 1001, wrong_ack);
+    scene.send(kept, listener, SYN, 1000, 0);
+    scene.send(kept, listener, ACK, 1001, isn.wrapping_add(1));
+
+    let reset = client(SPOOFED, 46_002);
+    scene.send(reset, listener, SYN, 2000, 0);
+    let first_isn = scene.server_isn(reset);
+    scene.send(reset, listener, SYN, 2100, 0);
+    scene.send(reset, listener, SYN, 90_000, 0);
+    let second_isn = synack_isn(&scene, reset, 90_001);
+    scene.send(reset, listener, ACK, 90_001, second_isn.wrapping_add(1));
+
+    let established = |remote: SocketAddr| {
+        let sockets = scene.lab.run_in(&scene.lab.server_ns, sock_diag::dump_tcp);
+        sockets
+            .unwrap()
+            .iter()
+            .any(|s| s.remote == remote && s.state == state::ESTABLISHED)
+    };
+    wait_for(Duration::from_secs(5), || {
+        established(kept) && established(reset)
+    });
+    assert!(established(kept) && established(reset), "both accepted");
+    let segments = capture.stop_segments();
+    let replies = |to: SocketAddr| -> Vec<(u8, u32, u32)> {
+        let from_listener = |s: &&CapturedSegment| s.from == listener && s.to == to;
+        let replies = segments.iter().filter(from_listener);
+        replies.map(|s| (s.flags, s.seq, s.ack)).collect()
+    };
+    let kept_replies = replies(kept);
+    let kept_rst = kept_replies.iter().position(|r| r.0 & RST != 0).unwrap();
+    assert_eq!(
+        kept_replies[kept_rst],
+        (RST, wrong_ack, 0),
+        "{kept_replies:?}"
+    );
+    assert_eq!(
+        kept_replies.get(kept_rst + 1),
+        Some(&(SYN | ACK, isn, 1001)),
+        "the request stayed: {kept_replies:?}"
+    );
+    let reset_replies = replies(reset);
+    let reset_rst = reset_replies.iter().position(|r| r.0 & RST != 0).unwrap();
+    assert_eq!(
+        reset_replies[reset_rst..=reset_rst + 1],
+        [(RST | ACK, 0, 2101), (SYN | ACK, second_isn, 90_001)],
+        "{reset_replies:?}"
+    );
+    assert_ne!(second_isn, first_isn, "a new request");
+
+    let want = BTreeMap::from([
+        (
+            ("handshake_ack_wrong_ack".to_owned(), listener.to_string()),
+            1.0,
+        ),
+        (
+            (
+                "syn_retransmit_different_isn".to_owned(),
+                listener.to_string(),
+            ),
+            1.0,
+        ),
+    ]);
+    wait_for(Duration::from_secs(5), || scene.anomaly_counts().len() >= 2);
+    // Late extra events would show up within a second, and must not.
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        scene.anomaly_counts(),
+        want,
+        "{:#?}",
+        read_json_lines(&scene.events)
+    );
+    scene.monitored.stop();
+}
+
+/// The ISN of the server's SYN-ACK to `client` that acks `ack`, from the daemon's sample log.
+fn synack_isn(scene: &Scene, client: SocketAddr, ack: u32) -> u32 {
+    let mut isn = None;
+    wait_for(Duration::from_secs(10), || {
+        isn = read_json_lines(&scene.daemon.sample_log)
+            .iter()
+            .find(|s| s["client"] == client.to_string() && s["ack"] == ack)
+            .map(|s| s["seq"].as_u64().unwrap() as u32);
+        isn.is_some()
+    });
+    isn.unwrap_or_else(|| panic!("no SYN-ACK to {client} acking {ack} sampled"))
 }
 
 /// One JSON line per anomaly, with the fields a SIEM needs.

@@ -400,6 +400,84 @@ fn a_simultaneous_open_is_not_a_synack_to_a_listener() {
     );
 }
 
+/// Our RST without ACK answers a segment that had one: during the handshake a bad third
+/// packet, and the kernel keeps its request, so the tracker keeps its state. A RST with ACK
+/// is the kernel ending the handshake (an embryonic reset answering a SYN with another ISN,
+/// or an aborted socket): a SYN on the 4-tuple afterwards starts a new handshake.
+#[test]
+fn our_rst_keeps_the_handshake_only_when_it_answers_a_bad_third_packet() {
+    let mut tracker = Tracker::load(true);
+    open_handshake(&mut tracker);
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(ACK, 1001, 9999, &[], &[]))),
+        [AnomalyKind::HandshakeAckWrongAck]
+    );
+    assert_eq!(kinds(&tracker.egress(&to_client(RST, 9999, 0))), []);
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(SYN, 1000, 0, &[], &[]))),
+        [],
+        "the same SYN: a retransmission"
+    );
+    assert_eq!(
+        kinds(&tracker.ingress(&to_server(SYN, 1100, 0, &[], &[]))),
+        [AnomalyKind::SynRetransmitDifferentIsn],
+        "the request is still open"
+    );
+    let kernel_ended = [
+        ("embryonic reset", to_client(RST | ACK, 0, 1101)),
+        ("aborted socket", to_client(RST | ACK, 5001, 1001)),
+    ];
+    for (what, rst) in kernel_ended {
+        assert_eq!(kinds(&tracker.egress(&rst)), [], "{what}");
+        let new_handshake = [
+            tracker.ingress(&to_server(SYN, 90_000, 0, &[], &[])),
+            tracker.egress(&to_client(SYN | ACK, 7000, 90_001)),
+            tracker.ingress(&to_server(ACK, 90_001, 7001, &[], &[])),
+        ];
+        assert_eq!(new_handshake.map(|a| kinds(&a)), [[], [], []], "{what}");
+        assert_eq!(
+            kinds(&tracker.ingress(&to_server(SYN, 5, 0, &[], &[]))),
+            [AnomalyKind::SynOnEstablished],
+            "{what}: the new handshake completed"
+        );
+        // Closed, then opened as at the start, for the next case.
+        assert_eq!(
+            kinds(&tracker.ingress(&to_server(RST, 90_001, 0, &[], &[]))),
+            []
+        );
+        open_handshake(&mut tracker);
+    }
+}
+
+/// A simultaneous open whose SYN-ACK reached our kernel before the peer's SYN: the SYN-ACK
+/// completed our connect(), so no SYN-ACK of ours follows (or a late one, when the SYN won
+/// after all); either way nothing is flagged, and the close is not early.
+#[test]
+fn a_simultaneous_open_completes_before_our_synack() {
+    for our_late_synack in [false, true] {
+        let mut tracker = Tracker::load(true);
+        let mut sequence = vec![
+            tracker.ingress(&to_server(SYN, 1000, 0, &[], &[])),
+            tracker.ingress(&to_server(SYN | ACK, 1000, 5001, &[], &[])),
+        ];
+        if our_late_synack {
+            sequence.push(tracker.egress(&to_client(SYN | ACK, 5000, 1001)));
+        }
+        sequence.push(tracker.ingress(&to_server(SYN | ACK, 1000, 5001, &[], &[])));
+        sequence.push(tracker.ingress(&to_server(ACK, 1001, 5001, &[], &[])));
+        assert!(sequence.iter().all(Vec::is_empty), "{sequence:?}");
+        assert_eq!(
+            kinds(&tracker.ingress(&to_server(SYN, 77, 0, &[], &[]))),
+            [AnomalyKind::SynOnEstablished],
+            "it completed the handshake"
+        );
+        assert_eq!(
+            kinds(&tracker.ingress(&to_server(FIN | ACK, 1001, 5001, &[], &[]))),
+            []
+        );
+    }
+}
+
 /// Without both directions attached the daemon leaves the stateful checks off.
 #[test]
 fn stateful_checks_are_off_unless_enabled() {

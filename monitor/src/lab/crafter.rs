@@ -72,6 +72,11 @@ impl Crafter {
         self.source_mac
     }
 
+    /// The MAC address frames are sent to: the other end of the lab's veth.
+    pub fn destination_mac(&self) -> [u8; 6] {
+        self.destination_mac
+    }
+
     /// Sends one untagged segment.
     pub fn send_segment(&self, segment: &Segment) -> anyhow::Result<()> {
         let mut header =

@@ -18,7 +18,10 @@ use nix::{
     unistd::Pid,
 };
 use seqwatch::{
-    analyze::{capture::read_frames, packet::parse_synack},
+    analyze::{
+        capture::{Frame, read_frames},
+        packet::parse_synack,
+    },
     lab::Lab,
 };
 
@@ -241,12 +244,9 @@ impl Capture {
 
     /// Stops tcpdump (SIGINT flushes the file) and returns every SYN-ACK it captured as
     /// (server, client, seq, ack).
-    pub fn stop(mut self) -> Vec<(SocketAddr, SocketAddr, u32, u32)> {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).expect("SIGINT tcpdump");
-        self.child.wait().expect("wait tcpdump");
-        let file = std::fs::File::open(&self.file).expect("open capture");
+    pub fn stop(self) -> Vec<(SocketAddr, SocketAddr, u32, u32)> {
         let mut synacks = Vec::new();
-        read_frames(file, |frame| {
+        self.stop_and_read(|frame| {
             if let Some(synack) = parse_synack(frame.linktype, frame.data) {
                 synacks.push((
                     synack.server,
@@ -255,10 +255,53 @@ impl Capture {
                     synack.peer_isn.wrapping_add(1),
                 ));
             }
-        })
-        .expect("read the capture");
+        });
         synacks
     }
+
+    /// Stops tcpdump and returns every IPv4 TCP segment it captured, in order.
+    // Used by tests/handshake.rs only.
+    #[allow(dead_code)]
+    pub fn stop_segments(self) -> Vec<CapturedSegment> {
+        let mut segments = Vec::new();
+        self.stop_and_read(|frame| {
+            let Ok(sliced) = etherparse::SlicedPacket::from_ethernet(frame.data) else {
+                return;
+            };
+            let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Tcp(tcp))) =
+                (sliced.net, sliced.transport)
+            else {
+                return;
+            };
+            let header = ip.header();
+            segments.push(CapturedSegment {
+                from: SocketAddr::from((header.source_addr(), tcp.source_port())),
+                to: SocketAddr::from((header.destination_addr(), tcp.destination_port())),
+                // Byte 13 of the TCP header: CWR … FIN.
+                flags: tcp.slice()[13],
+                seq: tcp.sequence_number(),
+                ack: tcp.acknowledgment_number(),
+            });
+        });
+        segments
+    }
+
+    fn stop_and_read(mut self, each: impl FnMut(Frame<'_>)) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).expect("SIGINT tcpdump");
+        self.child.wait().expect("wait tcpdump");
+        let file = std::fs::File::open(&self.file).expect("open capture");
+        read_frames(file, each).expect("read the capture");
+    }
+}
+
+/// One TCP segment of a capture: its flags byte as on the wire (FIN 0x01 … ACK 0x10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapturedSegment {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
 }
 
 impl Drop for Capture {
@@ -483,26 +526,46 @@ pub mod crafted {
     /// neighbour entry: the client namespace drops what is sent to an address it does not have,
     /// so a spoofed client never answers), without, it stays unresolved and nothing is sent.
     pub fn route_spoofed(lab: &Lab, spoofed: Ipv4Addr, via: Option<[u8; 6]>) {
-        let ip = |args: &[&str]| {
-            let status = lab.command_in(&lab.server_ns, "ip").args(args).status();
-            assert!(status.unwrap().success(), "ip {args:?}");
-        };
-        let (spoofed, server_if) = (spoofed.to_string(), lab.server_if.as_str());
-        ip(&["route", "add", &format!("{spoofed}/32"), "dev", server_if]);
+        let server_if = lab.server_if.as_str();
+        let route = format!("{spoofed}/32");
+        ip(
+            lab,
+            &lab.server_ns,
+            &["route", "add", &route, "dev", server_if],
+        );
         if let Some(mac) = via {
-            let mac = mac.map(|b| format!("{b:02x}")).join(":");
-            ip(&[
+            set_neighbour(lab, &lab.server_ns, (spoofed, mac), server_if);
+        }
+    }
+
+    /// A permanent neighbour entry in `ns`: frames to the address go to the MAC address at
+    /// once, without ARP.
+    pub fn set_neighbour(lab: &Lab, ns: &str, (address, mac): (Ipv4Addr, [u8; 6]), dev: &str) {
+        let (address, mac) = (
+            address.to_string(),
+            mac.map(|b| format!("{b:02x}")).join(":"),
+        );
+        ip(
+            lab,
+            ns,
+            &[
                 "neigh",
                 "replace",
-                &spoofed,
+                &address,
                 "lladdr",
                 &mac,
                 "dev",
-                server_if,
+                dev,
                 "nud",
                 "permanent",
-            ]);
-        }
+            ],
+        );
+    }
+
+    /// `ip ARGS` in `ns`, which must succeed.
+    pub fn ip(lab: &Lab, ns: &str, args: &[&str]) {
+        let status = lab.command_in(ns, "ip").args(args).status();
+        assert!(status.unwrap().success(), "ip {args:?} in {ns}");
     }
 
     /// One crafted segment, without TCP options.
