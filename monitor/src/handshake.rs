@@ -24,11 +24,11 @@ use seqwatch_common::{
     synack::FAMILY_IPV4,
 };
 use serde::Serialize;
-use tokio::io::unix::AsyncFd;
 
 use crate::{
     crash::SharedHistory,
     daemon::lock,
+    event_reader::{self, EventReader},
     lab::monotonic_ns,
     metrics::register,
     netstat::read_tcpext,
@@ -39,8 +39,6 @@ use crate::{
 /// The service label of anomalies beyond the service cap.
 pub const OTHER_SERVICE: &str = "other";
 
-/// How often the anomaly ring buffer is drained when the kernel has not woken the reader.
-const EVENTS_POLL: Duration = Duration::from_millis(50);
 /// Events per (source, kind) let through at once, and refilled per second, by the log's limit.
 const LOG_BURST: f64 = 10.0;
 const LOG_REFILL_PER_SECOND: f64 = 1.0;
@@ -383,7 +381,9 @@ impl Engine {
             source_rank,
         })
     }
+}
 
+impl EventReader for Engine {
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         let now_ns = monotonic_ns();
         let top_sources = self.top_sources.clone();
@@ -471,7 +471,7 @@ pub fn start(
     metrics: HandshakeMetrics,
     options: &EngineOptions,
 ) -> anyhow::Result<()> {
-    let mut engine = Engine {
+    let engine = Engine {
         metrics,
         counters,
         services: ServiceLabels::new(options.max_services),
@@ -484,36 +484,7 @@ pub fn start(
         spoofing: SpoofingScores::new(options.anomaly_window),
         challenge_acks: ChallengeAcks::new(options.anomaly_window),
     };
-    // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
-    let mut events = unsafe { AsyncFd::register(events) }
-        .map_err(|err| anyhow::anyhow!("polling the anomaly ring buffer: {err}"))?;
-    tokio::spawn(async move {
-        let mut refresh = tokio::time::interval(Duration::from_secs(1));
-        // The kernel wakes this reader only when the ring buffer fills up (an eighth).
-        let mut poll = tokio::time::interval(EVENTS_POLL);
-        loop {
-            let result = tokio::select! {
-                guard = events.readable_mut() => match guard {
-                    Ok(mut guard) => {
-                        let result = engine.drain(guard.get_inner_mut());
-                        guard.clear_ready();
-                        result
-                    }
-                    Err(err) => Err(err.into()),
-                },
-                _ = poll.tick() => engine.drain(events.get_mut()),
-                _ = refresh.tick() => {
-                    engine.refresh();
-                    Ok(())
-                }
-            };
-            if let Err(err) = result {
-                log::error!("anomaly reader stopped: {err:#}");
-                return;
-            }
-        }
-    });
-    Ok(())
+    event_reader::spawn("anomaly", events, engine)
 }
 
 /// The Markdown table of `docs/anomalies.md`, generated from `AnomalyKind`.

@@ -6,6 +6,7 @@ pub mod caps;
 pub mod config;
 pub mod crash;
 pub mod daemon;
+pub mod event_reader;
 pub mod handshake;
 pub mod http;
 pub mod interfaces;

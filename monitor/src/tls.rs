@@ -7,10 +7,8 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroUsize,
-    time::Duration,
 };
 
-use anyhow::Context as _;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use seqwatch_common::{
@@ -22,16 +20,13 @@ use seqwatch_common::{
     },
 };
 use serde::Serialize;
-use tokio::io::unix::AsyncFd;
 
 use crate::{
+    event_reader::{self, EventReader},
     handshake::{Clock, EventLog, ServiceLabels},
     metrics::{advance, register},
     probes::{Probes, per_cpu_total},
 };
-
-/// How often the event ring buffer is drained when the kernel has not woken us.
-const EVENTS_POLL: Duration = Duration::from_millis(50);
 
 /// Implicit-TLS ports: HTTPS, SMTPS (submissions), LDAPS, DNS over TLS, IMAPS, POP3S, and
 /// HTTPS's usual alternative.
@@ -285,7 +280,9 @@ impl Reader {
         }
         Ok(())
     }
+}
 
+impl EventReader for Reader {
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         while let Some(item) = events.next() {
             let Some(finding) =
@@ -302,7 +299,7 @@ impl Reader {
         Ok(())
     }
 
-    fn refresh(&self) {
+    fn refresh(&mut self) {
         self.metrics.refresh(&self.counters);
     }
 }
@@ -317,43 +314,14 @@ pub fn start(
 ) -> anyhow::Result<()> {
     configure(probes, options)?;
     let events = RingBuf::try_from(probes.take_map("TLS_EVENTS")?)?;
-    let mut reader = Reader {
+    let reader = Reader {
         metrics,
         counters: PerCpuArray::try_from(probes.take_map("TLS_COUNTERS")?)?,
         services: ServiceLabels::new(max_services),
         log,
         clock: Clock::now(),
     };
-    // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
-    let mut events =
-        unsafe { AsyncFd::register(events) }.context("polling the TLS event ring buffer")?;
-    tokio::spawn(async move {
-        let mut refresh = tokio::time::interval(Duration::from_secs(1));
-        // The kernel wakes this reader only when the ring buffer fills up (an eighth).
-        let mut poll = tokio::time::interval(EVENTS_POLL);
-        loop {
-            let result = tokio::select! {
-                guard = events.readable_mut() => match guard {
-                    Ok(mut guard) => {
-                        let result = reader.drain(guard.get_inner_mut());
-                        guard.clear_ready();
-                        result
-                    }
-                    Err(err) => Err(err.into()),
-                },
-                _ = poll.tick() => reader.drain(events.get_mut()),
-                _ = refresh.tick() => {
-                    reader.refresh();
-                    Ok(())
-                }
-            };
-            if let Err(err) = result {
-                log::error!("TLS event reader stopped: {err:#}");
-                return;
-            }
-        }
-    });
-    Ok(())
+    event_reader::spawn("TLS event", events, reader)
 }
 
 /// The Markdown table of session ends in `docs/anomalies.md`, generated from `SessionEnd`.

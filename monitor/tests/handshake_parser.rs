@@ -2,22 +2,20 @@
 //! illegal flag set yields exactly one event of its kind, legitimate segments (TFO included)
 //! yield none, and a handshake fed through both programs is judged statefully. Needs root.
 
+// This crate uses only some of the shared helpers.
+#[allow(dead_code)]
+mod common;
+
 use std::net::SocketAddr;
 
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
 };
+use common::test_run::{load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader, TcpOptionElement};
-use seqwatch::{
-    handshake::{Anomaly, Clock, decode_event},
-    probes,
-};
+use seqwatch::handshake::{Anomaly, Clock, decode_event};
 use seqwatch_common::handshake::{AnomalyKind, HandshakeCounter};
-
-/// TC_ACT_UNSPEC: the only verdict the classifiers ever give.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -44,10 +42,7 @@ struct Tracker {
 
 impl Tracker {
     fn load(track_state: bool) -> Tracker {
-        let mut ebpf = Ebpf::load(probes::object().unwrap()).unwrap();
-        for name in ["synack_ingress", "synack_egress"] {
-            program(&mut ebpf, name).load().unwrap();
-        }
+        let mut ebpf = load_classifiers();
         if track_state {
             let mut config =
                 Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").unwrap()).unwrap();
@@ -66,20 +61,7 @@ impl Tracker {
     /// Runs one frame through the ingress (client → server) or egress (server → client)
     /// program and returns the anomalies it raised.
     fn run(&mut self, name: &str, frame: &[u8]) -> Vec<Anomaly> {
-        let mut out = vec![0u8; frame.len() + 64];
-        let result = program(&mut self.ebpf, name)
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(result.return_value, TC_ACT_UNSPEC, "never drops");
-        assert_eq!(
-            &out[..result.data_size_out as usize],
-            frame,
-            "never rewrites"
-        );
+        run_unchanged(&mut self.ebpf, name, frame);
         let mut anomalies = Vec::new();
         while let Some(item) = self.events.next() {
             let event = decode_event(&item).expect("a whole event");
@@ -103,10 +85,6 @@ impl Tracker {
             .iter()
             .sum()
     }
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
-    ebpf.program_mut(name).unwrap().try_into().unwrap()
 }
 
 /// A segment from the client to the server.

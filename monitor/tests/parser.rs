@@ -2,17 +2,18 @@
 //! supported encapsulation yields the right record, and hostile frames are counted under the
 //! right reason, yield no record, and pass through unchanged. Needs root.
 
+// This crate uses only some of the shared helpers.
+#[allow(dead_code)]
+mod common;
+
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
 };
+use common::test_run::{load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
 use seqwatch::{probes, synack::Sample};
 use seqwatch_common::synack::Counter;
-
-/// TC_ACT_UNSPEC: "carry on", the only verdict the classifier ever gives.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 struct Classifier {
     ebpf: Ebpf,
@@ -28,8 +29,7 @@ struct Outcome {
 
 impl Classifier {
     fn load() -> Classifier {
-        let mut ebpf = Ebpf::load(probes::object().unwrap()).unwrap();
-        program(&mut ebpf).load().unwrap();
+        let mut ebpf = load_classifiers();
         let records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").unwrap()).unwrap();
         let counters = PerCpuArray::try_from(ebpf.take_map("SYNACK_COUNTERS").unwrap()).unwrap();
         Classifier {
@@ -47,23 +47,7 @@ impl Classifier {
 
     fn run(&mut self, frame: &[u8]) -> Outcome {
         let before = self.counts();
-        let mut out = vec![0u8; frame.len() + 64];
-        let result = program(&mut self.ebpf)
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(
-            result.return_value, TC_ACT_UNSPEC,
-            "never drops or redirects"
-        );
-        assert_eq!(
-            &out[..result.data_size_out as usize],
-            frame,
-            "never rewrites"
-        );
+        run_unchanged(&mut self.ebpf, "synack_egress", frame);
         let after = self.counts();
         let moved = ALL_COUNTERS
             .into_iter()
@@ -89,13 +73,6 @@ const ALL_COUNTERS: [Counter; 10] = [
     Counter::ParseVlanTooDeep,
     Counter::ParseTcpBadDataOffset,
 ];
-
-fn program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
-    ebpf.program_mut("synack_egress")
-        .unwrap()
-        .try_into()
-        .unwrap()
-}
 
 const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];

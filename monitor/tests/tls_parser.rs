@@ -4,13 +4,17 @@
 //! nothing, and bytes that are not a header where one must start raise exactly one event at
 //! the right offset; session ends are classified. Needs root.
 
+// This crate uses only some of the shared helpers.
+#[allow(dead_code)]
+mod common;
+
 use std::{net::SocketAddr, time::Instant};
 
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
 };
+use common::test_run::{classifier, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader};
 use seqwatch::{
     handshake::Clock,
@@ -21,8 +25,6 @@ use seqwatch_common::tls::{
     CONFIG_DETECT_HELLO, CONFIG_LOG_PREFIX, PORT_CONFIGURED, SessionEnd, TlsCounter,
 };
 
-/// TC_ACT_UNSPEC: the only verdict the classifiers ever give.
-const TC_ACT_UNSPEC: u32 = u32::MAX;
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
@@ -43,10 +45,7 @@ struct Check {
 
 impl Check {
     fn load(config: u32) -> Check {
-        let mut ebpf = Ebpf::load(probes::object().unwrap()).unwrap();
-        for name in ["synack_ingress", "synack_egress"] {
-            program(&mut ebpf, name).load().unwrap();
-        }
+        let mut ebpf = load_classifiers();
         let mut filter =
             Array::<_, u64>::try_from(ebpf.map_mut("TLS_PORT_FILTER").unwrap()).unwrap();
         filter.set(443, &PORT_CONFIGURED, 0).unwrap();
@@ -63,20 +62,7 @@ impl Check {
     }
 
     fn run(&mut self, name: &str, frame: &[u8]) -> Vec<Finding> {
-        let mut out = vec![0u8; frame.len() + 64];
-        let result = program(&mut self.ebpf, name)
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .unwrap();
-        assert_eq!(result.return_value, TC_ACT_UNSPEC, "never drops");
-        assert_eq!(
-            &out[..result.data_size_out as usize],
-            frame,
-            "never rewrites"
-        );
+        run_unchanged(&mut self.ebpf, name, frame);
         let mut findings = Vec::new();
         while let Some(item) = self.events.next() {
             let event = decode_event(&item).expect("a whole event");
@@ -116,10 +102,6 @@ impl Check {
             .iter()
             .sum()
     }
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
-    ebpf.program_mut(name).unwrap().try_into().unwrap()
 }
 
 fn frame(from: ([u8; 4], u16), to: ([u8; 4], u16), flags: u8, seq: u32, data: &[u8]) -> Vec<u8> {
@@ -170,7 +152,7 @@ fn both_classifiers_load_quickly_with_few_verified_instructions() {
     let mut ebpf = Ebpf::load(probes::object().unwrap()).unwrap();
     for name in ["synack_egress", "synack_ingress"] {
         let started = Instant::now();
-        let program = program(&mut ebpf, name);
+        let program = classifier(&mut ebpf, name);
         program.load().unwrap();
         let elapsed = started.elapsed();
         let verified = program.info().unwrap().verified_instruction_count();

@@ -777,3 +777,48 @@ pub mod tls {
         while tls.sock.read(&mut sink).is_ok_and(|read| read > 0) {}
     }
 }
+
+/// Crafted frames through the real classifiers with BPF_PROG_TEST_RUN.
+pub mod test_run {
+    use aya::{
+        Ebpf,
+        programs::{SchedClassifier, TestRun, TestRunOptions},
+    };
+
+    /// TC_ACT_UNSPEC: "carry on", the only verdict the classifiers ever give.
+    const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+    /// The daemon's own object with both classifiers loaded.
+    pub fn load_classifiers() -> Ebpf {
+        let mut ebpf = Ebpf::load(seqwatch::probes::object().unwrap()).unwrap();
+        for name in ["synack_ingress", "synack_egress"] {
+            classifier(&mut ebpf, name).load().unwrap();
+        }
+        ebpf
+    }
+
+    pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+        ebpf.program_mut(name).unwrap().try_into().unwrap()
+    }
+
+    /// Runs one frame through a classifier, which must pass it on, unchanged.
+    pub fn run_unchanged(ebpf: &mut Ebpf, name: &str, frame: &[u8]) {
+        let mut out = vec![0u8; frame.len() + 64];
+        let result = classifier(ebpf, name)
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            result.return_value, TC_ACT_UNSPEC,
+            "never drops or redirects"
+        );
+        assert_eq!(
+            &out[..result.data_size_out as usize],
+            frame,
+            "never rewrites"
+        );
+    }
+}
