@@ -24,6 +24,7 @@ use crate::{
     handshake::{self, EventLog},
     http,
     interfaces::{self, LinkEvents, Selection},
+    listener_counts::{self, PortCounters},
     listeners::{self, ListenerOptions, SharedReport},
     metrics::Metrics,
     netstat::SyncookieWatch,
@@ -278,7 +279,7 @@ impl RunArgs {
 
 /// The anomaly reader, the kernel TCP event reader and the listener watch run as their own
 /// tasks, sharing the event log (and the first two the anomaly history); stateful checks only
-/// when both directions are on.
+/// when both directions are on, per-port counters only for what the attachments see.
 fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow::Result<()> {
     let metrics = &shared.metrics;
     if args.direction == Directions::Both {
@@ -300,17 +301,29 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
         metrics.handshake.clone(),
         &options,
     )?;
-    let options = ListenerOptions {
+    let listener_options = ListenerOptions {
         unresponsive_after: Duration::from_secs(args.unresponsive_after),
         event_log: event_log.clone(),
     };
-    listeners::start(&metrics.listeners, options, shared.owners.clone())?;
     let options = tcp_events::TcpEventOptions {
         max_services: args.max_services,
         event_log,
         history,
     };
-    tcp_events::start(probes, metrics, options)
+    tcp_events::start(probes, metrics, options)?;
+    // After the tracepoints: completions are counted only if inet_sock_set_state attached.
+    let sources = listener_counts::Sources {
+        syns_received: args.direction != Directions::Egress,
+        synacks_sent: args.direction != Directions::Ingress,
+        handshakes_completed: probes.is_tracepoint_attached("inet_sock_set_state"),
+    };
+    let counts = PortCounters::new(probes.take_listener_port_counts()?, sources);
+    listeners::start(
+        &metrics.listeners,
+        listener_options,
+        shared.owners.clone(),
+        counts,
+    )
 }
 
 /// Reads every record waiting in the ring buffer.

@@ -8,7 +8,9 @@
 //! seconds in its accept queue: the kernel completed the handshake and nobody accepted it
 //! (a stopped or hung server, a listener that never accepts). A connection in an accept
 //! queue has no socket inode until `accept(2)` gives it a file, which is how it is told
-//! from an accepted one without asking the kernel anything else.
+//! from an accepted one without asking the kernel anything else. Beside the queues, each
+//! listening port's SYNs received, SYN-ACKs sent and handshakes completed come from the
+//! kernel programs' per-port counters ([`crate::listener_counts`]).
 //!
 //! Labels are bounded: ports keep their label while they listen, at most [`MAX_PORTS`] of
 //! them (later ones are `other`); owners are the top [`MAX_OWNERS`] by sockets, the rest
@@ -28,6 +30,7 @@ use serde::Serialize;
 
 use crate::{
     handshake::{Clock, EventLog},
+    listener_counts::{PortCountMetrics, PortCounters},
     metrics::register,
     silence::{SilenceEvent, SilenceMetrics, SilenceWatch},
     sock_diag::{self, TcpSocket, state},
@@ -81,6 +84,7 @@ pub struct ListenerMetrics {
     conntrack: Option<ConntrackMetrics>,
     dump_failures: IntCounter,
     silence: SilenceMetrics,
+    port_counts: PortCountMetrics,
 }
 
 impl ListenerMetrics {
@@ -175,6 +179,7 @@ impl ListenerMetrics {
                 )?,
             )?,
             silence: SilenceMetrics::new(registry)?,
+            port_counts: PortCountMetrics::new(registry)?,
         })
     }
 }
@@ -470,6 +475,7 @@ struct Watch {
     names: Names,
     clock: Clock,
     silence: SilenceWatch,
+    counts: PortCounters,
 }
 
 /// Starts the watch: reads the socket table now (so that a kernel without sock_diag is
@@ -478,6 +484,7 @@ pub fn start(
     metrics: &ListenerMetrics,
     options: ListenerOptions,
     report: SharedReport,
+    counts: PortCounters,
 ) -> anyhow::Result<()> {
     if metrics.conntrack.is_none() {
         log::info!(
@@ -501,6 +508,7 @@ pub fn start(
         names: Names::default(),
         clock: Clock::now(),
         silence: SilenceWatch::default(),
+        counts,
     };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(POLL);
@@ -581,12 +589,13 @@ impl Watch {
         new_drops: &HashMap<u16, u64>,
     ) -> Vec<ListenerReport> {
         for gone in self.labels.retain(&snapshot.ports) {
-            let _ = self.metrics.drops.remove_label_values(&[&gone.to_string()]);
             let label = gone.to_string();
+            let _ = self.metrics.drops.remove_label_values(&[&label]);
             let _ = self
                 .metrics
                 .unresponsive_episodes
                 .remove_label_values(&[&label]);
+            self.metrics.port_counts.remove(&label);
             self.unresponsive.remove(&gone);
         }
         let m = self.metrics.clone();
@@ -616,6 +625,8 @@ impl Watch {
             m.drops
                 .with_label_values(&labels)
                 .inc_by(new_drops.get(&number).copied().unwrap_or_default());
+            self.counts
+                .publish(number, &label, label == OTHER, &m.port_counts);
             let becomes =
                 waited >= self.options.unresponsive_after && !self.unresponsive.contains(&number);
             // A new episode's event names the processes even if /proc was walked just now.

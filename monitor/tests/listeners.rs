@@ -51,6 +51,16 @@ impl Scene {
     }
 
     fn start_in(lab: Lab) -> Scene {
+        Self::start_with(lab, "egress")
+    }
+
+    /// With both classifiers attached, so that SYNs coming in are counted too.
+    fn start_both_directions() -> Scene {
+        let lab = Lab::create(&LabOptions::default()).unwrap();
+        Self::start_with(lab, "both")
+    }
+
+    fn start_with(lab: Lab, direction: &str) -> Scene {
         let dir = tempfile::tempdir().unwrap();
         let events = dir.path().join("events.jsonl");
         let server_if = lab.server_if.clone();
@@ -66,9 +76,14 @@ impl Scene {
                 &limit,
                 "--event-log",
                 events.to_str().unwrap(),
+                "--direction",
+                direction,
             ],
         );
         daemon.wait_attached(&lab, &server_if, "egress");
+        if direction == "both" {
+            daemon.wait_attached(&lab, &server_if, "ingress");
+        }
         Scene {
             lab,
             daemon,
@@ -615,4 +630,106 @@ fn a_host_that_answers_nobody_is_silent_until_it_answers_again() {
         series_value(&metrics, "seqwatch_host_silent_total"),
         Some(1.0)
     );
+}
+
+/// A port's SYNs received, SYN-ACKs sent and handshakes completed, from one scrape (`None`
+/// for a series that does not exist).
+fn handshake_counts(scene: &Scene, port: u16) -> [Option<f64>; 3] {
+    let metrics = scene.get("/metrics");
+    let labels = format!("port=\"{port}\"");
+    [
+        "seqwatch_listener_syns_received_total",
+        "seqwatch_listener_synacks_sent_total",
+        "seqwatch_listener_handshakes_completed_total",
+    ]
+    .map(|name| series_value(&metrics, &series(name, &labels)))
+}
+
+/// Waits up to 5 s for the port's three counters to be `expected`; returns what they were last.
+fn wait_counts(scene: &Scene, port: u16, expected: [f64; 3]) -> [Option<f64>; 3] {
+    let mut last = [None; 3];
+    wait_for(Duration::from_secs(5), || {
+        last = handshake_counts(scene, port);
+        last == expected.map(Some)
+    });
+    last
+}
+
+/// N real connections: exactly N SYNs in, N SYN-ACKs out and N completions on the port; a
+/// port nobody listens on gets no series although its SYNs arrive; a listener that closes
+/// loses its series, which comes back where it was when the port listens again.
+#[test]
+fn each_connection_to_a_listener_counts_one_syn_one_synack_and_one_completed_handshake() {
+    let scene = Scene::start_both_directions();
+    let lab = &scene.lab;
+    let at = scene.server(8082);
+    let listener = backlog_listener(lab, &lab.server_ns, at, 64);
+    common::connect_many(lab, &lab.client_ns, at.into(), 20);
+    let counts = wait_counts(&scene, 8082, [20.0; 3]);
+    assert_eq!(counts, [Some(20.0); 3], "{}", scene.daemon.log());
+
+    // Refused: the SYN arrives (and is counted in the kernel), but 8083 does not listen.
+    let closed = scene.server(8083);
+    let refused = lab.run_in(&lab.client_ns, || {
+        std::net::TcpStream::connect_timeout(&closed.into(), Duration::from_secs(5))
+    });
+    assert!(refused.is_err(), "nothing listens on 8083");
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = scene.get("/metrics");
+    assert!(
+        !metrics.contains("port=\"8083\""),
+        "a non-listening port has series:\n{metrics}"
+    );
+    assert_eq!(handshake_counts(&scene, 8082), [Some(20.0); 3], "no more");
+
+    drop(listener);
+    let gone = wait_for(Duration::from_secs(5), || {
+        handshake_counts(&scene, 8082) == [None; 3]
+    });
+    assert!(gone, "the series outlived the listener");
+    let _listener = backlog_listener(lab, &lab.server_ns, at, 64);
+    common::connect_many(lab, &lab.client_ns, at.into(), 5);
+    let counts = wait_counts(&scene, 8082, [25.0; 3]);
+    assert_eq!(counts, [Some(25.0); 3], "counted on from 20");
+    scene.daemon.stop();
+}
+
+/// A listener that never accepts: once its accept queue is full, no handshake completes and
+/// its SYNs are dropped unanswered, while the clients' retransmitted SYNs keep arriving.
+#[test]
+fn a_full_accept_queue_stops_completions_while_syns_keep_arriving() {
+    let scene = Scene::start_both_directions();
+    let lab = &scene.lab;
+    let at = scene.server(8084);
+    let _listener = backlog_listener(lab, &lab.server_ns, at, 2);
+    let clients = 12;
+    let _clients = connect_nonblocking(lab, &lab.client_ns, at, clients);
+
+    // Linux queues backlog + 1 connections: three handshakes complete, no more.
+    let port = "port=\"8084\"";
+    let queued = scene.wait_value(
+        &series("seqwatch_listener_accept_queue", port),
+        3.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(queued, Some(3.0));
+    let [syns, _, completed] = handshake_counts(&scene, 8084);
+    assert_eq!(completed, Some(3.0));
+    let first = syns.expect("SYNs counted");
+    assert!(
+        first >= clients as f64,
+        "{first} SYNs for {clients} clients"
+    );
+
+    // The clients retransmit their SYNs (after 1 s, then 2 s more): the count rises.
+    let mut last = [None; 3];
+    let rose = wait_for(Duration::from_secs(8), || {
+        last = handshake_counts(&scene, 8084);
+        last[0].is_some_and(|syns| syns > first)
+    });
+    assert!(rose, "SYNs stayed at {first}: {last:?}");
+    let [syns, synacks, completed] = last.map(Option::unwrap);
+    assert_eq!(completed, 3.0, "{last:?}");
+    assert!(synacks >= completed && synacks < syns, "{last:?}");
+    scene.daemon.stop();
 }
