@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use aya::maps::{MapData, PerCpuArray};
 use prometheus::{IntCounterVec, Opts, Registry};
 use seqwatch_common::listener_counts::PortCounts;
+use serde::Serialize;
 
 use crate::metrics::register;
 
@@ -87,6 +88,16 @@ impl Sources {
         ]
     }
 
+    fn report(&self, kernel: PortCounts) -> HandshakeReport {
+        HandshakeReport {
+            syns_received: self.syns_received.then_some(kernel.syns_received),
+            synacks_sent: self.synacks_sent.then_some(kernel.synacks_sent),
+            handshakes_completed: self
+                .handshakes_completed
+                .then_some(kernel.handshakes_completed),
+        }
+    }
+
     /// Says once which counters are off and why.
     pub fn log_missing(&self) {
         if !self.syns_received {
@@ -110,6 +121,15 @@ impl Sources {
     }
 }
 
+/// A listening port's counters in `/api/v1/owners`: since the daemon started, `null` where the
+/// source is not attached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HandshakeReport {
+    pub syns_received: Option<u64>,
+    pub synacks_sent: Option<u64>,
+    pub handshakes_completed: Option<u64>,
+}
+
 /// The kernel's per-port counters and what of them has been published.
 pub struct PortCounters {
     kernel: PerCpuArray<MapData, PortCounts>,
@@ -128,9 +148,16 @@ impl PortCounters {
     }
 
     /// Publishes one listening port: under its own label, or added to `other` (`shared`).
-    pub fn publish(&mut self, port: u16, label: &str, shared: bool, metrics: &PortCountMetrics) {
+    /// Returns its counts since the daemon started, for `/api/v1/owners`.
+    pub fn publish(
+        &mut self,
+        port: u16,
+        label: &str,
+        shared: bool,
+        metrics: &PortCountMetrics,
+    ) -> HandshakeReport {
         let Some(kernel) = self.read(port) else {
-            return;
+            return HandshakeReport::default();
         };
         let values = if shared {
             self.ledger.shared_increase(port, kernel)
@@ -151,6 +178,7 @@ impl PortCounters {
             };
             counter.inc_by(increase);
         }
+        self.sources.report(kernel)
     }
 
     /// The port's slot summed over the CPUs.

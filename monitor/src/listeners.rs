@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::{
     handshake::{Clock, EventLog},
-    listener_counts::{PortCountMetrics, PortCounters},
+    listener_counts::{HandshakeReport, PortCountMetrics, PortCounters},
     metrics::register,
     silence::{SilenceEvent, SilenceMetrics, SilenceWatch},
     sock_diag::{self, TcpSocket, state},
@@ -241,6 +241,8 @@ pub struct ListenerReport {
     pub oldest_wait_seconds: f64,
     pub unresponsive: bool,
     pub owner: Owner,
+    #[serde(flatten)]
+    pub handshakes: HandshakeReport,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -625,7 +627,8 @@ impl Watch {
             m.drops
                 .with_label_values(&labels)
                 .inc_by(new_drops.get(&number).copied().unwrap_or_default());
-            self.counts
+            let handshakes = self
+                .counts
                 .publish(number, &label, label == OTHER, &m.port_counts);
             let becomes =
                 waited >= self.options.unresponsive_after && !self.unresponsive.contains(&number);
@@ -646,6 +649,7 @@ impl Watch {
                 oldest_wait_seconds: waited.as_secs_f64(),
                 unresponsive,
                 owner,
+                handshakes,
             });
         }
         let names = &mut self.names.processes;

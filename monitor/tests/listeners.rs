@@ -655,9 +655,9 @@ fn wait_counts(scene: &Scene, port: u16, expected: [f64; 3]) -> [Option<f64>; 3]
     last
 }
 
-/// N real connections: exactly N SYNs in, N SYN-ACKs out and N completions on the port; a
-/// port nobody listens on gets no series although its SYNs arrive; a listener that closes
-/// loses its series, which comes back where it was when the port listens again.
+/// N real connections: exactly N SYNs in, N SYN-ACKs out and N completions on the port, over
+/// IPv4 and IPv6; a port nobody listens on gets no series although its SYNs arrive; a listener
+/// that closes loses its series, which comes back where it was when the port listens again.
 #[test]
 fn each_connection_to_a_listener_counts_one_syn_one_synack_and_one_completed_handshake() {
     let scene = Scene::start_both_directions();
@@ -667,6 +667,20 @@ fn each_connection_to_a_listener_counts_one_syn_one_synack_and_one_completed_han
     common::connect_many(lab, &lab.client_ns, at.into(), 20);
     let counts = wait_counts(&scene, 8082, [20.0; 3]);
     assert_eq!(counts, [Some(20.0); 3], "{}", scene.daemon.log());
+    let v6 = std::net::SocketAddr::new(lab.server_v6.into(), 8085);
+    common::listen(lab, &lab.server_ns, v6);
+    common::connect_many(lab, &lab.client_ns, v6, 7);
+    assert_eq!(wait_counts(&scene, 8085, [7.0; 3]), [Some(7.0); 3], "IPv6");
+    let listeners = scene.owners()["listeners"].clone();
+    let report = listeners
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == 8082)
+        .expect("8082 in /api/v1/owners");
+    for field in ["syns_received", "synacks_sent", "handshakes_completed"] {
+        assert_eq!(report[field], 20, "{field}: {report}");
+    }
 
     // Refused: the SYN arrives (and is counted in the kernel), but 8083 does not listen.
     let closed = scene.server(8083);
