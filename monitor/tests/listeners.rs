@@ -425,6 +425,10 @@ fn a_listener_that_never_accepts_is_unresponsive_and_named_by_uid_and_cgroup() {
     assert_eq!(metric("seqwatch_listener_unresponsive_total"), Some(1.0));
     assert_eq!(metric("seqwatch_listener_accept_queue"), Some(3.0));
     assert_eq!(metric("seqwatch_listener_accept_queue_max"), Some(2.0));
+    // Egress only: SYN-ACKs are counted, SYNs (seen on ingress) are not exported at all.
+    assert_eq!(metric("seqwatch_listener_syns_received_total"), None);
+    let synacks = metric("seqwatch_listener_synacks_sent_total");
+    assert!(synacks.is_some_and(|n| n >= 3.0), "{synacks:?}");
     // The listener's drops are all of the namespace's: equal to its ListenDrops once the
     // clients' SYN retransmits pause.
     let mut drops = (None, 0);
