@@ -1,11 +1,41 @@
-//! Per local port handshake counters: SYNs received and SYN-ACKs sent (TC classifiers) and
-//! handshakes completed (`sock:inet_sock_set_state`), in one per-CPU array indexed by the
-//! local port. The kernel counts every port; userspace reads only listening ports' slots.
+//! Per listening port handshake counters: SYNs received and SYN-ACKs sent (TC classifiers) and
+//! handshakes completed (`sock:inet_sock_set_state`). Userspace gives each port it counts a
+//! small slot number in `LISTENER_PORT_SLOTS` (one byte per TCP port, eight ports to a `u64`
+//! word); the programs add to that slot's counters in `LISTENER_SLOT_COUNTS`, a per-CPU array
+//! of [`SLOTS`] entries. Slot 0 means "not counted": a port userspace has not given a slot
+//! costs the programs one array read and nothing else.
 
-/// Slots of `LISTENER_PORT_COUNTS`: one per TCP port.
-pub const PORTS: u32 = 1 << 16;
+/// Ports whose slot numbers share one word of `LISTENER_PORT_SLOTS`.
+const PORTS_PER_WORD: u32 = 8;
+/// Words of `LISTENER_PORT_SLOTS`: every TCP port, a byte each.
+pub const SLOT_WORDS: u32 = (1 << 16) / PORTS_PER_WORD;
+/// Counter slots of `LISTENER_SLOT_COUNTS`: 0 (never written), then the ports'.
+pub const SLOTS: u32 = 66;
 
-/// One port's counters on one CPU (userspace sums the CPUs).
+/// The word of `LISTENER_PORT_SLOTS` that holds the port's slot number.
+#[inline(always)]
+pub fn slot_word(port: u16) -> u32 {
+    u32::from(port) / PORTS_PER_WORD
+}
+
+/// The port's slot number, from its word.
+#[inline(always)]
+pub fn slot_in(word: u64, port: u16) -> u32 {
+    ((word >> byte_shift(port)) & 0xff) as u32
+}
+
+/// The word with the port's slot number set to `slot` (the other ports' unchanged).
+pub fn with_slot(word: u64, port: u16, slot: u8) -> u64 {
+    let shift = byte_shift(port);
+    (word & !(0xff << shift)) | (u64::from(slot) << shift)
+}
+
+#[inline(always)]
+fn byte_shift(port: u16) -> u32 {
+    (u32::from(port) % PORTS_PER_WORD) * 8
+}
+
+/// One slot's counters on one CPU (userspace sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortCounts {
@@ -52,5 +82,17 @@ mod tests {
     #[test]
     fn counts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<PortCounts>(), 24);
+    }
+
+    #[test]
+    fn a_port_slot_number_is_its_own_byte_of_its_word() {
+        let word = with_slot(with_slot(0, 8080, 5), 8081, 65);
+        assert_eq!(slot_word(8080), slot_word(8081));
+        assert_ne!(slot_word(8080), slot_word(8088));
+        assert_eq!((slot_in(word, 8080), slot_in(word, 8081)), (5, 65));
+        assert_eq!(slot_in(word, 8087), 0);
+        let word = with_slot(word, 8080, 0);
+        assert_eq!((slot_in(word, 8080), slot_in(word, 8081)), (0, 65));
+        assert_eq!(slot_in(with_slot(0, 65535, 255), 65535), 255);
     }
 }

@@ -1,18 +1,25 @@
-//! Per local port handshake counters (see `seqwatch_common::listener_counts`): one increment
-//! of an array slot per SYN in, SYN-ACK out and handshake completed. The verifier inlines the
-//! array lookup (no helper call, no hash), and the port cannot leave the array's bounds, so
-//! every port is counted and userspace decides which ones become labels (listening ports only).
+//! Per listening port handshake counters (see `seqwatch_common::listener_counts`): one increment
+//! per SYN in, SYN-ACK out and handshake completed, in the counters of the slot userspace gave
+//! the local port. Two array lookups, both inlined by the verifier (no helper call, no hash);
+//! a port without a slot (0: not listening, as far as userspace knows) stops after the first.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
 use seqwatch_common::{
     Direction,
-    listener_counts::{PORTS, PortCounts},
+    listener_counts::{PortCounts, SLOT_WORDS, SLOTS, slot_in, slot_word},
 };
 
 use crate::packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket};
 
+/// Each TCP port's slot number, a byte each, written by userspace only.
 #[map]
-static LISTENER_PORT_COUNTS: PerCpuArray<PortCounts> = PerCpuArray::with_max_entries(PORTS, 0);
+static LISTENER_PORT_SLOTS: Array<u64> = Array::with_max_entries(SLOT_WORDS, 0);
+
+#[map]
+static LISTENER_SLOT_COUNTS: PerCpuArray<PortCounts> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Counts a parsed segment if it is a SYN coming in (for its destination port) or a SYN-ACK
 /// going out (for its source port). ECN bits are ignored: ECN-setup SYNs carry ECE and CWR.
@@ -39,12 +46,19 @@ pub fn count_completed(port: u16) {
     add(port, |counts| &mut counts.handshakes_completed);
 }
 
-/// Adds one to a counter of the port's per-CPU slot. (A tracepoint program does not nest in
-/// another, nor a classifier in another, and each counter has one writer kind.)
+/// Adds one to a counter of the port's slot, on this CPU. (A tracepoint program does not nest
+/// in another, nor a classifier in another, and each counter has one writer kind.)
 #[inline(always)]
 fn add(port: u16, counter: impl FnOnce(&mut PortCounts) -> &mut u64) {
-    if let Some(slot) = LISTENER_PORT_COUNTS.get_ptr_mut(u32::from(port)) {
-        // SAFETY: this CPU's copy of an array slot, valid for the program run.
-        unsafe { *counter(&mut *slot) += 1 };
+    let Some(word) = LISTENER_PORT_SLOTS.get(slot_word(port)) else {
+        return;
+    };
+    let slot = slot_in(*word, port);
+    if slot == 0 {
+        return;
+    }
+    if let Some(counts) = LISTENER_SLOT_COUNTS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's copy of an array entry, valid for the program run.
+        unsafe { *counter(&mut *counts) += 1 };
     }
 }

@@ -15,6 +15,7 @@ use seqwatch_common::Direction;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::Notify,
 };
 
 use crate::{
@@ -301,14 +302,17 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
         metrics.handshake.clone(),
         &options,
     )?;
+    let listener_opened = Arc::new(Notify::new());
     let listener_options = ListenerOptions {
         unresponsive_after: Duration::from_secs(args.unresponsive_after),
         event_log: event_log.clone(),
+        listener_opened: listener_opened.clone(),
     };
     let options = tcp_events::TcpEventOptions {
         max_services: args.max_services,
         event_log,
         history,
+        listener_opened,
     };
     tcp_events::start(probes, metrics, options)?;
     // After the tracepoints: completions are counted only if inet_sock_set_state attached.
@@ -317,7 +321,7 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
         synacks_sent: args.direction != Directions::Ingress,
         handshakes_completed: probes.is_tracepoint_attached("inet_sock_set_state"),
     };
-    let counts = PortCounters::new(probes.take_listener_port_counts()?, sources);
+    let counts = PortCounters::new(probes.take_listener_counts()?, sources);
     listeners::start(
         &metrics.listeners,
         listener_options,

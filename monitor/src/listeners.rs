@@ -27,6 +27,7 @@ use std::{
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::{
     handshake::{Clock, EventLog},
@@ -40,6 +41,9 @@ use crate::{
 pub const DEFAULT_UNRESPONSIVE_AFTER: Duration = Duration::from_secs(10);
 /// How often the socket table is read.
 const POLL: Duration = Duration::from_secs(1);
+/// When a listener opens, the socket table is read again at once (so that its port is counted
+/// from then on, [`crate::listener_counts`]), but not sooner than this after the last read.
+const OPENED_POLL_GAP: Duration = Duration::from_millis(100);
 /// Listening ports with their own `port` label; beyond it: `other`.
 pub const MAX_PORTS: usize = 32;
 /// Owners (uid, cgroup) with their own labels; the rest are summed as `other`.
@@ -59,7 +63,7 @@ const CGROUPS_AGAIN: Duration = POLL;
 /// Cgroup directories walked at most.
 const MAX_CGROUPS: usize = 10_000;
 /// The label of everything beyond a cap.
-const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const CONNTRACK_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
@@ -216,6 +220,8 @@ impl ConntrackMetrics {
 pub struct ListenerOptions {
     pub unresponsive_after: Duration,
     pub event_log: Option<EventLog>,
+    /// Notified when a listener of this namespace opens (by the TCP event reader).
+    pub listener_opened: Arc<Notify>,
 }
 
 /// The latest report, for `GET /api/v1/owners`.
@@ -481,7 +487,7 @@ struct Watch {
 }
 
 /// Starts the watch: reads the socket table now (so that a kernel without sock_diag is
-/// said at start) and then every second.
+/// said at start), then every second and when a listener opens.
 pub fn start(
     metrics: &ListenerMetrics,
     options: ListenerOptions,
@@ -512,11 +518,20 @@ pub fn start(
         silence: SilenceWatch::default(),
         counts,
     };
+    let opened = watch.options.listener_opened.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(POLL);
+        let mut last = Instant::now();
         loop {
-            tick.tick().await;
-            watch.poll(Instant::now());
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = opened.notified() => {
+                    let earliest = tokio::time::Instant::from_std(last + OPENED_POLL_GAP);
+                    tokio::time::sleep_until(earliest).await;
+                }
+            }
+            last = Instant::now();
+            watch.poll(last);
         }
     });
     Ok(())
@@ -610,6 +625,12 @@ impl Watch {
         ] {
             vec.reset();
         }
+        let own_label: BTreeMap<u16, bool> = snapshot
+            .ports
+            .keys()
+            .map(|&number| (number, self.labels.label(number) != OTHER))
+            .collect();
+        let mut handshakes = self.counts.update(&own_label, &m.port_counts);
         let mut listeners = Vec::with_capacity(snapshot.ports.len());
         for (&number, port) in &snapshot.ports {
             let label = self.labels.label(number);
@@ -627,9 +648,6 @@ impl Watch {
             m.drops
                 .with_label_values(&labels)
                 .inc_by(new_drops.get(&number).copied().unwrap_or_default());
-            let handshakes = self
-                .counts
-                .publish(number, &label, label == OTHER, &m.port_counts);
             let becomes =
                 waited >= self.options.unresponsive_after && !self.unresponsive.contains(&number);
             // A new episode's event names the processes even if /proc was walked just now.
@@ -649,7 +667,7 @@ impl Watch {
                 oldest_wait_seconds: waited.as_secs_f64(),
                 unresponsive,
                 owner,
-                handshakes,
+                handshakes: handshakes.remove(&number).unwrap_or_default(),
             });
         }
         let names = &mut self.names.processes;

@@ -235,15 +235,19 @@ impl Probes {
         self.tracepoints.contains(name)
     }
 
-    /// The per-port SYN, SYN-ACK and handshake counters.
-    pub fn take_listener_port_counts(
+    /// The per-port SYN, SYN-ACK and handshake counters: the ports' slot numbers and the
+    /// slots' counters.
+    pub fn take_listener_counts(
         &mut self,
-    ) -> anyhow::Result<PerCpuArray<MapData, PortCounts>> {
-        let map = self
-            .ebpf
-            .take_map("LISTENER_PORT_COUNTS")
-            .context("the eBPF object has no LISTENER_PORT_COUNTS map")?;
-        Ok(PerCpuArray::try_from(map)?)
+    ) -> anyhow::Result<(Array<MapData, u64>, PerCpuArray<MapData, PortCounts>)> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .with_context(|| format!("the eBPF object has no {name} map"))
+        };
+        let slots = Array::try_from(take("LISTENER_PORT_SLOTS")?)?;
+        let counts = PerCpuArray::try_from(take("LISTENER_SLOT_COUNTS")?)?;
+        Ok((slots, counts))
     }
 
     /// Tells the tracepoint programs which network namespace to report, and how to find a

@@ -92,11 +92,28 @@ impl Scene {
         }
     }
 
-    /// A server child in the server namespace, once it listens.
+    /// A server child in the server namespace, once it listens and the daemon counts its port.
     fn serve(&self, role: Role) -> Owned {
+        let port = match &role {
+            Role::NeverAccepts { at, .. } | Role::AcceptsAndCloses { at, .. } => at.port(),
+            Role::HoldsConnections { .. } => unreachable!("a client, not a server"),
+        };
         let server = Owned::spawn(&self.lab, &self.lab.server_ns, role);
         assert_eq!(server.read_report(1), [1], "the child listens");
+        self.wait_counted(port);
         server
+    }
+
+    /// Waits until the daemon counts the listening port's handshakes (it does from the socket
+    /// table read that first shows the port listening): its series exist. Returns them.
+    fn wait_counted(&self, port: u16) -> [Option<f64>; 3] {
+        let mut last = [None; 3];
+        let counted = wait_for(Duration::from_secs(5), || {
+            last = handshake_counts(self, port);
+            last[1].is_some()
+        });
+        assert!(counted, "port {port} not counted:\n{}", self.daemon.log());
+        last
     }
 
     fn server(&self, port: u16) -> SocketAddrV4 {
@@ -668,11 +685,17 @@ fn each_connection_to_a_listener_counts_one_syn_one_synack_and_one_completed_han
     let lab = &scene.lab;
     let at = scene.server(8082);
     let listener = backlog_listener(lab, &lab.server_ns, at, 64);
+    assert_eq!(
+        scene.wait_counted(8082),
+        [Some(0.0); 3],
+        "a new port starts at 0"
+    );
     common::connect_many(lab, &lab.client_ns, at.into(), 20);
     let counts = wait_counts(&scene, 8082, [20.0; 3]);
     assert_eq!(counts, [Some(20.0); 3], "{}", scene.daemon.log());
     let v6 = std::net::SocketAddr::new(lab.server_v6.into(), 8085);
     common::listen(lab, &lab.server_ns, v6);
+    scene.wait_counted(8085);
     common::connect_many(lab, &lab.client_ns, v6, 7);
     assert_eq!(wait_counts(&scene, 8085, [7.0; 3]), [Some(7.0); 3], "IPv6");
     let listeners = scene.owners()["listeners"].clone();
@@ -706,6 +729,11 @@ fn each_connection_to_a_listener_counts_one_syn_one_synack_and_one_completed_han
     });
     assert!(gone, "the series outlived the listener");
     let _listener = backlog_listener(lab, &lab.server_ns, at, 64);
+    assert_eq!(
+        scene.wait_counted(8082),
+        [Some(20.0); 3],
+        "back where it was"
+    );
     common::connect_many(lab, &lab.client_ns, at.into(), 5);
     let counts = wait_counts(&scene, 8082, [25.0; 3]);
     assert_eq!(counts, [Some(25.0); 3], "counted on from 20");
@@ -720,6 +748,7 @@ fn a_full_accept_queue_stops_completions_while_syns_keep_arriving() {
     let lab = &scene.lab;
     let at = scene.server(8084);
     let _listener = backlog_listener(lab, &lab.server_ns, at, 2);
+    scene.wait_counted(8084);
     let clients = 12;
     let _clients = connect_nonblocking(lab, &lab.client_ns, at, clients);
 
