@@ -289,10 +289,18 @@ impl Drop for Owned {
     }
 }
 
-/// The child: joins its cgroup (before any socket, which takes its creator's cgroup), drops
-/// to nobody, plays its role, reporting each step as one byte on `report`.
+/// The child: closes every descriptor it inherited but `report` (the other tests' sockets: a
+/// listener one of them closes must not live on here), joins its cgroup (before any socket,
+/// which takes its creator's cgroup), drops to nobody, plays its role, reporting each step as
+/// one byte on `report`.
 unsafe fn child(procs: &CString, report: i32, role: &Role) -> ! {
     unsafe {
+        let report_fd = report as u32;
+        if libc::close_range(3, report_fd - 1, 0) != 0
+            || libc::close_range(report_fd + 1, u32::MAX, 0) != 0
+        {
+            libc::_exit(13);
+        }
         let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
         if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
             libc::_exit(10);
