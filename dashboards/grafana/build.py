@@ -557,6 +557,27 @@ def overview():
                      "the conntrack table (absent without conntrack). Alerts: "
                      "SeqwatchEphemeralPortsExhausted, SeqwatchConntrackTableFull.",
                      unit="percentunit", min_=0, max_=1), 8, 8)
+    L.add(timeseries("Handshakes by port/s: SYNs in, SYN-ACKs out, completed",
+                     [target(f"rate(seqwatch_listener_syns_received_total{{{INST}}}[5m])",
+                             "SYNs " + legend_port),
+                      target(f"rate(seqwatch_listener_synacks_sent_total{{{INST}}}[5m])",
+                             "SYN-ACKs " + legend_port, ref="B"),
+                      target(f"rate(seqwatch_listener_handshakes_completed_total{{{INST}}}[5m])",
+                             "completed " + legend_port, ref="C")],
+                     "Per listening port: SYNs arriving (needs --direction ingress or both), "
+                     "SYN-ACKs sent, handshakes completed (retransmissions count as SYNs and "
+                     "SYN-ACKs). SYNs without SYN-ACKs were dropped unanswered; SYN-ACKs "
+                     "without completions got no valid ACK (a flood, a scan, a lost route "
+                     "back). Alert: SeqwatchListenerHandshakesNotCompleting.",
+                     unit="ops", min_=0), 12, 8)
+    L.add(timeseries("Handshakes completed per SYN by port",
+                     [target(f"rate(seqwatch_listener_handshakes_completed_total{{{INST}}}[5m]) / "
+                             f"rate(seqwatch_listener_syns_received_total{{{INST}}}[5m])",
+                             legend_port)],
+                     "1 when every SYN becomes a connection; lower when SYNs are retransmitted, "
+                     "dropped or never completed. Local (loopback) connections complete "
+                     "without a SYN on the monitored interfaces and can lift it above 1.",
+                     unit="percentunit", min_=0), 12, 8)
 
     return dashboard("seqwatch-overview", "Seqwatch / Overview",
                      "TCP ISN predictability of every service, and the health of the "

@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod handshake;
+pub mod listener_counts;
 pub mod synack;
 pub mod tcp_events;
 pub mod tls;

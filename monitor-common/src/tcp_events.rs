@@ -95,6 +95,8 @@ impl TcpEventCounter {
 pub const IPPROTO_TCP: u16 = 6;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_RECV: i32 = 3;
 pub const TCP_CLOSE: i32 = 7;
 pub const TCP_LISTEN: i32 = 10;
 

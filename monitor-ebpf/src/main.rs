@@ -7,6 +7,7 @@
 )]
 
 mod handshake;
+mod listener_counts;
 mod packet;
 mod ringbuf;
 mod synack;
@@ -59,7 +60,8 @@ fn observe(ctx: &TcContext, direction: Direction) {
     inspect(ctx, direction, plain);
 }
 
-/// Hands a parsed packet to the SYN-ACK sampler, the handshake tracker and the TLS check.
+/// Hands a parsed packet to the per-port counters, the SYN-ACK sampler, the handshake
+/// tracker and the TLS check.
 #[inline(never)]
 fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
     // Not zeroed first: `parse` writes all of it before returning true, and zeroing would
@@ -70,6 +72,7 @@ fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
     }
     // SAFETY: parse returned true, so it wrote the whole packet.
     let tcp = unsafe { tcp.assume_init_ref() };
+    listener_counts::count_segment(direction, tcp);
     if synack::is_synack(tcp.flags()) {
         synack::emit(ctx, direction, tcp);
     }

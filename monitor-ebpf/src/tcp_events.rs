@@ -4,6 +4,7 @@
 //! one, the incoming packet's device) belongs to the monitored namespace, by its inode
 //! number, read through offsets userspace took from the kernel's BTF. Every event that passes
 //! is one `TcpEvent` in its own ring buffer; a full buffer drops and counts, never blocks.
+//! Completed handshakes are only counted, per local port (`listener_counts`).
 //!
 //! The record offsets are `seqwatch_common::tcp_events::layout`'s, which userspace checks
 //! against the running kernel's `format` files before attaching a program.
@@ -21,13 +22,14 @@ use aya_ebpf::{
 use seqwatch_common::{
     synack::{FAMILY_IPV4, FAMILY_IPV6},
     tcp_events::{
-        AF_INET, AF_INET6, Field, IPPROTO_TCP, TCP_CLOSE, TCP_EVENTS_RINGBUF_BYTES, TCP_LISTEN,
-        TcpEvent, TcpEventCounter, TcpEventKind, TcpEventsConfig,
+        AF_INET, AF_INET6, Field, IPPROTO_TCP, TCP_CLOSE, TCP_ESTABLISHED,
+        TCP_EVENTS_RINGBUF_BYTES, TCP_LISTEN, TCP_SYN_RECV, TcpEvent, TcpEventCounter,
+        TcpEventKind, TcpEventsConfig,
         layout::{Addresses, inet_sock_set_state, receive_reset, retransmit_synack, send_reset},
     },
 };
 
-use crate::ringbuf;
+use crate::{listener_counts, ringbuf};
 
 #[map]
 static TCP_EVENTS_CONFIG: Array<TcpEventsConfig> = Array::with_max_entries(1, 0);
@@ -87,7 +89,7 @@ pub fn send_reset(ctx: &TracePointContext) {
 }
 
 /// Runs on every socket state change on the host: leaves after three loads unless a TCP
-/// listener opens or closes.
+/// listener opens or closes, or a handshake completes.
 pub fn inet_sock_set_state(ctx: &TracePointContext) {
     if field::<u16>(ctx, inet_sock_set_state::PROTOCOL) != IPPROTO_TCP {
         return;
@@ -97,6 +99,10 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) {
     let kind = match (old, new) {
         (TCP_CLOSE, TCP_LISTEN) => TcpEventKind::ListenerOpened,
         (TCP_LISTEN, TCP_CLOSE) => TcpEventKind::ListenerClosed,
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            handshake_completed(ctx);
+            return;
+        }
         _ => return,
     };
     let sk = field::<u64>(ctx, inet_sock_set_state::SKADDR);
@@ -107,6 +113,17 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) {
             Source::Addresses(&inet_sock_set_state::ADDRESSES),
             0,
         );
+    }
+}
+
+/// A passive open's child socket (or a simultaneous open) completed its handshake: counted
+/// per local port in the kernel, not sent as an event.
+#[inline(always)]
+fn handshake_completed(ctx: &TracePointContext) {
+    let sk = field::<u64>(ctx, inet_sock_set_state::SKADDR);
+    if monitored(sock_netns(sk)) {
+        let port = field::<u16>(ctx, inet_sock_set_state::ADDRESSES.sport);
+        listener_counts::count_completed(port);
     }
 }
 

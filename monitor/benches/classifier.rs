@@ -1,5 +1,5 @@
 //! Per-packet cost of the classifiers (SYN-ACK sampler + handshake tracker, stateful checks on,
-//! TLS record check with its default ports) against an empty classifier, in each direction,
+//! TLS record check with its default ports, per-port counters for the server's port) against an empty classifier, in each direction,
 //! measured by the kernel itself (BPF_PROG_TEST_RUN), runs alternating. Needs root. Run by
 //! `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another build's eBPF object, e.g. the one
 //! before a change) its classifiers run in the same alternation, as the `ref ns` column.
@@ -10,6 +10,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
+use seqwatch_common::listener_counts;
 
 /// Runs per measurement: below the ring buffer's capacity, so every SYN-ACK is recorded.
 const REPEAT: u32 = 10_000;
@@ -69,6 +70,12 @@ fn load(object: &[u8]) -> anyhow::Result<(Ebpf, RingBuf<MapData>)> {
         classifier(&mut ebpf, name)?.load()?;
     }
     Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?.set(0, &1, 0)?;
+    // The frames' server port is a counted listening port: the per-port counters' full cost
+    // (a reference object from before them has no such map).
+    if let Some(slots) = ebpf.map_mut("LISTENER_PORT_SLOTS") {
+        let word = listener_counts::with_slot(0, SERVER_PORT, 1);
+        Array::<_, u64>::try_from(slots)?.set(listener_counts::slot_word(SERVER_PORT), &word, 0)?;
+    }
     let records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").expect("map"))?;
     Ok((ebpf, records))
 }
@@ -94,6 +101,7 @@ fn median(values: &mut [u128]) -> u128 {
 
 const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const SERVER_PORT: u16 = 8080;
 const SERVER_V4: [u8; 4] = [10, 0, 0, 1];
 const CLIENT_V4: [u8; 4] = [10, 0, 0, 2];
 const SERVER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
@@ -133,7 +141,7 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     };
     push(
         "IPv4 data segment (100 B, timestamps)",
-        v4().tcp(8080, 40000, 1, 65535)
+        v4().tcp(SERVER_PORT, 40000, 1, 65535)
             .ack(2)
             .psh()
             .options(&timestamps)?,
@@ -141,7 +149,7 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     )?;
     push(
         "IPv6 data segment (100 B, timestamps)",
-        v6().tcp(8080, 40000, 1, 65535)
+        v6().tcp(SERVER_PORT, 40000, 1, 65535)
             .ack(2)
             .psh()
             .options(&timestamps)?,
@@ -162,7 +170,7 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     push(
         "802.1Q IPv4 data segment (slow path)",
         tagged()
-            .tcp(8080, 40000, 1, 65535)
+            .tcp(SERVER_PORT, 40000, 1, 65535)
             .ack(2)
             .psh()
             .options(&timestamps)?,
@@ -170,14 +178,14 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     )?;
     push(
         "IPv4 SYN (a handshake's state lookup)",
-        v4().tcp(40000, 8080, 7, 65535)
+        v4().tcp(40000, SERVER_PORT, 7, 65535)
             .syn()
             .options(&synack_options)?,
         &[],
     )?;
     push(
         "IPv4 SYN-ACK",
-        v4().tcp(8080, 40000, 7, 65535)
+        v4().tcp(SERVER_PORT, 40000, 7, 65535)
             .syn()
             .ack(2)
             .options(&synack_options)?,
@@ -185,7 +193,7 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     )?;
     push(
         "IPv6 SYN-ACK",
-        v6().tcp(8080, 40000, 7, 65535)
+        v6().tcp(SERVER_PORT, 40000, 7, 65535)
             .syn()
             .ack(2)
             .options(&synack_options)?,

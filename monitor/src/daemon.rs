@@ -15,6 +15,7 @@ use seqwatch_common::Direction;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::Notify,
 };
 
 use crate::{
@@ -24,6 +25,7 @@ use crate::{
     handshake::{self, EventLog},
     http,
     interfaces::{self, LinkEvents, Selection},
+    listener_counts::{self, PortCounters},
     listeners::{self, ListenerOptions, SharedReport},
     metrics::Metrics,
     netstat::SyncookieWatch,
@@ -290,8 +292,9 @@ impl RunArgs {
 }
 
 /// The anomaly reader, the TLS event reader, the kernel TCP event reader and the listener
-/// watch run as their own tasks, sharing the event log (and the anomaly history); stateful
-/// handshake checks only when both directions are on.
+/// watch run as their own tasks, sharing the event log (and the first and third the anomaly
+/// history); stateful handshake checks only when both directions are on, per-port counters
+/// only for what the attachments see.
 fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow::Result<()> {
     let metrics = &shared.metrics;
     if args.direction == Directions::Both {
@@ -313,11 +316,12 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
         metrics.handshake.clone(),
         &options,
     )?;
-    let options = ListenerOptions {
+    let listener_opened = Arc::new(Notify::new());
+    let listener_options = ListenerOptions {
         unresponsive_after: Duration::from_secs(args.unresponsive_after),
         event_log: event_log.clone(),
+        listener_opened: listener_opened.clone(),
     };
-    listeners::start(&metrics.listeners, options, shared.owners.clone())?;
     let tls_options = TlsOptions {
         ports: args.tls_ports.0.clone(),
         detect_hello: args.tls_detect_hello,
@@ -334,8 +338,22 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
         max_services: args.max_services,
         event_log,
         history,
+        listener_opened,
     };
-    tcp_events::start(probes, metrics, options)
+    tcp_events::start(probes, metrics, options)?;
+    // After the tracepoints: completions are counted only if inet_sock_set_state attached.
+    let sources = listener_counts::Sources {
+        syns_received: args.direction != Directions::Egress,
+        synacks_sent: args.direction != Directions::Ingress,
+        handshakes_completed: probes.is_tracepoint_attached("inet_sock_set_state"),
+    };
+    let counts = PortCounters::new(probes.take_listener_counts()?, sources);
+    listeners::start(
+        &metrics.listeners,
+        listener_options,
+        shared.owners.clone(),
+        counts,
+    )
 }
 
 /// Reads every record waiting in the ring buffer.

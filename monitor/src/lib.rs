@@ -12,6 +12,7 @@ pub mod http;
 pub mod interfaces;
 pub mod kernel_btf;
 pub mod lab;
+pub mod listener_counts;
 pub mod listeners;
 pub mod metrics;
 pub mod netstat;

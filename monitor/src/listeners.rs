@@ -8,7 +8,9 @@
 //! seconds in its accept queue: the kernel completed the handshake and nobody accepted it
 //! (a stopped or hung server, a listener that never accepts). A connection in an accept
 //! queue has no socket inode until `accept(2)` gives it a file, which is how it is told
-//! from an accepted one without asking the kernel anything else.
+//! from an accepted one without asking the kernel anything else. Beside the queues, each
+//! listening port's SYNs received, SYN-ACKs sent and handshakes completed come from the
+//! kernel programs' per-port counters ([`crate::listener_counts`]).
 //!
 //! Labels are bounded: ports keep their label while they listen, at most [`MAX_PORTS`] of
 //! them (later ones are `other`); owners are the top [`MAX_OWNERS`] by sockets, the rest
@@ -25,9 +27,11 @@ use std::{
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::{
     handshake::{Clock, EventLog},
+    listener_counts::{HandshakeReport, PortCountMetrics, PortCounters},
     metrics::register,
     silence::{SilenceEvent, SilenceMetrics, SilenceWatch},
     sock_diag::{self, TcpSocket, state},
@@ -37,6 +41,9 @@ use crate::{
 pub const DEFAULT_UNRESPONSIVE_AFTER: Duration = Duration::from_secs(10);
 /// How often the socket table is read.
 const POLL: Duration = Duration::from_secs(1);
+/// When a listener opens, the socket table is read again at once (so that its port is counted
+/// from then on, [`crate::listener_counts`]), but not sooner than this after the last read.
+const OPENED_POLL_GAP: Duration = Duration::from_millis(100);
 /// Listening ports with their own `port` label; beyond it: `other`.
 pub const MAX_PORTS: usize = 32;
 /// Owners (uid, cgroup) with their own labels; the rest are summed as `other`.
@@ -56,7 +63,7 @@ const CGROUPS_AGAIN: Duration = POLL;
 /// Cgroup directories walked at most.
 const MAX_CGROUPS: usize = 10_000;
 /// The label of everything beyond a cap.
-const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 const CONNTRACK_COUNT: &str = "/proc/sys/net/netfilter/nf_conntrack_count";
@@ -81,6 +88,7 @@ pub struct ListenerMetrics {
     conntrack: Option<ConntrackMetrics>,
     dump_failures: IntCounter,
     silence: SilenceMetrics,
+    port_counts: PortCountMetrics,
 }
 
 impl ListenerMetrics {
@@ -175,6 +183,7 @@ impl ListenerMetrics {
                 )?,
             )?,
             silence: SilenceMetrics::new(registry)?,
+            port_counts: PortCountMetrics::new(registry)?,
         })
     }
 }
@@ -211,6 +220,8 @@ impl ConntrackMetrics {
 pub struct ListenerOptions {
     pub unresponsive_after: Duration,
     pub event_log: Option<EventLog>,
+    /// Notified when a listener of this namespace opens (by the TCP event reader).
+    pub listener_opened: Arc<Notify>,
 }
 
 /// The latest report, for `GET /api/v1/owners`.
@@ -236,6 +247,8 @@ pub struct ListenerReport {
     pub oldest_wait_seconds: f64,
     pub unresponsive: bool,
     pub owner: Owner,
+    #[serde(flatten)]
+    pub handshakes: HandshakeReport,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -470,14 +483,16 @@ struct Watch {
     names: Names,
     clock: Clock,
     silence: SilenceWatch,
+    counts: PortCounters,
 }
 
 /// Starts the watch: reads the socket table now (so that a kernel without sock_diag is
-/// said at start) and then every second.
+/// said at start), then every second and when a listener opens.
 pub fn start(
     metrics: &ListenerMetrics,
     options: ListenerOptions,
     report: SharedReport,
+    counts: PortCounters,
 ) -> anyhow::Result<()> {
     if metrics.conntrack.is_none() {
         log::info!(
@@ -501,12 +516,22 @@ pub fn start(
         names: Names::default(),
         clock: Clock::now(),
         silence: SilenceWatch::default(),
+        counts,
     };
+    let opened = watch.options.listener_opened.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(POLL);
+        let mut last = Instant::now();
         loop {
-            tick.tick().await;
-            watch.poll(Instant::now());
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = opened.notified() => {
+                    let earliest = tokio::time::Instant::from_std(last + OPENED_POLL_GAP);
+                    tokio::time::sleep_until(earliest).await;
+                }
+            }
+            last = Instant::now();
+            watch.poll(last);
         }
     });
     Ok(())
@@ -581,12 +606,13 @@ impl Watch {
         new_drops: &HashMap<u16, u64>,
     ) -> Vec<ListenerReport> {
         for gone in self.labels.retain(&snapshot.ports) {
-            let _ = self.metrics.drops.remove_label_values(&[&gone.to_string()]);
             let label = gone.to_string();
+            let _ = self.metrics.drops.remove_label_values(&[&label]);
             let _ = self
                 .metrics
                 .unresponsive_episodes
                 .remove_label_values(&[&label]);
+            self.metrics.port_counts.remove(&label);
             self.unresponsive.remove(&gone);
         }
         let m = self.metrics.clone();
@@ -599,6 +625,12 @@ impl Watch {
         ] {
             vec.reset();
         }
+        let own_label: BTreeMap<u16, bool> = snapshot
+            .ports
+            .keys()
+            .map(|&number| (number, self.labels.label(number) != OTHER))
+            .collect();
+        let mut handshakes = self.counts.update(&own_label, &m.port_counts);
         let mut listeners = Vec::with_capacity(snapshot.ports.len());
         for (&number, port) in &snapshot.ports {
             let label = self.labels.label(number);
@@ -635,6 +667,7 @@ impl Watch {
                 oldest_wait_seconds: waited.as_secs_f64(),
                 unresponsive,
                 owner,
+                handshakes: handshakes.remove(&number).unwrap_or_default(),
             });
         }
         let names = &mut self.names.processes;

@@ -2,7 +2,7 @@
 //! is missing), keeping track of everything it attached so that it can take all of it back.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -18,6 +18,7 @@ use aya::{
 };
 use seqwatch_common::{
     Direction,
+    listener_counts::PortCounts,
     synack::{Counter, SynAckRecord},
     tcp_events::TcpEventsConfig,
 };
@@ -63,6 +64,8 @@ pub struct Probes {
     ebpf: Ebpf,
     mode: AttachMode,
     attachments: BTreeMap<(u32, Direction), Attachment>,
+    /// Tracepoint programs attached.
+    tracepoints: BTreeSet<String>,
 }
 
 impl Probes {
@@ -87,6 +90,7 @@ impl Probes {
             ebpf,
             mode,
             attachments: BTreeMap::new(),
+            tracepoints: BTreeSet::new(),
         })
     }
 
@@ -237,7 +241,27 @@ impl Probes {
         program
             .attach(category, name)
             .with_context(|| format!("attaching to tracepoint {category}:{name} failed"))?;
+        self.tracepoints.insert(name.to_owned());
         Ok(verified)
+    }
+
+    pub fn is_tracepoint_attached(&self, name: &str) -> bool {
+        self.tracepoints.contains(name)
+    }
+
+    /// The per-port SYN, SYN-ACK and handshake counters: the ports' slot numbers and the
+    /// slots' counters.
+    pub fn take_listener_counts(
+        &mut self,
+    ) -> anyhow::Result<(Array<MapData, u64>, PerCpuArray<MapData, PortCounts>)> {
+        let mut take = |name: &str| {
+            self.ebpf
+                .take_map(name)
+                .with_context(|| format!("the eBPF object has no {name} map"))
+        };
+        let slots = Array::try_from(take("LISTENER_PORT_SLOTS")?)?;
+        let counts = PerCpuArray::try_from(take("LISTENER_SLOT_COUNTS")?)?;
+        Ok((slots, counts))
     }
 
     /// Tells the tracepoint programs which network namespace to report, and how to find a

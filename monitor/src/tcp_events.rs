@@ -10,6 +10,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroUsize,
     os::unix::fs::MetadataExt as _,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -23,7 +24,7 @@ use seqwatch_common::{
         layout::{inet_sock_set_state, receive_reset, retransmit_synack, send_reset},
     },
 };
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::Notify};
 
 use crate::{
     crash::{ListenerLost, SharedHistory},
@@ -184,6 +185,8 @@ pub struct TcpEventOptions {
     pub max_services: NonZeroUsize,
     pub event_log: Option<EventLog>,
     pub history: SharedHistory,
+    /// Notified when a listener of this namespace opens (the listener watch reads it).
+    pub listener_opened: Arc<Notify>,
 }
 
 /// Attaches what this kernel allows and starts the reader task. Only an unusable object is
@@ -362,6 +365,7 @@ fn spawn_reader(
         reasons,
         listening: ListeningPorts::scan(),
         history: options.history,
+        listener_opened: options.listener_opened,
         pending: VecDeque::new(),
         log: options.event_log,
         clock: Clock::now(),
@@ -488,6 +492,7 @@ struct Reader {
     reasons: HashMap<u32, String>,
     listening: ListeningPorts,
     history: SharedHistory,
+    listener_opened: Arc<Notify>,
     pending: VecDeque<PendingClose>,
     log: Option<EventLog>,
     clock: Clock,
@@ -535,7 +540,10 @@ impl Reader {
                     .with_label_values(&[service.as_str()])
                     .inc();
             }
-            TcpEventKind::ListenerOpened => self.listening.opened(local.port()),
+            TcpEventKind::ListenerOpened => {
+                self.listening.opened(local.port());
+                self.listener_opened.notify_one();
+            }
             TcpEventKind::ListenerClosed => self.listener_closed(*local, event),
         }
     }

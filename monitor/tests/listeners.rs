@@ -51,6 +51,16 @@ impl Scene {
     }
 
     fn start_in(lab: Lab) -> Scene {
+        Self::start_with(lab, "egress")
+    }
+
+    /// With both classifiers attached, so that SYNs coming in are counted too.
+    fn start_both_directions() -> Scene {
+        let lab = Lab::create(&LabOptions::default()).unwrap();
+        Self::start_with(lab, "both")
+    }
+
+    fn start_with(lab: Lab, direction: &str) -> Scene {
         let dir = tempfile::tempdir().unwrap();
         let events = dir.path().join("events.jsonl");
         let server_if = lab.server_if.clone();
@@ -66,9 +76,14 @@ impl Scene {
                 &limit,
                 "--event-log",
                 events.to_str().unwrap(),
+                "--direction",
+                direction,
             ],
         );
         daemon.wait_attached(&lab, &server_if, "egress");
+        if direction == "both" {
+            daemon.wait_attached(&lab, &server_if, "ingress");
+        }
         Scene {
             lab,
             daemon,
@@ -77,11 +92,28 @@ impl Scene {
         }
     }
 
-    /// A server child in the server namespace, once it listens.
+    /// A server child in the server namespace, once it listens and the daemon counts its port.
     fn serve(&self, role: Role) -> Owned {
+        let port = match &role {
+            Role::NeverAccepts { at, .. } | Role::AcceptsAndCloses { at, .. } => at.port(),
+            Role::HoldsConnections { .. } => unreachable!("a client, not a server"),
+        };
         let server = Owned::spawn(&self.lab, &self.lab.server_ns, role);
         assert_eq!(server.read_report(1), [1], "the child listens");
+        self.wait_counted(port);
         server
+    }
+
+    /// Waits until the daemon counts the listening port's handshakes (it does from the socket
+    /// table read that first shows the port listening): its series exist. Returns them.
+    fn wait_counted(&self, port: u16) -> [Option<f64>; 3] {
+        let mut last = [None; 3];
+        let counted = wait_for(Duration::from_secs(5), || {
+            last = handshake_counts(self, port);
+            last[1].is_some()
+        });
+        assert!(counted, "port {port} not counted:\n{}", self.daemon.log());
+        last
     }
 
     fn server(&self, port: u16) -> SocketAddrV4 {
@@ -257,10 +289,18 @@ impl Drop for Owned {
     }
 }
 
-/// The child: joins its cgroup (before any socket, which takes its creator's cgroup), drops
-/// to nobody, plays its role, reporting each step as one byte on `report`.
+/// The child: closes every descriptor it inherited but `report` (the other tests' sockets: a
+/// listener one of them closes must not live on here), joins its cgroup (before any socket,
+/// which takes its creator's cgroup), drops to nobody, plays its role, reporting each step as
+/// one byte on `report`.
 unsafe fn child(procs: &CString, report: i32, role: &Role) -> ! {
     unsafe {
+        let report_fd = report as u32;
+        if libc::close_range(3, report_fd - 1, 0) != 0
+            || libc::close_range(report_fd + 1, u32::MAX, 0) != 0
+        {
+            libc::_exit(13);
+        }
         let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
         if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
             libc::_exit(10);
@@ -410,6 +450,10 @@ fn a_listener_that_never_accepts_is_unresponsive_and_named_by_uid_and_cgroup() {
     assert_eq!(metric("seqwatch_listener_unresponsive_total"), Some(1.0));
     assert_eq!(metric("seqwatch_listener_accept_queue"), Some(3.0));
     assert_eq!(metric("seqwatch_listener_accept_queue_max"), Some(2.0));
+    // Egress only: SYN-ACKs are counted, SYNs (seen on ingress) are not exported at all.
+    assert_eq!(metric("seqwatch_listener_syns_received_total"), None);
+    let synacks = metric("seqwatch_listener_synacks_sent_total");
+    assert!(synacks.is_some_and(|n| n >= 3.0), "{synacks:?}");
     // The listener's drops are all of the namespace's: equal to its ListenDrops once the
     // clients' SYN retransmits pause.
     let mut drops = (None, 0);
@@ -615,4 +659,132 @@ fn a_host_that_answers_nobody_is_silent_until_it_answers_again() {
         series_value(&metrics, "seqwatch_host_silent_total"),
         Some(1.0)
     );
+}
+
+/// A port's SYNs received, SYN-ACKs sent and handshakes completed, from one scrape (`None`
+/// for a series that does not exist).
+fn handshake_counts(scene: &Scene, port: u16) -> [Option<f64>; 3] {
+    let metrics = scene.get("/metrics");
+    let labels = format!("port=\"{port}\"");
+    [
+        "seqwatch_listener_syns_received_total",
+        "seqwatch_listener_synacks_sent_total",
+        "seqwatch_listener_handshakes_completed_total",
+    ]
+    .map(|name| series_value(&metrics, &series(name, &labels)))
+}
+
+/// Waits up to 5 s for the port's three counters to be `expected`; returns what they were last.
+fn wait_counts(scene: &Scene, port: u16, expected: [f64; 3]) -> [Option<f64>; 3] {
+    let mut last = [None; 3];
+    wait_for(Duration::from_secs(5), || {
+        last = handshake_counts(scene, port);
+        last == expected.map(Some)
+    });
+    last
+}
+
+/// N real connections: exactly N SYNs in, N SYN-ACKs out and N completions on the port, over
+/// IPv4 and IPv6; a port nobody listens on gets no series although its SYNs arrive; a listener
+/// that closes loses its series, which comes back where it was when the port listens again.
+#[test]
+fn each_connection_to_a_listener_counts_one_syn_one_synack_and_one_completed_handshake() {
+    let scene = Scene::start_both_directions();
+    let lab = &scene.lab;
+    let at = scene.server(8082);
+    let listener = backlog_listener(lab, &lab.server_ns, at, 64);
+    assert_eq!(
+        scene.wait_counted(8082),
+        [Some(0.0); 3],
+        "a new port starts at 0"
+    );
+    common::connect_many(lab, &lab.client_ns, at.into(), 20);
+    let counts = wait_counts(&scene, 8082, [20.0; 3]);
+    assert_eq!(counts, [Some(20.0); 3], "{}", scene.daemon.log());
+    let v6 = std::net::SocketAddr::new(lab.server_v6.into(), 8085);
+    common::listen(lab, &lab.server_ns, v6);
+    scene.wait_counted(8085);
+    common::connect_many(lab, &lab.client_ns, v6, 7);
+    assert_eq!(wait_counts(&scene, 8085, [7.0; 3]), [Some(7.0); 3], "IPv6");
+    let listeners = scene.owners()["listeners"].clone();
+    let report = listeners
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == 8082)
+        .expect("8082 in /api/v1/owners");
+    for field in ["syns_received", "synacks_sent", "handshakes_completed"] {
+        assert_eq!(report[field], 20, "{field}: {report}");
+    }
+
+    // Refused: the SYN arrives (and is counted in the kernel), but 8083 does not listen.
+    let closed = scene.server(8083);
+    let refused = lab.run_in(&lab.client_ns, || {
+        std::net::TcpStream::connect_timeout(&closed.into(), Duration::from_secs(5))
+    });
+    assert!(refused.is_err(), "nothing listens on 8083");
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = scene.get("/metrics");
+    assert!(
+        !metrics.contains("port=\"8083\""),
+        "a non-listening port has series:\n{metrics}"
+    );
+    assert_eq!(handshake_counts(&scene, 8082), [Some(20.0); 3], "no more");
+
+    drop(listener);
+    let gone = wait_for(Duration::from_secs(5), || {
+        handshake_counts(&scene, 8082) == [None; 3]
+    });
+    assert!(gone, "the series outlived the listener");
+    let _listener = backlog_listener(lab, &lab.server_ns, at, 64);
+    assert_eq!(
+        scene.wait_counted(8082),
+        [Some(20.0); 3],
+        "back where it was"
+    );
+    common::connect_many(lab, &lab.client_ns, at.into(), 5);
+    let counts = wait_counts(&scene, 8082, [25.0; 3]);
+    assert_eq!(counts, [Some(25.0); 3], "counted on from 20");
+    scene.daemon.stop();
+}
+
+/// A listener that never accepts: once its accept queue is full, no handshake completes and
+/// its SYNs are dropped unanswered, while the clients' retransmitted SYNs keep arriving.
+#[test]
+fn a_full_accept_queue_stops_completions_while_syns_keep_arriving() {
+    let scene = Scene::start_both_directions();
+    let lab = &scene.lab;
+    let at = scene.server(8084);
+    let _listener = backlog_listener(lab, &lab.server_ns, at, 2);
+    scene.wait_counted(8084);
+    let clients = 12;
+    let _clients = connect_nonblocking(lab, &lab.client_ns, at, clients);
+
+    // Linux queues backlog + 1 connections: three handshakes complete, no more.
+    let port = "port=\"8084\"";
+    let queued = scene.wait_value(
+        &series("seqwatch_listener_accept_queue", port),
+        3.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(queued, Some(3.0));
+    let [syns, _, completed] = handshake_counts(&scene, 8084);
+    assert_eq!(completed, Some(3.0));
+    let first = syns.expect("SYNs counted");
+    assert!(
+        first >= clients as f64,
+        "{first} SYNs for {clients} clients"
+    );
+
+    // The clients retransmit their SYNs (after 1 s, then 2 s more): the count rises.
+    let mut last = [None; 3];
+    let rose = wait_for(Duration::from_secs(8), || {
+        last = handshake_counts(&scene, 8084);
+        last[0].is_some_and(|syns| syns > first)
+    });
+    assert!(rose, "SYNs stayed at {first}: {last:?}");
+    let [syns, synacks, completed] = last.map(Option::unwrap);
+    assert_eq!(completed, 3.0, "{last:?}");
+    assert!(synacks >= completed && synacks < syns, "{last:?}");
+    scene.daemon.stop();
 }
