@@ -17,7 +17,8 @@ pub const MAX_TCP_OPTIONS: usize = 40;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynAckRecord {
-    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    /// When the SYN-ACK was sent, CLOCK_MONOTONIC (as `bpf_ktime_get_ns()`; on egress often
+    /// the kernel's own stamp on the packet).
     pub ts_ns: u64,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],

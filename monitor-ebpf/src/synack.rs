@@ -54,13 +54,14 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
         return;
     }
     let header = &tcp.tcp;
+    // The context of a TC program is a valid __sk_buff.
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: as above; every other field is written before submit.
     unsafe {
-        (*record).ts_ns = bpf_ktime_get_ns();
+        (*record).ts_ns = sent_at(skb, direction);
         packet::copy_address(&raw mut (*record).saddr, &tcp.saddr);
         packet::copy_address(&raw mut (*record).daddr, &tcp.daddr);
-        // The context of a TC program is a valid __sk_buff.
-        (*record).ifindex = (*ctx.as_ptr().cast::<__sk_buff>()).ifindex;
+        (*record).ifindex = (*skb).ifindex;
         (*record).seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         (*record).ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         (*record).sport = u16::from_be_bytes([header[0], header[1]]);
@@ -76,6 +77,38 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
         &SYNACK_RECORDS,
         RINGBUF_BYTES,
     ));
+}
+
+/// `__sk_buff::tstamp_type` of a CLOCK_MONOTONIC stamp (uapi `BPF_SKB_CLOCK_MONOTONIC`, an
+/// anonymous enum in the bindings).
+const BPF_SKB_CLOCK_MONOTONIC: u8 = 1;
+
+/// When the SYN-ACK left, on CLOCK_MONOTONIC. The kernel stamps every SYN-ACK it builds with
+/// that clock's reading (`skb->tstamp`, typed monotonic) just before it reaches egress, and a
+/// context load costs far less than the clock helper. The stamp is not used on ingress (it is
+/// the sender's, or a receive time), on another clock (a bridged frame's realtime stamp), when
+/// absent, nor when it is a whole number of microseconds: kernels that stamp a syncookie
+/// SYN-ACK with its TCP timestamp option's time (`cookie_init_timestamp`: whole ms or µs, up
+/// to 64 of them early; 6.18 stamps it with the time) would otherwise skew the sample, and
+/// only about one ordinary stamp in a thousand, which then just costs the helper call, is one.
+#[inline(always)]
+fn sent_at(skb: *const __sk_buff, direction: Direction) -> u64 {
+    if direction == Direction::Egress {
+        // SAFETY: a valid __sk_buff. Volatile keeps each load at its field's own size, the
+        // only access the verifier allows; reading `tstamp_type` at all is what makes the
+        // kernel hand over egress stamps of every type rather than hide some.
+        let (clock, stamp) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*skb).tstamp_type),
+                core::ptr::read_volatile(&raw const (*skb).tstamp),
+            )
+        };
+        if clock == BPF_SKB_CLOCK_MONOTONIC && stamp % 1000 != 0 {
+            return stamp;
+        }
+    }
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Copies the TCP options (1..=40 bytes) into the record. Option bytes past `options_len`

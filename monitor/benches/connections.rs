@@ -1,6 +1,8 @@
 //! TCP connections per second through the veth lab, with and without the monitor attached to
 //! the server's interface, in alternating rounds; reports the medians and their ratio.
-//! Needs root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side.
+//! Needs root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side, and
+//! `SEQWATCH_BENCH_BEFORE=PATH` adds the same setups run by another build of the daemon (say,
+//! the previous commit's), so that a change is compared within one alternating run.
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
@@ -37,9 +39,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "connections/s through the veth lab ({rounds} alternating rounds of {ROUND:?}, {CLIENT_THREADS} client threads)"
     );
-    // The default (egress: the SYN-ACK sampler, stateless handshake checks) and both
-    // directions (the stateful handshake tracker too), each against no monitor.
-    let setups: [(&str, &[&str]); 2] = [("egress", &[]), ("both", &["--direction", "both"])];
+    let setups = setups();
     let mut without = Vec::new();
     let mut with = vec![Vec::new(); setups.len()];
     for round in 0..rounds {
@@ -53,18 +53,13 @@ fn main() -> anyhow::Result<()> {
                     line += &format!("   without {bare:>8.0}/s");
                 }
                 setup => {
-                    let (name, args) = setups[setup - 1];
-                    let monitor = Monitor::start(&lab, args)?;
+                    let (name, daemon, args) = &setups[setup - 1];
+                    let monitor = Monitor::start(&lab, daemon, args)?;
                     let cpu_before = monitor.cpu_time()?;
                     let monitored = connection_rate(&lab, server);
-                    let daemon_cpu =
-                        (monitor.cpu_time()? - cpu_before).as_secs_f64() / ROUND.as_secs_f64();
-                    let samples = monitor.stop();
+                    let usage = monitor.stop(cpu_before)?;
                     with[setup - 1].push(monitored);
-                    line += &format!(
-                        "   {name} {monitored:>8.0}/s ({samples} samples, daemon {:.1}% CPU)",
-                        daemon_cpu * 100.0
-                    );
+                    line += &format!("   {name} {monitored:>8.0}/s ({usage})");
                 }
             }
         }
@@ -78,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let without = median(&mut without);
     println!("median without the monitor: {without:.0}/s");
-    for ((rates, mut ratios), (name, _)) in with.iter_mut().zip(paired).zip(setups) {
+    for ((rates, mut ratios), (name, _, _)) in with.iter_mut().zip(paired).zip(setups) {
         let rate = median(rates);
         let ratio = median(&mut ratios);
         println!(
@@ -90,6 +85,23 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The default (egress: the SYN-ACK sampler, stateless handshake checks) and both directions
+/// (the stateful handshake tracker too), each against no monitor; each by the `before` build
+/// too when one is given.
+fn setups() -> Vec<(String, String, &'static [&'static str])> {
+    let directions: [(&str, &[&str]); 2] = [("egress", &[]), ("both", &["--direction", "both"])];
+    let mut daemons = vec![("", env!("CARGO_BIN_EXE_seqwatch").to_owned())];
+    if let Ok(before) = std::env::var("SEQWATCH_BENCH_BEFORE") {
+        daemons.push(("before:", before));
+    }
+    daemons
+        .iter()
+        .flat_map(|(prefix, daemon)| {
+            directions.map(|(name, args)| (format!("{prefix}{name}"), daemon.clone(), args))
+        })
+        .collect()
 }
 
 /// Accepting threads in the server namespace, for the life of the process.
@@ -165,9 +177,9 @@ struct Monitor<'a> {
 }
 
 impl<'a> Monitor<'a> {
-    fn start(lab: &'a Lab, args: &[&str]) -> anyhow::Result<Monitor<'a>> {
+    fn start(lab: &'a Lab, daemon: &str, args: &[&str]) -> anyhow::Result<Monitor<'a>> {
         let child = lab
-            .command_in(&lab.server_ns, env!("CARGO_BIN_EXE_seqwatch"))
+            .command_in(&lab.server_ns, daemon)
             .args(["run", "--interface", &lab.server_if])
             .args(args)
             .stderr(Stdio::null())
@@ -201,28 +213,52 @@ impl<'a> Monitor<'a> {
             .ok()
     }
 
-    /// CPU time the daemon has used so far (user + system), from /proc/PID/stat.
+    /// CPU time the daemon's threads have used so far, to the nanosecond: the first field of
+    /// each thread's /proc/PID/task/TID/schedstat (/proc/PID/stat counts 10 ms ticks, too
+    /// coarse for a few percent of a CPU over seconds).
     fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name, which is in parentheses and may contain spaces:
-        // state is the first, utime and stime the 12th and 13th.
-        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+        let mut total_ns = 0;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let schedstat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+            let on_cpu = schedstat.split_whitespace().next().unwrap_or_default();
+            total_ns += on_cpu.parse::<u64>()?;
+        }
+        Ok(Duration::from_nanos(total_ns))
     }
 
-    /// Stops the daemon and returns how many samples it had taken.
-    fn stop(mut self) -> u64 {
+    /// Stops the daemon once the round's records are read, and reports its CPU use since
+    /// `cpu_before` (the round and that wait).
+    fn stop(mut self, cpu_before: Duration) -> anyhow::Result<Usage> {
         thread::sleep(Duration::from_millis(1100)); // one publish tick
-        let samples = self.metric("seqwatch_synack_samples_total{").unwrap_or(0.0) as u64;
+        let cpu = self.cpu_time()? - cpu_before;
+        let usage = Usage {
+            cpu,
+            samples: self.metric("seqwatch_synack_samples_total{").unwrap_or(0.0) as u64,
+        };
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
-        samples
+        Ok(usage)
+    }
+}
+
+/// The daemon's CPU time over a round, also per sample (scoring, every service at most every
+/// 2 s whatever its rate, included).
+struct Usage {
+    cpu: Duration,
+    samples: u64,
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} samples, daemon {:.1}% CPU, {} ns/sample",
+            self.samples,
+            self.cpu.as_secs_f64() / ROUND.as_secs_f64() * 100.0,
+            self.cpu.as_nanos() / u128::from(self.samples.max(1)),
+        )
     }
 }

@@ -241,11 +241,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             guard = records.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &shared, &attacher.names, sample_log.as_mut(), syncookies.active())?;
+                drain(guard.get_inner_mut(), &shared, &mut attacher.names, sample_log.as_mut(), syncookies.active())?;
                 guard.clear_ready();
             }
             _ = poll.tick() => {
-                drain(records.get_mut(), &shared, &attacher.names, sample_log.as_mut(), syncookies.active())?;
+                drain(records.get_mut(), &shared, &mut attacher.names, sample_log.as_mut(), syncookies.active())?;
                 scoring.run(&mut lock(&shared.services), &shared.metrics);
             }
             event = link_events.next() => {
@@ -275,7 +275,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     drain(
         records.get_mut(),
         &shared,
-        &attacher.names,
+        &mut attacher.names,
         sample_log.as_mut(),
         syncookies.active(),
     )?;
@@ -360,7 +360,7 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
 fn drain(
     records: &mut RingBuf<MapData>,
     shared: &Shared,
-    names: &SampleCounter,
+    names: &mut SampleCounter,
     mut sample_log: Option<&mut SampleLog>,
     syncookies: bool,
 ) -> anyhow::Result<()> {

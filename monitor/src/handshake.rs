@@ -285,12 +285,48 @@ impl ServiceLabels {
     }
 
     pub fn label(&mut self, service: SocketAddr) -> String {
-        if self.known.contains(&service) || self.known.len() < self.cap {
-            self.known.insert(service);
-            service.to_string()
-        } else {
-            OTHER_SERVICE.to_owned()
+        label_of(self.admit(service))
+    }
+
+    /// The service itself if it keeps its own label, `None` if it is counted as `other`.
+    pub fn admit(&mut self, service: SocketAddr) -> Option<SocketAddr> {
+        if self.known.contains(&service) {
+            return Some(service);
         }
+        (self.known.len() < self.cap).then(|| {
+            self.known.insert(service);
+            service
+        })
+    }
+}
+
+fn label_of(admitted: Option<SocketAddr>) -> String {
+    admitted.map_or_else(|| OTHER_SERVICE.to_owned(), |service| service.to_string())
+}
+
+/// A counter family labelled by service alone, keeping the handle of every label it has
+/// counted (at most the cap plus `other`): counting an event then formats no address and
+/// hashes no label strings, which per event cost more than all the rest of its handling.
+pub struct ServiceCounters {
+    family: IntCounterVec,
+    handles: HashMap<Option<SocketAddr>, IntCounter>,
+}
+
+impl ServiceCounters {
+    pub fn new(family: IntCounterVec) -> Self {
+        ServiceCounters {
+            family,
+            handles: HashMap::new(),
+        }
+    }
+
+    /// Counts one event of `service`, under the label `labels` gives it.
+    pub fn inc(&mut self, labels: &mut ServiceLabels, service: SocketAddr) {
+        let admitted = labels.admit(service);
+        self.handles
+            .entry(admitted)
+            .or_insert_with(|| self.family.with_label_values(&[label_of(admitted)]))
+            .inc();
     }
 }
 
@@ -529,6 +565,26 @@ mod tests {
             labels.label(service(1)),
             "10.0.0.1:1",
             "known ones keep theirs"
+        );
+    }
+
+    #[test]
+    fn service_counters_count_under_the_capped_labels() {
+        let registry = Registry::new();
+        let family = IntCounterVec::new(Opts::new("events", "Events."), &["service"]).unwrap();
+        registry.register(Box::new(family.clone())).unwrap();
+        let mut labels = ServiceLabels::new(NonZeroUsize::new(1).unwrap());
+        let mut counters = ServiceCounters::new(family.clone());
+        let service = |port| SocketAddr::from(([10, 0, 0, 1], port));
+        for port in [1, 2, 1, 3, 1] {
+            counters.inc(&mut labels, service(port));
+        }
+        let count = |label: &str| family.with_label_values(&[label]).get();
+        assert_eq!((count("10.0.0.1:1"), count(OTHER_SERVICE)), (3, 2));
+        assert_eq!(
+            registry.gather()[0].get_metric().len(),
+            2,
+            "no other series"
         );
     }
 

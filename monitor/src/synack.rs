@@ -11,6 +11,7 @@ use std::{
 
 use etherparse::{TcpOptionElement, TcpOptionsIterator};
 use lru::LruCache;
+use prometheus::IntCounter;
 use seqwatch_common::{
     Direction,
     synack::{FAMILY_IPV4, MAX_TCP_OPTIONS, SynAckRecord},
@@ -238,14 +239,28 @@ fn set_gauges(metrics: &Metrics, report: &ServiceReport) {
 }
 
 /// Counts samples per interface and direction; interface names come from the attach list.
+/// The counter handles are kept (keyed by the kernel's ifindex, never by packet contents), the
+/// last one used in front: looking the labels up in the metric family, or even hashing the
+/// key, for every sample cost more than the rest of the sample's handling but scoring.
 #[derive(Default)]
 pub struct SampleCounter {
     names: HashMap<u32, String>,
+    handles: HashMap<HandleKey, IntCounter>,
+    last: Option<(HandleKey, IntCounter)>,
 }
+
+/// Interface index and direction.
+type HandleKey = (u32, &'static str);
 
 impl SampleCounter {
     pub fn name_interface(&mut self, ifindex: u32, name: &str) {
         self.names.insert(ifindex, name.to_owned());
+        self.forget_handles();
+    }
+
+    fn forget_handles(&mut self) {
+        self.handles.clear();
+        self.last = None;
     }
 
     /// Forgets interfaces that are no longer present, returning them.
@@ -262,18 +277,28 @@ impl SampleCounter {
         for (index, _) in &gone {
             self.names.remove(index);
         }
+        if !gone.is_empty() {
+            self.forget_handles();
+        }
         gone
     }
 
-    pub fn count(&self, metrics: &Metrics, sample: &Sample) {
-        let interface = self
-            .names
-            .get(&sample.ifindex)
-            .map_or("unknown", String::as_str);
-        metrics
-            .synack_samples
-            .with_label_values(&[interface, sample.direction])
-            .inc();
+    pub fn count(&mut self, metrics: &Metrics, sample: &Sample) {
+        let key = (sample.ifindex, sample.direction);
+        match &self.last {
+            Some((last, counter)) if *last == key => counter.inc(),
+            _ => {
+                let names = &self.names;
+                let counter = self.handles.entry(key).or_insert_with(|| {
+                    let interface = names.get(&key.0).map_or("unknown", String::as_str);
+                    metrics
+                        .synack_samples
+                        .with_label_values(&[interface, key.1])
+                });
+                counter.inc();
+                self.last = Some((key, counter.clone()));
+            }
+        }
     }
 }
 
@@ -361,6 +386,26 @@ pub(crate) mod tests {
         let mut raw = record(FAMILY_IPV4, 80, &[1; 40]);
         raw.options_len = 255;
         assert!(!Sample::from_record(&raw).options_malformed);
+    }
+
+    #[test]
+    fn samples_are_counted_under_the_interface_name_of_the_moment() {
+        let metrics = Metrics::new().unwrap();
+        let mut counter = SampleCounter::default();
+        let sample = Sample::from_record(&record(FAMILY_IPV4, 80, &[]));
+        counter.count(&metrics, &sample);
+        counter.name_interface(sample.ifindex, "eth0");
+        counter.count(&metrics, &sample);
+        counter.count(&metrics, &sample);
+        counter.vanished(&Default::default());
+        counter.count(&metrics, &sample);
+        let count = |interface| {
+            metrics
+                .synack_samples
+                .with_label_values(&[interface, "ingress"])
+                .get()
+        };
+        assert_eq!((count("unknown"), count("eth0")), (2, 2));
     }
 
     #[test]

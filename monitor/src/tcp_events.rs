@@ -28,7 +28,7 @@ use tokio::{io::unix::AsyncFd, sync::Notify};
 
 use crate::{
     crash::{ListenerLost, SharedHistory},
-    handshake::{Clock, EventLog, ServiceLabels},
+    handshake::{Clock, EventLog, ServiceCounters, ServiceLabels},
     kernel_btf::KernelBtf,
     metrics::{Metrics, advance, register},
     probes::{Probes, per_cpu_total},
@@ -210,9 +210,7 @@ pub fn start(
         log::warn!("no reset reasons: tcp_send_reset is not attached");
         return spawn_reader(probes, metrics, options, HashMap::new());
     };
-    for name in reasons.values() {
-        metrics.tcp.resets_sent.with_label_values(&[name]);
-    }
+    // Every named reason's series exists from the start (the reader makes their handles).
     metrics.tcp.resets_sent.with_label_values(&[UNKNOWN_REASON]);
     spawn_reader(probes, metrics, options, reasons)
 }
@@ -358,11 +356,14 @@ fn spawn_reader(
     options: TcpEventOptions,
     reasons: HashMap<u32, String>,
 ) -> anyhow::Result<()> {
+    let tcp = &metrics.tcp;
     let mut reader = Reader {
-        metrics: metrics.tcp.clone(),
+        metrics: tcp.clone(),
         counters: probes.take_tcp_event_counters()?,
         services: ServiceLabels::new(options.max_services),
-        reasons,
+        synack_retransmits: ServiceCounters::new(tcp.synack_retransmits.clone()),
+        resets_received: ServiceCounters::new(tcp.resets_received.clone()),
+        resets_sent: ResetCounters::new(&tcp.resets_sent, &reasons),
         listening: ListeningPorts::scan(),
         history: options.history,
         listener_opened: options.listener_opened,
@@ -475,6 +476,37 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     })
 }
 
+/// `seqwatch_resets_sent_total`'s handle for each reason the kernel names, made once.
+struct ResetCounters {
+    family: IntCounterVec,
+    by_reason: HashMap<u32, IntCounter>,
+    unknown: Option<IntCounter>,
+}
+
+impl ResetCounters {
+    fn new(family: &IntCounterVec, reasons: &HashMap<u32, String>) -> Self {
+        let by_reason = reasons
+            .iter()
+            .map(|(number, name)| (*number, family.with_label_values(&[name])))
+            .collect();
+        ResetCounters {
+            family: family.clone(),
+            by_reason,
+            unknown: None,
+        }
+    }
+
+    fn inc(&mut self, reason: u32) {
+        match self.by_reason.get(&reason) {
+            Some(counter) => counter.inc(),
+            None => self
+                .unknown
+                .get_or_insert_with(|| self.family.with_label_values(&[UNKNOWN_REASON]))
+                .inc(),
+        }
+    }
+}
+
 /// A listener close waiting to be judged.
 struct PendingClose {
     due: Instant,
@@ -489,7 +521,9 @@ struct Reader {
     metrics: TcpEventMetrics,
     counters: TcpEventCounters,
     services: ServiceLabels,
-    reasons: HashMap<u32, String>,
+    synack_retransmits: ServiceCounters,
+    resets_received: ServiceCounters,
+    resets_sent: ResetCounters,
     listening: ListeningPorts,
     history: SharedHistory,
     listener_opened: Arc<Notify>,
@@ -517,28 +551,16 @@ impl Reader {
         } = decoded;
         match kind {
             TcpEventKind::SynAckRetransmit => {
-                let service = self.services.label(*local);
-                self.metrics
-                    .synack_retransmits
-                    .with_label_values(&[service.as_str()])
-                    .inc();
+                self.synack_retransmits.inc(&mut self.services, *local);
             }
-            TcpEventKind::ResetSent => {
-                let reason = self.reasons.get(&event.reason);
-                let reason = reason.map_or(UNKNOWN_REASON, String::as_str);
-                self.metrics.resets_sent.with_label_values(&[reason]).inc();
-            }
+            TcpEventKind::ResetSent => self.resets_sent.inc(event.reason),
             TcpEventKind::ResetReceived => {
                 let server = if self.listening.contains(local.port()) {
                     *local
                 } else {
                     *remote
                 };
-                let service = self.services.label(server);
-                self.metrics
-                    .resets_received
-                    .with_label_values(&[service.as_str()])
-                    .inc();
+                self.resets_received.inc(&mut self.services, server);
             }
             TcpEventKind::ListenerOpened => {
                 self.listening.opened(local.port());

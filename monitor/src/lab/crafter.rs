@@ -79,6 +79,24 @@ impl Crafter {
 
     /// Sends one untagged segment.
     pub fn send_segment(&self, segment: &Segment) -> anyhow::Result<()> {
+        let frame = self.frame(segment)?;
+        self.socket.send(&frame).context("sending a crafted frame")
+    }
+
+    /// Sends one untagged segment stamped, as the kernel stamps its own, with its departure
+    /// time on CLOCK_MONOTONIC.
+    pub fn send_segment_departing(
+        &self,
+        segment: &Segment,
+        departure_ns: u64,
+    ) -> anyhow::Result<()> {
+        let frame = self.frame(segment)?;
+        self.socket
+            .send_departing(&frame, departure_ns)
+            .context("sending a crafted frame with a departure time")
+    }
+
+    fn frame(&self, segment: &Segment) -> anyhow::Result<Vec<u8>> {
         let mut header =
             TcpHeader::new(segment.from.port(), segment.to.port(), segment.seq, 64_240);
         header.fin = segment.flags & flags::FIN != 0;
@@ -94,7 +112,7 @@ impl Crafter {
             .tcp_header(header);
         let mut frame = Vec::with_capacity(builder.size(segment.payload.len()));
         builder.write(&mut frame, segment.payload)?;
-        self.socket.send(&frame).context("sending a crafted frame")
+        Ok(frame)
     }
 
     /// A SYN from `from` to `to` with the client ISN `isn`, inside the given VLAN tags

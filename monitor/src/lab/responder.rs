@@ -471,6 +471,26 @@ impl PacketSocket {
     pub(crate) fn send(&self, frame: &[u8]) -> nix::Result<()> {
         socket::send(self.fd.as_raw_fd(), frame, MsgFlags::empty()).map(|_| ())
     }
+
+    /// Sends a frame whose skb carries `departure_ns` (CLOCK_MONOTONIC) as its delivery time,
+    /// as the kernel's own TCP stamps its segments: SO_TXTIME and one SCM_TXTIME message.
+    pub(crate) fn send_departing(&self, frame: &[u8], departure_ns: u64) -> nix::Result<()> {
+        let monotonic = libc::sock_txtime {
+            clockid: libc::CLOCK_MONOTONIC,
+            flags: 0,
+        };
+        setsockopt(&self.fd, sockopt::TxTime, &monotonic)?;
+        let frame = [std::io::IoSlice::new(frame)];
+        let departure = [socket::ControlMessage::TxTime(&departure_ns)];
+        socket::sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &frame,
+            &departure,
+            MsgFlags::empty(),
+            None,
+        )
+        .map(|_| ())
+    }
 }
 
 /// A listening socket on `[::]:port` (IPv4 too) whose socket filter drops every segment.
