@@ -300,7 +300,8 @@ impl ServiceLabels {
     }
 }
 
-fn label_of(admitted: Option<SocketAddr>) -> String {
+/// The label of a service [`ServiceLabels::admit`] answered for.
+pub fn label_of(admitted: Option<SocketAddr>) -> String {
     admitted.map_or_else(|| OTHER_SERVICE.to_owned(), |service| service.to_string())
 }
 

@@ -5,6 +5,7 @@
 //! unless `--tls-log-prefix` asked for the first 16 in hex.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroUsize,
 };
@@ -23,7 +24,7 @@ use serde::Serialize;
 
 use crate::{
     event_reader::{self, EventReader},
-    handshake::{Clock, EventLog, ServiceLabels},
+    handshake::{Clock, EventLog, ServiceLabels, label_of},
     metrics::{advance, register},
     probes::{Probes, per_cpu_total},
 };
@@ -253,6 +254,7 @@ struct Reader {
     metrics: TlsMetrics,
     counters: PerCpuArray<MapData, u64>,
     services: ServiceLabels,
+    session_ends: HashMap<(Option<SocketAddr>, SessionEnd), IntCounter>,
     log: Option<EventLog>,
     clock: Clock,
 }
@@ -271,10 +273,15 @@ impl Reader {
                 }
             }
             Finding::SessionEnded { service, end } => {
-                let service = self.services.label(*service);
-                self.metrics
-                    .sessions
-                    .with_label_values(&[service.as_str(), end.as_str()])
+                // One per TLS connection: the handle is kept (at most the cap plus `other`,
+                // times the five ends), so no address is formatted per event.
+                let admitted = self.services.admit(*service);
+                let sessions = &self.metrics.sessions;
+                self.session_ends
+                    .entry((admitted, *end))
+                    .or_insert_with(|| {
+                        sessions.with_label_values(&[label_of(admitted).as_str(), end.as_str()])
+                    })
                     .inc();
             }
         }
@@ -318,6 +325,7 @@ pub fn start(
         metrics,
         counters: PerCpuArray::try_from(probes.take_map("TLS_COUNTERS")?)?,
         services: ServiceLabels::new(max_services),
+        session_ends: HashMap::new(),
         log,
         clock: Clock::now(),
     };
