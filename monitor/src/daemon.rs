@@ -45,8 +45,9 @@ const RINGBUF_POLL: Duration = Duration::from_millis(10);
 
 /// Scoring a full window takes tens of milliseconds, so with many busy services it could
 /// starve the ring-buffer reader: it gets at most this share of one CPU, in slices between
-/// drains, stalest service first, each service at most every `synack::RESCORE_AFTER`. What
-/// waits is `seqwatch_scoring_backlog`.
+/// drains, stalest service first, each service at most every `synack::RESCORE_AFTER` (longer
+/// for a service whose scoring takes long: `ServiceTable::score_stalest`). What waits is
+/// `seqwatch_scoring_backlog`.
 const SCORING_SHARE: f64 = 0.25;
 /// Scoring stops for this poll once a slice has run this long (one service may take longer).
 const SCORING_SLICE: Duration = Duration::from_millis(5);

@@ -122,6 +122,9 @@ fn ipv4(bytes: &[u8; 16]) -> IpAddr {
 /// A service's report is computed again at most this often: a full window takes tens of
 /// milliseconds to score, and a second's new samples barely move it.
 pub const RESCORE_AFTER: Duration = Duration::from_secs(2);
+/// And no sooner than this many times its last scoring took: a busy service's scoring then
+/// stays under 1% of one CPU (a full window, ~50 ms here, is rescored every ~5 s).
+const RESCORE_COST_FACTOR: u32 = 100;
 
 struct ServiceState {
     scorer: ServiceScorer,
@@ -129,6 +132,8 @@ struct ServiceState {
     dirty: bool,
     /// When the service was last scored; `None` before its first report.
     scored_at: Option<Instant>,
+    /// How long after `scored_at` it may be scored again.
+    rescore_after: Duration,
     report: Option<ServiceReport>,
 }
 
@@ -160,6 +165,7 @@ impl ServiceTable {
             scorer,
             dirty: true,
             scored_at: None,
+            rescore_after: RESCORE_AFTER,
             report: None,
         };
         self.services
@@ -177,14 +183,16 @@ impl ServiceTable {
                 state.dirty
                     && state
                         .scored_at
-                        .is_none_or(|at| now.duration_since(at) >= RESCORE_AFTER)
+                        .is_none_or(|at| now.duration_since(at) >= state.rescore_after)
             })
             .min_by_key(|(_, state)| state.scored_at)
             .map(|(service, _)| *service)?;
         let state = self.services.peek_mut(&service)?;
         state.dirty = false;
         state.scored_at = Some(now);
+        let started = Instant::now();
         let report = state.scorer.report(&service.to_string());
+        state.rescore_after = RESCORE_AFTER.max(started.elapsed() * RESCORE_COST_FACTOR);
         set_gauges(metrics, &report);
         state.report = Some(report);
         Some(service)
