@@ -18,13 +18,7 @@ const TRIALS: usize = 15;
 
 fn main() -> anyhow::Result<()> {
     let (mut ebpf, mut records) = load(seqwatch::probes::object()?)?;
-    let tls = seqwatch::tls::TlsOptions::default();
-    let mut ports = Array::<_, u64>::try_from(ebpf.map_mut("TLS_PORT_FILTER").expect("map"))?;
-    for port in tls.ports {
-        ports.set(u32::from(port), &seqwatch_common::tls::PORT_CONFIGURED, 0)?;
-    }
-    let hello = seqwatch_common::tls::CONFIG_DETECT_HELLO;
-    Array::<_, u32>::try_from(ebpf.map_mut("TLS_CONFIG").expect("map"))?.set(0, &hello, 0)?;
+    seqwatch::tls::configure(&mut ebpf, &seqwatch::tls::TlsOptions::default())?;
     let reference_object = std::env::var_os("SEQWATCH_BENCH_REFERENCE")
         .map(std::fs::read)
         .transpose()?;

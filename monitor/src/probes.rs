@@ -167,11 +167,9 @@ impl Probes {
         }
     }
 
-    /// A map of the loaded object, by name.
-    pub fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
-        self.ebpf
-            .map_mut(name)
-            .with_context(|| format!("the eBPF object has no {name} map"))
+    /// The loaded object, for a detector to configure its maps before anything is attached.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Takes a map out of the loaded object, by name (for a reader task to own).

@@ -10,7 +10,11 @@ use std::{
     num::NonZeroUsize,
 };
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use seqwatch_common::{
     Direction,
@@ -130,9 +134,10 @@ impl TlsMetrics {
     }
 }
 
-/// Writes the ports and switches into the kernel's maps, before anything is attached.
-pub fn configure(probes: &mut Probes, options: &TlsOptions) -> anyhow::Result<()> {
-    let mut filter = Array::<_, u64>::try_from(probes.map_mut("TLS_PORT_FILTER")?)?;
+/// Writes the ports and switches into the loaded object's maps, before anything is attached
+/// (also used by the benchmark and the crafted-frame tests, on objects of their own).
+pub fn configure(ebpf: &mut Ebpf, options: &TlsOptions) -> anyhow::Result<()> {
+    let mut filter = Array::<_, u64>::try_from(map(ebpf, "TLS_PORT_FILTER")?)?;
     for &port in &options.ports {
         filter.set(u32::from(port), &PORT_CONFIGURED, 0)?;
     }
@@ -143,8 +148,13 @@ pub fn configure(probes: &mut Probes, options: &TlsOptions) -> anyhow::Result<()
     if options.log_prefix {
         flags |= CONFIG_LOG_PREFIX;
     }
-    Array::<_, u32>::try_from(probes.map_mut("TLS_CONFIG")?)?.set(0, &flags, 0)?;
+    Array::<_, u32>::try_from(map(ebpf, "TLS_CONFIG")?)?.set(0, &flags, 0)?;
     Ok(())
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .with_context(|| format!("the eBPF object has no {name} map"))
 }
 
 /// One kernel TLS event, decoded.
@@ -319,7 +329,7 @@ pub fn start(
     max_services: NonZeroUsize,
     log: Option<EventLog>,
 ) -> anyhow::Result<()> {
-    configure(probes, options)?;
+    configure(probes.ebpf_mut(), options)?;
     let events = RingBuf::try_from(probes.take_map("TLS_EVENTS")?)?;
     let reader = Reader {
         metrics,

@@ -23,10 +23,7 @@ const CONNECTIONS: usize = 20;
 
 /// The daemon sampling the lab server's egress, with its sample log.
 fn sampling_daemon(lab: &Lab, dir: &std::path::Path) -> Daemon {
-    let server_if = lab.server_if.clone();
-    let mut daemon = Daemon::start(lab, &lab.server_ns, dir, &["--interface", &server_if]);
-    daemon.wait_attached(lab, &server_if, "egress");
-    daemon
+    Daemon::on_server_egress(lab, dir, &[])
 }
 
 /// Connects `CONNECTIONS` times, returning each client address with the CLOCK_MONOTONIC

@@ -38,15 +38,8 @@ impl Scene {
         let lab = Lab::create(&LabOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let events = dir.path().join("events.jsonl");
-        let server_if = lab.server_if.clone();
-        let args = [
-            "--interface",
-            &server_if,
-            "--event-log",
-            events.to_str().unwrap(),
-        ];
-        let mut daemon = Daemon::start(&lab, &lab.server_ns, dir.path(), &args);
-        daemon.wait_attached(&lab, &server_if, "egress");
+        let flags = ["--event-log", events.to_str().unwrap()];
+        let daemon = Daemon::on_server_egress(&lab, dir.path(), &flags);
         let credentials = Credentials::for_server(&lab);
         Scene {
             lab,

@@ -12,18 +12,16 @@ use std::{net::SocketAddr, time::Instant};
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
 };
 use common::test_run::{classifier, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader};
 use seqwatch::{
     handshake::Clock,
     probes,
-    tls::{Finding, PlaintextSuspected, decode_event},
+    tls::{self, Finding, PlaintextSuspected, TlsOptions, decode_event},
 };
-use seqwatch_common::tls::{
-    CONFIG_DETECT_HELLO, CONFIG_LOG_PREFIX, PORT_CONFIGURED, SessionEnd, TlsCounter,
-};
+use seqwatch_common::tls::{CONFIG_DETECT_HELLO, CONFIG_LOG_PREFIX, SessionEnd, TlsCounter};
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -46,11 +44,12 @@ struct Check {
 impl Check {
     fn load(config: u32) -> Check {
         let mut ebpf = load_classifiers();
-        let mut filter =
-            Array::<_, u64>::try_from(ebpf.map_mut("TLS_PORT_FILTER").unwrap()).unwrap();
-        filter.set(443, &PORT_CONFIGURED, 0).unwrap();
-        let mut flags = Array::<_, u32>::try_from(ebpf.map_mut("TLS_CONFIG").unwrap()).unwrap();
-        flags.set(0, &config, 0).unwrap();
+        let options = TlsOptions {
+            ports: vec![443],
+            detect_hello: config & CONFIG_DETECT_HELLO != 0,
+            log_prefix: config & CONFIG_LOG_PREFIX != 0,
+        };
+        tls::configure(&mut ebpf, &options).unwrap();
         let events = RingBuf::try_from(ebpf.take_map("TLS_EVENTS").unwrap()).unwrap();
         let counters = PerCpuArray::try_from(ebpf.take_map("TLS_COUNTERS").unwrap()).unwrap();
         Check {

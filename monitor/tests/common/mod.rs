@@ -41,6 +41,17 @@ impl Daemon {
         Self::start_wrapped(lab, ns, dir, &[], args)
     }
 
+    /// The daemon on the lab server's veth with more `seqwatch run` flags; returns once the
+    /// egress classifier is attached (the only one unless the flags add a direction).
+    pub fn on_server_egress(lab: &Lab, dir: &Path, flags: &[&str]) -> Daemon {
+        let server_if = lab.server_if.as_str();
+        let mut args = vec!["--interface", server_if];
+        args.extend_from_slice(flags);
+        let mut daemon = Daemon::start(lab, &lab.server_ns, dir, &args);
+        daemon.wait_attached(lab, server_if, "egress");
+        daemon
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -491,20 +502,11 @@ pub mod crafted {
         events: &Path,
         flags: &[&str],
     ) -> Daemon {
-        let server_if = lab.server_if.clone();
         let events = events.to_str().expect("a UTF-8 path");
-        let mut args = vec![
-            "--interface",
-            &server_if,
-            "--direction",
-            "both",
-            "--event-log",
-            events,
-        ];
+        let mut args = vec!["--direction", "both", "--event-log", events];
         args.extend_from_slice(flags);
-        let mut daemon = Daemon::start(lab, &lab.server_ns, dir, &args);
-        daemon.wait_attached(lab, &server_if, "egress");
-        daemon.wait_attached(lab, &server_if, "ingress");
+        let mut daemon = Daemon::on_server_egress(lab, dir, &args);
+        daemon.wait_attached(lab, &lab.server_if, "ingress");
         daemon
     }
 
