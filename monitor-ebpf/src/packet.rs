@@ -175,6 +175,29 @@ pub fn plain_source_and_ports(ctx: &TcContext) -> Option<(u32, u32)> {
     }
 }
 
+/// For a packet `plain_tcp` read in place: the low 32 bits of the destination address, read
+/// in place too.
+#[inline(always)]
+pub fn plain_destination(ctx: &TcContext) -> Option<u32> {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    if data + ETH_HLEN > end {
+        return None;
+    }
+    // SAFETY: offset 12..14 lies within the checked range.
+    let ethertype = unsafe { u16::from_be(core::ptr::read_unaligned((data + 12) as *const u16)) };
+    let offset = match ethertype {
+        ETH_P_IPV4 => ETH_HLEN + 16,
+        ETH_P_IPV6 => ETH_HLEN + 36,
+        _ => return None,
+    };
+    if data + offset + 4 > end {
+        return None;
+    }
+    // SAFETY: bounds-checked against data_end just above.
+    Some(unsafe { u32::from_be(core::ptr::read_unaligned((data + offset) as *const u32)) })
+}
+
 /// The IP and TCP fields of a packet `plain_tcp` classified, copied in place (no helper
 /// calls), or `None` when the packet needs `parse_tcp` after all.
 #[inline(always)]

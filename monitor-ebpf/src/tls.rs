@@ -45,7 +45,7 @@ use seqwatch_common::{
 };
 
 use crate::{
-    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket, copy_address},
+    packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket, copy_address},
     ringbuf,
 };
 
@@ -56,7 +56,6 @@ const MAX_FLOWS: u32 = 65_536;
 const MAX_RECORDS_PER_SEGMENT: u32 = 16_384;
 
 const HEADER_LEN: u32 = 5;
-const ETH_HLEN: usize = 14;
 const CONTENT_CHANGE_CIPHER_SPEC: u32 = 20;
 const CONTENT_ALERT: u32 = 21;
 const CONTENT_HANDSHAKE: u32 = 22;
@@ -185,7 +184,7 @@ pub fn worth_parsing(ctx: &TcContext, direction: Direction, ports: u32) -> bool 
     if !slot_in_use(local_port) && !slot_in_use(remote_port) {
         return false;
     }
-    match plain_destination(ctx) {
+    match packet::plain_destination(ctx) {
         Some(remote) => filter_matches(
             flow_tag(remote, local_port, remote_port),
             local_port,
@@ -817,29 +816,6 @@ fn copy_prefix(ctx: &TcContext, offset: u32, len: u32, event: *mut TlsEvent) -> 
         take!(1);
         copied as u8
     }
-}
-
-/// The destination address's low word of a packet `packet::plain_tcp` read in place (no IP
-/// options, no extension headers).
-#[inline(always)]
-fn plain_destination(ctx: &TcContext) -> Option<u32> {
-    let data = ctx.data();
-    let end = ctx.data_end();
-    if data + ETH_HLEN > end {
-        return None;
-    }
-    // SAFETY: offset 12..14 lies within the checked range.
-    let ethertype = unsafe { u16::from_be(core::ptr::read_unaligned((data + 12) as *const u16)) };
-    let offset = match ethertype {
-        0x0800 => ETH_HLEN + 16,
-        0x86dd => ETH_HLEN + 36,
-        _ => return None,
-    };
-    if data + offset + 4 > end {
-        return None;
-    }
-    // SAFETY: bounds-checked against data_end just above.
-    Some(unsafe { u32::from_be(core::ptr::read_unaligned((data + offset) as *const u32)) })
 }
 
 /// The low word of an address (an IPv4 address is the first four bytes).
