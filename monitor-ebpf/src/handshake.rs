@@ -32,11 +32,10 @@ use aya_ebpf::{
 use seqwatch_common::{
     Direction,
     handshake::{ANOMALY_RINGBUF_BYTES, AnomalyEvent, AnomalyKind, HandshakeCounter},
-    synack::FAMILY_IPV4,
 };
 
 use crate::{
-    packet::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TcpPacket},
+    packet::{self, FlowKey, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TcpPacket},
     ringbuf,
 };
 
@@ -76,19 +75,6 @@ static ANOMALY_EVENTS: RingBuf = RingBuf::with_byte_size(ANOMALY_RINGBUF_BYTES, 
 #[map]
 static HANDSHAKE_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(HandshakeCounter::COUNT, 0);
-
-/// A connection as this host sees it: local = the listener (the service). No padding and
-/// word-sized fields, so that building one is a few stores (byte arrays of zeroes become
-/// calls to a byte loop on BPF).
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct FlowKey {
-    local: [u8; 16],
-    remote: [u8; 16],
-    local_port: u16,
-    remote_port: u16,
-    family: u32,
-}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -132,68 +118,62 @@ pub fn worth_parsing(ctx: &TcContext, direction: Direction, flags: u8) -> bool {
 
 /// Judges one parsed TCP segment: its flags always, and against the handshake state when
 /// tracking is on. A subprogram of its own, so that its stack is not added to the parser's.
+/// The oriented segment (flow key and tag) is built only where it is used: most segments
+/// pass the stateless checks with tracking off.
 #[inline(never)]
 pub fn judge(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
-    let segment = Segment::new(tcp, direction);
-    if is_plain_ack(segment.flags)
-        && (direction == Direction::Egress || !filter_contains(segment.tag))
+    let flags = tcp.flags;
+    if is_plain_ack(flags)
+        && (direction == Direction::Egress || !filter_contains(Segment::tag_of(tcp, direction)))
     {
         return;
     }
-    if let Some(kind) = illegal_flags(segment.flags) {
-        report(ctx, &segment, kind, 0, 0);
+    if let Some(kind) = illegal_flags(flags) {
+        report(ctx, &Segment::new(tcp, direction), kind, 0, 0);
         return;
     }
     let mut tfo = false;
-    if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN && segment.payload_len > 0 {
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN && tcp.payload_len() > 0 {
         if !has_fastopen_option(ctx, tcp.tcp_offset + 20, tcp.options_len()) {
-            report(ctx, &segment, AnomalyKind::SynWithData, 0, 0);
+            let kind = AnomalyKind::SynWithData;
+            report(ctx, &Segment::new(tcp, direction), kind, 0, 0);
             return;
         }
         count(HandshakeCounter::TfoSyns);
         tfo = true;
     }
     if tracking_enabled() {
-        track(ctx, &segment, tfo);
+        track(ctx, &Segment::new(tcp, direction), tfo);
     }
 }
 
 impl<'a> Segment<'a> {
     #[inline(always)]
     fn new(tcp: &'a TcpPacket, direction: Direction) -> Self {
-        let h = &tcp.tcp;
-        let sport = u16::from_be_bytes([h[0], h[1]]);
-        let dport = u16::from_be_bytes([h[2], h[3]]);
-        let (local, remote, local_port, remote_port) = match direction {
-            Direction::Ingress => (tcp.daddr, tcp.saddr, dport, sport),
-            Direction::Egress => (tcp.saddr, tcp.daddr, sport, dport),
-        };
-        let low = if tcp.family == FAMILY_IPV4 { 0 } else { 12 };
-        let remote_word = u32::from_be_bytes([
-            remote[low],
-            remote[low + 1],
-            remote[low + 2],
-            remote[low + 3],
-        ]);
         Segment {
             tcp,
             direction,
-            key: FlowKey {
-                local,
-                remote,
-                local_port,
-                remote_port,
-                family: u32::from(tcp.family),
-            },
-            tag: filter_tag(
-                remote_word,
-                (u32::from(remote_port) << 16) | u32::from(local_port),
-            ),
-            flags: tcp.flags(),
-            seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-            ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+            // Local = this host's end: the listener (the service) for a handshake to us.
+            key: FlowKey::oriented(tcp, direction),
+            tag: Segment::tag_of(tcp, direction),
+            flags: tcp.flags,
+            seq: tcp.seq,
+            ack: tcp.ack,
             payload_len: tcp.payload_len(),
         }
+    }
+
+    /// The open-handshake filter's tag of the segment's 4-tuple.
+    #[inline(always)]
+    fn tag_of(tcp: &TcpPacket, direction: Direction) -> u32 {
+        let (remote, local_port, remote_port) = match direction {
+            Direction::Ingress => (&tcp.saddr, tcp.dport, tcp.sport),
+            Direction::Egress => (&tcp.daddr, tcp.sport, tcp.dport),
+        };
+        filter_tag(
+            tcp.address_word(remote),
+            (u32::from(remote_port) << 16) | u32::from(local_port),
+        )
     }
 }
 
@@ -573,7 +553,6 @@ fn report(
         return;
     };
     let tcp = segment.tcp;
-    let header = &tcp.tcp;
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved, writable AnomalyEvent; every field is written
     // in place (no copy of the whole record on the small BPF stack) before submit.
@@ -587,8 +566,8 @@ fn report(
         (*event).ack = segment.ack;
         (*event).expected_seq = expected_seq;
         (*event).expected_ack = expected_ack;
-        (*event).sport = u16::from_be_bytes([header[0], header[1]]);
-        (*event).dport = u16::from_be_bytes([header[2], header[3]]);
+        (*event).sport = tcp.sport;
+        (*event).dport = tcp.dport;
         (*event).payload_len = segment.payload_len as u16;
         (*event).family = tcp.family;
         (*event).direction = segment.direction as u8;

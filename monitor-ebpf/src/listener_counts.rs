@@ -25,16 +25,11 @@ static LISTENER_SLOT_COUNTS: PerCpuArray<PortCounts> = PerCpuArray::with_max_ent
 /// going out (for its source port). ECN bits are ignored: ECN-setup SYNs carry ECE and CWR.
 #[inline(always)]
 pub fn count_segment(direction: Direction, tcp: &TcpPacket) {
-    let handshake_flags = tcp.flags() & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
-    let header = &tcp.tcp;
+    let handshake_flags = tcp.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
     match (direction, handshake_flags) {
-        (Direction::Ingress, TCP_SYN) => {
-            let port = u16::from_be_bytes([header[2], header[3]]);
-            add(port, |counts| &mut counts.syns_received);
-        }
+        (Direction::Ingress, TCP_SYN) => add(tcp.dport, |counts| &mut counts.syns_received),
         (Direction::Egress, flags) if flags == TCP_SYN | TCP_ACK => {
-            let port = u16::from_be_bytes([header[0], header[1]]);
-            add(port, |counts| &mut counts.synacks_sent);
+            add(tcp.sport, |counts| &mut counts.synacks_sent);
         }
         _ => {}
     }

@@ -1,6 +1,7 @@
 //! Seqwatch's kernel side. One detector per module; this file only names the entry points.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 #![allow(
     clippy::not_unsafe_ptr_arg_deref,
     reason = "aya's #[classifier] expands to an extern fn taking the raw __sk_buff pointer"
@@ -73,26 +74,22 @@ fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
     // SAFETY: parse returned true, so it wrote the whole packet.
     let tcp = unsafe { tcp.assume_init_ref() };
     listener_counts::count_segment(direction, tcp);
-    if synack::is_synack(tcp.flags()) {
+    if synack::is_synack(tcp.flags) {
         synack::emit(ctx, direction, tcp);
     }
     handshake::judge(ctx, direction, tcp);
     tls::observe(ctx, direction, tcp);
 }
 
-/// Copies plain headers in place, or runs the full parser; counts parse failures. A
+/// Reads plain headers in place, or runs the full parser; counts parse failures. A
 /// subprogram beside the detectors, so that the parser's stack is not added to theirs.
 #[inline(never)]
 fn parse(ctx: &TcContext, plain: bool, out: &mut MaybeUninit<TcpPacket>) -> bool {
-    let parsed = match plain.then(|| packet::read_plain_tcp(ctx)).flatten() {
-        Some(tcp) => Ok(tcp),
-        None => packet::parse_tcp(ctx),
-    };
-    match parsed {
-        Ok(tcp) => {
-            out.write(tcp);
-            true
-        }
+    if plain && packet::read_plain_tcp(ctx, out) {
+        return true;
+    }
+    match packet::parse_tcp(ctx, out) {
+        Ok(()) => true,
         Err(Skip::NotTcp) => false,
         Err(Skip::Counted(counter)) => {
             synack::count(counter);

@@ -6,8 +6,13 @@
 //! everything else, and every packet that needs its fields, goes through `parse_tcp`, which
 //! reads with `bpf_skb_load_bytes` and so also copes with headers outside the linear area.
 
+use core::{arch::asm, mem::MaybeUninit, ptr::read_unaligned};
+
 use aya_ebpf::programs::TcContext;
-use seqwatch_common::synack::{Counter, FAMILY_IPV4, FAMILY_IPV6};
+use seqwatch_common::{
+    Direction,
+    synack::{Counter, FAMILY_IPV4, FAMILY_IPV6},
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -41,18 +46,27 @@ pub enum Skip {
     Counted(Counter),
 }
 
-/// The IP and TCP fields a detector needs, copied out of the packet. Laid out without padding
-/// and 8-byte aligned, so that copies of it and of its addresses are a few wide moves: the
-/// BPF backend turns byte-wise copies and zeroing into calls to byte loops.
-#[repr(C, align(8))]
+/// An address as it is on the wire (network byte order), IPv4 in the first four bytes and
+/// the rest zero. Two words, not 16 bytes: the BPF backend copies byte arrays a byte at a time.
+pub type Address = [u64; 2];
+
+/// The IP and TCP fields a detector needs, read out of the packet once. Word-sized fields, so
+/// that writing and copying it are a few moves.
+#[repr(C)]
 pub struct TcpPacket {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    /// The fixed 20-byte TCP header.
-    pub tcp: [u8; 20],
+    pub saddr: Address,
+    pub daddr: Address,
+    pub seq: u32,
+    pub ack: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub window: u16,
+    pub flags: u8,
+    /// TCP header length in bytes: 20..=60 once the parser has checked it.
+    pub header_len: u8,
     pub family: u8,
     pub ttl: u8,
-    _pad: [u8; 2],
+    _pad: [u8; 6],
     /// Offset of the TCP header from the start of the frame.
     pub tcp_offset: usize,
     /// Offset just past the IP payload (from the IP length: Ethernet padding excluded).
@@ -60,30 +74,59 @@ pub struct TcpPacket {
 }
 
 impl TcpPacket {
-    pub const EMPTY: TcpPacket = TcpPacket {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        tcp: [0; 20],
-        family: 0,
-        ttl: 0,
-        _pad: [0; 2],
-        tcp_offset: 0,
-        ip_end: 0,
-    };
-
-    pub fn flags(&self) -> u8 {
-        self.tcp[13]
-    }
-
-    /// Length of the TCP options in bytes (0..=40), valid after `parse_tcp` checked it.
+    /// Length of the TCP options in bytes (0..=40).
     pub fn options_len(&self) -> usize {
-        usize::from(self.tcp[12] >> 4) * 4 - 20
+        usize::from(self.header_len) - 20
     }
 
     /// TCP payload bytes, as the IP length says (0 if the lengths disagree).
     pub fn payload_len(&self) -> usize {
         self.ip_end
-            .saturating_sub(self.tcp_offset + usize::from(self.tcp[12] >> 4) * 4)
+            .saturating_sub(self.tcp_offset + usize::from(self.header_len))
+    }
+
+    /// The low 32 bits of an address of this packet, as the fast path reads them in place
+    /// (big-endian): an IPv4 address whole, an IPv6 address's last four bytes.
+    pub fn address_word(&self, address: &Address) -> u32 {
+        if self.family == FAMILY_IPV4 {
+            u32::from_be(address[0] as u32)
+        } else {
+            u32::from_be((address[1] >> 32) as u32)
+        }
+    }
+}
+
+/// A connection as this host sees it (local = this host's end: on ingress the destination).
+/// A hash-map key: word-sized fields and no padding, so that building one is a few stores.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowKey {
+    pub local: Address,
+    pub remote: Address,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u32,
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub fn oriented(tcp: &TcpPacket, direction: Direction) -> Self {
+        match direction {
+            Direction::Ingress => FlowKey {
+                local: tcp.daddr,
+                remote: tcp.saddr,
+                local_port: tcp.dport,
+                remote_port: tcp.sport,
+                family: u32::from(tcp.family),
+            },
+            Direction::Egress => FlowKey {
+                local: tcp.saddr,
+                remote: tcp.daddr,
+                local_port: tcp.sport,
+                remote_port: tcp.dport,
+                family: u32::from(tcp.family),
+            },
+        }
     }
 }
 
@@ -198,63 +241,103 @@ pub fn plain_destination(ctx: &TcContext) -> Option<u32> {
     Some(unsafe { u32::from_be(core::ptr::read_unaligned((data + offset) as *const u32)) })
 }
 
-/// The IP and TCP fields of a packet `plain_tcp` classified, copied in place (no helper
-/// calls), or `None` when the packet needs `parse_tcp` after all.
+/// Reads the IP and TCP fields of a packet `plain_tcp` classified into `out`, in place with
+/// word loads (no helper calls); false when the packet needs `parse_tcp` after all.
 #[inline(always)]
-pub fn read_plain_tcp(ctx: &TcContext) -> Option<TcpPacket> {
+pub fn read_plain_tcp(ctx: &TcContext, out: &mut MaybeUninit<TcpPacket>) -> bool {
     let data = ctx.data();
     let end = ctx.data_end();
     // Ethernet + IPv4 + the fixed TCP header; IPv6 checks its longer prefix below.
     if data + ETH_HLEN + 20 + 20 > end {
-        return None;
+        return false;
     }
-    // SAFETY: every offset read is below the bound checked for its family.
+    // SAFETY (the three readers): every offset read is below the bound checked for its family.
     let byte = |offset: usize| unsafe { *((data + offset) as *const u8) };
-    let mut packet = TcpPacket::EMPTY;
-    match u16::from_be_bytes([byte(12), byte(13)]) {
+    let word = |offset: usize| unsafe { load_u32(data + offset) };
+    let wide = |offset: usize| unsafe { load_u64(data + offset) };
+    let packet = out.as_mut_ptr();
+    let tcp_offset = match u16::from_be_bytes([byte(12), byte(13)]) {
         ETH_P_IPV4 => {
             let fragment = u16::from_be_bytes([byte(ETH_HLEN + 6), byte(ETH_HLEN + 7)]) & 0x1fff;
             if byte(ETH_HLEN) != 0x45 || fragment != 0 || byte(ETH_HLEN + 9) != IPPROTO_TCP {
-                return None;
+                return false;
             }
-            packet.family = FAMILY_IPV4;
-            packet.ttl = byte(ETH_HLEN + 8);
-            packet.ip_end = ETH_HLEN
-                + usize::from(u16::from_be_bytes([byte(ETH_HLEN + 2), byte(ETH_HLEN + 3)]));
-            for i in 0..4 {
-                packet.saddr[i] = byte(ETH_HLEN + 12 + i);
-                packet.daddr[i] = byte(ETH_HLEN + 16 + i);
+            // SAFETY: `packet` is `out`'s, writable.
+            unsafe {
+                (*packet).family = FAMILY_IPV4;
+                (*packet).ttl = byte(ETH_HLEN + 8);
+                (*packet).ip_end = ETH_HLEN
+                    + usize::from(u16::from_be_bytes([byte(ETH_HLEN + 2), byte(ETH_HLEN + 3)]));
+                (*packet).saddr = [u64::from(word(ETH_HLEN + 12)), 0];
+                (*packet).daddr = [u64::from(word(ETH_HLEN + 16)), 0];
             }
-            packet.tcp_offset = ETH_HLEN + 20;
+            ETH_HLEN + 20
         }
         ETH_P_IPV6 => {
             if data + ETH_HLEN + 40 + 20 > end
                 || byte(ETH_HLEN) >> 4 != 6
                 || byte(ETH_HLEN + 6) != IPPROTO_TCP
             {
-                return None;
+                return false;
             }
-            packet.family = FAMILY_IPV6;
-            packet.ttl = byte(ETH_HLEN + 7);
-            packet.ip_end = ETH_HLEN
-                + 40
-                + usize::from(u16::from_be_bytes([byte(ETH_HLEN + 4), byte(ETH_HLEN + 5)]));
-            for i in 0..16 {
-                packet.saddr[i] = byte(ETH_HLEN + 8 + i);
-                packet.daddr[i] = byte(ETH_HLEN + 24 + i);
+            // SAFETY: as above.
+            unsafe {
+                (*packet).family = FAMILY_IPV6;
+                (*packet).ttl = byte(ETH_HLEN + 7);
+                (*packet).ip_end = ETH_HLEN
+                    + 40
+                    + usize::from(u16::from_be_bytes([byte(ETH_HLEN + 4), byte(ETH_HLEN + 5)]));
+                (*packet).saddr = [wide(ETH_HLEN + 8), wide(ETH_HLEN + 16)];
+                (*packet).daddr = [wide(ETH_HLEN + 24), wide(ETH_HLEN + 32)];
             }
-            packet.tcp_offset = ETH_HLEN + 40;
+            ETH_HLEN + 40
         }
-        _ => return None,
+        _ => return false,
+    };
+    let header = [
+        word(tcp_offset),
+        word(tcp_offset + 4),
+        word(tcp_offset + 8),
+        word(tcp_offset + 12),
+    ];
+    // SAFETY: as above.
+    unsafe { write_tcp_fields(packet, tcp_offset, header) };
+    // SAFETY: written just above.
+    let header_len = usize::from(unsafe { (*packet).header_len });
+    header_len >= 20 && tcp_offset + header_len <= ctx.len() as usize
+}
+
+/// Four packet bytes as they lie in memory, in one load at any alignment. `read_unaligned`
+/// would become four byte loads: the BPF backend assumes that misaligned loads fault, but the
+/// kernel allows them on packet data wherever the CPU does (x86-64, arm64), and its verifier
+/// checks every one against the packet bounds.
+///
+/// # Safety
+/// `address` must be a packet pointer whose four bytes were checked against `data_end`.
+#[inline(always)]
+unsafe fn load_u32(address: usize) -> u32 {
+    let value: u64;
+    // SAFETY: the caller's.
+    unsafe {
+        asm!("{0} = *(u32 *)({1} + 0)", lateout(reg) value, in(reg) address,
+            options(pure, readonly, nostack, preserves_flags));
     }
-    for i in 0..20 {
-        packet.tcp[i] = byte(packet.tcp_offset + i);
+    value as u32
+}
+
+/// Eight packet bytes as they lie in memory, in one load at any alignment (see `load_u32`).
+///
+/// # Safety
+/// `address` must be a packet pointer whose eight bytes were checked against `data_end`.
+#[inline(always)]
+unsafe fn load_u64(address: usize) -> u64 {
+    let value: u64;
+    // SAFETY: the caller's.
+    unsafe {
+        asm!("{0} = *(u64 *)({1} + 0)", lateout(reg) value, in(reg) address,
+            options(pure, readonly, nostack, preserves_flags));
     }
-    let header_len = usize::from(packet.tcp[12] >> 4) * 4;
-    if header_len < 20 || packet.tcp_offset + header_len > ctx.len() as usize {
-        return None;
-    }
-    Some(packet)
+    value
 }
 
 /// A bad data offset is left to the full parser, which counts it.
@@ -267,24 +350,49 @@ fn plain_at(data_offset: u8, flags: u8, ports: u32) -> Option<Option<PlainTcp>> 
     }
 }
 
-/// Walks the headers of any frame down to TCP.
+/// Walks the headers of any frame down to TCP, and reads their fields into `out`.
 #[inline(always)]
-pub fn parse_tcp(ctx: &TcContext) -> Result<TcpPacket, Skip> {
+pub fn parse_tcp(ctx: &TcContext, out: &mut MaybeUninit<TcpPacket>) -> Result<(), Skip> {
+    let packet = out.as_mut_ptr();
     let (ethertype, l3) = walk_vlan_tags(ctx)?;
-    let mut packet = match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, l3)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, l3)?,
+    let tcp_offset = match ethertype {
+        ETH_P_IPV4 => parse_ipv4(ctx, l3, packet)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, l3, packet)?,
         _ => return Err(Skip::NotTcp),
     };
-    packet.tcp = load(ctx, packet.tcp_offset)?;
-    let header_len = usize::from(packet.tcp[12] >> 4) * 4;
+    // SAFETY: `packet` is `out`'s, writable.
+    let header_len = unsafe {
+        write_tcp_fields(packet, tcp_offset, load(ctx, tcp_offset)?);
+        usize::from((*packet).header_len)
+    };
     if header_len < 20 {
         return Err(Skip::Counted(Counter::ParseTcpBadDataOffset));
     }
-    if packet.tcp_offset + header_len > ctx.len() as usize {
+    if tcp_offset + header_len > ctx.len() as usize {
         return Err(Skip::Counted(Counter::ParseTruncated));
     }
-    Ok(packet)
+    Ok(())
+}
+
+/// Writes the TCP fields from the header's first 16 bytes, as four words in memory order.
+///
+/// # Safety
+/// `packet` must be valid for writes.
+#[inline(always)]
+unsafe fn write_tcp_fields(packet: *mut TcpPacket, tcp_offset: usize, header: [u32; 4]) {
+    let ports = u32::from_be(header[0]);
+    let [data_offset, flags, window_high, window_low] = header[3].to_ne_bytes();
+    // SAFETY: the caller's.
+    unsafe {
+        (*packet).tcp_offset = tcp_offset;
+        (*packet).sport = (ports >> 16) as u16;
+        (*packet).dport = ports as u16;
+        (*packet).seq = u32::from_be(header[1]);
+        (*packet).ack = u32::from_be(header[2]);
+        (*packet).window = u16::from_be_bytes([window_high, window_low]);
+        (*packet).flags = flags;
+        (*packet).header_len = (data_offset >> 4) * 4;
+    }
 }
 
 #[inline(always)]
@@ -304,52 +412,66 @@ fn walk_vlan_tags(ctx: &TcContext) -> Result<(u16, usize), Skip> {
     Ok((ethertype, offset))
 }
 
+/// Reads an IPv4 header's fields into `packet`; returns the TCP header's offset.
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, offset: usize) -> Result<TcpPacket, Skip> {
-    let header: [u8; 20] = load(ctx, offset)?;
-    if header[0] >> 4 != 4 {
+fn parse_ipv4(ctx: &TcContext, offset: usize, packet: *mut TcpPacket) -> Result<usize, Skip> {
+    // Words as they lie in memory: loaded into an aligned buffer, then taken apart.
+    let header: [u32; 5] = load(ctx, offset)?;
+    let [version_ihl, _, length_high, length_low] = header[0].to_ne_bytes();
+    let [_, _, fragment_high, fragment_low] = header[1].to_ne_bytes();
+    let [ttl, protocol, ..] = header[2].to_ne_bytes();
+    if version_ihl >> 4 != 4 {
         return Err(Skip::Counted(Counter::ParseIpVersionMismatch));
     }
-    let ihl = usize::from(header[0] & 0x0f);
+    let ihl = usize::from(version_ihl & 0x0f);
     if ihl < 5 {
         return Err(Skip::Counted(Counter::ParseIpv4BadIhl));
     }
-    if u16::from_be_bytes([header[6], header[7]]) & 0x1fff != 0 {
+    if u16::from_be_bytes([fragment_high, fragment_low]) & 0x1fff != 0 {
         return Err(Skip::Counted(Counter::NonFirstFragment));
     }
-    if header[9] != IPPROTO_TCP {
+    if protocol != IPPROTO_TCP {
         return Err(Skip::NotTcp);
     }
-    let mut packet = TcpPacket {
-        family: FAMILY_IPV4,
-        ttl: header[8],
-        tcp_offset: offset + ihl * 4,
-        ip_end: offset + usize::from(u16::from_be_bytes([header[2], header[3]])),
-        ..TcpPacket::EMPTY
-    };
-    packet.saddr[..4].copy_from_slice(&header[12..16]);
-    packet.daddr[..4].copy_from_slice(&header[16..20]);
-    Ok(packet)
+    // SAFETY: the caller's `packet` is writable.
+    unsafe {
+        (*packet).family = FAMILY_IPV4;
+        (*packet).ttl = ttl;
+        (*packet).ip_end = offset + usize::from(u16::from_be_bytes([length_high, length_low]));
+        (*packet).saddr = [u64::from(header[3]), 0];
+        (*packet).daddr = [u64::from(header[4]), 0];
+    }
+    Ok(offset + ihl * 4)
 }
 
+/// Reads an IPv6 header's fields into `packet`; returns the TCP header's offset after the
+/// extension-header chain.
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, offset: usize) -> Result<TcpPacket, Skip> {
-    let header: [u8; 40] = load(ctx, offset)?;
-    if header[0] >> 4 != 6 {
+fn parse_ipv6(ctx: &TcContext, offset: usize, packet: *mut TcpPacket) -> Result<usize, Skip> {
+    let header: [u64; 5] = load(ctx, offset)?;
+    let [
+        version,
+        _,
+        _,
+        _,
+        length_high,
+        length_low,
+        next_header,
+        hop_limit,
+    ] = header[0].to_ne_bytes();
+    if version >> 4 != 6 {
         return Err(Skip::Counted(Counter::ParseIpVersionMismatch));
     }
-    let mut packet = TcpPacket {
-        family: FAMILY_IPV6,
-        ttl: header[7],
-        ip_end: offset + 40 + usize::from(u16::from_be_bytes([header[4], header[5]])),
-        ..TcpPacket::EMPTY
-    };
-    packet.saddr.copy_from_slice(&header[8..24]);
-    packet.daddr.copy_from_slice(&header[24..40]);
-    packet.tcp_offset = skip_ipv6_extensions(ctx, header[6], offset + 40)?;
-    Ok(packet)
+    // SAFETY: the caller's `packet` is writable.
+    unsafe {
+        (*packet).family = FAMILY_IPV6;
+        (*packet).ttl = hop_limit;
+        (*packet).ip_end = offset + 40 + usize::from(u16::from_be_bytes([length_high, length_low]));
+        (*packet).saddr = [header[1], header[2]];
+        (*packet).daddr = [header[3], header[4]];
+    }
+    skip_ipv6_extensions(ctx, next_header, offset + 40)
 }
-
 /// Returns the offset of the TCP header after the extension-header chain.
 #[inline(always)]
 fn skip_ipv6_extensions(ctx: &TcContext, first: u8, start: usize) -> Result<usize, Skip> {
@@ -386,16 +508,16 @@ fn skip_ipv6_extensions(ctx: &TcContext, first: u8, start: usize) -> Result<usiz
     }
 }
 
-/// Copies an address as two 8-byte words: a plain array copy can become a call to a byte
-/// loop on BPF. Both sides must be 8-byte aligned, as TcpPacket's and the records' are.
+/// Copies an address into a record's 16 bytes as two 8-byte words: a plain array copy can
+/// become a call to a byte loop on BPF. The record's field must be 8-byte aligned, as the
+/// records' address fields are.
 #[inline(always)]
-pub fn copy_address(dst: *mut [u8; 16], src: &[u8; 16]) {
-    let src = src.as_ptr().cast::<u64>();
+pub fn copy_address(dst: *mut [u8; 16], src: &Address) {
     let dst = dst.cast::<u64>();
-    // SAFETY: both are 16 bytes, 8-byte aligned (see above), and do not overlap.
+    // SAFETY: 16 bytes, 8-byte aligned (see above).
     unsafe {
-        dst.write(src.read());
-        dst.add(1).write(src.add(1).read());
+        dst.write(src[0]);
+        dst.add(1).write(src[1]);
     }
 }
 

@@ -53,7 +53,6 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
         count(Counter::ParseTruncated);
         return;
     }
-    let header = &tcp.tcp;
     // The context of a TC program is a valid __sk_buff.
     let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: as above; every other field is written before submit.
@@ -62,11 +61,11 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
         packet::copy_address(&raw mut (*record).saddr, &tcp.saddr);
         packet::copy_address(&raw mut (*record).daddr, &tcp.daddr);
         (*record).ifindex = (*skb).ifindex;
-        (*record).seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        (*record).ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-        (*record).sport = u16::from_be_bytes([header[0], header[1]]);
-        (*record).dport = u16::from_be_bytes([header[2], header[3]]);
-        (*record).window = u16::from_be_bytes([header[14], header[15]]);
+        (*record).seq = tcp.seq;
+        (*record).ack = tcp.ack;
+        (*record).sport = tcp.sport;
+        (*record).dport = tcp.dport;
+        (*record).window = tcp.window;
         (*record).family = tcp.family;
         (*record).direction = direction as u8;
         (*record).ttl = tcp.ttl;

@@ -20,7 +20,7 @@
 //! five bytes are a valid record header. The walk over the records of one segment (a GSO
 //! super-packet carries up to 64 KiB) runs under `bpf_loop`, so the verifier checks it once.
 
-use core::{mem::MaybeUninit, ptr::NonNull};
+use core::ptr::NonNull;
 
 use aya_ebpf::{
     EbpfContext,
@@ -36,7 +36,6 @@ use aya_ebpf::{
 };
 use seqwatch_common::{
     Direction,
-    synack::FAMILY_IPV4,
     tls::{
         COLLAPSE_WINDOW_NS, CONFIG_DETECT_HELLO, CONFIG_LOG_PREFIX, EVENT_PLAINTEXT,
         EVENT_SESSION_END, PORT_CONFIGURED, PORT_FILTER_SLOTS, PREFIX_BYTES, RESET_AFTER_DATA_NS,
@@ -45,7 +44,7 @@ use seqwatch_common::{
 };
 
 use crate::{
-    packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket, copy_address},
+    packet::{self, FlowKey, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket, copy_address},
     ringbuf,
 };
 
@@ -105,17 +104,6 @@ static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(TLS_RINGBUF_BYTES, 0);
 
 #[map]
 static TLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TlsCounter::COUNT, 0);
-
-/// A connection as this host sees it. No padding, word-sized fields (see handshake.rs).
-#[repr(C, align(8))]
-#[derive(Clone, Copy)]
-struct FlowKey {
-    local: [u8; 16],
-    remote: [u8; 16],
-    local_port: u16,
-    remote_port: u16,
-    family: u32,
-}
 
 #[repr(C)]
 struct TlsFlow {
@@ -195,25 +183,26 @@ pub fn worth_parsing(ctx: &TcContext, direction: Direction, ports: u32) -> bool 
 }
 
 /// Follows one parsed segment: starts flows at this host's SYN or SYN-ACK, checks the record
-/// headers in egress payload, and counts session ends (FIN or RST, either direction).
-#[inline(never)]
+/// headers in egress payload, and counts session ends (FIN or RST, either direction). Inlined
+/// up to the port filter: most parsed segments (every SYN-ACK among them) end there.
+#[inline(always)]
 pub fn observe(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
-    let flags = tcp.flags();
-    let h = &tcp.tcp;
-    let ports = [
-        u16::from_be_bytes([h[0], h[1]]),
-        u16::from_be_bytes([h[2], h[3]]),
-    ];
+    let flags = tcp.flags;
     if flags & TCP_SYN != 0 {
         if direction == Direction::Egress && flags & TCP_RST == 0 {
-            on_handshake(tcp, ports[0], ports[1]);
+            on_handshake(tcp);
         }
         return;
     }
-    // Most parsed segments are of no TLS flow: leave before building the oriented segment.
-    if !slot_in_use(ports[0]) && !slot_in_use(ports[1]) {
-        return;
+    if slot_in_use(tcp.sport) || slot_in_use(tcp.dport) {
+        observe_segment(ctx, direction, tcp);
     }
+}
+
+/// A segment of a port whose filter slot is in use.
+#[inline(never)]
+fn observe_segment(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
+    let flags = tcp.flags;
     let segment = Segment::new(ctx, tcp, direction);
     if !filter_matches(segment.tag, segment.key.local_port, segment.key.remote_port) {
         return;
@@ -231,7 +220,8 @@ pub fn observe(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
 /// its tag and first payload seq in the slot of the client's (ephemeral, nearly unique) port.
 /// No flow key is built for the latter: every SYN-ACK passes here, and TLS is the exception.
 #[inline(always)]
-fn on_handshake(tcp: &TcpPacket, local_port: u16, remote_port: u16) {
+fn on_handshake(tcp: &TcpPacket) {
+    let (local_port, remote_port) = (tcp.sport, tcp.dport);
     let (Some(local), Some(remote)) = (
         TLS_PORT_FILTER.get_ptr_mut(u32::from(local_port)),
         TLS_PORT_FILTER.get_ptr_mut(u32::from(remote_port)),
@@ -247,9 +237,9 @@ fn on_handshake(tcp: &TcpPacket, local_port: u16, remote_port: u16) {
         if config() & CONFIG_DETECT_HELLO == 0 {
             return;
         }
-        let local_is_server = tcp.flags() & TCP_ACK != 0;
+        let local_is_server = tcp.flags & TCP_ACK != 0;
         let slot = if local_is_server { remote } else { local };
-        let tag = flow_tag(address_word(tcp, &tcp.daddr), local_port, remote_port);
+        let tag = flow_tag(tcp.address_word(&tcp.daddr), local_port, remote_port);
         *slot = u64::from(first_payload_seq(tcp)) << 32 | u64::from(tag);
     }
 }
@@ -258,44 +248,25 @@ fn on_handshake(tcp: &TcpPacket, local_port: u16, remote_port: u16) {
 /// flow is followed from its first payload byte.
 #[inline(never)]
 fn start_configured_flow(tcp: &TcpPacket) {
-    let h = &tcp.tcp;
-    let mut key = MaybeUninit::<FlowKey>::uninit();
-    let key_ptr = key.as_mut_ptr();
-    // SAFETY: every field of the key is written before it is read.
-    let key = unsafe {
-        copy_address(&raw mut (*key_ptr).local, &tcp.saddr);
-        copy_address(&raw mut (*key_ptr).remote, &tcp.daddr);
-        (*key_ptr).local_port = u16::from_be_bytes([h[0], h[1]]);
-        (*key_ptr).remote_port = u16::from_be_bytes([h[2], h[3]]);
-        (*key_ptr).family = u32::from(tcp.family);
-        key.assume_init_ref()
-    };
-    let local_is_server = tcp.flags() & TCP_ACK != 0;
+    let key = FlowKey::oriented(tcp, Direction::Egress);
+    let local_is_server = tcp.flags & TCP_ACK != 0;
     let flow = TlsFlow::starting(first_payload_seq(tcp), SYNCED, local_is_server);
-    let _ = TLS_FLOWS.insert(key, &flow, 0);
+    let _ = TLS_FLOWS.insert(&key, &flow, 0);
 }
 
 /// The seq of a SYN's (or SYN-ACK's) first payload byte: the SYN takes one sequence number.
 #[inline(always)]
 fn first_payload_seq(tcp: &TcpPacket) -> u32 {
-    let h = &tcp.tcp;
-    u32::from_be_bytes([h[4], h[5], h[6], h[7]]).wrapping_add(1)
+    tcp.seq.wrapping_add(1)
 }
 
 impl<'a> Segment<'a> {
     #[inline(always)]
     fn new(ctx: &TcContext, tcp: &'a TcpPacket, direction: Direction) -> Self {
-        let h = &tcp.tcp;
-        let sport = u16::from_be_bytes([h[0], h[1]]);
-        let dport = u16::from_be_bytes([h[2], h[3]]);
-        let (local, remote, local_port, remote_port) = match direction {
-            Direction::Ingress => (tcp.daddr, tcp.saddr, dport, sport),
-            Direction::Egress => (tcp.saddr, tcp.daddr, sport, dport),
-        };
-        let remote_word = address_word(tcp, &remote);
-        let flags = tcp.flags();
-        let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-        let payload_start = tcp.tcp_offset + usize::from(h[12] >> 4) * 4;
+        let key = FlowKey::oriented(tcp, direction);
+        let remote_word = tcp.address_word(&key.remote);
+        let flags = tcp.flags;
+        let payload_start = tcp.tcp_offset + usize::from(tcp.header_len);
         // A GSO super-packet's IP length covers all of it; BIG TCP's is 0: take the skb's.
         let frame_len = ctx.len() as usize;
         let end = if tcp.ip_end > payload_start {
@@ -306,16 +277,10 @@ impl<'a> Segment<'a> {
         Segment {
             tcp,
             direction,
-            key: FlowKey {
-                local,
-                remote,
-                local_port,
-                remote_port,
-                family: u32::from(tcp.family),
-            },
-            tag: flow_tag(remote_word, local_port, remote_port),
+            tag: flow_tag(remote_word, key.local_port, key.remote_port),
+            key,
             flags,
-            payload_seq: seq.wrapping_add(u32::from(flags & TCP_SYN != 0)),
+            payload_seq: tcp.seq.wrapping_add(u32::from(flags & TCP_SYN != 0)),
             payload_start: payload_start as u32,
             payload_len: end.saturating_sub(payload_start) as u32,
         }
@@ -691,9 +656,8 @@ fn end_session(ctx: &TcContext, segment: &Segment) {
         SessionEnd::Fin
     };
     flow.state = ENDED;
-    let header = &segment.tcp.tcp;
     let details = Report {
-        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        seq: segment.tcp.seq,
         stream_offset: 0,
         header_at: u32::MAX,
         kind: EVENT_SESSION_END,
@@ -741,7 +705,6 @@ fn report(ctx: &TcContext, segment: &Segment, report: &Report) {
         return;
     };
     let tcp = segment.tcp;
-    let header = &tcp.tcp;
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to a reserved, writable TlsEvent; the context of a TC program
     // is a valid __sk_buff.
@@ -756,8 +719,8 @@ fn report(ctx: &TcContext, segment: &Segment, report: &Report) {
         (*event).ifindex = (*ctx.as_ptr().cast::<__sk_buff>()).ifindex;
         (*event).seq = report.seq;
         (*event).stream_offset = report.stream_offset;
-        (*event).sport = u16::from_be_bytes([header[0], header[1]]);
-        (*event).dport = u16::from_be_bytes([header[2], header[3]]);
+        (*event).sport = tcp.sport;
+        (*event).dport = tcp.dport;
         (*event).family = tcp.family;
         (*event).direction = segment.direction as u8;
         (*event).kind = report.kind;
@@ -816,18 +779,6 @@ fn copy_prefix(ctx: &TcContext, offset: u32, len: u32, event: *mut TlsEvent) -> 
         take!(1);
         copied as u8
     }
-}
-
-/// The low word of an address (an IPv4 address is the first four bytes).
-#[inline(always)]
-fn address_word(tcp: &TcpPacket, address: &[u8; 16]) -> u32 {
-    let low = if tcp.family == FAMILY_IPV4 { 0 } else { 12 };
-    u32::from_be_bytes([
-        address[low],
-        address[low + 1],
-        address[low + 2],
-        address[low + 3],
-    ])
 }
 
 /// A tag of (remote address low word, ports) with bit 1 set, so never `PORT_CONFIGURED`.
