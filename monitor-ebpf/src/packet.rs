@@ -6,7 +6,7 @@
 //! everything else, and every packet that needs its fields, goes through `parse_tcp`, which
 //! reads with `bpf_skb_load_bytes` and so also copes with headers outside the linear area.
 
-use core::{arch::asm, mem::MaybeUninit, ptr::read_unaligned};
+use core::{arch::asm, mem::MaybeUninit};
 
 use aya_ebpf::programs::TcContext;
 use seqwatch_common::{
@@ -149,18 +149,16 @@ pub fn plain_tcp(ctx: &TcContext) -> Option<Option<PlainTcp>> {
     if data + ETH_HLEN + 20 + 14 > end {
         return None;
     }
-    // SAFETY: bounds checked above against data_end, as the verifier requires.
+    // SAFETY (the three readers): bounds checked above against data_end, as the verifier
+    // requires; the TCP header's first four bytes lie before its flags byte.
     let byte = |offset: usize| unsafe { *((data + offset) as *const u8) };
-    // SAFETY: as above; the TCP header's first four bytes lie before its flags byte.
-    let word = |offset: usize| unsafe {
-        u32::from_be(core::ptr::read_unaligned((data + offset) as *const u32))
-    };
-    let ethertype = u16::from_be_bytes([byte(12), byte(13)]);
+    let half = |offset: usize| unsafe { u16::from_be(load_u16(data + offset)) };
+    let word = |offset: usize| unsafe { u32::from_be(load_u32(data + offset)) };
+    let ethertype = half(12);
     match ethertype {
         ETH_P_IPV4 => {
             let ihl_is_5 = byte(ETH_HLEN) == 0x45;
-            let fragment =
-                (u16::from_be_bytes([byte(ETH_HLEN + 6), byte(ETH_HLEN + 7)]) & 0x1fff) != 0;
+            let fragment = (half(ETH_HLEN + 6) & 0x1fff) != 0;
             if !ihl_is_5 || fragment {
                 return None;
             }
@@ -204,11 +202,9 @@ pub fn plain_source_and_ports(ctx: &TcContext) -> Option<(u32, u32)> {
         }
     }
     // SAFETY: every offset read below was bounds-checked against data_end for its family.
-    let word = |offset: usize| unsafe {
-        u32::from_be(core::ptr::read_unaligned((data + offset) as *const u32))
-    };
+    let word = |offset: usize| unsafe { u32::from_be(load_u32(data + offset)) };
     // SAFETY: offset 12..14 lies within the checked range.
-    let ethertype = unsafe { u16::from_be(core::ptr::read_unaligned((data + 12) as *const u16)) };
+    let ethertype = unsafe { u16::from_be(load_u16(data + 12)) };
     match ethertype {
         ETH_P_IPV4 => Some((word(ETH_HLEN + 12), word(ETH_HLEN + 20))),
         ETH_P_IPV6 if data + ETH_HLEN + 40 + 4 <= end => {
@@ -228,7 +224,7 @@ pub fn plain_destination(ctx: &TcContext) -> Option<u32> {
         return None;
     }
     // SAFETY: offset 12..14 lies within the checked range.
-    let ethertype = unsafe { u16::from_be(core::ptr::read_unaligned((data + 12) as *const u16)) };
+    let ethertype = unsafe { u16::from_be(load_u16(data + 12)) };
     let offset = match ethertype {
         ETH_P_IPV4 => ETH_HLEN + 16,
         ETH_P_IPV6 => ETH_HLEN + 36,
@@ -238,7 +234,7 @@ pub fn plain_destination(ctx: &TcContext) -> Option<u32> {
         return None;
     }
     // SAFETY: bounds-checked against data_end just above.
-    Some(unsafe { u32::from_be(core::ptr::read_unaligned((data + offset) as *const u32)) })
+    Some(unsafe { u32::from_be(load_u32(data + offset)) })
 }
 
 /// Reads the IP and TCP fields of a packet `plain_tcp` classified into `out`, in place with
@@ -251,14 +247,15 @@ pub fn read_plain_tcp(ctx: &TcContext, out: &mut MaybeUninit<TcpPacket>) -> bool
     if data + ETH_HLEN + 20 + 20 > end {
         return false;
     }
-    // SAFETY (the three readers): every offset read is below the bound checked for its family.
+    // SAFETY (the four readers): every offset read is below the bound checked for its family.
     let byte = |offset: usize| unsafe { *((data + offset) as *const u8) };
+    let half = |offset: usize| unsafe { u16::from_be(load_u16(data + offset)) };
     let word = |offset: usize| unsafe { load_u32(data + offset) };
     let wide = |offset: usize| unsafe { load_u64(data + offset) };
     let packet = out.as_mut_ptr();
-    let tcp_offset = match u16::from_be_bytes([byte(12), byte(13)]) {
+    let tcp_offset = match half(12) {
         ETH_P_IPV4 => {
-            let fragment = u16::from_be_bytes([byte(ETH_HLEN + 6), byte(ETH_HLEN + 7)]) & 0x1fff;
+            let fragment = half(ETH_HLEN + 6) & 0x1fff;
             if byte(ETH_HLEN) != 0x45 || fragment != 0 || byte(ETH_HLEN + 9) != IPPROTO_TCP {
                 return false;
             }
@@ -266,8 +263,7 @@ pub fn read_plain_tcp(ctx: &TcContext, out: &mut MaybeUninit<TcpPacket>) -> bool
             unsafe {
                 (*packet).family = FAMILY_IPV4;
                 (*packet).ttl = byte(ETH_HLEN + 8);
-                (*packet).ip_end = ETH_HLEN
-                    + usize::from(u16::from_be_bytes([byte(ETH_HLEN + 2), byte(ETH_HLEN + 3)]));
+                (*packet).ip_end = ETH_HLEN + usize::from(half(ETH_HLEN + 2));
                 (*packet).saddr = [u64::from(word(ETH_HLEN + 12)), 0];
                 (*packet).daddr = [u64::from(word(ETH_HLEN + 16)), 0];
             }
@@ -284,9 +280,7 @@ pub fn read_plain_tcp(ctx: &TcContext, out: &mut MaybeUninit<TcpPacket>) -> bool
             unsafe {
                 (*packet).family = FAMILY_IPV6;
                 (*packet).ttl = byte(ETH_HLEN + 7);
-                (*packet).ip_end = ETH_HLEN
-                    + 40
-                    + usize::from(u16::from_be_bytes([byte(ETH_HLEN + 4), byte(ETH_HLEN + 5)]));
+                (*packet).ip_end = ETH_HLEN + 40 + usize::from(half(ETH_HLEN + 4));
                 (*packet).saddr = [wide(ETH_HLEN + 8), wide(ETH_HLEN + 16)];
                 (*packet).daddr = [wide(ETH_HLEN + 24), wide(ETH_HLEN + 32)];
             }
@@ -307,38 +301,34 @@ pub fn read_plain_tcp(ctx: &TcContext, out: &mut MaybeUninit<TcpPacket>) -> bool
     header_len >= 20 && tcp_offset + header_len <= ctx.len() as usize
 }
 
-/// Four packet bytes as they lie in memory, in one load at any alignment. `read_unaligned`
-/// would become four byte loads: the BPF backend assumes that misaligned loads fault, but the
-/// kernel allows them on packet data wherever the CPU does (x86-64, arm64), and its verifier
-/// checks every one against the packet bounds.
+/// Packet loads of 2, 4 and 8 bytes as they lie in memory, each one instruction at any
+/// alignment. `read_unaligned` would become byte loads: the BPF backend assumes that misaligned
+/// loads fault, but the kernel allows them on packet data wherever the CPU does (x86-64,
+/// arm64), and its verifier checks each against the packet bounds.
 ///
 /// # Safety
-/// `address` must be a packet pointer whose four bytes were checked against `data_end`.
-#[inline(always)]
-unsafe fn load_u32(address: usize) -> u32 {
-    let value: u64;
-    // SAFETY: the caller's.
-    unsafe {
-        asm!("{0} = *(u32 *)({1} + 0)", lateout(reg) value, in(reg) address,
-            options(pure, readonly, nostack, preserves_flags));
-    }
-    value as u32
+/// `address` must be a packet pointer whose bytes were checked against `data_end`.
+macro_rules! packet_load {
+    ($name:ident, $ty:ty, $size:literal) => {
+        #[inline(always)]
+        unsafe fn $name(address: usize) -> $ty {
+            let value: u64;
+            // SAFETY: the caller's.
+            unsafe {
+                asm!(
+                    concat!("{0} = *(", $size, " *)({1} + 0)"),
+                    lateout(reg) value,
+                    in(reg) address,
+                    options(pure, readonly, nostack, preserves_flags),
+                );
+            }
+            value as $ty
+        }
+    };
 }
-
-/// Eight packet bytes as they lie in memory, in one load at any alignment (see `load_u32`).
-///
-/// # Safety
-/// `address` must be a packet pointer whose eight bytes were checked against `data_end`.
-#[inline(always)]
-unsafe fn load_u64(address: usize) -> u64 {
-    let value: u64;
-    // SAFETY: the caller's.
-    unsafe {
-        asm!("{0} = *(u64 *)({1} + 0)", lateout(reg) value, in(reg) address,
-            options(pure, readonly, nostack, preserves_flags));
-    }
-    value
-}
+packet_load!(load_u16, u16, "u16");
+packet_load!(load_u32, u32, "u32");
+packet_load!(load_u64, u64, "u64");
 
 /// A bad data offset is left to the full parser, which counts it.
 #[inline(always)]

@@ -1,6 +1,8 @@
-//! Per-packet cost of the classifiers (SYN-ACK sampler + handshake tracker, stateful checks on,
-//! TLS record check with its default ports, per-port counters for the server's port) against an empty classifier, in each direction,
-//! measured by the kernel itself (BPF_PROG_TEST_RUN), runs alternating. Needs root. Run by
+//! Per-packet cost of the classifiers (SYN-ACK sampler, handshake checks, TLS record check with
+//! its default ports, per-port counters for the server's port) against an empty classifier,
+//! measured by the kernel itself (BPF_PROG_TEST_RUN), runs alternating: on egress as deployed
+//! by default (stateless handshake checks), and in each direction with `--direction both`
+//! (stateful checks on). Needs root. Run by
 //! `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another build's eBPF object, e.g. the one
 //! before a change) its classifiers run in the same alternation, as the `ref ns` column.
 
@@ -16,6 +18,14 @@ use seqwatch_common::listener_counts;
 const REPEAT: u32 = 10_000;
 const TRIALS: usize = 15;
 
+/// What is measured: a label, the classifier, and whether the stateful handshake checks are on
+/// (they are with `--direction both`).
+const SETUPS: [(&str, &str, u32); 3] = [
+    ("egress (default)", "synack_egress", 0),
+    ("both: egress", "synack_egress", 1),
+    ("both: ingress", "synack_ingress", 1),
+];
+
 fn main() -> anyhow::Result<()> {
     let (mut ebpf, mut records) = load(seqwatch::probes::object()?)?;
     seqwatch::tls::configure(&mut ebpf, &seqwatch::tls::TlsOptions::default())?;
@@ -27,11 +37,15 @@ fn main() -> anyhow::Result<()> {
         "classifier cost per packet (BPF_PROG_TEST_RUN, {REPEAT} runs x {TRIALS} alternating trials, median)"
     );
     println!(
-        "{:<44} {:<15} {:>9} {:>9} {:>9} {:>9}",
-        "packet", "program", "empty ns", "ref ns", "ours ns", "delta ns"
+        "{:<44} {:<17} {:>9} {:>9} {:>9} {:>9}",
+        "packet", "setup", "empty ns", "ref ns", "ours ns", "delta ns"
     );
     for (label, frame) in frames()? {
-        for program in ["synack_egress", "synack_ingress"] {
+        for (setup, program, stateful) in SETUPS {
+            set_stateful(&mut ebpf, stateful)?;
+            if let Some((reference, _)) = reference.as_mut() {
+                set_stateful(reference, stateful)?;
+            }
             let (mut empty, mut theirs, mut ours) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..TRIALS {
                 empty.push(run(&mut ebpf, "baseline", &frame)?);
@@ -49,7 +63,7 @@ fn main() -> anyhow::Result<()> {
                 median(&mut theirs).to_string()
             };
             println!(
-                "{label:<44} {program:<15} {empty:>9} {theirs:>9} {ours:>9} {:>9}",
+                "{label:<44} {setup:<17} {empty:>9} {theirs:>9} {ours:>9} {:>9}",
                 ours as i64 - empty as i64
             );
         }
@@ -57,13 +71,12 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads an object's classifiers with the handshake tracker's stateful checks on.
+/// Loads an object's classifiers.
 fn load(object: &[u8]) -> anyhow::Result<(Ebpf, RingBuf<MapData>)> {
     let mut ebpf = Ebpf::load(object)?;
     for name in ["baseline", "synack_egress", "synack_ingress"] {
         classifier(&mut ebpf, name)?.load()?;
     }
-    Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?.set(0, &1, 0)?;
     // The frames' server port is a counted listening port: the per-port counters' full cost
     // (a reference object from before them has no such map).
     if let Some(slots) = ebpf.map_mut("LISTENER_PORT_SLOTS") {
@@ -72,6 +85,13 @@ fn load(object: &[u8]) -> anyhow::Result<(Ebpf, RingBuf<MapData>)> {
     }
     let records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").expect("map"))?;
     Ok((ebpf, records))
+}
+
+/// Turns the handshake tracker's stateful checks on or off, as the daemon does for
+/// `--direction both` or one direction.
+fn set_stateful(ebpf: &mut Ebpf, on: u32) -> anyhow::Result<()> {
+    Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?.set(0, &on, 0)?;
+    Ok(())
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
