@@ -8,10 +8,11 @@
 //! egress plain ACKs here only when `TLS_PORT_FILTER` (one slot per port, an array the verifier
 //! inlines: no helper call, no hash) says so for either port: the slot holds
 //! `PORT_CONFIGURED` for a configured TLS port, or, at the flow's ephemeral port, the tag of a
-//! flow whose SYN (or SYN-ACK) this host sent and whose first payload is still to be judged,
-//! beside that payload's seq (one 8-byte slot: a SYN-ACK pays two slot reads and one write).
-//! Only segments of such flows pay for a flow lookup, and only those with a record boundary
-//! in them for the walk.
+//! flow whose SYN (or SYN-ACK) this host sent, beside its first payload's seq (one 8-byte
+//! slot: a SYN-ACK pays two slot reads and one write). The watch is cleared when that payload
+//! is not a hello, and marked started when it is. Only segments of followed flows pay for a
+//! flow lookup (a watched flow's first payload, and its end before any, need none), and only
+//! those with a record boundary in them for the walk.
 //!
 //! Per flow (`TLS_FLOWS`, LRU): the seq of the next record header and the bytes of a header
 //! split across segments. A segment wholly before that seq (record body, retransmission) costs
@@ -91,8 +92,9 @@ const WALK_UNREADABLE: u32 = 3;
 #[map]
 static TLS_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Per port: `PORT_CONFIGURED`; or a flow awaiting its first payload: its tag in the low
-/// word, the seq of that payload's first byte in the high word; or 0.
+/// Per port: `PORT_CONFIGURED`; or a watched flow: its tag in the low word (with
+/// `WATCH_STARTED` once it began with a hello), the seq of its first payload byte in the high
+/// word; or 0.
 #[map]
 static TLS_PORT_FILTER: Array<u64> = Array::with_max_entries(PORT_FILTER_SLOTS, 0);
 
@@ -204,14 +206,21 @@ pub fn observe(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
 fn observe_segment(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     let flags = tcp.flags;
     let segment = Segment::new(ctx, tcp, direction);
-    if !filter_matches(segment.tag, segment.key.local_port, segment.key.remote_port) {
+    let filtered = filter_state(segment.tag, segment.key.local_port, segment.key.remote_port);
+    if filtered == Filtered::Out {
         return;
     }
-    if direction == Direction::Egress && segment.payload_len > 0 {
-        check_payload(ctx, &segment);
+    let awaiting = filtered == Filtered::AwaitingFirstPayload;
+    let payload_checked = direction == Direction::Egress && segment.payload_len > 0;
+    if payload_checked {
+        check_payload(ctx, &segment, awaiting);
     }
     if flags & (TCP_FIN | TCP_RST) != 0 {
-        end_session(ctx, &segment);
+        if awaiting && !payload_checked {
+            clear_watch(&segment); // no payload, no session: nothing to look up
+        } else {
+            end_session(ctx, &segment);
+        }
     }
 }
 
@@ -287,10 +296,17 @@ impl<'a> Segment<'a> {
     }
 }
 
-/// Checks the record headers in one egress segment's payload.
+/// Checks the record headers in one egress segment's payload. A flow awaiting its first
+/// payload has no entry yet (an entry of an earlier connection on the same 4-tuple is
+/// replaced), so it is not looked up.
 #[inline(never)]
-fn check_payload(ctx: &TcContext, segment: &Segment) {
-    let flow = match TLS_FLOWS.get_ptr_mut(&segment.key) {
+fn check_payload(ctx: &TcContext, segment: &Segment, awaiting_first_payload: bool) {
+    let existing = if awaiting_first_payload {
+        None
+    } else {
+        TLS_FLOWS.get_ptr_mut(&segment.key)
+    };
+    let flow = match existing {
         Some(flow) => flow,
         None => match start_flow(ctx, segment) {
             Some(flow) => flow.as_ptr(),
@@ -346,10 +362,12 @@ fn start_flow(ctx: &TcContext, segment: &Segment) -> Option<NonNull<TlsFlow>> {
             return None;
         }
         flow = TlsFlow::starting(segment.payload_seq, SYNCED, local_is_server);
+        TLS_FLOWS.insert(key, &flow, 0).ok()?;
+        mark_started(slot);
     } else {
         count(TlsCounter::TrackingLost);
+        TLS_FLOWS.insert(key, &flow, 0).ok()?;
     }
-    TLS_FLOWS.insert(key, &flow, 0).ok()?;
     TLS_FLOWS.get_ptr_mut(key).and_then(NonNull::new)
 }
 
@@ -781,24 +799,59 @@ fn copy_prefix(ctx: &TcContext, offset: u32, len: u32, event: *mut TlsEvent) -> 
     }
 }
 
-/// A tag of (remote address low word, ports) with bit 1 set, so never `PORT_CONFIGURED`.
+/// Set in a watch slot's tag once the watched flow's first payload was a hello: the flow then
+/// has an entry in `TLS_FLOWS`. Until then it has none, and its segments need no lookup.
+const WATCH_STARTED: u32 = 1;
+
+/// A tag of (remote address low word, ports) with bit 1 set, so never `PORT_CONFIGURED`, and
+/// bit 0 (`WATCH_STARTED`) clear.
 #[inline(always)]
 fn flow_tag(remote_word: u32, local_port: u16, remote_port: u16) -> u32 {
     let ports = (u32::from(local_port) << 16) | u32::from(remote_port);
     let mut hash = remote_word.wrapping_mul(0x9e37_79b1) ^ ports;
     hash = hash.wrapping_mul(0x85eb_ca6b);
-    (hash ^ (hash >> 15)) | 2
+    ((hash ^ (hash >> 15)) & !WATCH_STARTED) | 2
+}
+
+/// What the port filter says of a segment's flow.
+#[derive(Clone, Copy, PartialEq)]
+enum Filtered {
+    Out,
+    /// On a configured port, or a watched flow that began with a hello.
+    Followed,
+    /// Watched, its first payload still to come.
+    AwaitingFirstPayload,
+}
+
+#[inline(always)]
+fn filter_state(tag: u32, local_port: u16, remote_port: u16) -> Filtered {
+    let mut state = Filtered::Out;
+    for port in [local_port, remote_port] {
+        if let Some(slot) = TLS_PORT_FILTER.get(u32::from(port)) {
+            if *slot == PORT_CONFIGURED || *slot as u32 == tag | WATCH_STARTED {
+                return Filtered::Followed;
+            }
+            if *slot as u32 == tag {
+                state = Filtered::AwaitingFirstPayload;
+            }
+        }
+    }
+    state
 }
 
 /// Whether either port's slot marks a TLS port or holds this flow's tag.
 #[inline(always)]
 fn filter_matches(tag: u32, local_port: u16, remote_port: u16) -> bool {
-    let hit = |port: u16| {
-        TLS_PORT_FILTER
-            .get(u32::from(port))
-            .is_some_and(|slot| *slot == PORT_CONFIGURED || is_watch_of(*slot, tag))
-    };
-    hit(local_port) || hit(remote_port)
+    filter_state(tag, local_port, remote_port) != Filtered::Out
+}
+
+/// Marks the watch at a port's slot as started: its flow is in `TLS_FLOWS`.
+#[inline(always)]
+fn mark_started(port: u16) {
+    if let Some(slot) = TLS_PORT_FILTER.get_ptr_mut(u32::from(port)) {
+        // SAFETY: an array slot, holding this flow's watch (just checked by the caller).
+        unsafe { *slot |= u64::from(WATCH_STARTED) };
+    }
 }
 
 /// Whether the tag sits at the remote port's slot: this host sent the SYN-ACK (the server).
@@ -809,11 +862,11 @@ fn watched_slot(tag: u32, remote_port: u16) -> bool {
         .is_some_and(|slot| is_watch_of(*slot, tag))
 }
 
-/// Whether a slot watches the flow with this tag (never a configured port's slot: tags have
-/// bit 1 set).
+/// Whether a slot watches the flow with this tag, started or not (never a configured port's
+/// slot: tags have bit 1 set).
 #[inline(always)]
 fn is_watch_of(slot: u64, tag: u32) -> bool {
-    slot as u32 == tag
+    slot as u32 | WATCH_STARTED == tag | WATCH_STARTED
 }
 
 /// Whether a port's slot marks a TLS port or holds any flow's tag.

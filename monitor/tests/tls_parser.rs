@@ -466,3 +466,54 @@ fn session_ends_are_classified_once() {
         assert_eq!(check.run(program, &end), [], "{what}: counted once");
     }
 }
+
+#[test]
+fn a_hello_flow_is_followed_again_when_its_4_tuple_is_reused() {
+    let server = ([192, 0, 2, 1], 9000);
+    let mut server_hello = record(22, 90, 0);
+    server_hello[5] = 2; // handshake type: ServerHello
+    let mut check = Check::load(CONFIG_DETECT_HELLO);
+    // A connection that ends before any payload: no session, nothing to report.
+    assert_eq!(
+        check.run("synack_egress", &frame(server, CLIENT, SYN | ACK, 100, &[])),
+        []
+    );
+    assert_eq!(
+        check.run("synack_ingress", &frame(CLIENT, server, RST, 1, &[])),
+        []
+    );
+    // Then two TLS sessions, one after the other, on the same 4-tuple (the client reused its
+    // port); the second leaks plaintext after its ServerHello.
+    for (isn, leak) in [(5_000u32, false), (900_000, true)] {
+        assert_eq!(
+            check.run("synack_egress", &frame(server, CLIENT, SYN | ACK, isn, &[])),
+            []
+        );
+        let mut stream = server_hello.clone();
+        if leak {
+            stream.extend(b"plaintext!");
+        }
+        let found = check.run(
+            "synack_egress",
+            &frame(server, CLIENT, ACK | PSH, isn + 1, &stream),
+        );
+        assert_eq!(
+            plaintexts(&found).len(),
+            usize::from(leak),
+            "ISN {isn}: {found:?}"
+        );
+        let fin = frame(
+            server,
+            CLIENT,
+            FIN | ACK,
+            isn + 1 + stream.len() as u32,
+            &[],
+        );
+        let ends: Vec<_> = check
+            .run("synack_egress", &fin)
+            .into_iter()
+            .filter(|f| matches!(f, Finding::SessionEnded { .. }))
+            .collect();
+        assert_eq!(ends.len(), 1, "ISN {isn}: one session end, got {ends:?}");
+    }
+}
