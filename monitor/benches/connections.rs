@@ -2,9 +2,13 @@
 //! the server's interface, in alternating rounds; reports the medians and their ratio.
 //! Needs root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side, and
 //! `SEQWATCH_BENCH_BEFORE=PATH` adds the same setups run by another build of the daemon (say,
-//! the previous commit's), so that a change is compared within one alternating run.
+//! the previous commit's), so that a change is compared within one alternating run. With the
+//! kernel's per-program run-time statistics on for the run (BPF_ENABLE_STATS), each monitored
+//! round also reports the daemon's eBPF programs' CPU time per connection, and the summary
+//! their cost per run: what the rates alone are too noisy to show.
 
 use std::{
+    collections::BTreeMap,
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Stdio},
     sync::{
@@ -12,7 +16,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use std::os::fd::AsRawFd as _;
@@ -33,6 +37,8 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
+    // On while this fd lives; it adds two clock reads to every program run of every program.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
     let lab = Lab::create(&LabOptions::default())?;
     let server = SocketAddr::new(lab.server_v4.into(), PORT);
     serve(&lab, server)?;
@@ -42,13 +48,14 @@ fn main() -> anyhow::Result<()> {
     let setups = setups();
     let mut without = Vec::new();
     let mut with = vec![Vec::new(); setups.len()];
+    let mut kernel = vec![KernelCost::default(); setups.len()];
     for round in 0..rounds {
         // The order rotates each round, so that a drift within a round favours no setup.
         let mut line = format!("round {round}:");
         for slot in 0..=setups.len() {
             match (slot + round) % (setups.len() + 1) {
                 0 => {
-                    let bare = connection_rate(&lab, server);
+                    let bare = connection_rate(&lab, server).rate();
                     without.push(bare);
                     line += &format!("   without {bare:>8.0}/s");
                 }
@@ -56,10 +63,15 @@ fn main() -> anyhow::Result<()> {
                     let (name, daemon, args) = &setups[setup - 1];
                     let monitor = Monitor::start(&lab, daemon, args)?;
                     let cpu_before = monitor.cpu_time()?;
-                    let monitored = connection_rate(&lab, server);
-                    let usage = monitor.stop(cpu_before)?;
+                    let round = connection_rate(&lab, server);
+                    let (usage, programs) = monitor.stop(cpu_before)?;
+                    let monitored = round.rate();
+                    let per_connection = programs.total_ns() / round.connections.max(1) as f64;
+                    kernel[setup - 1].add(&programs, round.connections);
                     with[setup - 1].push(monitored);
-                    line += &format!("   {name} {monitored:>8.0}/s ({usage})");
+                    line += &format!(
+                        "   {name} {monitored:>8.0}/s ({usage}, kernel {per_connection:.0} ns/conn)"
+                    );
                 }
             }
         }
@@ -73,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let without = median(&mut without);
     println!("median without the monitor: {without:.0}/s");
-    for ((rates, mut ratios), (name, _, _)) in with.iter_mut().zip(paired).zip(setups) {
+    for ((rates, mut ratios), (name, _, _)) in with.iter_mut().zip(paired).zip(&setups) {
         let rate = median(rates);
         let ratio = median(&mut ratios);
         println!(
@@ -83,6 +95,9 @@ fn main() -> anyhow::Result<()> {
             ratios[0],
             ratios[ratios.len() - 1]
         );
+    }
+    for (cost, (name, _, _)) in kernel.iter().zip(setups) {
+        println!("eBPF programs with --direction {name}, all rounds: {cost}");
     }
     Ok(())
 }
@@ -133,9 +148,9 @@ fn deep_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
-/// Completed handshakes per second over one round. Clients reset instead of closing, so that
-/// TIME_WAIT does not exhaust the ephemeral ports.
-fn connection_rate(lab: &Lab, server: SocketAddr) -> f64 {
+/// Completed handshakes over one round. Clients reset instead of closing, so that TIME_WAIT
+/// does not exhaust the ephemeral ports.
+fn connection_rate(lab: &Lab, server: SocketAddr) -> Round {
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let started = Instant::now();
@@ -162,7 +177,21 @@ fn connection_rate(lab: &Lab, server: SocketAddr) -> f64 {
             stop.store(true, Ordering::Relaxed);
         });
     });
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    Round {
+        connections: done.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    }
+}
+
+struct Round {
+    connections: u64,
+    elapsed: Duration,
+}
+
+impl Round {
+    fn rate(&self) -> f64 {
+        self.connections as f64 / self.elapsed.as_secs_f64()
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -174,17 +203,23 @@ fn median(values: &mut [f64]) -> f64 {
 struct Monitor<'a> {
     lab: &'a Lab,
     child: Child,
+    started: SystemTime,
 }
 
 impl<'a> Monitor<'a> {
     fn start(lab: &'a Lab, daemon: &str, args: &[&str]) -> anyhow::Result<Monitor<'a>> {
+        let started = SystemTime::now();
         let child = lab
             .command_in(&lab.server_ns, daemon)
             .args(["run", "--interface", &lab.server_if])
             .args(args)
             .stderr(Stdio::null())
             .spawn()?;
-        let monitor = Monitor { lab, child };
+        let monitor = Monitor {
+            lab,
+            child,
+            started,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while monitor
             .metric("seqwatch_program_attached{")
@@ -227,9 +262,10 @@ impl<'a> Monitor<'a> {
     }
 
     /// Stops the daemon once the round's records are read, and reports its CPU use since
-    /// `cpu_before` (the round and that wait).
-    fn stop(mut self, cpu_before: Duration) -> anyhow::Result<Usage> {
+    /// `cpu_before` (the round and that wait), and its programs' run time since they loaded.
+    fn stop(mut self, cpu_before: Duration) -> anyhow::Result<(Usage, KernelCost)> {
         thread::sleep(Duration::from_millis(1100)); // one publish tick
+        let programs = self.programs()?;
         let cpu = self.cpu_time()? - cpu_before;
         let usage = Usage {
             cpu,
@@ -240,7 +276,59 @@ impl<'a> Monitor<'a> {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
-        Ok(usage)
+        Ok((usage, programs))
+    }
+
+    /// Run time and runs of the daemon's programs: those loaded since it started (nothing
+    /// else loads programs during a round).
+    fn programs(&self) -> anyhow::Result<KernelCost> {
+        let mut cost = KernelCost::default();
+        for info in aya::programs::loaded_programs() {
+            let info = info?;
+            if info.loaded_at().is_some_and(|at| at >= self.started) {
+                let name = info.name_as_str().unwrap_or("?").to_owned();
+                let entry = cost.programs.entry(name).or_default();
+                entry.0 += info.run_time().as_nanos() as f64;
+                entry.1 += info.run_count();
+            }
+        }
+        Ok(cost)
+    }
+}
+
+/// The eBPF programs' run time (ns) and runs, by program name, and the connections they
+/// served.
+#[derive(Clone, Default)]
+struct KernelCost {
+    programs: BTreeMap<String, (f64, u64)>,
+    connections: u64,
+}
+
+impl KernelCost {
+    fn total_ns(&self) -> f64 {
+        self.programs.values().map(|(ns, _)| ns).sum()
+    }
+
+    fn add(&mut self, round: &KernelCost, connections: u64) {
+        for (name, (ns, runs)) in &round.programs {
+            let entry = self.programs.entry(name.clone()).or_default();
+            entry.0 += ns;
+            entry.1 += runs;
+        }
+        self.connections += connections;
+    }
+}
+
+impl std::fmt::Display for KernelCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let connections = self.connections.max(1) as f64;
+        write!(f, "{:.0} ns per connection", self.total_ns() / connections)?;
+        for (name, (ns, runs)) in self.programs.iter().filter(|(_, (_, runs))| *runs > 0) {
+            let per_run = ns / *runs as f64;
+            let per_connection = *runs as f64 / connections;
+            write!(f, "; {name} {per_run:.0} ns x {per_connection:.2}")?;
+        }
+        Ok(())
     }
 }
 
