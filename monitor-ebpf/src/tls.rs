@@ -9,7 +9,7 @@
 //! inlines: no helper call, no hash) says so for either port: the slot holds
 //! `PORT_CONFIGURED` for a configured TLS port, or, at the flow's ephemeral port, the tag of a
 //! flow whose SYN (or SYN-ACK) this host sent, beside its first payload's seq (one 8-byte
-//! slot: a SYN-ACK pays two slot reads and one write). The watch is cleared when that payload
+//! slot: a SYN-ACK pays one slot read and one write). The watch is cleared when that payload
 //! is not a hello, and marked started when it is. Only segments of followed flows pay for a
 //! flow lookup (a watched flow's first payload, and its end before any, need none), and only
 //! those with a record boundary in them for the walk.
@@ -224,32 +224,31 @@ fn observe_segment(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     }
 }
 
-/// This host's SYN (we are the client) or SYN-ACK (the server): a flow on a configured port
-/// is followed from its first payload byte; any other is watched, with hello detection on, by
-/// its tag and first payload seq in the slot of the client's (ephemeral, nearly unique) port.
-/// No flow key is built for the latter: every SYN-ACK passes here, and TLS is the exception.
+/// This host's SYN (we are the client) or SYN-ACK (the server): a flow to a configured server
+/// port is followed from its first payload byte; any other is watched, with hello detection
+/// on, by its tag and first payload seq in the slot of the client's (ephemeral, nearly unique)
+/// port. No flow key is built for the latter: every SYN-ACK passes here, and TLS is the
+/// exception. Only the server port's slot is read: the client port's is written blind, as a
+/// read of it would be a cache miss on most SYN-ACKs of a busy server.
 #[inline(always)]
 fn on_handshake(tcp: &TcpPacket) {
-    let (local_port, remote_port) = (tcp.sport, tcp.dport);
-    let (Some(local), Some(remote)) = (
-        TLS_PORT_FILTER.get_ptr_mut(u32::from(local_port)),
-        TLS_PORT_FILTER.get_ptr_mut(u32::from(remote_port)),
-    ) else {
-        return;
+    let local_is_server = tcp.flags & TCP_ACK != 0;
+    let (server_port, client_port) = if local_is_server {
+        (tcp.sport, tcp.dport)
+    } else {
+        (tcp.dport, tcp.sport)
     };
-    // SAFETY: array slots; a racing flow on the same port can only take the slot over.
-    unsafe {
-        if *local == PORT_CONFIGURED || *remote == PORT_CONFIGURED {
-            start_configured_flow(tcp);
-            return;
-        }
-        if config() & CONFIG_DETECT_HELLO == 0 {
-            return;
-        }
-        let local_is_server = tcp.flags & TCP_ACK != 0;
-        let slot = if local_is_server { remote } else { local };
-        let tag = flow_tag(tcp.address_word(&tcp.daddr), local_port, remote_port);
-        *slot = u64::from(first_payload_seq(tcp)) << 32 | u64::from(tag);
+    if port_configured(server_port) {
+        start_configured_flow(tcp);
+        return;
+    }
+    if config() & CONFIG_DETECT_HELLO == 0 {
+        return;
+    }
+    if let Some(slot) = TLS_PORT_FILTER.get_ptr_mut(u32::from(client_port)) {
+        let tag = flow_tag(tcp.address_word(&tcp.daddr), tcp.sport, tcp.dport);
+        // SAFETY: an array slot; a racing flow on the same port can only take the slot over.
+        unsafe { *slot = u64::from(first_payload_seq(tcp)) << 32 | u64::from(tag) };
     }
 }
 
