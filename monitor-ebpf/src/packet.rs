@@ -66,7 +66,6 @@ pub struct TcpPacket {
     pub header_len: u8,
     pub family: u8,
     pub ttl: u8,
-    _pad: [u8; 6],
     /// Offset of the TCP header from the start of the frame.
     pub tcp_offset: usize,
     /// Offset just past the IP payload (from the IP length: Ethernet padding excluded).
