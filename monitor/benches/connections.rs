@@ -270,6 +270,9 @@ impl<'a> Monitor<'a> {
         let usage = Usage {
             cpu,
             samples: self.metric("seqwatch_synack_samples_total{").unwrap_or(0.0) as u64,
+            scoring: Duration::from_secs_f64(
+                self.metric("seqwatch_scoring_seconds_total").unwrap_or(0.0),
+            ),
         };
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
@@ -332,21 +335,24 @@ impl std::fmt::Display for KernelCost {
     }
 }
 
-/// The daemon's CPU time over a round, also per sample (scoring, every service at most every
-/// 2 s whatever its rate, included).
+/// The daemon's CPU time over a round, also per sample, and how much of it was scoring (every
+/// service at most every 2 s whatever its rate, so a round of 3 s scores its service's full
+/// window once, whose cost spread over the round's samples is a large part of their share).
 struct Usage {
     cpu: Duration,
     samples: u64,
+    scoring: Duration,
 }
 
 impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} samples, daemon {:.1}% CPU, {} ns/sample",
+            "{} samples, daemon {:.1}% CPU, {} ns/sample, scoring {:.0} ms wall",
             self.samples,
             self.cpu.as_secs_f64() / ROUND.as_secs_f64() * 100.0,
             self.cpu.as_nanos() / u128::from(self.samples.max(1)),
+            self.scoring.as_secs_f64() * 1e3,
         )
     }
 }

@@ -33,7 +33,7 @@ use crate::{
     probes::{self, AttachMode, KernelCounters, Probes},
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
-    tcp_events,
+    tcp_events, ticks,
     tls::{self, PortList, TlsOptions},
     top_sources::{self, SharedTopSources, TopSources},
     web::WebSecurity,
@@ -230,12 +230,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ]);
     let mut syncookies = SyncookieWatch::start();
     let mut scoring = ScoringBudget::new(Instant::now());
-    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let mut publish = ticks::interval(Duration::from_secs(1));
     // Its first tick is immediate: the posture is exported from the start.
-    let mut posture_refresh = tokio::time::interval(POSTURE_REFRESH);
+    let mut posture_refresh = ticks::interval(POSTURE_REFRESH);
     let mut posture = PostureWatch::default();
     // The kernel wakes us only when the ring buffer fills up (an eighth): drain it on a timer.
-    let mut poll = tokio::time::interval(RINGBUF_POLL);
+    let mut poll = ticks::interval(RINGBUF_POLL);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {

@@ -307,27 +307,40 @@ pub fn label_of(admitted: Option<SocketAddr>) -> String {
 
 /// A counter family labelled by service alone, keeping the handle of every label it has
 /// counted (at most the cap plus `other`): counting an event then formats no address and
-/// hashes no label strings, which per event cost more than all the rest of its handling.
+/// hashes no label strings, which per event cost more than all the rest of its handling. A
+/// service with a handle is counted after one lookup; the labels are asked only for a new one.
 pub struct ServiceCounters {
     family: IntCounterVec,
-    handles: HashMap<Option<SocketAddr>, IntCounter>,
+    own: HashMap<SocketAddr, IntCounter>,
+    other: Option<IntCounter>,
 }
 
 impl ServiceCounters {
     pub fn new(family: IntCounterVec) -> Self {
         ServiceCounters {
             family,
-            handles: HashMap::new(),
+            own: HashMap::new(),
+            other: None,
         }
     }
 
     /// Counts one event of `service`, under the label `labels` gives it.
     pub fn inc(&mut self, labels: &mut ServiceLabels, service: SocketAddr) {
-        let admitted = labels.admit(service);
-        self.handles
-            .entry(admitted)
-            .or_insert_with(|| self.family.with_label_values(&[label_of(admitted)]))
-            .inc();
+        if let Some(counter) = self.own.get(&service) {
+            counter.inc();
+            return;
+        }
+        let family = &self.family;
+        let counter = match labels.admit(service) {
+            Some(service) => self
+                .own
+                .entry(service)
+                .or_insert_with(|| family.with_label_values(&[service.to_string()])),
+            None => self
+                .other
+                .get_or_insert_with(|| family.with_label_values(&[OTHER_SERVICE])),
+        };
+        counter.inc();
     }
 }
 

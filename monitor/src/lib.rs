@@ -25,6 +25,7 @@ pub mod sock_diag;
 pub mod spoofing;
 pub mod synack;
 pub mod tcp_events;
+pub mod ticks;
 pub mod tls;
 pub mod top_sources;
 pub mod web;

@@ -520,7 +520,7 @@ pub fn start(
     };
     let opened = watch.options.listener_opened.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(POLL);
+        let mut tick = crate::ticks::interval(POLL);
         let mut last = Instant::now();
         loop {
             tokio::select! {

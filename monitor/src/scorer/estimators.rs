@@ -131,25 +131,42 @@ fn lag(symbols: &[u8]) -> usize {
     // A lag beyond half the stream is scored on fewer symbols than it predicts; 90B sizes D
     // for a million samples.
     let depth = LAG_DEPTH.min(symbols.len() / 2).max(1);
+    // Newest first, so that the symbols 1..=d back from i are a forward run, which the
+    // compiler vectorizes (the backward walk it did not).
+    let newest_first: Vec<u8> = symbols.iter().rev().copied().collect();
     let mut scores = [0u32; LAG_DEPTH + 1];
     let mut winner = 1;
     let mut correct = 0;
-    for i in 1..symbols.len() {
-        if symbols[i - winner] == symbols[i] {
+    for (i, &current) in symbols.iter().enumerate().skip(1) {
+        if symbols[i - winner] == current {
             correct += 1;
         }
         let lags = i.min(depth);
-        // Branch-free scoring: for random symbols a branch here mispredicts half the time.
-        for d in 1..=lags {
-            scores[d] += u32::from(symbols[i - d] == symbols[i]);
-        }
-        for d in 1..=lags {
-            if scores[d] >= scores[winner] {
-                winner = d;
-            }
-        }
+        let back = &newest_first[symbols.len() - i..];
+        // Past the first 128 symbols every step scores all lags: a constant length the
+        // compiler unrolls.
+        winner = if lags == LAG_DEPTH {
+            score_lags(&mut scores[1..=LAG_DEPTH], &back[..LAG_DEPTH], current)
+        } else {
+            score_lags(&mut scores[1..=lags], &back[..lags], current)
+        };
     }
     correct
+}
+
+/// Counts which lags would have predicted `current` (`back[d - 1]` is the symbol `d` back),
+/// and returns the lag right most so far, the longest of those tied (as 90B's `>=` scan picks).
+#[inline(always)]
+fn score_lags(scores: &mut [u32], back: &[u8], current: u8) -> usize {
+    // Branch-free scoring: for random symbols a branch here mispredicts half the time.
+    for (score, &earlier) in scores.iter_mut().zip(back) {
+        *score += u32::from(earlier == current);
+    }
+    let top = scores.iter().copied().max().unwrap_or_default();
+    1 + scores
+        .iter()
+        .rposition(|&score| score == top)
+        .unwrap_or_default()
 }
 
 /// 90B MultiMMC predictor: Markov models of order 1..=16; use the order that has been right most.
@@ -378,6 +395,51 @@ mod tests {
             lz78y(&s, &mut store),
         ] {
             assert!(correct >= 190, "{correct}");
+        }
+    }
+
+    /// 90B's Lag predictor as written: the backward walk and the `>=` scan for the winner.
+    fn literal_lag(symbols: &[u8]) -> usize {
+        let depth = LAG_DEPTH.min(symbols.len() / 2).max(1);
+        let mut scores = [0u32; LAG_DEPTH + 1];
+        let mut winner = 1;
+        let mut correct = 0;
+        for i in 1..symbols.len() {
+            correct += usize::from(symbols[i - winner] == symbols[i]);
+            let lags = i.min(depth);
+            for d in 1..=lags {
+                scores[d] += u32::from(symbols[i - d] == symbols[i]);
+            }
+            for d in 1..=lags {
+                if scores[d] >= scores[winner] {
+                    winner = d;
+                }
+            }
+        }
+        correct
+    }
+
+    #[test]
+    fn the_vectorized_lag_predictor_is_90bs() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for len in [0, 1, 2, 3, 33, 255, 256, 257, 2048, 5000] {
+            for alphabet in [2, 3, 256] {
+                let random: Vec<u8> = (0..len)
+                    .map(|_| (rng.random::<u32>() % alphabet) as u8)
+                    .collect();
+                assert_eq!(
+                    lag(&random),
+                    literal_lag(&random),
+                    "{len} symbols below {alphabet}"
+                );
+            }
+            let periodic: Vec<u8> = (0..len).map(|i| [1, 0, 0, 1, 1][i % 5]).collect();
+            assert_eq!(
+                lag(&periodic),
+                literal_lag(&periodic),
+                "period 5, {len} symbols"
+            );
         }
     }
 
