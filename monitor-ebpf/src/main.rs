@@ -1,6 +1,13 @@
 //! Seqwatch's kernel side. One detector per module; this file only names the entry points.
 #![no_std]
 #![no_main]
+// The atomic add of `tcp_events`' listener counts: `AtomicU32::fetch_add` is missing on
+// bpfel-unknown-none, while the BPF instruction set has it.
+#![feature(core_intrinsics)]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics, for the atomic add above"
+)]
 #![allow(
     clippy::not_unsafe_ptr_arg_deref,
     reason = "aya's #[classifier] expands to an extern fn taking the raw __sk_buff pointer"

@@ -323,11 +323,15 @@ impl ServiceCounters {
 
     /// Counts one event of `service`, under the label `labels` gives it.
     pub fn inc(&mut self, labels: &mut ServiceLabels, service: SocketAddr) {
-        let admitted = labels.admit(service);
+        self.add(labels.admit(service), 1);
+    }
+
+    /// Counts `events` of a service [`ServiceLabels::admit`] answered for.
+    pub fn add(&mut self, admitted: Option<SocketAddr>, events: u64) {
         self.handles
             .entry(admitted)
             .or_insert_with(|| self.family.with_label_values(&[label_of(admitted)]))
-            .inc();
+            .inc_by(events);
     }
 }
 
