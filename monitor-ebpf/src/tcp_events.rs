@@ -17,8 +17,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_get_current_comm,
     },
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -35,6 +35,9 @@ use seqwatch_common::{
 };
 
 use crate::{listener_counts, ringbuf};
+
+/// The size of `TcpEvent::comm`, as the kernel's helper takes it.
+const TASK_COMM_LEN: u32 = 16;
 
 #[map]
 static TCP_EVENTS_CONFIG: Array<TcpEventsConfig> = Array::with_max_entries(1, 0);
@@ -81,17 +84,14 @@ pub fn receive_reset(ctx: &TracePointContext) {
         return;
     }
     let fields = &receive_reset::ADDRESSES;
-    // Each side read at its own constant offsets: the verifier allows no variable ones.
-    let service = if listening(field::<u16>(ctx, fields.sport)) {
-        service(ctx, fields, fields.sport, fields.saddr, fields.saddr_v6)
-    } else {
-        service(ctx, fields, fields.dport, fields.daddr, fields.daddr_v6)
-    };
-    count_reset_received(&service);
+    // Both sides are read, then one chosen (see `field`).
+    let local = service(ctx, fields, fields.sport, fields.saddr, fields.saddr_v6);
+    let remote = service(ctx, fields, fields.dport, fields.daddr, fields.daddr_v6);
+    let server = if listening(local.port) { local } else { remote };
+    count_reset_received(&server);
 }
 
-/// One side of the record as a service. Addresses are read in place, 16 bits at a time (the
-/// record aligns them so).
+/// One side of the record as a service.
 #[inline(always)]
 fn service(
     ctx: &TracePointContext,
@@ -100,21 +100,28 @@ fn service(
     v4: Field,
     v6: Field,
 ) -> ResetService {
-    let mut service = ResetService {
-        addr: [0; 4],
+    let (family, addr) = address(ctx, fields, v4, v6);
+    ResetService {
+        addr,
         port: field::<u16>(ctx, port),
-        family: FAMILY_IPV4,
+        family,
         _pad: 0,
-    };
-    if field::<u16>(ctx, fields.family) == AF_INET6 {
-        service.family = FAMILY_IPV6;
-        for (i, word) in service.addr.iter_mut().enumerate() {
-            *word = field_word(ctx, v6, 4 * i);
-        }
-    } else {
-        service.addr[0] = field_word(ctx, v4, 0);
     }
-    service
+}
+
+/// One side's family and address (IPv4 in the first word), read in place 16 bits at a time
+/// (the record aligns the addresses so), without a helper call; both forms are read, then
+/// one chosen (see `field`).
+#[inline(always)]
+fn address(ctx: &TracePointContext, fields: &Addresses, v4: Field, v6: Field) -> (u8, [u32; 4]) {
+    let word = |i: usize| field_word(ctx, v6, 4 * i);
+    let v6_words = [word(0), word(1), word(2), word(3)];
+    let v4_word = field_word(ctx, v4, 0);
+    if field::<u16>(ctx, fields.family) == AF_INET6 {
+        (FAMILY_IPV6, v6_words)
+    } else {
+        (FAMILY_IPV4, [v4_word, 0, 0, 0])
+    }
 }
 
 pub fn send_reset(ctx: &TracePointContext) {
@@ -222,7 +229,10 @@ fn count_reset_received(service: &ResetService) {
 const EEXIST: i32 = 17;
 
 /// Reads a naturally aligned integer field of the tracepoint record in place (the verifier
-/// checks the access against the record's size).
+/// checks the access against the record's size, and allows only constant offsets). Volatile:
+/// LLVM would otherwise merge loads that two branches make at different offsets into one
+/// load at a variable offset, which the verifier rejects; so where a branch chooses between
+/// fields, both are read and the values chosen.
 #[inline(always)]
 fn field<T: Copy>(ctx: &TracePointContext, field: Field) -> T {
     // SAFETY: the context is the tracepoint's record, and userspace attached this program only
@@ -232,17 +242,8 @@ fn field<T: Copy>(ctx: &TracePointContext, field: Field) -> T {
             .cast::<u8>()
             .add(field.offset)
             .cast::<T>()
-            .read()
+            .read_volatile()
     }
-}
-
-/// Copies a byte-array field of the record. The verifier allows only direct loads at fixed
-/// context offsets, which a byte-copy loop is not, so the helper copies.
-#[inline(always)]
-fn copy_field(ctx: &TracePointContext, field: Field, destination: &mut [u8]) {
-    // SAFETY: as in `field`; the helper fails instead of faulting, leaving zeros.
-    let src = unsafe { ctx.as_ptr().cast::<u8>().add(field.offset) };
-    let _ = unsafe { bpf_probe_read_kernel_buf(src, destination) };
 }
 
 /// The `index`th..+4 bytes of a 2-aligned byte-array field as one word, its bytes in record
@@ -353,20 +354,26 @@ fn emit(ctx: &TracePointContext, kind: TcpEventKind, fields: &Addresses) {
         return;
     };
     let event = entry.as_mut_ptr();
+    let (family, local) = address(ctx, fields, fields.saddr, fields.saddr_v6);
     let listener = !matches!(kind, TcpEventKind::SynAckRetransmit);
     // SAFETY: `event` points to a reserved, writable TcpEvent; every field is written in
-    // place before submit.
+    // place before submit. The byte arrays are written as words, volatile: LLVM would turn
+    // stores to them (and zeros next to each other) into calls to a byte loop.
     unsafe {
         (*event).kind = kind as u8;
-        fill_local(ctx, &mut *event, fields);
+        (*event).family = family;
+        (*event).local_port = field::<u16>(ctx, fields.sport);
+        store_words(&raw mut (*event).local_addr, local);
+        let comm = &raw mut (*event).comm;
         if listener {
             (*event).ts_ns = bpf_ktime_get_ns();
             (*event).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            // The helper zeroes the buffer if it fails.
+            bpf_get_current_comm(comm.cast(), TASK_COMM_LEN);
         } else {
-            (*event).ts_ns = 0;
-            (*event).pid = 0;
-            (*event).comm = [0; 16];
+            core::ptr::write_volatile(&raw mut (*event).ts_ns, 0);
+            core::ptr::write_volatile(&raw mut (*event).pid, 0);
+            store_words(comm, [0; 4]);
         }
     }
     entry.submit(ringbuf::batched_wakeup::<TcpEvent>(
@@ -375,16 +382,13 @@ fn emit(ctx: &TracePointContext, kind: TcpEventKind, fields: &Addresses) {
     ));
 }
 
+/// Writes a 16-byte array field (4-aligned in `TcpEvent`) as four words.
 #[inline(always)]
-fn fill_local(ctx: &TracePointContext, event: &mut TcpEvent, fields: &Addresses) {
-    event.local_port = field::<u16>(ctx, fields.sport);
-    event.local_addr = [0; 16];
-    if field::<u16>(ctx, fields.family) == AF_INET6 {
-        event.family = FAMILY_IPV6;
-        copy_field(ctx, fields.saddr_v6, &mut event.local_addr);
-    } else {
-        event.family = FAMILY_IPV4;
-        copy_field(ctx, fields.saddr, &mut event.local_addr[..4]);
+unsafe fn store_words(to: *mut [u8; 16], words: [u32; 4]) {
+    let to = to.cast::<u32>();
+    for (i, word) in words.into_iter().enumerate() {
+        // SAFETY: the caller's field holds four aligned words.
+        unsafe { to.add(i).write_volatile(word) };
     }
 }
 
