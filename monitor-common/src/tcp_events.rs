@@ -1,9 +1,9 @@
 //! Kernel TCP signals beside the packets: the record the tracepoint programs send (SYN-ACK
-//! retransmits, resets sent and received, listeners opened and closed), their configuration,
+//! retransmits, listeners opened and closed), the reset counters they keep, their configuration,
 //! and the tracepoint record layouts they read — which userspace checks against the running
 //! kernel's `format` files before attaching anything.
 
-/// Ring buffer for [`TcpEvent`]s (about 3 600 events).
+/// Ring buffer for [`TcpEvent`]s (about 4 600 events).
 pub const TCP_EVENTS_RINGBUF_BYTES: u32 = 256 << 10;
 
 /// What the programs need to know, written by userspace before attaching. The offsets come
@@ -24,26 +24,24 @@ pub struct TcpEventsConfig {
     pub dev_net: u32,
 }
 
-/// One kernel TCP event. Addresses are network byte order, IPv4 in the first four bytes;
-/// every other integer is host byte order. "local" is this host's side of the socket.
+/// One kernel TCP event: a SYN-ACK retransmitted, a listener opened or closed. Resets are
+/// counted in the kernel instead ([`ResetsSent`], [`ResetService`]): one arrives with every
+/// aborted connection. The address is network byte order, IPv4 in the first four bytes; every
+/// other integer is host byte order. "local" is this host's side of the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpEvent {
-    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, the clock of the anomaly events too.
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, the clock of the anomaly events too. Listener
+    /// events only (0 otherwise).
     pub ts_ns: u64,
     pub local_addr: [u8; 16],
-    pub remote_addr: [u8; 16],
     pub local_port: u16,
-    pub remote_port: u16,
     /// `crate::synack::FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
     /// [`TcpEventKind`] as u8.
     pub kind: u8,
-    pub _pad: [u8; 2],
-    /// [`TcpEventKind::ResetSent`]: the kernel's `enum sk_rst_reason`; 0 otherwise.
-    pub reason: u32,
-    /// The current task's process id (tgid) and name: for a listener closed by a process
-    /// exit, the process that exited.
+    /// Listener events only (0 otherwise): the current task's process id (tgid) and name;
+    /// for a listener closed by a process exit, the process that exited.
     pub pid: u32,
     pub comm: [u8; 16],
 }
@@ -54,10 +52,6 @@ pub struct TcpEvent {
 pub enum TcpEventKind {
     /// `tcp:tcp_retransmit_synack`: a listener repeated its SYN-ACK (no third ACK came).
     SynAckRetransmit = 0,
-    /// `tcp:tcp_send_reset`: this host sent a RST.
-    ResetSent = 1,
-    /// `tcp:tcp_receive_reset`: a socket of this host was reset by its peer.
-    ResetReceived = 2,
     /// `sock:inet_sock_set_state` TCP_CLOSE → TCP_LISTEN.
     ListenerOpened = 3,
     /// `sock:inet_sock_set_state` TCP_LISTEN → TCP_CLOSE (closed, or its process exited).
@@ -68,14 +62,59 @@ impl TcpEventKind {
     pub const fn from_u8(value: u8) -> Option<Self> {
         match value {
             0 => Some(TcpEventKind::SynAckRetransmit),
-            1 => Some(TcpEventKind::ResetSent),
-            2 => Some(TcpEventKind::ResetReceived),
             3 => Some(TcpEventKind::ListenerOpened),
             4 => Some(TcpEventKind::ListenerClosed),
             _ => None,
         }
     }
 }
+
+/// Counter slots of [`ResetsSent`]: `tcp_send_reset`'s reasons below the last slot each have
+/// their own; the last collects every larger one (the kernel's `enum sk_rst_reason` has about
+/// 30 values).
+pub const RESET_REASON_SLOTS: usize = 64;
+
+/// Resets this namespace sent, by the kernel's reason: the one entry of the per-CPU array
+/// `RESETS_SENT`, so that userspace reads every reason in one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetsSent {
+    pub by_reason: [u64; RESET_REASON_SLOTS],
+}
+
+impl ResetsSent {
+    /// The slot that counts `reason`.
+    pub const fn slot(reason: u32) -> usize {
+        if reason < RESET_REASON_SLOTS as u32 - 1 {
+            reason as usize
+        } else {
+            RESET_REASON_SLOTS - 1
+        }
+    }
+}
+
+/// The service a received reset is counted under: the local listener's address and port if
+/// a listener of this namespace has the socket's local port, else the remote server's. The
+/// key of the per-CPU hash map `RESETS_RECEIVED` (value: resets, u64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResetService {
+    /// Network byte order, IPv4 in the first four bytes (read as 32-bit words).
+    pub addr: [u32; 4],
+    pub port: u16,
+    /// `crate::synack::FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Services `RESETS_RECEIVED` keeps apart; the resets of any beyond are counted by
+/// [`TcpEventCounter::ResetsReceivedUnkeyed`] (and reported as service "other").
+pub const RESET_SERVICES: u32 = 4096;
+
+/// Listeners of the monitored namespace per local port: the per-port entries of the array
+/// `LISTENING_PORTS` (u32 each), seeded by userspace from /proc/net/tcp{,6} and kept up to
+/// date by `inet_sock_set_state`.
+pub const LISTENING_PORTS: u32 = 1 << 16;
 
 /// Indices of the per-CPU counter array `TCP_EVENT_COUNTERS`; userspace sums the CPUs.
 #[repr(u32)]
@@ -85,15 +124,16 @@ pub enum TcpEventCounter {
     EventsDropped = 0,
     /// Events skipped because the socket's network namespace could not be read.
     NetnsUnreadable,
+    /// Resets received for a service `RESETS_RECEIVED` had no room for.
+    ResetsReceivedUnkeyed,
 }
 
 impl TcpEventCounter {
-    pub const COUNT: u32 = TcpEventCounter::NetnsUnreadable as u32 + 1;
+    pub const COUNT: u32 = TcpEventCounter::ResetsReceivedUnkeyed as u32 + 1;
 }
 
-/// `IPPROTO_TCP`, `AF_INET`, `AF_INET6` and the socket states the programs compare against.
+/// `IPPROTO_TCP`, `AF_INET6` and the socket states the programs compare against.
 pub const IPPROTO_TCP: u16 = 6;
-pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_RECV: i32 = 3;
@@ -180,16 +220,13 @@ pub mod layout {
     }
 
     /// `tcp:tcp_send_reset`: `skaddr` may be NULL (no socket: the netns comes from the
-    /// incoming `skbaddr`'s device). `saddr`/`daddr` are a `sockaddr_in` or `sockaddr_in6`,
-    /// `saddr` this host's side.
+    /// incoming `skbaddr`'s device).
     pub mod send_reset {
         use super::*;
         pub const SKBADDR: Field = field("skbaddr", 8, 8);
         pub const SKADDR: Field = field("skaddr", 16, 8);
         pub const REASON: Field = field("reason", 28, 4);
-        pub const SADDR: Field = field("saddr", 32, 28);
-        pub const DADDR: Field = field("daddr", 60, 28);
-        pub const FIELDS: [Field; 5] = [SKBADDR, SKADDR, REASON, SADDR, DADDR];
+        pub const FIELDS: [Field; 3] = [SKBADDR, SKADDR, REASON];
     }
 }
 
@@ -199,6 +236,10 @@ mod user {
     unsafe impl aya::Pod for super::TcpEventsConfig {}
     // SAFETY: plain old data, every bit pattern valid, no padding the kernel leaves unset.
     unsafe impl aya::Pod for super::TcpEvent {}
+    // SAFETY: plain old data, every bit pattern valid, no padding.
+    unsafe impl aya::Pod for super::ResetsSent {}
+    // SAFETY: plain old data, every bit pattern valid, the padding byte written as 0.
+    unsafe impl aya::Pod for super::ResetService {}
 }
 
 #[cfg(test)]
@@ -207,16 +248,27 @@ mod tests {
 
     #[test]
     fn event_layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<TcpEvent>(), 72);
+        assert_eq!(core::mem::size_of::<TcpEvent>(), 48);
         assert_eq!(core::mem::align_of::<TcpEvent>(), 8);
+        assert_eq!(core::mem::size_of::<ResetService>(), 20);
         assert_eq!(core::mem::size_of::<TcpEventsConfig>(), 20);
     }
 
     #[test]
     fn kinds_round_trip() {
-        for value in 0..=4 {
+        for value in [0, 3, 4] {
             assert_eq!(TcpEventKind::from_u8(value).map(|k| k as u8), Some(value));
         }
-        assert_eq!(TcpEventKind::from_u8(5), None);
+        for value in [1, 2, 5] {
+            assert_eq!(TcpEventKind::from_u8(value), None);
+        }
+    }
+
+    #[test]
+    fn reasons_past_the_last_slot_share_it() {
+        assert_eq!(ResetsSent::slot(0), 0);
+        assert_eq!(ResetsSent::slot(62), 62);
+        assert_eq!(ResetsSent::slot(63), RESET_REASON_SLOTS - 1);
+        assert_eq!(ResetsSent::slot(u32::MAX), RESET_REASON_SLOTS - 1);
     }
 }

@@ -1,7 +1,15 @@
 //! Seqwatch's kernel side. One detector per module; this file only names the entry points.
 #![no_std]
 #![no_main]
+// Single-instruction packet loads at any alignment (`packet::load_u32` and kin).
 #![feature(asm_experimental_arch)]
+// The atomic add of `tcp_events`' listener counts: `AtomicU32::fetch_add` is missing on
+// bpfel-unknown-none, while the BPF instruction set has it.
+#![feature(core_intrinsics)]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics, for the atomic add above"
+)]
 #![allow(
     clippy::not_unsafe_ptr_arg_deref,
     reason = "aya's #[classifier] expands to an extern fn taking the raw __sk_buff pointer"

@@ -1,35 +1,43 @@
 //! Kernel TCP signals beside the packets: classic tracepoints for SYN-ACK retransmits, resets
 //! sent and received, and listeners opened and closed. Tracepoints fire for every network
 //! namespace, so each program first checks that the socket (or, for a reset sent without
-//! one, the incoming packet's device) belongs to the monitored namespace, by its inode
-//! number, read through offsets userspace took from the kernel's BTF. Every event that passes
-//! is one `TcpEvent` in its own ring buffer; a full buffer drops and counts, never blocks.
-//! Completed handshakes are only counted, per local port (`listener_counts`).
+//! one, the incoming packet's device) belongs to the monitored namespace: by its inode
+//! number, read through offsets userspace took from the kernel's BTF, the first time; by the
+//! `struct net` address that matched then, afterwards. Resets, which come with every aborted
+//! connection, are counted in per-CPU maps: sent ones by reason, received ones by service (the
+//! local listener's, or the remote server's; `LISTENING_PORTS` tells which, kept here from the
+//! listener events). Retransmits and listener events are each one `TcpEvent` in a ring
+//! buffer; a full buffer drops and counts, never blocks. Completed handshakes are only
+//! counted, per local port (`listener_counts`).
 //!
 //! The record offsets are `seqwatch_common::tcp_events::layout`'s, which userspace checks
 //! against the running kernel's `format` files before attaching a program.
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_kernel_buf,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_get_current_comm,
     },
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
 };
 use seqwatch_common::{
     synack::{FAMILY_IPV4, FAMILY_IPV6},
     tcp_events::{
-        AF_INET, AF_INET6, Field, IPPROTO_TCP, TCP_CLOSE, TCP_ESTABLISHED,
-        TCP_EVENTS_RINGBUF_BYTES, TCP_LISTEN, TCP_SYN_RECV, TcpEvent, TcpEventCounter,
-        TcpEventKind, TcpEventsConfig,
+        AF_INET6, Field, IPPROTO_TCP, LISTENING_PORTS, RESET_SERVICES, ResetService, ResetsSent,
+        TCP_CLOSE, TCP_ESTABLISHED, TCP_EVENTS_RINGBUF_BYTES, TCP_LISTEN, TCP_SYN_RECV, TcpEvent,
+        TcpEventCounter, TcpEventKind, TcpEventsConfig,
         layout::{Addresses, inet_sock_set_state, receive_reset, retransmit_synack, send_reset},
     },
 };
 
 use crate::{listener_counts, ringbuf};
+
+/// The size of `TcpEvent::comm`, as the kernel's helper takes it.
+const TASK_COMM_LEN: u32 = 16;
 
 #[map]
 static TCP_EVENTS_CONFIG: Array<TcpEventsConfig> = Array::with_max_entries(1, 0);
@@ -41,13 +49,21 @@ static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(TCP_EVENTS_RINGBUF_BYTES, 0
 static TCP_EVENT_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(TcpEventCounter::COUNT, 0);
 
-/// Where an event's addresses come from.
-enum Source {
-    /// The shared address fields: source = local.
-    Addresses(&'static Addresses),
-    /// `tcp_send_reset`'s two sockaddrs: `saddr` = local.
-    SockAddrs,
-}
+/// The monitored namespace's `struct net` address, once a socket has led to it: later
+/// checks compare the address and skip reading the inode number.
+#[map]
+static MONITORED_NET: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map]
+static RESETS_SENT: PerCpuArray<ResetsSent> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static RESETS_RECEIVED: PerCpuHashMap<ResetService, u64> =
+    PerCpuHashMap::with_max_entries(RESET_SERVICES, 0);
+
+/// Listeners per local port (see `seqwatch_common::tcp_events::LISTENING_PORTS`).
+#[map]
+static LISTENING: Array<u32> = Array::with_max_entries(LISTENING_PORTS, 0);
 
 pub fn retransmit_synack(ctx: &TracePointContext) {
     let sk = field::<u64>(ctx, retransmit_synack::SKADDR);
@@ -55,21 +71,56 @@ pub fn retransmit_synack(ctx: &TracePointContext) {
         emit(
             ctx,
             TcpEventKind::SynAckRetransmit,
-            Source::Addresses(&retransmit_synack::ADDRESSES),
-            0,
+            &retransmit_synack::ADDRESSES,
         );
     }
 }
 
+/// Counted under the service: the local address if a listener has the local port, else the
+/// remote one.
 pub fn receive_reset(ctx: &TracePointContext) {
     let sk = field::<u64>(ctx, receive_reset::SKADDR);
-    if monitored(sock_netns(sk)) {
-        emit(
-            ctx,
-            TcpEventKind::ResetReceived,
-            Source::Addresses(&receive_reset::ADDRESSES),
-            0,
-        );
+    if !monitored(sock_netns(sk)) {
+        return;
+    }
+    let fields = &receive_reset::ADDRESSES;
+    // Both sides are read, then one chosen (see `field`).
+    let local = service(ctx, fields, fields.sport, fields.saddr, fields.saddr_v6);
+    let remote = service(ctx, fields, fields.dport, fields.daddr, fields.daddr_v6);
+    let server = if listening(local.port) { local } else { remote };
+    count_reset_received(&server);
+}
+
+/// One side of the record as a service.
+#[inline(always)]
+fn service(
+    ctx: &TracePointContext,
+    fields: &Addresses,
+    port: Field,
+    v4: Field,
+    v6: Field,
+) -> ResetService {
+    let (family, addr) = address(ctx, fields, v4, v6);
+    ResetService {
+        addr,
+        port: field::<u16>(ctx, port),
+        family,
+        _pad: 0,
+    }
+}
+
+/// One side's family and address (IPv4 in the first word), read in place 16 bits at a time
+/// (the record aligns the addresses so), without a helper call; both forms are read, then
+/// one chosen (see `field`).
+#[inline(always)]
+fn address(ctx: &TracePointContext, fields: &Addresses, v4: Field, v6: Field) -> (u8, [u32; 4]) {
+    let word = |i: usize| field_word(ctx, v6, 4 * i);
+    let v6_words = [word(0), word(1), word(2), word(3)];
+    let v4_word = field_word(ctx, v4, 0);
+    if field::<u16>(ctx, fields.family) == AF_INET6 {
+        (FAMILY_IPV6, v6_words)
+    } else {
+        (FAMILY_IPV4, [v4_word, 0, 0, 0])
     }
 }
 
@@ -82,9 +133,16 @@ pub fn send_reset(ctx: &TracePointContext) {
     } else {
         skb_netns(field::<u64>(ctx, send_reset::SKBADDR))
     };
-    if monitored(netns) {
-        let reason = field::<u32>(ctx, send_reset::REASON);
-        emit(ctx, TcpEventKind::ResetSent, Source::SockAddrs, reason);
+    if !monitored(netns) {
+        return;
+    }
+    let slot = ResetsSent::slot(field::<u32>(ctx, send_reset::REASON));
+    if let Some(counts) = RESETS_SENT.get_ptr_mut(0) {
+        // SAFETY: this CPU's copy of the entry, valid for the program run.
+        let counts = unsafe { &mut *counts };
+        if let Some(count) = counts.by_reason.get_mut(slot) {
+            *count += 1;
+        }
     }
 }
 
@@ -96,9 +154,9 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) {
     }
     let old = field::<i32>(ctx, inet_sock_set_state::OLDSTATE);
     let new = field::<i32>(ctx, inet_sock_set_state::NEWSTATE);
-    let kind = match (old, new) {
-        (TCP_CLOSE, TCP_LISTEN) => TcpEventKind::ListenerOpened,
-        (TCP_LISTEN, TCP_CLOSE) => TcpEventKind::ListenerClosed,
+    let (kind, listeners) = match (old, new) {
+        (TCP_CLOSE, TCP_LISTEN) => (TcpEventKind::ListenerOpened, 1),
+        (TCP_LISTEN, TCP_CLOSE) => (TcpEventKind::ListenerClosed, u32::MAX),
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
             handshake_completed(ctx);
             return;
@@ -107,12 +165,9 @@ pub fn inet_sock_set_state(ctx: &TracePointContext) {
     };
     let sk = field::<u64>(ctx, inet_sock_set_state::SKADDR);
     if monitored(sock_netns(sk)) {
-        emit(
-            ctx,
-            kind,
-            Source::Addresses(&inet_sock_set_state::ADDRESSES),
-            0,
-        );
+        let port = field::<u16>(ctx, inet_sock_set_state::ADDRESSES.sport);
+        add_listeners(port, listeners);
+        emit(ctx, kind, &inet_sock_set_state::ADDRESSES);
     }
 }
 
@@ -127,8 +182,57 @@ fn handshake_completed(ctx: &TracePointContext) {
     }
 }
 
+#[inline(always)]
+fn listening(port: u16) -> bool {
+    LISTENING.get(u32::from(port)).is_some_and(|&n| n > 0)
+}
+
+/// Adds `delta` (1, or u32::MAX for minus one) to the port's listeners, atomically: two
+/// listeners of one port (SO_REUSEPORT) may open at once on two CPUs. A close of a listener
+/// userspace's seed missed leaves 0 alone.
+#[inline(always)]
+fn add_listeners(port: u16, delta: u32) {
+    let Some(count) = LISTENING.get_ptr_mut(u32::from(port)) else {
+        return;
+    };
+    // SAFETY: an array entry, valid for the program run; the add is one atomic instruction.
+    unsafe {
+        if delta == 1 || *count > 0 {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                count, delta,
+            );
+        }
+    }
+}
+
+/// One more reset for `service` on this CPU; a new service's entry holds this CPU's first.
+#[inline(always)]
+fn count_reset_received(service: &ResetService) {
+    if let Some(count) = RESETS_RECEIVED.get_ptr_mut(service) {
+        // SAFETY: this CPU's copy of the entry, valid for the program run.
+        unsafe { *count += 1 };
+        return;
+    }
+    match RESETS_RECEIVED.insert(service, &1, BPF_NOEXIST.into()) {
+        Ok(()) => {}
+        // Another CPU made the entry between the lookup and the insert.
+        Err(err) if err == -EEXIST => {
+            if let Some(count) = RESETS_RECEIVED.get_ptr_mut(service) {
+                // SAFETY: as above.
+                unsafe { *count += 1 };
+            }
+        }
+        Err(_) => count(TcpEventCounter::ResetsReceivedUnkeyed),
+    }
+}
+
+const EEXIST: i32 = 17;
+
 /// Reads a naturally aligned integer field of the tracepoint record in place (the verifier
-/// checks the access against the record's size).
+/// checks the access against the record's size, and allows only constant offsets). Volatile:
+/// LLVM would otherwise merge loads that two branches make at different offsets into one
+/// load at a variable offset, which the verifier rejects; so where a branch chooses between
+/// fields, both are read and the values chosen.
 #[inline(always)]
 fn field<T: Copy>(ctx: &TracePointContext, field: Field) -> T {
     // SAFETY: the context is the tracepoint's record, and userspace attached this program only
@@ -138,38 +242,85 @@ fn field<T: Copy>(ctx: &TracePointContext, field: Field) -> T {
             .cast::<u8>()
             .add(field.offset)
             .cast::<T>()
-            .read()
+            .read_volatile()
     }
 }
 
-/// Copies a byte-array field of the record. The verifier allows only direct loads at fixed
-/// context offsets, which a byte-copy loop is not, so the helper copies.
+/// The `index`th..+4 bytes of a 2-aligned byte-array field as one word, its bytes in record
+/// order: two in-place 16-bit loads instead of a helper call.
 #[inline(always)]
-fn copy_field(ctx: &TracePointContext, field: Field, destination: &mut [u8]) {
-    // SAFETY: as in `field`; the helper fails instead of faulting, leaving zeros.
-    let src = unsafe { ctx.as_ptr().cast::<u8>().add(field.offset) };
-    let _ = unsafe { bpf_probe_read_kernel_buf(src, destination) };
+fn field_word(ctx: &TracePointContext, array: Field, index: usize) -> u32 {
+    let at = |offset| Field {
+        offset: array.offset + offset,
+        ..array
+    };
+    let low = field::<u16>(ctx, at(index));
+    let high = field::<u16>(ctx, at(index + 2));
+    u32::from_ne_bytes({
+        let (l, h) = (low.to_ne_bytes(), high.to_ne_bytes());
+        [l[0], l[1], h[0], h[1]]
+    })
 }
 
 fn config() -> Option<&'static TcpEventsConfig> {
     TCP_EVENTS_CONFIG.get(0).filter(|c| c.netns_inum != 0)
 }
 
-/// The network namespace inode of a socket; `None` if it cannot be read.
-#[inline(always)]
-fn sock_netns(sk: u64) -> Option<u32> {
-    let config = config()?;
-    let net = read_kernel::<u64>(sk, config.sock_net)?;
-    read_kernel::<u32>(net, config.net_inum)
+/// Whether a namespace is the monitored one, and whether it could be read at all.
+enum Netns {
+    Monitored,
+    Other,
+    Unreadable,
 }
 
-/// The network namespace inode of the device a packet arrived on.
+/// The network namespace of a socket.
 #[inline(always)]
-fn skb_netns(skb: u64) -> Option<u32> {
-    let config = config()?;
-    let dev = read_kernel::<u64>(skb, config.skb_dev)?;
-    let net = read_kernel::<u64>(dev, config.dev_net)?;
-    read_kernel::<u32>(net, config.net_inum)
+fn sock_netns(sk: u64) -> Netns {
+    let Some(config) = config() else {
+        return Netns::Other;
+    };
+    net_is_monitored(read_kernel::<u64>(sk, config.sock_net), config)
+}
+
+/// The network namespace of the device a packet arrived on.
+#[inline(always)]
+fn skb_netns(skb: u64) -> Netns {
+    let Some(config) = config() else {
+        return Netns::Other;
+    };
+    let dev = read_kernel::<u64>(skb, config.skb_dev);
+    net_is_monitored(
+        dev.and_then(|dev| read_kernel::<u64>(dev, config.dev_net)),
+        config,
+    )
+}
+
+/// Compares a `struct net` address with the monitored one's once known; until then, reads
+/// its inode number and remembers the address that matches. (The daemon lives in the
+/// monitored namespace, so that `struct net` is not freed, nor its address reused, while
+/// these programs run.)
+#[inline(always)]
+fn net_is_monitored(net: Option<u64>, config: &TcpEventsConfig) -> Netns {
+    let (Some(net), Some(known)) = (net, MONITORED_NET.get_ptr_mut(0)) else {
+        return Netns::Unreadable;
+    };
+    // SAFETY: an array entry, valid for the program run; every CPU writes the same value.
+    let known = unsafe { &mut *known };
+    if *known != 0 {
+        return if net == *known {
+            Netns::Monitored
+        } else {
+            Netns::Other
+        };
+    }
+    match read_kernel::<u32>(net, config.net_inum) {
+        Some(inum) if inum == config.netns_inum => {
+            *known = net;
+            Netns::Monitored
+        }
+        Some(_) => Netns::Other,
+        None => Netns::Unreadable,
+    }
 }
 
 #[inline(always)]
@@ -183,40 +334,46 @@ fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
 
 /// Whether an event's namespace is the monitored one; an unreadable one is counted.
 #[inline(always)]
-fn monitored(netns: Option<u32>) -> bool {
-    let Some(config) = config() else {
-        return false;
-    };
+fn monitored(netns: Netns) -> bool {
     match netns {
-        Some(inum) => inum == config.netns_inum,
-        None => {
+        Netns::Monitored => true,
+        Netns::Other => false,
+        Netns::Unreadable => {
             count(TcpEventCounter::NetnsUnreadable);
             false
         }
     }
 }
 
+/// Sends one event: the local side's address and port; the time and the current process
+/// for listener events only (the daemon uses them to judge a listener's close).
 #[inline(always)]
-fn emit(ctx: &TracePointContext, kind: TcpEventKind, source: Source, reason: u32) {
+fn emit(ctx: &TracePointContext, kind: TcpEventKind, fields: &Addresses) {
     let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
         count(TcpEventCounter::EventsDropped);
         return;
     };
     let event = entry.as_mut_ptr();
+    let (family, local) = address(ctx, fields, fields.saddr, fields.saddr_v6);
+    let listener = !matches!(kind, TcpEventKind::SynAckRetransmit);
     // SAFETY: `event` points to a reserved, writable TcpEvent; every field is written in
-    // place before submit.
+    // place before submit. The byte arrays are written as words, volatile: LLVM would turn
+    // stores to them (and zeros next to each other) into calls to a byte loop.
     unsafe {
-        (*event).ts_ns = bpf_ktime_get_ns();
         (*event).kind = kind as u8;
-        (*event)._pad = [0; 2];
-        (*event).reason = reason;
-        (*event).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*event).local_addr = [0; 16];
-        (*event).remote_addr = [0; 16];
-        match source {
-            Source::Addresses(fields) => fill_from_addresses(ctx, &mut *event, fields),
-            Source::SockAddrs => fill_from_sockaddrs(ctx, &mut *event),
+        (*event).family = family;
+        (*event).local_port = field::<u16>(ctx, fields.sport);
+        store_words(&raw mut (*event).local_addr, local);
+        let comm = &raw mut (*event).comm;
+        if listener {
+            (*event).ts_ns = bpf_ktime_get_ns();
+            (*event).pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            // The helper zeroes the buffer if it fails.
+            bpf_get_current_comm(comm.cast(), TASK_COMM_LEN);
+        } else {
+            core::ptr::write_volatile(&raw mut (*event).ts_ns, 0);
+            core::ptr::write_volatile(&raw mut (*event).pid, 0);
+            store_words(comm, [0; 4]);
         }
     }
     entry.submit(ringbuf::batched_wakeup::<TcpEvent>(
@@ -225,37 +382,13 @@ fn emit(ctx: &TracePointContext, kind: TcpEventKind, source: Source, reason: u32
     ));
 }
 
+/// Writes a 16-byte array field (4-aligned in `TcpEvent`) as four words.
 #[inline(always)]
-fn fill_from_addresses(ctx: &TracePointContext, event: &mut TcpEvent, fields: &Addresses) {
-    event.local_port = field::<u16>(ctx, fields.sport);
-    event.remote_port = field::<u16>(ctx, fields.dport);
-    if field::<u16>(ctx, fields.family) == AF_INET6 {
-        event.family = FAMILY_IPV6;
-        copy_field(ctx, fields.saddr_v6, &mut event.local_addr);
-        copy_field(ctx, fields.daddr_v6, &mut event.remote_addr);
-    } else {
-        event.family = FAMILY_IPV4;
-        copy_field(ctx, fields.saddr, &mut event.local_addr[..4]);
-        copy_field(ctx, fields.daddr, &mut event.remote_addr[..4]);
-    }
-}
-
-/// `sockaddr_in`: family, port (network order), address at 4; `sockaddr_in6`: address at 8.
-#[inline(always)]
-fn fill_from_sockaddrs(ctx: &TracePointContext, event: &mut TcpEvent) {
-    let (mut local, mut remote) = ([0u8; 28], [0u8; 28]);
-    copy_field(ctx, send_reset::SADDR, &mut local);
-    copy_field(ctx, send_reset::DADDR, &mut remote);
-    event.local_port = u16::from_be_bytes([local[2], local[3]]);
-    event.remote_port = u16::from_be_bytes([remote[2], remote[3]]);
-    if u16::from_ne_bytes([local[0], local[1]]) == AF_INET {
-        event.family = FAMILY_IPV4;
-        event.local_addr[..4].copy_from_slice(&local[4..8]);
-        event.remote_addr[..4].copy_from_slice(&remote[4..8]);
-    } else {
-        event.family = FAMILY_IPV6;
-        event.local_addr.copy_from_slice(&local[8..24]);
-        event.remote_addr.copy_from_slice(&remote[8..24]);
+unsafe fn store_words(to: *mut [u8; 16], words: [u32; 4]) {
+    let to = to.cast::<u32>();
+    for (i, word) in words.into_iter().enumerate() {
+        // SAFETY: the caller's field holds four aligned words.
+        unsafe { to.add(i).write_volatile(word) };
     }
 }
 

@@ -330,8 +330,17 @@ impl ServiceCounters {
             counter.inc();
             return;
         }
+        self.counter(labels.admit(service)).inc();
+    }
+
+    /// Counts `events` of a service [`ServiceLabels::admit`] answered for.
+    pub fn add(&mut self, admitted: Option<SocketAddr>, events: u64) {
+        self.counter(admitted).inc_by(events);
+    }
+
+    fn counter(&mut self, admitted: Option<SocketAddr>) -> &IntCounter {
         let family = &self.family;
-        let counter = match labels.admit(service) {
+        match admitted {
             Some(service) => self
                 .own
                 .entry(service)
@@ -339,8 +348,7 @@ impl ServiceCounters {
             None => self
                 .other
                 .get_or_insert_with(|| family.with_label_values(&[OTHER_SERVICE])),
-        };
-        counter.inc();
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 //! layout against the running kernel, points the programs at this process's network
 //! namespace, attaches what it can (a program that cannot be loaded or attached is logged and
 //! reported as not attached; the rest carry on), reads their events and counts them:
-//! SYN-ACK retransmits and resets received per service, resets sent per kernel reason,
-//! listeners closed, and listeners lost right after an anomaly (see [`crate::crash`]).
+//! SYN-ACK retransmits per service, listeners closed, and listeners lost right after an
+//! anomaly (see [`crate::crash`]); and mirrors the resets the kernel counts: received per
+//! service, sent per kernel reason. It seeds the kernel's count of listeners per port, which
+//! tells a reset's service, from /proc/net/tcp{,6}.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -15,12 +17,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use seqwatch_common::{
     synack::FAMILY_IPV4,
     tcp_events::{
-        Field, TcpEvent, TcpEventCounter, TcpEventKind, TcpEventsConfig,
+        Field, RESET_REASON_SLOTS, ResetService, ResetsSent, TcpEvent, TcpEventCounter,
+        TcpEventKind, TcpEventsConfig,
         layout::{inet_sock_set_state, receive_reset, retransmit_synack, send_reset},
     },
 };
@@ -37,6 +40,8 @@ use crate::{
 /// How long a listener's close waits before it is judged, so that anomalies the kernel
 /// reported just before it (read from another ring buffer) have arrived.
 const JUDGE_AFTER: Duration = Duration::from_millis(1000);
+/// How often the kernel's per-service reset counts are read: two system calls per service.
+const RESETS_RECEIVED_READ_EVERY: Duration = Duration::from_secs(1);
 /// Listener closes waiting to be judged; beyond it the oldest is judged at once.
 const MAX_PENDING: usize = 1024;
 /// Where tracefs may be mounted.
@@ -362,21 +367,22 @@ fn spawn_reader(
         counters: probes.take_tcp_event_counters()?,
         services: ServiceLabels::new(options.max_services),
         synack_retransmits: ServiceCounters::new(tcp.synack_retransmits.clone()),
-        resets_received: ServiceCounters::new(tcp.resets_received.clone()),
-        resets_sent: ResetCounters::new(&tcp.resets_sent, &reasons),
-        listening: ListeningPorts::scan(),
+        resets_received: ResetsReceived::new(probes, tcp.resets_received.clone())?,
+        resets_sent: ResetCounters::new(probes, &tcp.resets_sent, &reasons)?,
         history: options.history,
         listener_opened: options.listener_opened,
         pending: VecDeque::new(),
         log: options.event_log,
         clock: Clock::now(),
     };
+    seed_listening_ports(probes)?;
     // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
     let mut events = unsafe { AsyncFd::register(probes.take_tcp_events()?) }
         .map_err(|err| anyhow::anyhow!("polling the TCP event ring buffer: {err}"))?;
     tokio::spawn(async move {
         // Also the drain when the kernel has not woken us (it does once an eighth is full).
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = crate::ticks::interval(Duration::from_millis(100));
+        let mut services_tick = crate::ticks::interval(RESETS_RECEIVED_READ_EVERY);
         loop {
             let result = tokio::select! {
                 guard = events.readable_mut() => match guard {
@@ -390,7 +396,12 @@ fn spawn_reader(
                 _ = tick.tick() => {
                     reader.drain(events.get_mut());
                     reader.metrics.refresh(&reader.counters);
+                    reader.resets_sent.refresh();
                     reader.judge_due(Instant::now())
+                }
+                _ = services_tick.tick() => {
+                    reader.resets_received.refresh(&mut reader.services, &reader.counters);
+                    Ok(())
                 }
             };
             if let Err(err) = result {
@@ -402,38 +413,26 @@ fn spawn_reader(
     Ok(())
 }
 
-/// Local ports with a listener, seeded from /proc/net/tcp{,6} and kept up to date from the
-/// listener events: they tell a server's reset from a client's.
-struct ListeningPorts(HashMap<u16, u32>);
-
-impl ListeningPorts {
-    fn scan() -> Self {
-        let mut ports = HashMap::new();
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let text = std::fs::read_to_string(table).unwrap_or_default();
-            for port in listening_ports(&text) {
-                *ports.entry(port).or_insert(0) += 1;
-            }
-        }
-        ListeningPorts(ports)
-    }
-
-    fn opened(&mut self, port: u16) {
-        *self.0.entry(port).or_insert(0) += 1;
-    }
-
-    fn closed(&mut self, port: u16) {
-        if let Some(count) = self.0.get_mut(&port) {
-            *count -= 1;
-            if *count == 0 {
-                self.0.remove(&port);
-            }
+/// Gives the kernel's count of listeners per port (see
+/// `seqwatch_common::tcp_events::LISTENING_PORTS`) the listeners open now. Runs once the
+/// listener events are attached, so that none opened in between is missed; one the kernel
+/// has already counted is not counted twice (the larger count stays).
+fn seed_listening_ports(probes: &mut Probes) -> anyhow::Result<()> {
+    let mut counts: Array<MapData, u32> = Array::try_from(probes.take_map("LISTENING")?)?;
+    let mut open: HashMap<u16, u32> = HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for port in listening_ports(&text) {
+            *open.entry(port).or_insert(0) += 1;
         }
     }
-
-    fn contains(&self, port: u16) -> bool {
-        self.0.contains_key(&port)
+    for (port, listeners) in open {
+        let counted = counts.get(&u32::from(port), 0).unwrap_or(0);
+        counts
+            .set(u32::from(port), &listeners.max(counted), 0)
+            .context("seeding the listening ports")?;
     }
+    Ok(())
 }
 
 /// Local ports of the LISTEN (0A) rows of a /proc/net/tcp table.
@@ -451,7 +450,6 @@ fn listening_ports(table: &str) -> impl Iterator<Item = u16> + '_ {
 struct Decoded {
     kind: TcpEventKind,
     local: SocketAddr,
-    remote: SocketAddr,
     event: TcpEvent,
 }
 
@@ -461,50 +459,134 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     }
     // SAFETY: TcpEvent is plain old data and the length was checked.
     let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<TcpEvent>()) };
-    let address = |bytes: &[u8; 16]| -> IpAddr {
-        if event.family == FAMILY_IPV4 {
-            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(*bytes))
-        }
-    };
     Some(Decoded {
         kind: TcpEventKind::from_u8(event.kind)?,
-        local: SocketAddr::new(address(&event.local_addr), event.local_port),
-        remote: SocketAddr::new(address(&event.remote_addr), event.remote_port),
+        local: socket_address(event.family, event.local_addr, event.local_port),
         event,
     })
 }
 
-/// `seqwatch_resets_sent_total`'s handle for each reason the kernel names, made once.
+/// An address in the kernel's form (network byte order, IPv4 in the first four bytes).
+fn socket_address(family: u8, bytes: [u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// `seqwatch_resets_received_total`, from the kernel's per-service counts: what each service
+/// counted since the last read is added under its label.
+struct ResetsReceived {
+    kernel: PerCpuHashMap<MapData, ResetService, u64>,
+    counters: ServiceCounters,
+    /// Each service's total at the last read, and that of the unkeyed ones.
+    seen: HashMap<ResetService, u64>,
+    unkeyed_seen: u64,
+}
+
+impl ResetsReceived {
+    fn new(probes: &mut Probes, family: IntCounterVec) -> anyhow::Result<Self> {
+        Ok(ResetsReceived {
+            kernel: PerCpuHashMap::try_from(probes.take_map("RESETS_RECEIVED")?)?,
+            counters: ServiceCounters::new(family),
+            seen: HashMap::new(),
+            unkeyed_seen: 0,
+        })
+    }
+
+    fn refresh(&mut self, labels: &mut ServiceLabels, counters: &TcpEventCounters) {
+        let totals: Vec<(ResetService, u64)> = self
+            .kernel
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(service, per_cpu)| (service, per_cpu.iter().sum()))
+            .collect();
+        for (service, total) in totals {
+            let seen = self.seen.insert(service, total).unwrap_or(0);
+            if total > seen {
+                let address =
+                    socket_address(service.family, word_bytes(service.addr), service.port);
+                self.counters.add(labels.admit(address), total - seen);
+            }
+        }
+        let unkeyed = counters.read(TcpEventCounter::ResetsReceivedUnkeyed);
+        if unkeyed > self.unkeyed_seen {
+            self.counters.add(None, unkeyed - self.unkeyed_seen);
+            self.unkeyed_seen = unkeyed;
+        }
+    }
+}
+
+/// The bytes of an address the kernel stored as four words in memory order.
+fn word_bytes(words: [u32; 4]) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    for (chunk, word) in bytes.as_chunks_mut::<4>().0.iter_mut().zip(words) {
+        *chunk = word.to_ne_bytes();
+    }
+    bytes
+}
+
+/// `seqwatch_resets_sent_total`, from the kernel's counts per reason slot: a handle for
+/// each slot of a reason the kernel names, made once; every other slot is `unknown`.
 struct ResetCounters {
+    kernel: PerCpuArray<MapData, ResetsSent>,
     family: IntCounterVec,
-    by_reason: HashMap<u32, IntCounter>,
+    by_slot: HashMap<usize, IntCounter>,
     unknown: Option<IntCounter>,
 }
 
 impl ResetCounters {
-    fn new(family: &IntCounterVec, reasons: &HashMap<u32, String>) -> Self {
-        let by_reason = reasons
+    fn new(
+        probes: &mut Probes,
+        family: &IntCounterVec,
+        reasons: &HashMap<u32, String>,
+    ) -> anyhow::Result<Self> {
+        let by_slot = reasons
             .iter()
-            .map(|(number, name)| (*number, family.with_label_values(&[name])))
+            .filter(|(number, _)| named_slot(**number).is_some())
+            .map(|(number, name)| (*number as usize, family.with_label_values(&[name])))
             .collect();
-        ResetCounters {
+        Ok(ResetCounters {
+            kernel: PerCpuArray::try_from(probes.take_map("RESETS_SENT")?)?,
             family: family.clone(),
-            by_reason,
+            by_slot,
             unknown: None,
-        }
+        })
     }
 
-    fn inc(&mut self, reason: u32) {
-        match self.by_reason.get(&reason) {
-            Some(counter) => counter.inc(),
-            None => self
+    fn refresh(&mut self) {
+        let Ok(per_cpu) = self.kernel.get(&0, 0) else {
+            return;
+        };
+        let mut totals = [0u64; RESET_REASON_SLOTS];
+        for counts in per_cpu.iter() {
+            for (total, count) in totals.iter_mut().zip(counts.by_reason) {
+                *total += count;
+            }
+        }
+        let mut unknown = 0;
+        for (slot, total) in totals.into_iter().enumerate() {
+            match self.by_slot.get(&slot) {
+                Some(counter) => advance(counter, total),
+                None => unknown += total,
+            }
+        }
+        if unknown > 0 {
+            let counter = self
                 .unknown
-                .get_or_insert_with(|| self.family.with_label_values(&[UNKNOWN_REASON]))
-                .inc(),
+                .get_or_insert_with(|| self.family.with_label_values(&[UNKNOWN_REASON]));
+            advance(counter, unknown);
         }
     }
+}
+
+/// The slot of a reason the kernel counts apart from the others; `None` for the last slot,
+/// which it shares with every larger reason.
+fn named_slot(reason: u32) -> Option<usize> {
+    let slot = ResetsSent::slot(reason);
+    (slot == reason as usize && slot < RESET_REASON_SLOTS - 1).then_some(slot)
 }
 
 /// A listener close waiting to be judged.
@@ -522,9 +604,8 @@ struct Reader {
     counters: TcpEventCounters,
     services: ServiceLabels,
     synack_retransmits: ServiceCounters,
-    resets_received: ServiceCounters,
+    resets_received: ResetsReceived,
     resets_sent: ResetCounters,
-    listening: ListeningPorts,
     history: SharedHistory,
     listener_opened: Arc<Notify>,
     pending: VecDeque<PendingClose>,
@@ -543,35 +624,17 @@ impl Reader {
     }
 
     fn handle(&mut self, decoded: &Decoded) {
-        let Decoded {
-            kind,
-            local,
-            remote,
-            event,
-        } = decoded;
+        let Decoded { kind, local, event } = decoded;
         match kind {
             TcpEventKind::SynAckRetransmit => {
                 self.synack_retransmits.inc(&mut self.services, *local);
             }
-            TcpEventKind::ResetSent => self.resets_sent.inc(event.reason),
-            TcpEventKind::ResetReceived => {
-                let server = if self.listening.contains(local.port()) {
-                    *local
-                } else {
-                    *remote
-                };
-                self.resets_received.inc(&mut self.services, server);
-            }
-            TcpEventKind::ListenerOpened => {
-                self.listening.opened(local.port());
-                self.listener_opened.notify_one();
-            }
+            TcpEventKind::ListenerOpened => self.listener_opened.notify_one(),
             TcpEventKind::ListenerClosed => self.listener_closed(*local, event),
         }
     }
 
     fn listener_closed(&mut self, listener: SocketAddr, event: &TcpEvent) {
-        self.listening.closed(listener.port());
         self.metrics.listeners_closed.inc();
         if self.pending.len() == MAX_PENDING
             && let Some(oldest) = self.pending.pop_front()
@@ -693,14 +756,26 @@ print fmt: \"skbaddr=%p reason=%s\", REC->skbaddr, __print_symbolic(REC->reason,
    1: 0100C70A:1F90 0200C70A:A000 01 00000000:00000000 00:00000000 00000000     0
    2: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 0";
         assert_eq!(listening_ports(table).collect::<Vec<_>>(), [8080, 22]);
-        let mut ports = ListeningPorts(HashMap::new());
-        ports.opened(80);
-        ports.opened(80);
-        ports.closed(80);
-        assert!(ports.contains(80), "one of two listeners is still open");
-        ports.closed(80);
-        ports.closed(80);
-        assert!(!ports.contains(80));
+    }
+
+    #[test]
+    fn only_reasons_below_the_shared_slot_keep_their_own() {
+        assert_eq!(named_slot(1), Some(1));
+        assert_eq!(
+            named_slot(RESET_REASON_SLOTS as u32 - 2),
+            Some(RESET_REASON_SLOTS - 2)
+        );
+        assert_eq!(named_slot(RESET_REASON_SLOTS as u32 - 1), None);
+        assert_eq!(named_slot(1000), None);
+    }
+
+    #[test]
+    fn kernel_address_words_keep_their_byte_order() {
+        let words = [u32::from_ne_bytes([10, 199, 0, 1]), 0, 0, 0];
+        assert_eq!(
+            socket_address(FAMILY_IPV4, word_bytes(words), 8080),
+            "10.199.0.1:8080".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -709,7 +784,7 @@ print fmt: \"skbaddr=%p reason=%s\", REC->skbaddr, __print_symbolic(REC->reason,
         let mut bytes = [0u8; size_of::<TcpEvent>()];
         bytes[std::mem::offset_of!(TcpEvent, kind)] = 99;
         assert!(decode(&bytes).is_none());
-        bytes[std::mem::offset_of!(TcpEvent, kind)] = TcpEventKind::ResetSent as u8;
+        bytes[std::mem::offset_of!(TcpEvent, kind)] = TcpEventKind::ListenerOpened as u8;
         bytes[std::mem::offset_of!(TcpEvent, family)] = FAMILY_IPV4;
         let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.local, "0.0.0.0:0".parse().unwrap());

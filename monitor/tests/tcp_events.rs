@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::{
-    crafted::{self, MonitoredLab, route_spoofed, sampled_server_isn},
+    crafted::{self, MonitoredLab, route_spoofed, sampled_server_isn, start_both_directions},
     read_json_lines, series_value, wait_for,
 };
 use nix::{
@@ -237,6 +237,25 @@ fn a_listener_closed_without_an_anomaly_is_not_reported() {
     scene.monitored.stop();
 }
 
+/// Connects from `from_ns` to `to` and aborts at once: a RST from the client's side.
+fn abort_from(lab: &Lab, from_ns: &str, to: SocketAddr) {
+    let stream = lab
+        .run_in(from_ns, || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        })
+        .unwrap();
+    abort(stream);
+}
+
+/// Closes with a RST (SO_LINGER 0).
+fn abort(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(&stream, sockopt::Linger, &linger).unwrap();
+}
+
 /// What `after` counts beyond `before`, series that did not move left out.
 fn difference(
     after: &BTreeMap<String, f64>,
@@ -340,4 +359,52 @@ fn resets_and_synack_retransmits_are_counted_in_the_monitored_namespace_only() {
         assert_eq!(scene.counter(counter), Some(0.0), "{counter}");
     }
     scene.monitored.stop();
+}
+
+#[test]
+fn resets_received_are_counted_under_the_server_for_listeners_older_than_the_daemon() {
+    // A listener open before the daemon starts (the daemon learns of it from /proc, not from
+    // a listener event), over IPv6; and an outgoing connection of the monitored namespace,
+    // over IPv4, whose server is in the client namespace.
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let old_service = SocketAddr::new(lab.server_v6.into(), SERVICE_PORT);
+    let old_listener = lab
+        .run_in(&lab.server_ns, || TcpListener::bind(old_service))
+        .unwrap();
+    let remote_service = SocketAddr::new(lab.client_v4.into(), 9090);
+    let remote_listener = lab
+        .run_in(&lab.client_ns, || TcpListener::bind(remote_service))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start_both_directions(&lab, dir.path(), &dir.path().join("events.jsonl"));
+
+    for _ in 0..2 {
+        abort_from(&lab, &lab.client_ns, old_service);
+        let outgoing = lab.run_in(&lab.server_ns, || {
+            TcpStream::connect_timeout(&remote_service, Duration::from_secs(5))
+        });
+        let (accepted, _) = remote_listener.accept().unwrap();
+        abort(accepted);
+        drop(outgoing);
+    }
+    let want = [
+        (format!("service=\"{old_service}\""), 2.0),
+        (format!("service=\"{remote_service}\""), 2.0),
+    ];
+    let received = || {
+        let metrics = daemon.metrics(&lab);
+        want.iter()
+            .map(|(labels, _)| {
+                let series = format!("seqwatch_resets_received_total{{{labels}}}");
+                (
+                    labels.clone(),
+                    series_value(&metrics, &series).unwrap_or(0.0),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    wait_for(Duration::from_secs(10), || received() == want);
+    assert_eq!(received(), want, "{}", daemon.log());
+    drop(old_listener);
+    daemon.stop();
 }
