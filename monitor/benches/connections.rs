@@ -2,10 +2,12 @@
 //! the server's interface, in alternating rounds; reports the medians and their ratio.
 //! Needs root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side, and
 //! `SEQWATCH_BENCH_BEFORE=PATH` adds the same setups run by another build of the daemon (say,
-//! the previous commit's), so that a change is compared within one alternating run. With the
-//! kernel's per-program run-time statistics on for the run (BPF_ENABLE_STATS), each monitored
-//! round also reports the daemon's eBPF programs' CPU time per connection, and the summary
-//! their cost per run: what the rates alone are too noisy to show.
+//! the previous commit's), so that a change is compared within one alternating run. With
+//! `SEQWATCH_BENCH_KERNEL_STATS=1` the kernel's per-program run-time statistics are on for the
+//! run (BPF_ENABLE_STATS), and each monitored round also reports the daemon's eBPF programs'
+//! CPU time per connection, the summary their cost per run: what the rates alone are too noisy
+//! to show. Not by default: the statistics add two clock reads to every program run (about
+//! 12 runs per connection), which lowers the monitored rates by a few per cent.
 
 use std::{
     collections::BTreeMap,
@@ -37,8 +39,11 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
-    // On while this fd lives; it adds two clock reads to every program run of every program.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    // On while this fd lives.
+    let _stats = std::env::var("SEQWATCH_BENCH_KERNEL_STATS")
+        .is_ok_and(|v| v == "1")
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .transpose()?;
     let lab = Lab::create(&LabOptions::default())?;
     let server = SocketAddr::new(lab.server_v4.into(), PORT);
     serve(&lab, server)?;
@@ -66,12 +71,14 @@ fn main() -> anyhow::Result<()> {
                     let round = connection_rate(&lab, server);
                     let (usage, programs) = monitor.stop(cpu_before)?;
                     let monitored = round.rate();
-                    let per_connection = programs.total_ns() / round.connections.max(1) as f64;
                     kernel[setup - 1].add(&programs, round.connections);
                     with[setup - 1].push(monitored);
-                    line += &format!(
-                        "   {name} {monitored:>8.0}/s ({usage}, kernel {per_connection:.0} ns/conn)"
-                    );
+                    line += &format!("   {name} {monitored:>8.0}/s ({usage}");
+                    if programs.total_ns() > 0.0 {
+                        let per_connection = programs.total_ns() / round.connections.max(1) as f64;
+                        line += &format!(", kernel {per_connection:.0} ns/conn");
+                    }
+                    line += ")";
                 }
             }
         }
@@ -97,7 +104,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     for (cost, (name, _, _)) in kernel.iter().zip(setups) {
-        println!("eBPF programs with --direction {name}, all rounds: {cost}");
+        if cost.total_ns() > 0.0 {
+            println!("eBPF programs with --direction {name}, all rounds: {cost}");
+        }
     }
     Ok(())
 }

@@ -7,11 +7,19 @@ pub struct BenchArgs {
     /// Alternating rounds per side in the connection-rate benchmark.
     #[arg(long, default_value_t = 7)]
     rounds: u32,
+    /// Also report the eBPF programs' own run time per connection (the kernel's statistics,
+    /// which slow every program run a little, so the rates come out a few per cent lower).
+    #[arg(long)]
+    kernel_stats: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // SAFETY: single-threaded at this point; the variable is read by the bench process.
     unsafe { std::env::set_var("SEQWATCH_BENCH_ROUNDS", args.rounds.to_string()) };
+    if args.kernel_stats {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("SEQWATCH_BENCH_KERNEL_STATS", "1") };
+    }
     for (bench, what) in [
         (
             "classifier",
