@@ -298,10 +298,8 @@ impl<'a> Monitor<'a> {
         for info in aya::programs::loaded_programs() {
             let info = info?;
             if info.loaded_at().is_some_and(|at| at >= self.started) {
-                let name = info.name_as_str().unwrap_or("?").to_owned();
-                let entry = cost.programs.entry(name).or_default();
-                entry.0 += info.run_time().as_nanos() as f64;
-                entry.1 += info.run_count();
+                let name = info.name_as_str().unwrap_or("?");
+                cost.record(name, info.run_time().as_nanos() as f64, info.run_count());
             }
         }
         Ok(cost)
@@ -321,11 +319,15 @@ impl KernelCost {
         self.programs.values().map(|(ns, _)| ns).sum()
     }
 
+    fn record(&mut self, name: &str, ns: f64, runs: u64) {
+        let entry = self.programs.entry(name.to_owned()).or_default();
+        entry.0 += ns;
+        entry.1 += runs;
+    }
+
     fn add(&mut self, round: &KernelCost, connections: u64) {
         for (name, (ns, runs)) in &round.programs {
-            let entry = self.programs.entry(name.clone()).or_default();
-            entry.0 += ns;
-            entry.1 += runs;
+            self.record(name, *ns, *runs);
         }
         self.connections += connections;
     }
