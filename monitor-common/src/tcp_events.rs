@@ -1,14 +1,14 @@
 //! Kernel TCP signals beside the packets: the record the tracepoint programs send (SYN-ACK
-//! retransmits, listeners opened and closed), the reset counters they keep, their configuration,
-//! and the tracepoint record layouts they read — which userspace checks against the running
-//! kernel's `format` files before attaching anything.
+//! retransmits, listeners opened and closed), the reset counters they keep, and their
+//! configuration: where, in this kernel's structs, they find what they read.
 
 /// Ring buffer for [`TcpEvent`]s (about 4 600 events).
 pub const TCP_EVENTS_RINGBUF_BYTES: u32 = 256 << 10;
 
-/// What the programs need to know, written by userspace before attaching. The offsets come
-/// from the kernel's BTF, so that the programs read a socket's network namespace without
-/// compiled-in struct layouts. `netns_inum` 0 keeps every program silent.
+/// What the programs need to know, written by userspace before attaching. They are BTF
+/// tracepoints, called with the kernel's own pointers (the socket, the request socket, the
+/// packet); these byte offsets, from the running kernel's BTF, say where in those structs to
+/// read, so that no struct layout is compiled in. `netns_inum` 0 keeps every program silent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpEventsConfig {
@@ -22,6 +22,38 @@ pub struct TcpEventsConfig {
     pub skb_dev: u32,
     /// `struct net_device` → `struct net *` (`nd_net.net`).
     pub dev_net: u32,
+    /// `struct sock` → `sk_protocol` (u16).
+    pub sock_protocol: u32,
+    /// `struct sock` → `__sk_common.skc_family` (u16).
+    pub sock_family: u32,
+    /// The two ends of a full socket, where the kernel's own tracepoint records read them.
+    pub socket: SocketEnds,
+    /// `struct request_sock` (a connection a listener is answering) → the local port,
+    /// host byte order (`__req_common.skc_num`, u16).
+    pub request_port: u32,
+    /// `struct request_sock` → the local IPv4 address (`__req_common.skc_rcv_saddr`).
+    pub request_v4: u32,
+    /// `struct request_sock` → the local IPv6 address (`__req_common.skc_v6_rcv_saddr`).
+    pub request_v6: u32,
+}
+
+/// Offsets in `struct sock` (an `inet_sock` for TCP) of both ends' ports (network byte
+/// order, u16) and addresses (IPv4, and IPv6 used when the family is `AF_INET6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketEnds {
+    /// `inet_sock.inet_sport`.
+    pub local_port: u32,
+    /// `__sk_common.skc_dport`.
+    pub remote_port: u32,
+    /// `inet_sock.inet_saddr`.
+    pub local_v4: u32,
+    /// `__sk_common.skc_daddr`.
+    pub remote_v4: u32,
+    /// `__sk_common.skc_v6_rcv_saddr`.
+    pub local_v6: u32,
+    /// `__sk_common.skc_v6_daddr`.
+    pub remote_v6: u32,
 }
 
 /// One kernel TCP event: a SYN-ACK retransmitted, a listener opened or closed. Resets are
@@ -140,96 +172,6 @@ pub const TCP_SYN_RECV: i32 = 3;
 pub const TCP_CLOSE: i32 = 7;
 pub const TCP_LISTEN: i32 = 10;
 
-/// One field of a tracepoint record, as its `format` file states it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Field {
-    pub name: &'static str,
-    pub offset: usize,
-    pub size: usize,
-}
-
-const fn field(name: &'static str, offset: usize, size: usize) -> Field {
-    Field { name, offset, size }
-}
-
-/// The record layouts the programs read (Linux 6.10+, where `tcp_send_reset` has `reason`).
-pub mod layout {
-    use super::{Field, field};
-
-    /// The address fields `tcp_retransmit_synack`, `tcp_receive_reset` and
-    /// `inet_sock_set_state` share, at their own offsets. Ports are host byte order.
-    #[derive(Clone, Copy, Debug)]
-    pub struct Addresses {
-        pub sport: Field,
-        pub dport: Field,
-        pub family: Field,
-        pub saddr: Field,
-        pub daddr: Field,
-        pub saddr_v6: Field,
-        pub daddr_v6: Field,
-    }
-
-    impl Addresses {
-        const fn at(sport: usize, saddr: usize) -> Addresses {
-            Addresses {
-                sport: field("sport", sport, 2),
-                dport: field("dport", sport + 2, 2),
-                family: field("family", sport + 4, 2),
-                saddr: field("saddr", saddr, 4),
-                daddr: field("daddr", saddr + 4, 4),
-                saddr_v6: field("saddr_v6", saddr + 8, 16),
-                daddr_v6: field("daddr_v6", saddr + 24, 16),
-            }
-        }
-
-        pub const fn fields(&self) -> [Field; 7] {
-            [
-                self.sport,
-                self.dport,
-                self.family,
-                self.saddr,
-                self.daddr,
-                self.saddr_v6,
-                self.daddr_v6,
-            ]
-        }
-    }
-
-    /// `tcp:tcp_retransmit_synack`: `skaddr` is the listener.
-    pub mod retransmit_synack {
-        use super::*;
-        pub const SKADDR: Field = field("skaddr", 8, 8);
-        pub const ADDRESSES: Addresses = Addresses::at(24, 30);
-    }
-
-    /// `tcp:tcp_receive_reset`.
-    pub mod receive_reset {
-        use super::*;
-        pub const SKADDR: Field = field("skaddr", 8, 8);
-        pub const ADDRESSES: Addresses = Addresses::at(16, 22);
-    }
-
-    /// `sock:inet_sock_set_state`.
-    pub mod inet_sock_set_state {
-        use super::*;
-        pub const SKADDR: Field = field("skaddr", 8, 8);
-        pub const OLDSTATE: Field = field("oldstate", 16, 4);
-        pub const NEWSTATE: Field = field("newstate", 20, 4);
-        pub const PROTOCOL: Field = field("protocol", 30, 2);
-        pub const ADDRESSES: Addresses = Addresses::at(24, 32);
-    }
-
-    /// `tcp:tcp_send_reset`: `skaddr` may be NULL (no socket: the netns comes from the
-    /// incoming `skbaddr`'s device).
-    pub mod send_reset {
-        use super::*;
-        pub const SKBADDR: Field = field("skbaddr", 8, 8);
-        pub const SKADDR: Field = field("skaddr", 16, 8);
-        pub const REASON: Field = field("reason", 28, 4);
-        pub const FIELDS: [Field; 3] = [SKBADDR, SKADDR, REASON];
-    }
-}
-
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, every bit pattern valid, no padding.
@@ -251,7 +193,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TcpEvent>(), 48);
         assert_eq!(core::mem::align_of::<TcpEvent>(), 8);
         assert_eq!(core::mem::size_of::<ResetService>(), 20);
-        assert_eq!(core::mem::size_of::<TcpEventsConfig>(), 20);
+        assert_eq!(core::mem::size_of::<TcpEventsConfig>(), 64);
     }
 
     #[test]

@@ -27,8 +27,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    macros::{classifier, tracepoint},
-    programs::{TcContext, TracePointContext},
+    macros::{btf_tracepoint, classifier},
+    programs::{BtfTracePointContext, TcContext},
 };
 use seqwatch_common::{Direction, synack::Counter};
 
@@ -112,28 +112,29 @@ pub fn baseline(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-// Kernel TCP signals beside the packets, filtered to the monitored network namespace.
+// Kernel TCP signals beside the packets (BTF tracepoints), filtered to the monitored
+// network namespace.
 
-#[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
-pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
     tcp_events::retransmit_synack(&ctx);
     0
 }
 
-#[tracepoint(category = "tcp", name = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
     tcp_events::send_reset(&ctx);
     0
 }
 
-#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     tcp_events::receive_reset(&ctx);
     0
 }
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     tcp_events::inet_sock_set_state(&ctx);
     0
 }

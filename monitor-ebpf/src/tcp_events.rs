@@ -1,20 +1,19 @@
-//! Kernel TCP signals beside the packets: classic tracepoints for SYN-ACK retransmits, resets
-//! sent and received, and listeners opened and closed. Tracepoints fire for every network
-//! namespace, so each program first checks that the socket (or, for a reset sent without
-//! one, the incoming packet's device) belongs to the monitored namespace: by its inode
-//! number, read through offsets userspace took from the kernel's BTF, the first time; by the
+//! Kernel TCP signals beside the packets: BTF tracepoints for SYN-ACK retransmits, resets
+//! sent and received, and listeners opened and closed. BTF tracepoints get the kernel's own
+//! arguments (the socket, the packet, the new state) with no record filled in for them, which
+//! on `inet_sock_set_state` — several times per connection — is most of a classic
+//! tracepoint's cost. The structs behind those pointers are read at offsets userspace took
+//! from the kernel's BTF. Tracepoints fire for every network namespace, so each program first
+//! checks that the socket (or, for a reset sent without one, the incoming packet's device)
+//! belongs to the monitored namespace: by its inode number the first time; by the
 //! `struct net` address that matched then, afterwards. Resets, which come with every aborted
-//! connection, are counted in per-CPU maps: sent ones by reason, received ones by service (the
-//! local listener's, or the remote server's; `LISTENING_PORTS` tells which, kept here from the
-//! listener events). Retransmits and listener events are each one `TcpEvent` in a ring
-//! buffer; a full buffer drops and counts, never blocks. Completed handshakes are only
+//! connection, are counted in per-CPU maps: sent ones by reason, received ones by service
+//! (the local listener's, or the remote server's; `LISTENING_PORTS` tells which, kept here
+//! from the listener events). Retransmits and listener events are each one `TcpEvent` in a
+//! ring buffer; a full buffer drops and counts, never blocks. Completed handshakes are only
 //! counted, per local port (`listener_counts`).
-//!
-//! The record offsets are `seqwatch_common::tcp_events::layout`'s, which userspace checks
-//! against the running kernel's `format` files before attaching a program.
 
 use aya_ebpf::{
-    EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -22,15 +21,14 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::BtfTracePointContext,
 };
 use seqwatch_common::{
     synack::{FAMILY_IPV4, FAMILY_IPV6},
     tcp_events::{
-        AF_INET6, Field, IPPROTO_TCP, LISTENING_PORTS, RESET_SERVICES, ResetService, ResetsSent,
+        AF_INET6, IPPROTO_TCP, LISTENING_PORTS, RESET_SERVICES, ResetService, ResetsSent,
         TCP_CLOSE, TCP_ESTABLISHED, TCP_EVENTS_RINGBUF_BYTES, TCP_LISTEN, TCP_SYN_RECV, TcpEvent,
         TcpEventCounter, TcpEventKind, TcpEventsConfig,
-        layout::{Addresses, inet_sock_set_state, receive_reset, retransmit_synack, send_reset},
     },
 };
 
@@ -65,78 +63,82 @@ static RESETS_RECEIVED: PerCpuHashMap<ResetService, u64> =
 #[map]
 static LISTENING: Array<u32> = Array::with_max_entries(LISTENING_PORTS, 0);
 
-pub fn retransmit_synack(ctx: &TracePointContext) {
-    let sk = field::<u64>(ctx, retransmit_synack::SKADDR);
-    if monitored(sock_netns(sk)) {
-        emit(
-            ctx,
-            TcpEventKind::SynAckRetransmit,
-            &retransmit_synack::ADDRESSES,
-        );
+/// `tcp_retransmit_synack(const struct sock *listener, const struct request_sock *req)`:
+/// reported under the listener's family and the request's local address and port.
+pub fn retransmit_synack(ctx: &BtfTracePointContext) {
+    let (listener, request): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let Some(config) = config() else {
+        return;
+    };
+    if monitored(sock_netns(listener, config)) {
+        let family = read::<u16>(listener, config.sock_family);
+        let port = read::<u16>(request, config.request_port);
+        let address = address(request, family, config.request_v4, config.request_v6);
+        emit(TcpEventKind::SynAckRetransmit, port, address);
     }
 }
 
-/// Counted under the service: the local address if a listener has the local port, else the
-/// remote one.
-pub fn receive_reset(ctx: &TracePointContext) {
-    let sk = field::<u64>(ctx, receive_reset::SKADDR);
-    if !monitored(sock_netns(sk)) {
+/// `tcp_receive_reset(struct sock *sk)`: counted under the service: the local address if a
+/// listener has the local port, else the remote one.
+pub fn receive_reset(ctx: &BtfTracePointContext) {
+    let sk: u64 = ctx.arg(0);
+    let Some(config) = config() else {
+        return;
+    };
+    if !monitored(sock_netns(sk, config)) {
         return;
     }
-    let fields = &receive_reset::ADDRESSES;
-    // Both sides are read, then one chosen (see `field`).
-    let local = service(ctx, fields, fields.sport, fields.saddr, fields.saddr_v6);
-    let remote = service(ctx, fields, fields.dport, fields.daddr, fields.daddr_v6);
-    let server = if listening(local.port) { local } else { remote };
+    let ends = &config.socket;
+    let family = read::<u16>(sk, config.sock_family);
+    let local = service(sk, family, ends.local_port, ends.local_v4, ends.local_v6);
+    let server = if listening(local.port) {
+        local
+    } else {
+        service(sk, family, ends.remote_port, ends.remote_v4, ends.remote_v6)
+    };
     count_reset_received(&server);
 }
 
-/// One side of the record as a service.
+/// One end of a socket as a service.
 #[inline(always)]
-fn service(
-    ctx: &TracePointContext,
-    fields: &Addresses,
-    port: Field,
-    v4: Field,
-    v6: Field,
-) -> ResetService {
-    let (family, addr) = address(ctx, fields, v4, v6);
+fn service(sk: u64, family: u16, port: u32, v4: u32, v6: u32) -> ResetService {
+    let (family, addr) = address(sk, family, v4, v6);
     ResetService {
         addr,
-        port: field::<u16>(ctx, port),
+        port: u16::from_be(read::<u16>(sk, port)),
         family,
         _pad: 0,
     }
 }
 
-/// One side's family and address (IPv4 in the first word), read in place 16 bits at a time
-/// (the record aligns the addresses so), without a helper call; both forms are read, then
-/// one chosen (see `field`).
+/// An address (IPv4 in the first word) and its wire family: the IPv6 form for an `AF_INET6`
+/// socket, as the kernel's own tracepoint records have it.
 #[inline(always)]
-fn address(ctx: &TracePointContext, fields: &Addresses, v4: Field, v6: Field) -> (u8, [u32; 4]) {
-    let word = |i: usize| field_word(ctx, v6, 4 * i);
-    let v6_words = [word(0), word(1), word(2), word(3)];
-    let v4_word = field_word(ctx, v4, 0);
-    if field::<u16>(ctx, fields.family) == AF_INET6 {
-        (FAMILY_IPV6, v6_words)
+fn address(base: u64, family: u16, v4: u32, v6: u32) -> (u8, [u32; 4]) {
+    if family == AF_INET6 {
+        (FAMILY_IPV6, read::<[u32; 4]>(base, v6))
     } else {
-        (FAMILY_IPV4, [v4_word, 0, 0, 0])
+        (FAMILY_IPV4, [read::<u32>(base, v4), 0, 0, 0])
     }
 }
 
-pub fn send_reset(ctx: &TracePointContext) {
-    let sk = field::<u64>(ctx, send_reset::SKADDR);
+/// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`.
+pub fn send_reset(ctx: &BtfTracePointContext) {
+    let (sk, skb, reason): (u64, u64, u32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let Some(config) = config() else {
+        return;
+    };
     // Without a socket (a segment to a closed port) the reset answers the incoming packet,
     // whose device says which namespace it arrived in.
     let netns = if sk != 0 {
-        sock_netns(sk)
+        sock_netns(sk, config)
     } else {
-        skb_netns(field::<u64>(ctx, send_reset::SKBADDR))
+        skb_netns(skb, config)
     };
     if !monitored(netns) {
         return;
     }
-    let slot = ResetsSent::slot(field::<u32>(ctx, send_reset::REASON));
+    let slot = ResetsSent::slot(reason);
     if let Some(counts) = RESETS_SENT.get_ptr_mut(0) {
         // SAFETY: this CPU's copy of the entry, valid for the program run.
         let counts = unsafe { &mut *counts };
@@ -146,39 +148,46 @@ pub fn send_reset(ctx: &TracePointContext) {
     }
 }
 
-/// Runs on every socket state change on the host: leaves after three loads unless a TCP
-/// listener opens or closes, or a handshake completes.
-pub fn inet_sock_set_state(ctx: &TracePointContext) {
-    if field::<u16>(ctx, inet_sock_set_state::PROTOCOL) != IPPROTO_TCP {
-        return;
-    }
-    let old = field::<i32>(ctx, inet_sock_set_state::OLDSTATE);
-    let new = field::<i32>(ctx, inet_sock_set_state::NEWSTATE);
-    let (kind, listeners) = match (old, new) {
-        (TCP_CLOSE, TCP_LISTEN) => (TcpEventKind::ListenerOpened, 1),
-        (TCP_LISTEN, TCP_CLOSE) => (TcpEventKind::ListenerClosed, u32::MAX),
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
-            handshake_completed(ctx);
-            return;
-        }
-        _ => return,
-    };
-    let sk = field::<u64>(ctx, inet_sock_set_state::SKADDR);
-    if monitored(sock_netns(sk)) {
-        let port = field::<u16>(ctx, inet_sock_set_state::ADDRESSES.sport);
-        add_listeners(port, listeners);
-        emit(ctx, kind, &inet_sock_set_state::ADDRESSES);
-    }
+/// What a socket state change means here.
+enum Transition {
+    /// A listener opened (+1) or closed (u32::MAX, minus one).
+    Listener(TcpEventKind, u32),
+    /// A passive open's child socket (or a simultaneous open) completed its handshake.
+    Completed,
 }
 
-/// A passive open's child socket (or a simultaneous open) completed its handshake: counted
-/// per local port in the kernel, not sent as an event.
-#[inline(always)]
-fn handshake_completed(ctx: &TracePointContext) {
-    let sk = field::<u64>(ctx, inet_sock_set_state::SKADDR);
-    if monitored(sock_netns(sk)) {
-        let port = field::<u16>(ctx, inet_sock_set_state::ADDRESSES.sport);
-        listener_counts::count_completed(port);
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: runs on every
+/// socket state change on the host, and leaves on the two states alone unless a listener
+/// opens or closes or a handshake completes.
+pub fn inet_sock_set_state(ctx: &BtfTracePointContext) {
+    let (old, new): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    let transition = match (old, new) {
+        (TCP_CLOSE, TCP_LISTEN) => Transition::Listener(TcpEventKind::ListenerOpened, 1),
+        (TCP_LISTEN, TCP_CLOSE) => Transition::Listener(TcpEventKind::ListenerClosed, u32::MAX),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => Transition::Completed,
+        _ => return,
+    };
+    let sk: u64 = ctx.arg(0);
+    let Some(config) = config() else {
+        return;
+    };
+    if read::<u16>(sk, config.sock_protocol) != IPPROTO_TCP || !monitored(sock_netns(sk, config)) {
+        return;
+    }
+    let ends = &config.socket;
+    let port = u16::from_be(read::<u16>(sk, ends.local_port));
+    match transition {
+        // Counted per local port in the kernel, not sent as an event.
+        Transition::Completed => listener_counts::count_completed(port),
+        Transition::Listener(kind, delta) => {
+            add_listeners(port, delta);
+            let family = read::<u16>(sk, config.sock_family);
+            emit(
+                kind,
+                port,
+                address(sk, family, ends.local_v4, ends.local_v6),
+            );
+        }
     }
 }
 
@@ -228,40 +237,6 @@ fn count_reset_received(service: &ResetService) {
 
 const EEXIST: i32 = 17;
 
-/// Reads a naturally aligned integer field of the tracepoint record in place (the verifier
-/// checks the access against the record's size, and allows only constant offsets). Volatile:
-/// LLVM would otherwise merge loads that two branches make at different offsets into one
-/// load at a variable offset, which the verifier rejects; so where a branch chooses between
-/// fields, both are read and the values chosen.
-#[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, field: Field) -> T {
-    // SAFETY: the context is the tracepoint's record, and userspace attached this program only
-    // after checking that `field` lies within it at this offset and size.
-    unsafe {
-        ctx.as_ptr()
-            .cast::<u8>()
-            .add(field.offset)
-            .cast::<T>()
-            .read_volatile()
-    }
-}
-
-/// The `index`th..+4 bytes of a 2-aligned byte-array field as one word, its bytes in record
-/// order: two in-place 16-bit loads instead of a helper call.
-#[inline(always)]
-fn field_word(ctx: &TracePointContext, array: Field, index: usize) -> u32 {
-    let at = |offset| Field {
-        offset: array.offset + offset,
-        ..array
-    };
-    let low = field::<u16>(ctx, at(index));
-    let high = field::<u16>(ctx, at(index + 2));
-    u32::from_ne_bytes({
-        let (l, h) = (low.to_ne_bytes(), high.to_ne_bytes());
-        [l[0], l[1], h[0], h[1]]
-    })
-}
-
 fn config() -> Option<&'static TcpEventsConfig> {
     TCP_EVENTS_CONFIG.get(0).filter(|c| c.netns_inum != 0)
 }
@@ -275,19 +250,13 @@ enum Netns {
 
 /// The network namespace of a socket.
 #[inline(always)]
-fn sock_netns(sk: u64) -> Netns {
-    let Some(config) = config() else {
-        return Netns::Other;
-    };
+fn sock_netns(sk: u64, config: &TcpEventsConfig) -> Netns {
     net_is_monitored(read_kernel::<u64>(sk, config.sock_net), config)
 }
 
 /// The network namespace of the device a packet arrived on.
 #[inline(always)]
-fn skb_netns(skb: u64) -> Netns {
-    let Some(config) = config() else {
-        return Netns::Other;
-    };
+fn skb_netns(skb: u64, config: &TcpEventsConfig) -> Netns {
     let dev = read_kernel::<u64>(skb, config.skb_dev);
     net_is_monitored(
         dev.and_then(|dev| read_kernel::<u64>(dev, config.dev_net)),
@@ -332,6 +301,13 @@ fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
+/// A field of a socket the namespace check has already read through: zero in the unlikely
+/// case it cannot be read (the helper zeroes what it fails to read).
+#[inline(always)]
+fn read<T: Default>(base: u64, offset: u32) -> T {
+    read_kernel(base, offset).unwrap_or_default()
+}
+
 /// Whether an event's namespace is the monitored one; an unreadable one is counted.
 #[inline(always)]
 fn monitored(netns: Netns) -> bool {
@@ -348,13 +324,12 @@ fn monitored(netns: Netns) -> bool {
 /// Sends one event: the local side's address and port; the time and the current process
 /// for listener events only (the daemon uses them to judge a listener's close).
 #[inline(always)]
-fn emit(ctx: &TracePointContext, kind: TcpEventKind, fields: &Addresses) {
+fn emit(kind: TcpEventKind, port: u16, (family, local): (u8, [u32; 4])) {
     let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
         count(TcpEventCounter::EventsDropped);
         return;
     };
     let event = entry.as_mut_ptr();
-    let (family, local) = address(ctx, fields, fields.saddr, fields.saddr_v6);
     let listener = !matches!(kind, TcpEventKind::SynAckRetransmit);
     // SAFETY: `event` points to a reserved, writable TcpEvent; every field is written in
     // place before submit. The byte arrays are written as words, volatile: LLVM would turn
@@ -362,7 +337,7 @@ fn emit(ctx: &TracePointContext, kind: TcpEventKind, fields: &Addresses) {
     unsafe {
         (*event).kind = kind as u8;
         (*event).family = family;
-        (*event).local_port = field::<u16>(ctx, fields.sport);
+        (*event).local_port = port;
         store_words(&raw mut (*event).local_addr, local);
         let comm = &raw mut (*event).comm;
         if listener {

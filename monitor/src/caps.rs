@@ -12,17 +12,12 @@ use crate::probes::AttachMode;
 
 /// Loading the classifiers needs CAP_BPF (bpf(), maps) and CAP_NET_ADMIN (networking program
 /// types, tc); CAP_PERFMON lets the verifier accept what privileged programs may do (pointer
-/// arithmetic, speculation checks relaxed). CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON.
+/// arithmetic, speculation checks relaxed), and load and attach the BTF tracepoint programs. CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON.
 pub const REQUIRED: [Capability; 3] = [
     Capability::CAP_BPF,
     Capability::CAP_NET_ADMIN,
     Capability::CAP_PERFMON,
 ];
-
-/// Optional: the tracepoint programs' ids and record formats live in tracefs files only root
-/// may read (mode 0440), so a daemon that is not root needs CAP_DAC_READ_SEARCH to attach
-/// them; without it they stay off, with a warning, and the rest runs. Dropped after attach.
-pub const READS_TRACEFS: Capability = Capability::CAP_DAC_READ_SEARCH;
 
 /// Kept after the first attach, for interfaces that appear later and for taking attachments
 /// back: attaching a loaded program (a tcx link, or a clsact qdisc and filter) needs only

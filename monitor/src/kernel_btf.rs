@@ -1,8 +1,9 @@
-//! Byte offsets of kernel struct fields, from the running kernel's BTF
-//! (`/sys/kernel/btf/vmlinux`). The tracepoint programs read a socket's network namespace
-//! through such offsets, which differ between kernel builds; aya does not expose BTF member
-//! offsets, and this is all the BTF reading they need: structs, unions, their members
-//! (anonymous ones searched through), typedefs and qualifiers.
+//! Byte offsets of kernel struct fields and the names of an enum's values, from the running
+//! kernel's BTF (`/sys/kernel/btf/vmlinux`). The tracepoint programs read sockets through
+//! such offsets, which differ between kernel builds, and reset reasons are named by the
+//! kernel's enum; aya does not expose BTF member offsets, and this is all the BTF reading
+//! they need: structs, unions, their members (anonymous ones searched through), typedefs and
+//! qualifiers, and 32-bit enums.
 
 use std::collections::HashMap;
 
@@ -45,11 +46,13 @@ enum Type {
     Other,
 }
 
-/// The struct and union layouts of one BTF blob.
+/// The struct and union layouts, and the named enums, of one BTF blob.
 pub struct KernelBtf {
     /// Index = type id (id 0 is void).
     types: Vec<Type>,
     structs: HashMap<String, u32>,
+    /// Each named enum's values: (name, value).
+    enums: HashMap<String, Vec<(String, i64)>>,
 }
 
 impl KernelBtf {
@@ -79,6 +82,7 @@ impl KernelBtf {
         let mut btf = KernelBtf {
             types: vec![Type::Other],
             structs: HashMap::new(),
+            enums: HashMap::new(),
         };
         let mut reader = Reader {
             data: section,
@@ -123,6 +127,24 @@ impl KernelBtf {
             KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                 Type::Alias(size_or_type)
             }
+            KIND_ENUM => {
+                let mut values = Vec::with_capacity(vlen as usize);
+                for _ in 0..vlen {
+                    let value_name = string_at(strings, reader.next_u32()?);
+                    let value = reader.next_u32()?;
+                    // kind_flag marks a signed enum.
+                    let value = if kind_flag {
+                        i64::from(value as i32)
+                    } else {
+                        i64::from(value)
+                    };
+                    values.push((value_name, value));
+                }
+                if !name.is_empty() {
+                    self.enums.entry(name).or_insert(values);
+                }
+                Type::Other
+            }
             _ => {
                 reader.skip(trailing_bytes(kind, vlen))?;
                 Type::Other
@@ -150,6 +172,14 @@ impl KernelBtf {
             bail!("{name}.{} is a bitfield", path.join("."));
         }
         Ok(bits / 8)
+    }
+
+    /// The values of `enum NAME`, as (name, value).
+    pub fn enum_values(&self, name: &str) -> anyhow::Result<&[(String, i64)]> {
+        self.enums
+            .get(name)
+            .map(Vec::as_slice)
+            .with_context(|| format!("no enum {name} in the kernel's BTF"))
     }
 
     /// (bit offset, type id) of a member, looking inside anonymous structs and unions.
@@ -187,7 +217,7 @@ fn trailing_bytes(kind: u32, vlen: u32) -> usize {
     match kind {
         KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
         KIND_ARRAY => 12,
-        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        KIND_FUNC_PROTO => 8 * vlen,
         KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
         _ => 0,
     }
@@ -230,9 +260,10 @@ mod tests {
     use super::*;
 
     /// A BTF blob: `struct inner { int a; int b; }`, `typedef struct inner alias;` and
-    /// `struct outer { int x; union { int y; alias z; }; }` (the union anonymous).
+    /// `struct outer { int x; union { int y; alias z; }; }` (the union anonymous), and
+    /// `enum colour { RED = 0, BLUE = 7 }`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0a\0b\0inner\0alias\0outer\0x\0y\0z\0";
+        let strings = b"\0int\0a\0b\0inner\0alias\0outer\0x\0y\0z\0colour\0RED\0BLUE\0";
         let name = |s: &str| {
             let needle = format!("\0{s}\0");
             let at = strings
@@ -254,6 +285,9 @@ mod tests {
         // 5: struct outer { x: int @0, (anonymous union) @64 bits }
         types.extend([name("outer"), KIND_STRUCT << 24 | 2, 16]);
         types.extend([name("x"), 1, 0, 0, 4, 64]);
+        // 6: enum colour (4 bytes) { RED = 0, BLUE = 7 }
+        types.extend([name("colour"), KIND_ENUM << 24 | 2, 4]);
+        types.extend([name("RED"), 0, name("BLUE"), 7]);
         let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut blob = Vec::new();
         blob.extend(BTF_MAGIC.to_le_bytes());
@@ -276,6 +310,14 @@ mod tests {
         assert_eq!(btf.offset_of("inner", &["b"]).unwrap(), 4);
         assert!(btf.offset_of("outer", &["missing"]).is_err());
         assert!(btf.offset_of("nothing", &["x"]).is_err());
+    }
+
+    #[test]
+    fn enum_values_are_named() {
+        let btf = KernelBtf::parse(&sample()).unwrap();
+        let values = btf.enum_values("colour").unwrap();
+        assert_eq!(values, [("RED".to_owned(), 0), ("BLUE".to_owned(), 7)]);
+        assert!(btf.enum_values("outer").is_err());
     }
 
     #[test]

@@ -8,10 +8,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
-        SchedClassifier, TcAttach, TcAttachType, TracePoint,
+        BtfTracePoint, SchedClassifier, TcAttach, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcError},
     },
     util::KernelVersion,
@@ -222,23 +222,23 @@ impl Probes {
         Ok(())
     }
 
-    /// Loads the tracepoint program `name` and attaches it to the tracepoint of the same
-    /// name in `category`; returns how long loading (the verifier) took. The link lives as
-    /// long as the loaded object.
-    pub fn attach_tracepoint(&mut self, name: &str, category: &str) -> anyhow::Result<Duration> {
-        let program: &mut TracePoint = self
+    /// Loads the BTF tracepoint program `name` and attaches it to the kernel tracepoint of
+    /// the same name, whose arguments `btf` (the kernel's) describes; returns how long
+    /// loading (the verifier) took. The link lives as long as the loaded object.
+    pub fn attach_tracepoint(&mut self, name: &str, btf: &Btf) -> anyhow::Result<Duration> {
+        let program: &mut BtfTracePoint = self
             .ebpf
             .program_mut(name)
             .with_context(|| format!("the eBPF object has no program {name}"))?
             .try_into()?;
         let started = Instant::now();
         program
-            .load()
+            .load(name, btf)
             .with_context(|| format!("the verifier rejected {name}"))?;
         let verified = started.elapsed();
         program
-            .attach(category, name)
-            .with_context(|| format!("attaching to tracepoint {category}:{name} failed"))?;
+            .attach()
+            .with_context(|| format!("attaching to tracepoint {name} failed"))?;
         self.tracepoints.insert(name.to_owned());
         Ok(verified)
     }

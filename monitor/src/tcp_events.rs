@@ -1,6 +1,6 @@
-//! Kernel TCP signals beside the packets, userspace half: checks each tracepoint's record
-//! layout against the running kernel, points the programs at this process's network
-//! namespace, attaches what it can (a program that cannot be loaded or attached is logged and
+//! Kernel TCP signals beside the packets, userspace half: tells the BTF tracepoint programs
+//! where this kernel keeps what they read (offsets from its BTF) and which network namespace
+//! is this process's, attaches what it can (a program that cannot be loaded or attached is logged and
 //! reported as not attached; the rest carry on), reads their events and counts them:
 //! SYN-ACK retransmits per service, listeners closed, and listeners lost right after an
 //! anomaly (see [`crate::crash`]); and mirrors the resets the kernel counts: received per
@@ -17,14 +17,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::{
+    Btf,
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use seqwatch_common::{
     synack::FAMILY_IPV4,
     tcp_events::{
-        Field, RESET_REASON_SLOTS, ResetService, ResetsSent, TcpEvent, TcpEventCounter,
+        RESET_REASON_SLOTS, ResetService, ResetsSent, SocketEnds, TcpEvent, TcpEventCounter,
         TcpEventKind, TcpEventsConfig,
-        layout::{inet_sock_set_state, receive_reset, retransmit_synack, send_reset},
     },
 };
 use tokio::{io::unix::AsyncFd, sync::Notify};
@@ -44,63 +46,20 @@ const JUDGE_AFTER: Duration = Duration::from_millis(1000);
 const RESETS_RECEIVED_READ_EVERY: Duration = Duration::from_secs(1);
 /// Listener closes waiting to be judged; beyond it the oldest is judged at once.
 const MAX_PENDING: usize = 1024;
-/// Where tracefs may be mounted.
-const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-/// The `reason` label of a reset whose reason the kernel's format does not name.
+/// The `reason` label of a reset whose reason the kernel's enum does not name.
 const UNKNOWN_REASON: &str = "unknown";
-
-/// One tracepoint program: its name in the object (and `program` label), its tracepoint,
-/// and the record fields it reads.
-struct Program {
-    name: &'static str,
-    category: &'static str,
-    fields: Vec<Field>,
-}
-
-fn programs() -> [Program; 4] {
-    let with = |first: &[Field], addresses: [Field; 7]| {
-        let mut fields = first.to_vec();
-        fields.extend(addresses);
-        fields
-    };
-    [
-        Program {
-            name: "tcp_retransmit_synack",
-            category: "tcp",
-            fields: with(
-                &[retransmit_synack::SKADDR],
-                retransmit_synack::ADDRESSES.fields(),
-            ),
-        },
-        Program {
-            name: "tcp_send_reset",
-            category: "tcp",
-            fields: send_reset::FIELDS.to_vec(),
-        },
-        Program {
-            name: "tcp_receive_reset",
-            category: "tcp",
-            fields: with(&[receive_reset::SKADDR], receive_reset::ADDRESSES.fields()),
-        },
-        Program {
-            name: "inet_sock_set_state",
-            category: "sock",
-            fields: with(
-                &[
-                    inet_sock_set_state::SKADDR,
-                    inet_sock_set_state::OLDSTATE,
-                    inet_sock_set_state::NEWSTATE,
-                    inet_sock_set_state::PROTOCOL,
-                ],
-                inet_sock_set_state::ADDRESSES.fields(),
-            ),
-        },
-    ]
-}
+/// The programs, each named after the kernel tracepoint it attaches to (and its `program`
+/// label).
+const PROGRAMS: [&str; 4] = [
+    "tcp_retransmit_synack",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "inet_sock_set_state",
+];
 
 /// The program names, for documentation and tests.
 pub fn program_names() -> Vec<&'static str> {
-    programs().iter().map(|p| p.name).collect()
+    PROGRAMS.to_vec()
 }
 
 /// The metrics of this module, registered with the daemon's registry.
@@ -195,47 +154,66 @@ pub struct TcpEventOptions {
 }
 
 /// Attaches what this kernel allows and starts the reader task. Only an unusable object is
-/// an error: a kernel without a tracepoint, tracefs or BTF leaves these signals off, logged.
+/// an error: a kernel without these tracepoints or BTF leaves these signals off, logged.
 pub fn start(
     probes: &mut Probes,
     metrics: &Metrics,
     options: TcpEventOptions,
 ) -> anyhow::Result<()> {
-    let config = match monitored_netns_config() {
-        Ok(config) => config,
+    let kernel = match KernelBtf::from_sys_fs().and_then(|btf| {
+        let config = monitored_netns_config(&btf)?;
+        Ok((btf, config))
+    }) {
+        Ok(kernel) => kernel,
         Err(err) => {
             log::warn!("kernel TCP events off: {err:#}");
             mark_all_unattached(metrics);
             return Ok(());
         }
     };
+    let (btf, config) = kernel;
     probes.configure_tcp_events(config)?;
-    let formats = attach_programs(probes, metrics);
-    let Some(reasons) = formats.get("tcp_send_reset").map(|f| reset_reasons(f)) else {
+    attach_programs(probes, metrics);
+    if !probes.is_tracepoint_attached("tcp_send_reset") {
         log::warn!("no reset reasons: tcp_send_reset is not attached");
         return spawn_reader(probes, metrics, options, HashMap::new());
-    };
+    }
     // Every named reason's series exists from the start (the reader makes their handles).
     metrics.tcp.resets_sent.with_label_values(&[UNKNOWN_REASON]);
-    spawn_reader(probes, metrics, options, reasons)
+    spawn_reader(probes, metrics, options, reset_reasons(&btf))
 }
 
-/// This process's network namespace and the kernel offsets that lead a socket to its own.
-fn monitored_netns_config() -> anyhow::Result<TcpEventsConfig> {
+/// This process's network namespace, and where the kernel keeps what the programs read.
+fn monitored_netns_config(btf: &KernelBtf) -> anyhow::Result<TcpEventsConfig> {
     let netns = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    let btf = KernelBtf::from_sys_fs()?;
+    let common = |member: &str| btf.offset_of("sock", &["__sk_common", member]);
+    let request = |member: &str| btf.offset_of("request_sock", &["__req_common", member]);
     Ok(TcpEventsConfig {
         netns_inum: netns.ino() as u32,
         sock_net: btf.offset_of("sock", &["__sk_common", "skc_net", "net"])?,
         net_inum: btf.offset_of("net", &["ns", "inum"])?,
         skb_dev: btf.offset_of("sk_buff", &["dev"])?,
         dev_net: btf.offset_of("net_device", &["nd_net", "net"])?,
+        sock_protocol: btf.offset_of("sock", &["sk_protocol"])?,
+        sock_family: common("skc_family")?,
+        // `struct inet_sock` begins with its `struct sock`: its offsets are the socket's.
+        socket: SocketEnds {
+            local_port: btf.offset_of("inet_sock", &["inet_sport"])?,
+            remote_port: common("skc_dport")?,
+            local_v4: btf.offset_of("inet_sock", &["inet_saddr"])?,
+            remote_v4: common("skc_daddr")?,
+            local_v6: common("skc_v6_rcv_saddr")?,
+            remote_v6: common("skc_v6_daddr")?,
+        },
+        request_port: request("skc_num")?,
+        request_v4: request("skc_rcv_saddr")?,
+        request_v6: request("skc_v6_rcv_saddr")?,
     })
 }
 
 fn mark_all_unattached(metrics: &Metrics) {
-    for program in programs() {
-        set_attached(metrics, program.name, false);
+    for program in PROGRAMS {
+        set_attached(metrics, program, false);
     }
 }
 
@@ -247,111 +225,50 @@ fn set_attached(metrics: &Metrics, program: &str, attached: bool) {
         .set(i64::from(attached));
 }
 
-/// Attaches each program whose record layout matches this kernel's; returns the `format`
-/// text of each one attached.
-fn attach_programs(probes: &mut Probes, metrics: &Metrics) -> HashMap<&'static str, String> {
-    let mut attached = HashMap::new();
-    for program in programs() {
-        let result = read_format(program.category, program.name)
-            .and_then(|format| {
-                check_fields(&format, &program.fields)?;
-                Ok(format)
-            })
-            .and_then(|format| {
-                let verified = probes.attach_tracepoint(program.name, program.category)?;
-                log::info!(
-                    "attached {} (tracepoint {}:{}; loaded and verified in {verified:?})",
-                    program.name,
-                    program.category,
-                    program.name,
-                );
-                Ok(format)
-            });
-        match result {
-            Ok(format) => {
-                attached.insert(program.name, format);
-            }
-            Err(err) => log::warn!("{} off: {err:#}", program.name),
+/// Attaches each program this kernel accepts; one it does not is logged and left off.
+fn attach_programs(probes: &mut Probes, metrics: &Metrics) {
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => Some(btf),
+        Err(err) => {
+            log::warn!("kernel TCP events off: reading the kernel's BTF: {err}");
+            None
         }
-        set_attached(metrics, program.name, attached.contains_key(program.name));
-    }
-    attached
-}
-
-fn read_format(category: &str, name: &str) -> anyhow::Result<String> {
-    let relative = format!("events/{category}/{name}/format");
-    let mut denied = false;
-    for root in TRACEFS {
-        match std::fs::read_to_string(format!("{root}/{relative}")) {
-            Ok(format) => return Ok(format),
-            Err(err) => denied |= err.kind() == std::io::ErrorKind::PermissionDenied,
-        }
-    }
-    if denied {
-        anyhow::bail!(
-            "tracepoint {category}:{name}: tracefs files are readable by root only; run as \
-             root or grant {} (packaging/seqwatch.service does; it is dropped once attached)",
-            crate::caps::READS_TRACEFS
-        );
-    }
-    anyhow::bail!(
-        "tracepoint {category}:{name} not found (no such tracepoint, or tracefs is not \
-         mounted: mount -t tracefs tracefs /sys/kernel/tracing)"
-    )
-}
-
-/// Fails unless every field the program reads is in the record at the offset and size it
-/// was built for.
-fn check_fields(format: &str, fields: &[Field]) -> anyhow::Result<()> {
-    let present = format_fields(format);
-    for field in fields {
-        match present.get(field.name) {
-            Some(&(offset, size)) if (offset, size) == (field.offset, field.size) => {}
-            found => anyhow::bail!(
-                "this kernel's record layout differs: field {} is {} (built for offset {} \
-                 size {})",
-                field.name,
-                found.map_or("missing".to_owned(), |(o, s)| format!("at {o} size {s}")),
-                field.offset,
-                field.size
-            ),
-        }
-    }
-    Ok(())
-}
-
-/// `field:TYPE NAME[N];\toffset:O;\tsize:S;` lines as NAME → (O, S).
-fn format_fields(format: &str) -> HashMap<&str, (usize, usize)> {
-    format
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.trim().split(';');
-            let declaration = parts.next()?.strip_prefix("field:")?;
-            let name = declaration.rsplit(' ').next()?.split('[').next()?;
-            let number = |part: Option<&str>, key: &str| -> Option<usize> {
-                part?.trim().strip_prefix(key)?.parse().ok()
-            };
-            let offset = number(parts.next(), "offset:")?;
-            let size = number(parts.next(), "size:")?;
-            Some((name, (offset, size)))
-        })
-        .collect()
-}
-
-/// The reset reasons `tcp_send_reset`'s format names: `{ 1, "NO_SOCKET" }` → 1 → `no_socket`.
-fn reset_reasons(format: &str) -> HashMap<u32, String> {
-    let Some((_, symbols)) = format.split_once("__print_symbolic(REC->reason,") else {
-        return HashMap::new();
     };
-    symbols
-        .split('{')
-        .skip(1)
-        .map_while(|entry| {
-            let (number, rest) = entry.split_once(',')?;
-            let name = rest.split('"').nth(1)?;
-            Some((number.trim().parse().ok()?, name.to_ascii_lowercase()))
+    for program in PROGRAMS {
+        let attached = btf.as_ref().is_some_and(|btf| {
+            match probes.attach_tracepoint(program, btf) {
+                Ok(verified) => {
+                    log::info!(
+                        "attached {program} (BTF tracepoint; loaded and verified in {verified:?})"
+                    );
+                    true
+                }
+                Err(err) => {
+                    log::warn!("{program} off: {err:#}");
+                    false
+                }
+            }
+        });
+        set_attached(metrics, program, attached);
+    }
+}
+
+/// The reset reasons the kernel's `enum sk_rst_reason` names:
+/// `SK_RST_REASON_NO_SOCKET` = 1 → 1 → `no_socket` (the names its tracepoint prints).
+fn reset_reasons(btf: &KernelBtf) -> HashMap<u32, String> {
+    let values = match btf.enum_values("sk_rst_reason") {
+        Ok(values) => values,
+        Err(err) => {
+            log::warn!("resets sent are counted as \"{UNKNOWN_REASON}\": {err:#}");
+            return HashMap::new();
+        }
+    };
+    values
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = name.strip_prefix("SK_RST_REASON_")?.to_ascii_lowercase();
+            (name != "max").then_some((u32::try_from(*value).ok()?, name))
         })
-        .filter(|(_, name): &(u32, String)| name != "max")
         .collect()
 }
 
@@ -713,40 +630,15 @@ fn comm_name(comm: &[u8; 16]) -> String {
 mod tests {
     use super::*;
 
-    const SEND_RESET_FORMAT: &str = "name: tcp_send_reset
-ID: 2280
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
-\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
-\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
-\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
-
-print fmt: \"skbaddr=%p reason=%s\", REC->skbaddr, __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }, { 2, \"TCP_INVALID_ACK_SEQUENCE\" }, { 25, \"MAX\" })";
-
     #[test]
-    fn the_built_layout_is_checked_against_the_format() {
-        check_fields(SEND_RESET_FORMAT, &send_reset::FIELDS).unwrap();
-        let moved = SEND_RESET_FORMAT.replace("offset:28;", "offset:32;");
-        let err = check_fields(&moved, &send_reset::FIELDS).unwrap_err();
-        assert!(
-            err.to_string().contains("field reason is at 32 size 4"),
-            "{err}"
-        );
-        let older = SEND_RESET_FORMAT.replace("reason;", "other;");
-        let err = check_fields(&older, &send_reset::FIELDS).unwrap_err();
-        assert!(err.to_string().contains("field reason is missing"), "{err}");
-    }
-
-    #[test]
-    fn reset_reasons_come_from_the_format() {
-        let reasons = reset_reasons(SEND_RESET_FORMAT);
-        assert_eq!(reasons.len(), 3, "MAX is not a reason");
+    fn reset_reasons_come_from_the_kernel_enum() {
+        let reasons = reset_reasons(&KernelBtf::from_sys_fs().unwrap());
+        assert_eq!(reasons[&0], "not_specified");
         assert_eq!(reasons[&1], "no_socket");
-        assert_eq!(reasons[&2], "tcp_invalid_ack_sequence");
-        assert!(reset_reasons("print fmt: \"x\"").is_empty());
+        assert!(
+            !reasons.values().any(|name| name == "max"),
+            "MAX is not a reason"
+        );
     }
 
     #[test]

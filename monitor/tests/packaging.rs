@@ -319,39 +319,25 @@ fn the_daemonset_runs_the_daemon_with_the_units_privileges_only() {
         .map(without_prefix)
         .collect();
     assert_eq!(granted, required, "what the daemon checks for at start");
-    // uid 0 reads the root-only tracefs files without CAP_DAC_READ_SEARCH.
-    let mut unit_without_tracefs_reading = unit_capabilities();
-    unit_without_tracefs_reading.remove(&without_prefix(seqwatch::caps::READS_TRACEFS));
     assert_eq!(
-        granted, unit_without_tracefs_reading,
+        granted,
+        unit_capabilities(),
         "the systemd unit's capabilities"
     );
-    assert_only_tracefs_from_the_host(pod, container);
+    assert_no_host_paths(pod);
     assert_config_is_mounted_and_valid(pod, container, config_map);
     assert_scrape_port_is_consistent(template, container);
 }
 
-/// The one host path is tracefs, for the tracepoint programs, mounted read-only where the
-/// daemon looks for it.
-fn assert_only_tracefs_from_the_host(pod: &Yaml, container: &Yaml) {
-    let host_paths: Vec<(&Yaml, &Yaml)> = pod["volumes"]
+/// Nothing of the host's file system: the BTF tracepoints need no tracefs.
+fn assert_no_host_paths(pod: &Yaml) {
+    let host_paths: Vec<&Yaml> = pod["volumes"]
         .as_sequence()
         .unwrap()
         .iter()
         .filter(|volume| !volume["hostPath"].is_null())
-        .map(|volume| (&volume["name"], &volume["hostPath"]["path"]))
         .collect();
-    assert_eq!(host_paths.len(), 1, "{host_paths:?}");
-    let (name, path) = host_paths[0];
-    assert_eq!(path, "/sys/kernel/tracing");
-    let mount = container["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|mount| &mount["name"] == name)
-        .expect("tracefs mounted");
-    assert_eq!(mount["mountPath"], "/sys/kernel/tracing");
-    assert_eq!(mount["readOnly"], true);
+    assert!(host_paths.is_empty(), "{host_paths:?}");
 }
 
 /// The value after `flag` in the container's args.
@@ -423,15 +409,13 @@ fn assert_scrape_port_is_consistent(template: &Yaml, container: &Yaml) {
 }
 
 /// What a container runtime gives the DaemonSet's container, made with a mount namespace and
-/// setpriv: a fresh read-only sysfs (so no bpffs), the host's tracefs read-only (the manifest's
-/// hostPath volume), a read-only root, uid 0 with
+/// setpriv: a fresh read-only sysfs (so no bpffs, no tracefs), a read-only root, uid 0 with
 /// only the granted capabilities (`$1`, setpriv's syntax) in the bounding set, no_new_privs.
 /// The rest of the arguments are the container's command and args.
 const AS_THE_CONTAINER: &str = r#"set -e
 caps=$1; shift
 umount -l /sys
 mount -t sysfs -o ro sysfs /sys
-mount -t tracefs -o ro tracefs /sys/kernel/tracing
 mount -o remount,bind,ro /
 exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all,"$caps" -- "$@""#;
 
@@ -521,7 +505,7 @@ fn the_daemonset_container_works_within_its_restrictions() {
     assert_eq!(
         scrape().and_then(|m| series_value(&m, tracepoint)),
         Some(1.0),
-        "the tracepoint programs, through the read-only tracefs:\n{}",
+        "the tracepoint programs, without tracefs:\n{}",
         daemon_log()
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id())).unwrap();

@@ -1,5 +1,5 @@
-//! The daemon as the systemd unit runs it: not root, only CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON
-//! and CAP_DAC_READ_SEARCH (granted with setpriv, as AmbientCapabilities= does), dropping all but
+//! The daemon as the systemd unit runs it: not root, only CAP_BPF, CAP_NET_ADMIN and
+//! CAP_PERFMON (granted with setpriv, as AmbientCapabilities= does), dropping all but
 //! CAP_NET_ADMIN once attached; a clear failure without them; readiness told to systemd after
 //! the attach; /metrics over TLS with basic auth. Needs root to set up the lab namespaces.
 
@@ -68,62 +68,38 @@ fn process_uid(pid: u32) -> String {
     line.split_whitespace().nth(1).unwrap().to_owned()
 }
 
-/// The unit's capabilities: everything attaches, tracepoint programs included.
+/// The unit's capabilities: everything attaches, tracepoint programs included, with tcx
+/// and with netlink.
 #[test]
 fn runs_with_the_units_capabilities_then_keeps_only_net_admin_tcx() {
-    runs_then_keeps_only_net_admin("tcx", UNIT_CAPS, Tracepoints::On);
+    runs_then_keeps_only_net_admin("tcx");
 }
 
-/// Without CAP_DAC_READ_SEARCH the tracefs files are out of reach: the tracepoint programs
-/// stay off, saying why, and the classifiers work as before.
 #[test]
-fn without_dac_read_search_only_the_tracepoint_programs_stay_off_netlink() {
-    runs_then_keeps_only_net_admin("netlink", LOADER_CAPS, Tracepoints::Off);
+fn runs_with_the_units_capabilities_then_keeps_only_net_admin_netlink() {
+    runs_then_keeps_only_net_admin("netlink");
 }
 
-/// What the classifiers need, and that plus reading tracefs: packaging/seqwatch.service's.
-const LOADER_CAPS: &str = "+bpf,+net_admin,+perfmon";
-const UNIT_CAPS: &str = "+bpf,+net_admin,+perfmon,+dac_read_search";
-const TRACEPOINT_PROGRAMS: [&str; 4] = [
-    "tcp_retransmit_synack",
-    "tcp_send_reset",
-    "tcp_receive_reset",
-    "inet_sock_set_state",
-];
+/// packaging/seqwatch.service's capabilities: what the loader needs, nothing else.
+const UNIT_CAPS: &str = "+bpf,+net_admin,+perfmon";
 
-#[derive(Clone, Copy, PartialEq)]
-enum Tracepoints {
-    On,
-    Off,
-}
-
-fn runs_then_keeps_only_net_admin(mode: &str, caps: &str, tracepoints: Tracepoints) {
+fn runs_then_keeps_only_net_admin(mode: &str) {
     let lab = Lab::create(&LabOptions::default()).unwrap();
     let dir = shared_tempdir();
-    let wrapper = as_nobody_with(caps);
+    let wrapper = as_nobody_with(UNIT_CAPS);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let args = ["--attach-mode", mode];
     let mut daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), &wrapper, &args);
     daemon.wait_attached(&lab, &lab.server_if, "egress");
     let metrics = daemon.metrics(&lab);
-    for program in TRACEPOINT_PROGRAMS {
+    for program in seqwatch::tcp_events::program_names() {
         let series = format!(
             "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
         );
-        let expected = f64::from(u8::from(tracepoints == Tracepoints::On));
         assert_eq!(
             series_value(&metrics, &series),
-            Some(expected),
+            Some(1.0),
             "{program}\n{}",
-            daemon.log()
-        );
-    }
-    if tracepoints == Tracepoints::Off {
-        assert!(
-            daemon
-                .log()
-                .contains("readable by root only; run as root or grant CAP_DAC_READ_SEARCH"),
-            "{}",
             daemon.log()
         );
     }

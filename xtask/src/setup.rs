@@ -6,7 +6,7 @@
 //! - bpf-linker, built from source against that nightly's own libLLVM (Debian's LLVM is too
 //!   old, and bpf-linker must speak exactly the LLVM the nightly emits);
 //! - cargo-deb, which builds the Debian package;
-//! - bpffs and tracefs mounts.
+//! - the bpffs mount.
 
 use std::{
     ffi::OsString,
@@ -47,7 +47,6 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_bpf_linker(&nightly)?;
     ensure_cargo_deb()?;
     ensure_mount("bpf", "/sys/fs/bpf")?;
-    ensure_mount("tracefs", "/sys/kernel/tracing")?;
     Ok(())
 }
 

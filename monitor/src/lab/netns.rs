@@ -139,7 +139,8 @@ impl Lab {
     }
 
     /// `nsenter --net=/run/netns/<ns> <program>`; add arguments to the returned command.
-    /// (Not `ip netns exec`: it remounts /sys, which hides tracefs from the program.)
+    /// (Not `ip netns exec`: it also makes a mount namespace and remounts /sys there; this
+    /// enters the network namespace only, and the program sees the caller's file system.)
     pub fn command_in(&self, ns: &str, program: impl AsRef<OsStr>) -> Command {
         command_in_netns(ns, program)
     }
