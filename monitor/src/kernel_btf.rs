@@ -34,6 +34,8 @@ struct Member {
     type_id: u32,
     /// In bits.
     offset: u32,
+    /// A bitfield (its offset may still fall on a byte: it is not a whole field there).
+    bitfield: bool,
 }
 
 enum Type {
@@ -44,6 +46,13 @@ enum Type {
     /// A typedef, const, volatile, restrict or type tag: its target.
     Alias(u32),
     Other,
+}
+
+/// A member found by name: its bit offset, type and whether it is a bitfield.
+struct Found {
+    offset: u32,
+    type_id: u32,
+    bitfield: bool,
 }
 
 /// The struct and union layouts, and the named enums, of one BTF blob.
@@ -108,15 +117,16 @@ impl KernelBtf {
                     let type_id = reader.next_u32()?;
                     let offset = reader.next_u32()?;
                     // With kind_flag the top 8 bits are a bitfield's size.
-                    let offset = if kind_flag {
-                        offset & 0xff_ffff
+                    let (offset, bitfield) = if kind_flag {
+                        (offset & 0xff_ffff, offset >> 24 != 0)
                     } else {
-                        offset
+                        (offset, false)
                     };
                     members.push(Member {
                         name,
                         type_id,
                         offset,
+                        bitfield,
                     });
                 }
                 if kind == KIND_STRUCT && !name.is_empty() {
@@ -161,14 +171,16 @@ impl KernelBtf {
             .get(name)
             .with_context(|| format!("no struct {name} in the kernel's BTF"))?;
         let mut bits = 0;
+        let mut bitfield = false;
         for member in path {
-            let (offset, member_type) = self
+            let found = self
                 .find_member(type_id, member, 0)
                 .with_context(|| format!("struct {name} has no member {}", path.join(".")))?;
-            bits += offset;
-            type_id = member_type;
+            bits += found.offset;
+            type_id = found.type_id;
+            bitfield = found.bitfield;
         }
-        if bits % 8 != 0 {
+        if bitfield || bits % 8 != 0 {
             bail!("{name}.{} is a bitfield", path.join("."));
         }
         Ok(bits / 8)
@@ -182,20 +194,28 @@ impl KernelBtf {
             .with_context(|| format!("no enum {name} in the kernel's BTF"))
     }
 
-    /// (bit offset, type id) of a member, looking inside anonymous structs and unions.
-    fn find_member(&self, type_id: u32, name: &str, depth: usize) -> Option<(u32, u32)> {
+    /// A member (its offset from `type_id`'s start), looking inside anonymous structs and
+    /// unions.
+    fn find_member(&self, type_id: u32, name: &str, depth: usize) -> Option<Found> {
         let Type::Composite { members } = self.types.get(self.resolve(type_id) as usize)? else {
             return None;
         };
         if let Some(member) = members.iter().find(|m| m.name == name) {
-            return Some((member.offset, member.type_id));
+            return Some(Found {
+                offset: member.offset,
+                type_id: member.type_id,
+                bitfield: member.bitfield,
+            });
         }
         if depth >= MAX_ANONYMOUS_DEPTH {
             return None;
         }
         members.iter().filter(|m| m.name.is_empty()).find_map(|m| {
-            let (offset, found) = self.find_member(m.type_id, name, depth + 1)?;
-            Some((m.offset + offset, found))
+            let found = self.find_member(m.type_id, name, depth + 1)?;
+            Some(Found {
+                offset: m.offset + found.offset,
+                ..found
+            })
         })
     }
 
@@ -261,9 +281,10 @@ mod tests {
 
     /// A BTF blob: `struct inner { int a; int b; }`, `typedef struct inner alias;` and
     /// `struct outer { int x; union { int y; alias z; }; }` (the union anonymous), and
-    /// `enum colour { RED = 0, BLUE = 7 }`.
+    /// `enum colour { RED = 0, BLUE = 7 }`, and `struct flags { int low:8; int proto:8; }`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0a\0b\0inner\0alias\0outer\0x\0y\0z\0colour\0RED\0BLUE\0";
+        let strings =
+            b"\0int\0a\0b\0inner\0alias\0outer\0x\0y\0z\0colour\0RED\0BLUE\0flags\0low\0proto\0";
         let name = |s: &str| {
             let needle = format!("\0{s}\0");
             let at = strings
@@ -288,6 +309,9 @@ mod tests {
         // 6: enum colour (4 bytes) { RED = 0, BLUE = 7 }
         types.extend([name("colour"), KIND_ENUM << 24 | 2, 4]);
         types.extend([name("RED"), 0, name("BLUE"), 7]);
+        // 7: struct flags (kind_flag: sizes in the offsets' top bits) { low:8 @0, proto:8 @8 }
+        types.extend([name("flags"), 1 << 31 | KIND_STRUCT << 24 | 2, 4]);
+        types.extend([name("low"), 1, 8 << 24, name("proto"), 1, 8 << 24 | 8]);
         let type_bytes: Vec<u8> = types.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut blob = Vec::new();
         blob.extend(BTF_MAGIC.to_le_bytes());
@@ -310,6 +334,11 @@ mod tests {
         assert_eq!(btf.offset_of("inner", &["b"]).unwrap(), 4);
         assert!(btf.offset_of("outer", &["missing"]).is_err());
         assert!(btf.offset_of("nothing", &["x"]).is_err());
+        let err = btf.offset_of("flags", &["proto"]).unwrap_err();
+        assert!(
+            err.to_string().contains("flags.proto is a bitfield"),
+            "{err}"
+        );
     }
 
     #[test]
