@@ -603,7 +603,7 @@ fn the_systemd_unit_runs_unprivileged_with_only_the_needed_capabilities() {
         assert_eq!(values.len(), 1, "{key} set exactly once");
         values[0].to_owned()
     };
-    let caps = "CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_DAC_READ_SEARCH";
+    let caps = "CAP_BPF CAP_NET_ADMIN CAP_PERFMON";
     for (key, expected) in [
         ("Type", "notify"),
         ("Restart", "on-failure"),
