@@ -101,7 +101,7 @@ pub fn most_predictable(window: &[Sample], step_residuals: &[i32]) -> Option<Pre
             }
             let contexts = context_predictors(&symbols, stream.alphabet(), store);
             for (predictor, correct) in [
-                (Predictor::Lag, lag(&symbols)),
+                (Predictor::Lag, lag(&symbols, stream.alphabet())),
                 (Predictor::MultiMmc, contexts.multi_mmc),
                 (Predictor::Lz78y, contexts.lz78y),
             ] {
@@ -161,14 +161,67 @@ fn fill_symbols(symbols: &mut Vec<u8>, stream: StreamId, window: &[Sample], resi
     }
 }
 
-/// 90B Lag predictor: predict the symbol `d` back, for the `d ≤ 128` that has been right most.
-fn lag(symbols: &[u8]) -> usize {
+/// 90B Lag predictor: predict the symbol `d` back, for the `d ≤ 128` that has been right most
+/// (the longest of those tied, as 90B's `>=` scan picks).
+fn lag(symbols: &[u8], alphabet: usize) -> usize {
+    if alphabet == 2 {
+        return lag_binary(symbols);
+    }
     // A score reaches at most the stream's length; packed with its lag it must fit the type.
     if symbols.len() < 1 << (u32::BITS - LAG_BITS) {
         lag_packed::<u32>(symbols)
     } else {
         lag_packed::<u64>(symbols)
     }
+}
+
+/// Lag on a binary stream, all lags at once: bit d − 1 of a word stands for lag d, and the
+/// scores are counters sliced into bit planes (plane k holds bit k of every lag's score).
+fn lag_binary(symbols: &[u8]) -> usize {
+    const _: () = assert!(LAG_DEPTH == u128::BITS as usize);
+    let depth = LAG_DEPTH.min(symbols.len() / 2).max(1);
+    // Scores stay below the stream's length.
+    let mut planes = vec![0u128; (usize::BITS - symbols.len().leading_zeros()) as usize];
+    // Bit d − 1: the symbol d back.
+    let mut back = 0u128;
+    let mut winner = 1;
+    let mut correct = 0;
+    for (i, &current) in symbols.iter().enumerate().skip(1) {
+        if symbols[i - winner] == current {
+            correct += 1;
+        }
+        back = back << 1 | u128::from(symbols[i - 1]);
+        let lags = i.min(depth);
+        let scored = u128::MAX >> (LAG_DEPTH - lags);
+        let right = !(back ^ u128::from(current).wrapping_neg()) & scored;
+        add_one(&mut planes, right);
+        winner = longest_top_lag(&planes, scored);
+    }
+    correct
+}
+
+/// Adds one to the sliced counters of the lanes in `carry`.
+fn add_one(planes: &mut [u128], mut carry: u128) {
+    for plane in planes {
+        let next = *plane & carry;
+        *plane ^= carry;
+        carry = next;
+        if carry == 0 {
+            break;
+        }
+    }
+}
+
+/// The longest of the `lanes` whose sliced counter is the highest.
+fn longest_top_lag(planes: &[u128], lanes: u128) -> usize {
+    let mut top = lanes;
+    for plane in planes.iter().rev() {
+        let higher = top & plane;
+        if higher != 0 {
+            top = higher;
+        }
+    }
+    (u128::BITS - top.leading_zeros()) as usize
 }
 
 /// Bits below a packed lag score that hold the lag (1..=128).
@@ -531,7 +584,7 @@ mod tests {
     fn period_three_is_learned_by_every_predictor() {
         let symbols: Vec<u8> = (0..200).map(|i| [7u8, 200, 31][i % 3]).collect();
         let (multi_mmc, lz78y) = context_counts(&symbols, 256);
-        for correct in [lag(&symbols), multi_mmc, lz78y] {
+        for correct in [lag(&symbols, 256), multi_mmc, lz78y] {
             assert!(correct >= 190, "{correct}");
         }
     }
@@ -643,7 +696,7 @@ mod tests {
             for alphabet in [2, 3, 256] {
                 let random = random_symbols(&mut rng, len, alphabet);
                 assert_eq!(
-                    lag(&random),
+                    lag(&random, alphabet as usize),
                     literal_lag(&random),
                     "{len} symbols below {alphabet}"
                 );
@@ -651,10 +704,13 @@ mod tests {
             }
             let periodic: Vec<u8> = (0..len).map(|i| [1, 0, 0, 1, 1][i % 5]).collect();
             assert_eq!(
-                lag(&periodic),
+                lag(&periodic, 2),
                 literal_lag(&periodic),
                 "period 5, {len} symbols"
             );
+            // Every lag right every time: the sliced counters carry into every plane.
+            let constant = vec![1; len];
+            assert_eq!(lag(&constant, 2), literal_lag(&constant), "{len} ones");
         }
     }
 
@@ -700,7 +756,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let symbols: Vec<u8> = (0..4000).map(|_| rng.random::<bool>() as u8).collect();
         let (multi_mmc, lz78y) = context_counts(&symbols, 2);
-        for correct in [lag(&symbols), multi_mmc, lz78y] {
+        for correct in [lag(&symbols, 2), multi_mmc, lz78y] {
             // 4 standard deviations of Bin(3999, 1/2) is about 126.
             assert!((correct as i64 - 2000).abs() < 130, "{correct}");
         }
