@@ -294,13 +294,13 @@ fn context_predictors(
     let shared = context_pass(symbols, alphabet, store, Admission::Every);
     let lz78y = if shared.dictionary_overflowed {
         context_pass(symbols, alphabet, store, Admission::Lz78yDictionary)
-            .tally
-            .lz78y_correct
+            .correct
+            .lz78y
     } else {
-        shared.tally.lz78y_correct
+        shared.correct.lz78y
     };
     ContextPredictions {
-        multi_mmc: shared.tally.mmc_correct,
+        multi_mmc: shared.correct.multi_mmc,
         lz78y,
     }
 }
@@ -320,7 +320,7 @@ enum Admission {
 }
 
 struct PassResult {
-    tally: Tally,
+    correct: ContextPredictions,
     /// A new context came after the dictionary was full: LZ78Y would have left it out.
     dictionary_overflowed: bool,
 }
@@ -339,47 +339,62 @@ fn context_pass(
     admission: Admission,
 ) -> PassResult {
     let depth = depth_for(MMC_DEPTH, symbols.len(), alphabet);
-    let mut tally = Tally::default();
-    let mut overflowed = false;
     if alphabet == 2 {
-        let store = &mut store.bits;
-        store.reset(depth);
-        // The previous symbols, the newest in bit 0: the context of length d is its low d bits.
-        let mut history = 0u64;
-        for (i, &actual) in symbols.iter().enumerate().skip(1) {
-            history = history << 1 | u64::from(symbols[i - 1]);
-            for d in 1..=depth.min(i) {
-                // Binary contexts are packed exactly, so each has its own slot and counting
-                // one cannot change another's guess in the same step.
-                let key = (1 << d | history & ((1 << d) - 1)) as usize;
-                tally.observe(d - 1, store.guess(key), actual);
-                overflowed |= store.add(key, actual, admission);
-            }
-            tally.end_step(actual);
-        }
+        bit_context_pass(symbols, depth, &mut store.bits, admission)
     } else {
-        let store = &mut store.bytes;
-        store.reset();
-        for (i, &actual) in symbols.iter().enumerate().skip(1) {
-            let (keys, count) = byte_context_keys(symbols, i, depth);
-            for (order, &key) in keys[..count].iter().enumerate() {
-                tally.observe(order, store.guess(key), actual);
-            }
-            tally.end_step(actual);
-            for &key in &keys[..count] {
-                overflowed |= store.add(key, actual, admission);
-            }
-        }
-    }
-    PassResult {
-        tally,
-        dictionary_overflowed: overflowed,
+        byte_context_pass(symbols, depth, &mut store.bytes, admission)
     }
 }
 
+fn bit_context_pass(
+    symbols: &[u8],
+    depth: usize,
+    store: &mut BitContexts,
+    admission: Admission,
+) -> PassResult {
+    store.reset(depth);
+    let mut tally = Tally::default();
+    let mut overflowed = false;
+    // The previous symbols, the newest in bit 0: the context of length d is its low d bits.
+    let mut history = 0u64;
+    for (i, &actual) in symbols.iter().enumerate().skip(1) {
+        history = history << 1 | u64::from(symbols[i - 1]);
+        for d in 1..=depth.min(i) {
+            // Binary contexts are packed exactly, so each has its own slot and counting one
+            // cannot change another's guess in the same step.
+            let key = (1 << d | history & ((1 << d) - 1)) as usize;
+            tally.observe(d - 1, store.guess(key), actual);
+            overflowed |= store.add(key, actual, admission);
+        }
+        tally.end_step(actual);
+    }
+    tally.result(overflowed)
+}
+
+fn byte_context_pass(
+    symbols: &[u8],
+    depth: usize,
+    store: &mut ByteContexts,
+    admission: Admission,
+) -> PassResult {
+    store.reset();
+    let mut tally = Tally::default();
+    let mut overflowed = false;
+    for (i, &actual) in symbols.iter().enumerate().skip(1) {
+        let (keys, count) = byte_context_keys(symbols, i, depth);
+        for (order, &key) in keys[..count].iter().enumerate() {
+            tally.observe(order, store.guess(key), actual);
+        }
+        tally.end_step(actual);
+        for &key in &keys[..count] {
+            overflowed |= store.add(key, actual, admission);
+        }
+    }
+    tally.result(overflowed)
+}
+
 /// Both predictors' running state over one stream, fed the guesses of the contexts of
-/// lengths 1, 2, … before each symbol, then told the step is over. Branch-free: the guesses
-/// of random symbols are right half the time.
+/// lengths 1, 2, … before each symbol, then told the step is over.
 #[derive(Default)]
 struct Tally {
     mmc_scores: [u32; MMC_DEPTH],
@@ -388,6 +403,8 @@ struct Tally {
     mmc_winner_score: u32,
     /// The order MultiMMC predicted this step with.
     mmc_step_winner: usize,
+    /// Bit `order` set: that order's guess was right this step.
+    mmc_rights: u32,
     mmc_correct: usize,
     /// LZ78Y's guess this step so far: the most seen, the longest of those tied.
     lz78y_guess: Guess,
@@ -397,7 +414,7 @@ struct Tally {
 impl Tally {
     fn observe(&mut self, order: usize, guess: Guess, actual: u8) {
         let right = guess.seen > 0 && guess.symbol == actual;
-        self.mmc_correct += usize::from(right && order == self.mmc_step_winner);
+        self.mmc_rights |= u32::from(right) << order;
         let score = self.mmc_scores[order] + u32::from(right);
         self.mmc_scores[order] = score;
         if right && score >= self.mmc_winner_score {
@@ -409,10 +426,22 @@ impl Tally {
         }
     }
 
+    fn result(&self, dictionary_overflowed: bool) -> PassResult {
+        PassResult {
+            correct: ContextPredictions {
+                multi_mmc: self.mmc_correct,
+                lz78y: self.lz78y_correct,
+            },
+            dictionary_overflowed,
+        }
+    }
+
     fn end_step(&mut self, actual: u8) {
         let lz78y = self.lz78y_guess;
         self.lz78y_correct += usize::from(lz78y.seen > 0 && lz78y.symbol == actual);
         self.lz78y_guess = Guess::default();
+        self.mmc_correct += (self.mmc_rights >> self.mmc_step_winner & 1) as usize;
+        self.mmc_rights = 0;
         self.mmc_step_winner = self.mmc_winner;
     }
 }
@@ -478,17 +507,13 @@ struct ContextStore {
     bytes: ByteContexts,
 }
 
-/// The followers of one binary context. `best` is the symbol that first reached the higher
-/// count, so `counts[best]` is that count.
-#[derive(Clone, Copy, Default)]
-struct BitFollowers {
-    counts: [u32; 2],
-    best: u8,
-}
-
 /// Binary contexts in a flat table.
 struct BitContexts {
-    slots: Vec<BitFollowers>,
+    /// Per context, how often 0 (low half) and 1 (high half) followed it: one word, so that
+    /// counting and reading it again in the next step are the same size (the store forwards).
+    counts: Vec<u64>,
+    /// Per context, the symbol that first reached the higher count.
+    best: Vec<u8>,
     /// Contexts seen at least once (LZ78Y's dictionary size).
     distinct: usize,
 }
@@ -496,40 +521,51 @@ struct BitContexts {
 impl Default for BitContexts {
     fn default() -> Self {
         Self {
-            slots: vec![BitFollowers::default(); FLAT_KEYS],
+            counts: vec![0; FLAT_KEYS],
+            best: vec![0; FLAT_KEYS],
             distinct: 0,
         }
     }
 }
 
+/// How often `symbol` followed, out of a context's packed counts.
+fn count_of(counts: u64, symbol: u8) -> u32 {
+    (counts >> (32 * u32::from(symbol))) as u32
+}
+
 impl BitContexts {
     /// Empties the table for contexts of up to `depth` bits, which are packed below 2^(depth+1).
     fn reset(&mut self, depth: usize) {
-        self.slots[..2 << depth].fill(BitFollowers::default());
+        self.counts[..2 << depth].fill(0);
+        self.best[..2 << depth].fill(0);
         self.distinct = 0;
     }
 
     fn guess(&self, key: usize) -> Guess {
-        let slot = self.slots[key];
+        let symbol = self.best[key];
         Guess {
-            symbol: slot.best,
-            seen: slot.counts[usize::from(slot.best)],
+            symbol,
+            seen: count_of(self.counts[key], symbol),
         }
     }
 
     /// Counts `symbol` after `key`; true if a new context came after the dictionary was full.
     fn add(&mut self, key: usize, symbol: u8, admission: Admission) -> bool {
-        let slot = &mut self.slots[key];
-        let seen = slot.counts[usize::from(slot.best)];
+        let best = self.best[key];
+        let seen = count_of(self.counts[key], best);
         let new = seen == 0;
         let overflow = new && self.distinct >= LZ78Y_MAX_DICTIONARY;
         if overflow && admission == Admission::Lz78yDictionary {
             return true;
         }
         self.distinct += usize::from(new);
-        let count = &mut slot.counts[usize::from(symbol)];
-        *count += 1;
-        slot.best = if *count > seen { symbol } else { slot.best };
+        let counts = self.counts[key] + (1 << (32 * u32::from(symbol)));
+        self.counts[key] = counts;
+        self.best[key] = if count_of(counts, symbol) > seen {
+            symbol
+        } else {
+            best
+        };
         overflow
     }
 }
