@@ -184,6 +184,11 @@ fn lag_binary(symbols: &[u8]) -> usize {
     let mut planes = vec![0u128; (usize::BITS - symbols.len().leading_zeros()) as usize];
     // Bit d − 1: the symbol d back.
     let mut back = 0u128;
+    let mut scored = 0u128;
+    // The top score and the lags that have it. A step raises a score by one at most, so the
+    // top rises only through a lag already at the top.
+    let mut top = 0;
+    let mut at_top = 0u128;
     let mut winner = 1;
     let mut correct = 0;
     for (i, &current) in symbols.iter().enumerate().skip(1) {
@@ -191,11 +196,22 @@ fn lag_binary(symbols: &[u8]) -> usize {
             correct += 1;
         }
         back = back << 1 | u128::from(symbols[i - 1]);
-        let lags = i.min(depth);
-        let scored = u128::MAX >> (LAG_DEPTH - lags);
+        let now_scored = u128::MAX >> (LAG_DEPTH - i.min(depth));
+        if top == 0 {
+            // Lags scored from now on start at 0.
+            at_top |= now_scored & !scored;
+        }
+        scored = now_scored;
         let right = !(back ^ u128::from(current).wrapping_neg()) & scored;
         add_one(&mut planes, right);
-        winner = longest_top_lag(&planes, scored);
+        let raised = at_top & right;
+        if raised != 0 {
+            top += 1;
+            at_top = raised;
+        } else {
+            at_top = lanes_equal_to(&planes, top) & scored;
+        }
+        winner = (u128::BITS - at_top.leading_zeros()) as usize;
     }
     correct
 }
@@ -212,16 +228,16 @@ fn add_one(planes: &mut [u128], mut carry: u128) {
     }
 }
 
-/// The longest of the `lanes` whose sliced counter is the highest.
-fn longest_top_lag(planes: &[u128], lanes: u128) -> usize {
-    let mut top = lanes;
-    for plane in planes.iter().rev() {
-        let higher = top & plane;
-        if higher != 0 {
-            top = higher;
-        }
-    }
-    (u128::BITS - top.leading_zeros()) as usize
+/// The lanes whose sliced counter equals `value`.
+fn lanes_equal_to(planes: &[u128], value: u32) -> u128 {
+    planes
+        .iter()
+        .enumerate()
+        .fold(u128::MAX, |lanes, (k, &plane)| {
+            // Plane k as is where bit k of `value` is 1, inverted where it is 0.
+            let invert = u128::from(value >> k & 1 == 0).wrapping_neg();
+            lanes & (plane ^ invert)
+        })
 }
 
 /// Bits below a packed lag score that hold the lag (1..=128).
