@@ -154,7 +154,7 @@ impl ServiceTable {
     /// Feeds one sample to its service's scorer; returns the service evicted to make room.
     pub fn ingest(&mut self, sample: &Sample, syncookies: bool) -> Option<SocketAddr> {
         let observation = sample.observation(syncookies);
-        if let Some(state) = self.services.get_mut(&sample.server) {
+        if let Some(state) = self.seen_again(&sample.server) {
             state.scorer.ingest(&observation);
             state.dirty = true;
             return None;
@@ -171,6 +171,19 @@ impl ServiceTable {
         self.services
             .push(sample.server, state)
             .and_then(|(evicted, _)| (evicted != sample.server).then_some(evicted))
+    }
+
+    /// A known service's state, now the most recently seen. A busy service's samples come in
+    /// runs, so the most recent one is checked first, which needs no hashing and no relinking.
+    fn seen_again(&mut self, service: &SocketAddr) -> Option<&mut ServiceState> {
+        if self
+            .services
+            .peek_mru()
+            .is_some_and(|(mru, _)| mru == service)
+        {
+            return self.services.iter_mut().next().map(|(_, state)| state);
+        }
+        self.services.get_mut(service)
     }
 
     /// Scores the service with new samples whose report is the stalest (never-scored ones

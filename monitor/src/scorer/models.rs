@@ -81,19 +81,23 @@ fn predict_step(model: Model, history: &[Step], dt_s: f64) -> Option<u32> {
     match model {
         Model::Constant => Some(0),
         Model::FixedStep => {
-            let mut diffs: Vec<i64> = history.iter().map(|s| i64::from(s.diff)).collect();
-            Some(median_i64(&mut diffs) as u32)
+            let mut buffer = [0; FIT_HISTORY];
+            let diffs = fill(&mut buffer, history.iter().map(|s| i64::from(s.diff)));
+            Some(median_i64(diffs) as u32)
         }
         Model::Rate => {
-            let mut rates: Vec<f64> = history
-                .iter()
-                .filter(|s| s.dt_s > 0.0)
-                .map(|s| f64::from(s.diff) / s.dt_s)
-                .collect();
+            let mut buffer = [0.0; FIT_HISTORY];
+            let rates = fill(
+                &mut buffer,
+                history
+                    .iter()
+                    .filter(|s| s.dt_s > 0.0)
+                    .map(|s| f64::from(s.diff) / s.dt_s),
+            );
             if rates.is_empty() {
                 return None;
             }
-            Some(wrap_f64(median_f64(&mut rates) * dt_s))
+            Some(wrap_f64(median_f64(rates) * dt_s))
         }
         Model::StepPlusRate => {
             let (step, rate) = fit_step_plus_rate(history)?;
@@ -104,24 +108,39 @@ fn predict_step(model: Model, history: &[Step], dt_s: f64) -> Option<u32> {
 
 /// Theil–Sen fit of diff = step + rate·Δt (robust to the odd outlier).
 fn fit_step_plus_rate(history: &[Step]) -> Option<(f64, f64)> {
-    let mut slopes = Vec::with_capacity(history.len() * history.len() / 2);
-    for (j, a) in history.iter().enumerate() {
-        for b in &history[j + 1..] {
+    let mut buffer = [0.0; FIT_HISTORY * (FIT_HISTORY - 1) / 2];
+    let pairs = history
+        .iter()
+        .enumerate()
+        .flat_map(|(j, a)| history[j + 1..].iter().map(move |b| (a, b)));
+    let slopes = fill(
+        &mut buffer,
+        pairs.filter_map(|(a, b)| {
             let dt = b.dt_s - a.dt_s;
-            if dt.abs() > 1e-9 {
-                slopes.push((f64::from(b.diff) - f64::from(a.diff)) / dt);
-            }
-        }
-    }
+            (dt.abs() > 1e-9).then(|| (f64::from(b.diff) - f64::from(a.diff)) / dt)
+        }),
+    );
     if slopes.is_empty() {
         return None;
     }
-    let rate = median_f64(&mut slopes);
-    let mut intercepts: Vec<f64> = history
-        .iter()
-        .map(|s| f64::from(s.diff) - rate * s.dt_s)
-        .collect();
-    Some((median_f64(&mut intercepts), rate))
+    let rate = median_f64(slopes);
+    let mut buffer = [0.0; FIT_HISTORY];
+    let intercepts = fill(
+        &mut buffer,
+        history.iter().map(|s| f64::from(s.diff) - rate * s.dt_s),
+    );
+    Some((median_f64(intercepts), rate))
+}
+
+/// The first values put in `buffer` (the fits take at most `FIT_HISTORY` steps, so a
+/// fixed buffer holds them and no report allocates per step).
+fn fill<T: Copy, const N: usize>(buffer: &mut [T; N], values: impl Iterator<Item = T>) -> &mut [T] {
+    let mut len = 0;
+    for (slot, value) in buffer.iter_mut().zip(values) {
+        *slot = value;
+        len += 1;
+    }
+    &mut buffer[..len]
 }
 
 /// A real-valued ISN difference reduced mod 2^32.

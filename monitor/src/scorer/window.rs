@@ -80,6 +80,8 @@ pub struct TupleTable {
     slots: Vec<TupleSlot>,
     reuses: Vec<ReusePair>,
     next_reuse: usize,
+    /// The last server seen and its half of the key: a service's SYN-ACKs all come from one.
+    server: Option<(SocketAddr, u64)>,
 }
 
 impl TupleTable {
@@ -88,11 +90,12 @@ impl TupleTable {
             slots: vec![TupleSlot::default(); (window * 2).next_power_of_two()],
             reuses: Vec::with_capacity(REUSE_PAIRS_KEPT),
             next_reuse: 0,
+            server: None,
         }
     }
 
     pub fn classify(&mut self, obs: &IsnObservation) -> TupleVerdict {
-        let key = tuple_key(&obs.server, &obs.client);
+        let key = tuple_key(self.server_half(&obs.server), &obs.server, &obs.client);
         let index = (key as usize) & (self.slots.len() - 1);
         let slot = self.slots[index];
         let verdict = if slot.key != key {
@@ -115,6 +118,17 @@ impl TupleTable {
         verdict
     }
 
+    fn server_half(&mut self, server: &SocketAddr) -> u64 {
+        match self.server {
+            Some((known, half)) if known == *server => half,
+            _ => {
+                let half = server_half(server);
+                self.server = Some((*server, half));
+                half
+            }
+        }
+    }
+
     fn record_reuse(&mut self, pair: ReusePair) {
         if self.reuses.len() < REUSE_PAIRS_KEPT {
             self.reuses.push(pair);
@@ -129,13 +143,20 @@ impl TupleTable {
     }
 }
 
-/// A well-mixed non-zero 64-bit key for a 4-tuple (0 marks an empty slot).
-fn tuple_key(server: &SocketAddr, client: &SocketAddr) -> u64 {
-    let mut h = mix(address_bits(server) as u64 ^ 0x9e37_79b9_7f4a_7c15);
+/// The start of `tuple_key`: the server address hashed.
+fn server_half(server: &SocketAddr) -> u64 {
+    let bits = address_bits(server);
+    mix(mix(bits as u64 ^ 0x9e37_79b9_7f4a_7c15) ^ (bits >> 64) as u64)
+}
+
+/// A well-mixed non-zero 64-bit key for a 4-tuple (0 marks an empty slot), continuing from
+/// the server's half.
+fn tuple_key(server_half: u64, server: &SocketAddr, client: &SocketAddr) -> u64 {
+    let client_bits = address_bits(client);
+    let mut h = server_half;
     for word in [
-        (address_bits(server) >> 64) as u64,
-        address_bits(client) as u64,
-        (address_bits(client) >> 64) as u64,
+        client_bits as u64,
+        (client_bits >> 64) as u64,
         u64::from(server.port()) << 16 | u64::from(client.port()),
     ] {
         h = mix(h ^ word);
