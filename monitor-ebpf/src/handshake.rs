@@ -19,7 +19,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_NOEXIST},
+    bindings::__sk_buff,
     cty::{c_long, c_void},
     helpers::{
         bpf_ktime_get_ns,
@@ -303,39 +303,36 @@ fn track(ctx: &TcContext, segment: &Segment, tfo: bool) {
     }
 }
 
-/// A SYN coming in: a new handshake's state is inserted outright (one hash-map operation for
-/// the common case); only a 4-tuple that has one already is looked up and judged.
 #[inline(always)]
 fn on_syn(ctx: &TcContext, segment: &Segment, tfo: bool) {
-    let state = Handshake {
-        client_isn: segment.seq,
-        synack_seq: 0,
-        synack_ack: 0,
-        state: SYN_SEEN,
-        tfo: u16::from(tfo),
-    };
-    if HANDSHAKES
-        .insert(&segment.key, &state, BPF_NOEXIST.into())
-        .is_ok()
-    {
-        filter_set(segment.tag);
-        return;
-    }
     match lookup(segment) {
         Some(state) if state.state == ESTABLISHED => {
             report(ctx, segment, AnomalyKind::SynOnEstablished, 0, 0);
         }
-        Some(state) if segment.seq != state.client_isn => {
-            let expected = state.client_isn;
-            report(
-                ctx,
-                segment,
-                AnomalyKind::SynRetransmitDifferentIsn,
-                expected,
-                0,
-            );
+        Some(state) => {
+            if segment.seq != state.client_isn {
+                let expected = state.client_isn;
+                report(
+                    ctx,
+                    segment,
+                    AnomalyKind::SynRetransmitDifferentIsn,
+                    expected,
+                    0,
+                );
+            }
         }
-        _ => {}
+        None => {
+            let state = Handshake {
+                client_isn: segment.seq,
+                synack_seq: 0,
+                synack_ack: 0,
+                state: SYN_SEEN,
+                tfo: u16::from(tfo),
+            };
+            if HANDSHAKES.insert(&segment.key, &state, 0).is_ok() {
+                filter_set(segment.tag);
+            }
+        }
     }
 }
 
