@@ -1,6 +1,9 @@
 //! TCP connections per second through the veth lab, with and without the monitor attached to
-//! the server's interface, in alternating rounds; reports the medians and their ratio.
-//! Needs root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side, and
+//! the server's interface, in alternating rounds; reports the medians and their ratio. Beside
+//! each rate, the machine's busy CPU time per connection (/proc/stat: user, system, irq,
+//! softirq) and the share the hypervisor stole: on a VM whose neighbours take a varying part
+//! of its CPUs, the rates swing with the steal, while the CPU a connection costs, and so the
+//! ratio of those costs, does not. Needs root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side, and
 //! `SEQWATCH_BENCH_BEFORE=PATH` adds the same setups run by another build of the daemon (say,
 //! the previous commit's), so that a change is compared within one alternating run. With
 //! `SEQWATCH_BENCH_KERNEL_STATS=1` the kernel's per-program run-time statistics are on for the
@@ -60,47 +63,51 @@ fn main() -> anyhow::Result<()> {
         for slot in 0..=setups.len() {
             match (slot + round) % (setups.len() + 1) {
                 0 => {
-                    let bare = connection_rate(&lab, server).rate();
+                    let bare = connection_rate(&lab, server)?;
+                    line += &format!("   without {bare}");
                     without.push(bare);
-                    line += &format!("   without {bare:>8.0}/s");
                 }
                 setup => {
                     let (name, daemon, args) = &setups[setup - 1];
                     let monitor = Monitor::start(&lab, daemon, args)?;
                     let cpu_before = monitor.cpu_time()?;
-                    let round = connection_rate(&lab, server);
+                    let round = connection_rate(&lab, server)?;
                     let (usage, programs) = monitor.stop(cpu_before)?;
-                    let monitored = round.rate();
                     kernel[setup - 1].add(&programs, round.connections);
-                    with[setup - 1].push(monitored);
-                    line += &format!("   {name} {monitored:>8.0}/s ({usage}");
+                    line += &format!("   {name} {round} ({usage}");
                     if programs.total_ns() > 0.0 {
                         let per_connection = programs.total_ns() / round.connections.max(1) as f64;
                         line += &format!(", kernel {per_connection:.0} ns/conn");
                     }
                     line += ")";
+                    with[setup - 1].push(round);
                 }
             }
         }
         println!("{line}");
     }
-    // Each round's own ratio pairs runs seconds apart, so a drift of the machine between
-    // rounds cancels out; their spread says how far to trust the median.
-    let paired: Vec<Vec<f64>> = with
-        .iter()
-        .map(|rates| rates.iter().zip(&without).map(|(w, b)| w / b).collect())
-        .collect();
-    let without = median(&mut without);
-    println!("median without the monitor: {without:.0}/s");
-    for ((rates, mut ratios), (name, _, _)) in with.iter_mut().zip(paired).zip(&setups) {
-        let rate = median(rates);
-        let ratio = median(&mut ratios);
+    let without_rate = median(&mut without.iter().map(Round::rate).collect::<Vec<_>>());
+    let without_cpu = median(
+        &mut without
+            .iter()
+            .map(Round::cpu_per_connection)
+            .collect::<Vec<_>>(),
+    );
+    println!("median without the monitor: {without_rate:.0}/s, {without_cpu:.1} µs CPU/conn");
+    for (rounds, (name, _, _)) in with.iter().zip(&setups) {
+        let rate = Compared::new(rounds, &without, Round::rate);
+        // The cheaper side's cost over the dearer: a rate ratio the steal does not move.
+        let cpu = Compared::new(&without, rounds, Round::cpu_per_connection);
         println!(
-            "median with --direction {name}: {rate:.0}/s, ratio of medians {:.3}; \
-             per-round ratio median {ratio:.3} (range {:.3} to {:.3})",
-            rate / without,
-            ratios[0],
-            ratios[ratios.len() - 1]
+            "median with --direction {name}: {:.0}/s, ratio of medians {:.3}; per-round ratio \
+             median {}; CPU per connection {:.1} µs, CPU ratio (without/with) of medians {:.3}, \
+             per round {}",
+            rate.numerator,
+            rate.numerator / without_rate,
+            rate.paired,
+            cpu.denominator,
+            without_cpu / cpu.denominator,
+            cpu.paired,
         );
     }
     for (cost, (name, _, _)) in kernel.iter().zip(setups) {
@@ -157,12 +164,13 @@ fn deep_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from(fd))
 }
 
-/// Completed handshakes over one round. Clients reset instead of closing, so that TIME_WAIT
-/// does not exhaust the ephemeral ports.
-fn connection_rate(lab: &Lab, server: SocketAddr) -> Round {
+/// Completed handshakes over one round, and the machine's CPU time meanwhile. Clients reset
+/// instead of closing, so that TIME_WAIT does not exhaust the ephemeral ports.
+fn connection_rate(lab: &Lab, server: SocketAddr) -> anyhow::Result<Round> {
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let started = Instant::now();
+    let cpu_before = CpuTicks::now()?;
     lab.run_in(&lab.client_ns, || {
         thread::scope(|scope| {
             for _ in 0..CLIENT_THREADS {
@@ -186,21 +194,131 @@ fn connection_rate(lab: &Lab, server: SocketAddr) -> Round {
             stop.store(true, Ordering::Relaxed);
         });
     });
-    Round {
+    Ok(Round {
         connections: done.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
-    }
+        cpu: CpuTicks::now()?.since(cpu_before),
+    })
 }
 
+#[derive(Clone)]
 struct Round {
     connections: u64,
     elapsed: Duration,
+    cpu: CpuTicks,
 }
 
 impl Round {
     fn rate(&self) -> f64 {
         self.connections as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// The machine's busy CPU time per connection, µs.
+    fn cpu_per_connection(&self) -> f64 {
+        self.cpu.busy as f64 / ticks_per_second() * 1e6 / self.connections.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for Round {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steal = self.cpu.steal as f64 / self.cpu.all.max(1) as f64 * 100.0;
+        write!(
+            f,
+            "{:>8.0}/s {:>5.1} µs CPU/conn, steal {steal:.0}%",
+            self.rate(),
+            self.cpu_per_connection()
+        )
+    }
+}
+
+/// Both sides of a comparison over the rounds: their medians, and the per-round ratios
+/// (numerator / denominator of the same round, seconds apart, so that a drift of the
+/// machine between rounds cancels out; their spread says how far to trust the median).
+struct Compared {
+    numerator: f64,
+    denominator: f64,
+    paired: Paired,
+}
+
+impl Compared {
+    fn new(numerator: &[Round], denominator: &[Round], value: fn(&Round) -> f64) -> Self {
+        let mut ratios: Vec<f64> = numerator
+            .iter()
+            .zip(denominator)
+            .map(|(n, d)| value(n) / value(d))
+            .collect();
+        Compared {
+            numerator: median(&mut numerator.iter().map(value).collect::<Vec<_>>()),
+            denominator: median(&mut denominator.iter().map(value).collect::<Vec<_>>()),
+            paired: Paired {
+                median: median(&mut ratios),
+                low: ratios[0],
+                high: ratios[ratios.len() - 1],
+            },
+        }
+    }
+}
+
+/// The per-round ratios' median and range.
+struct Paired {
+    median: f64,
+    low: f64,
+    high: f64,
+}
+
+impl std::fmt::Display for Paired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.3} (range {:.3} to {:.3})",
+            self.median, self.low, self.high
+        )
+    }
+}
+
+/// The machine's CPU time in USER_HZ ticks, from /proc/stat's first line: busy (user, nice,
+/// system, irq, softirq), stolen by the hypervisor, and everything (idle and iowait too).
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    busy: u64,
+    steal: u64,
+    all: u64,
+}
+
+impl CpuTicks {
+    fn now() -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string("/proc/stat")?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = fields[..] else {
+            anyhow::bail!("/proc/stat: fewer than 8 CPU time fields");
+        };
+        let busy = user + nice + system + irq + softirq;
+        Ok(CpuTicks {
+            busy,
+            steal,
+            all: busy + idle + iowait + steal,
+        })
+    }
+
+    fn since(self, earlier: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            busy: self.busy - earlier.busy,
+            steal: self.steal - earlier.steal,
+            all: self.all - earlier.all,
+        }
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 fn median(values: &mut [f64]) -> f64 {
