@@ -86,28 +86,21 @@ fn main() -> anyhow::Result<()> {
         }
         println!("{line}");
     }
-    let without_rate = median(&mut without.iter().map(Round::rate).collect::<Vec<_>>());
-    let without_cpu = median(
-        &mut without
-            .iter()
-            .map(Round::cpu_per_connection)
-            .collect::<Vec<_>>(),
-    );
+    let without_rate = median_of(&without, Round::rate);
+    let without_cpu = median_of(&without, Round::cpu_per_connection);
     println!("median without the monitor: {without_rate:.0}/s, {without_cpu:.1} µs CPU/conn");
     for (rounds, (name, _, _)) in with.iter().zip(&setups) {
-        let rate = Compared::new(rounds, &without, Round::rate);
-        // The cheaper side's cost over the dearer: a rate ratio the steal does not move.
-        let cpu = Compared::new(&without, rounds, Round::cpu_per_connection);
+        let rate = median_of(rounds, Round::rate);
+        let cpu = median_of(rounds, Round::cpu_per_connection);
         println!(
-            "median with --direction {name}: {:.0}/s, ratio of medians {:.3}; per-round ratio \
-             median {}; CPU per connection {:.1} µs, CPU ratio (without/with) of medians {:.3}, \
-             per round {}",
-            rate.numerator,
-            rate.numerator / without_rate,
-            rate.paired,
-            cpu.denominator,
-            without_cpu / cpu.denominator,
-            cpu.paired,
+            "median with --direction {name}: {rate:.0}/s, ratio of medians {:.3}; per-round ratio \
+             median {}; CPU per connection {cpu:.1} µs, CPU ratio (without/with) of medians \
+             {:.3}, per round {}",
+            rate / without_rate,
+            Paired::new(rounds, &without, Round::rate),
+            without_cpu / cpu,
+            // The cheaper side's cost over the dearer: a rate ratio the steal does not move.
+            Paired::new(&without, rounds, Round::cpu_per_connection),
         );
     }
     for (cost, (name, _, _)) in kernel.iter().zip(setups) {
@@ -231,39 +224,28 @@ impl std::fmt::Display for Round {
     }
 }
 
-/// Both sides of a comparison over the rounds: their medians, and the per-round ratios
-/// (numerator / denominator of the same round, seconds apart, so that a drift of the
-/// machine between rounds cancels out; their spread says how far to trust the median).
-struct Compared {
-    numerator: f64,
-    denominator: f64,
-    paired: Paired,
+/// The ratios numerator / denominator of each round's pair (seconds apart, so that a drift of
+/// the machine between rounds cancels out): their median, and their range, which says how
+/// far to trust it.
+struct Paired {
+    median: f64,
+    low: f64,
+    high: f64,
 }
 
-impl Compared {
+impl Paired {
     fn new(numerator: &[Round], denominator: &[Round], value: fn(&Round) -> f64) -> Self {
         let mut ratios: Vec<f64> = numerator
             .iter()
             .zip(denominator)
             .map(|(n, d)| value(n) / value(d))
             .collect();
-        Compared {
-            numerator: median(&mut numerator.iter().map(value).collect::<Vec<_>>()),
-            denominator: median(&mut denominator.iter().map(value).collect::<Vec<_>>()),
-            paired: Paired {
-                median: median(&mut ratios),
-                low: ratios[0],
-                high: ratios[ratios.len() - 1],
-            },
+        Paired {
+            median: median(&mut ratios),
+            low: ratios[0],
+            high: ratios[ratios.len() - 1],
         }
     }
-}
-
-/// The per-round ratios' median and range.
-struct Paired {
-    median: f64,
-    low: f64,
-    high: f64,
 }
 
 impl std::fmt::Display for Paired {
@@ -319,6 +301,10 @@ impl CpuTicks {
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf reads a constant of the system; no memory is passed.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+fn median_of(rounds: &[Round], value: fn(&Round) -> f64) -> f64 {
+    median(&mut rounds.iter().map(value).collect::<Vec<_>>())
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use aya::util::KernelVersion;
 use caps::{CapSet, Capability, CapsHashSet};
 
-use crate::probes::AttachMode;
+use crate::{kernel_btf::VMLINUX_BTF, probes::AttachMode};
 
 /// Loading the classifiers needs CAP_BPF (bpf(), maps) and CAP_NET_ADMIN (networking program
 /// types, tc); CAP_PERFMON lets the verifier accept what privileged programs may do (pointer
@@ -23,9 +23,6 @@ pub const REQUIRED: [Capability; 3] = [
 /// back: attaching a loaded program (a tcx link, or a clsact qdisc and filter) needs only
 /// CAP_NET_ADMIN and the program's fd; reading maps and the ring buffer needs only their fds.
 pub const KEPT_AFTER_ATTACH: [Capability; 1] = [Capability::CAP_NET_ADMIN];
-
-/// BTF of the running kernel, which the programs' loader reads.
-const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Fails, naming them, if the effective capabilities lack any the loader needs.
 pub fn require_privileges() -> anyhow::Result<()> {

@@ -64,13 +64,10 @@ pub struct KernelBtf {
     enums: HashMap<String, Vec<(String, i64)>>,
 }
 
-impl KernelBtf {
-    pub fn from_sys_fs() -> anyhow::Result<Self> {
-        let path = "/sys/kernel/btf/vmlinux";
-        let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-        Self::parse(&data).with_context(|| format!("parsing {path}"))
-    }
+/// The running kernel's BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+impl KernelBtf {
     pub fn parse(data: &[u8]) -> anyhow::Result<Self> {
         let u16_at = |at: usize| {
             data.get(at..at + 2)

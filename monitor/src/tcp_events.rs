@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    Btf,
+    Btf, Endianness,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
@@ -34,7 +34,7 @@ use tokio::{io::unix::AsyncFd, sync::Notify};
 use crate::{
     crash::{ListenerLost, SharedHistory},
     handshake::{Clock, EventLog, ServiceCounters, ServiceLabels},
-    kernel_btf::KernelBtf,
+    kernel_btf::{KernelBtf, VMLINUX_BTF},
     metrics::{Metrics, advance, register},
     probes::{Probes, per_cpu_total},
 };
@@ -160,9 +160,9 @@ pub fn start(
     metrics: &Metrics,
     options: TcpEventOptions,
 ) -> anyhow::Result<()> {
-    let kernel = match KernelBtf::from_sys_fs().and_then(|btf| {
+    let (types, btf, config) = match kernel_types().and_then(|(types, btf)| {
         let config = monitored_netns_config(&btf)?;
-        Ok((btf, config))
+        Ok((types, btf, config))
     }) {
         Ok(kernel) => kernel,
         Err(err) => {
@@ -171,9 +171,8 @@ pub fn start(
             return Ok(());
         }
     };
-    let (btf, config) = kernel;
     probes.configure_tcp_events(config)?;
-    attach_programs(probes, metrics);
+    attach_programs(probes, metrics, &types);
     if !probes.is_tracepoint_attached("tcp_send_reset") {
         log::warn!("no reset reasons: tcp_send_reset is not attached");
         return spawn_reader(probes, metrics, options, HashMap::new());
@@ -181,6 +180,16 @@ pub fn start(
     // Every named reason's series exists from the start (the reader makes their handles).
     metrics.tcp.resets_sent.with_label_values(&[UNKNOWN_REASON]);
     spawn_reader(probes, metrics, options, reset_reasons(&btf))
+}
+
+/// The kernel's BTF, read once and parsed twice: by aya, which loads the BTF tracepoints
+/// against it, and by [`KernelBtf`], for struct offsets and enum names (aya exposes neither).
+fn kernel_types() -> anyhow::Result<(Btf, KernelBtf)> {
+    let data = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
+    let types = Btf::parse(&data, Endianness::default())
+        .with_context(|| format!("parsing {VMLINUX_BTF}"))?;
+    let btf = KernelBtf::parse(&data).with_context(|| format!("parsing {VMLINUX_BTF}"))?;
+    Ok((types, btf))
 }
 
 /// This process's network namespace, and where the kernel keeps what the programs read.
@@ -226,29 +235,20 @@ fn set_attached(metrics: &Metrics, program: &str, attached: bool) {
 }
 
 /// Attaches each program this kernel accepts; one it does not is logged and left off.
-fn attach_programs(probes: &mut Probes, metrics: &Metrics) {
-    let btf = match Btf::from_sys_fs() {
-        Ok(btf) => Some(btf),
-        Err(err) => {
-            log::warn!("kernel TCP events off: reading the kernel's BTF: {err}");
-            None
-        }
-    };
+fn attach_programs(probes: &mut Probes, metrics: &Metrics, types: &Btf) {
     for program in PROGRAMS {
-        let attached = btf.as_ref().is_some_and(|btf| {
-            match probes.attach_tracepoint(program, btf) {
-                Ok(verified) => {
-                    log::info!(
-                        "attached {program} (BTF tracepoint; loaded and verified in {verified:?})"
-                    );
-                    true
-                }
-                Err(err) => {
-                    log::warn!("{program} off: {err:#}");
-                    false
-                }
+        let attached = match probes.attach_tracepoint(program, types) {
+            Ok(verified) => {
+                log::info!(
+                    "attached {program} (BTF tracepoint; loaded and verified in {verified:?})"
+                );
+                true
             }
-        });
+            Err(err) => {
+                log::warn!("{program} off: {err:#}");
+                false
+            }
+        };
         set_attached(metrics, program, attached);
     }
 }
@@ -632,7 +632,8 @@ mod tests {
 
     #[test]
     fn reset_reasons_come_from_the_kernel_enum() {
-        let reasons = reset_reasons(&KernelBtf::from_sys_fs().unwrap());
+        let (_, btf) = kernel_types().unwrap();
+        let reasons = reset_reasons(&btf);
         assert_eq!(reasons[&0], "not_specified");
         assert_eq!(reasons[&1], "no_socket");
         assert!(
