@@ -5,10 +5,11 @@
 /// Ring buffer for [`TcpEvent`]s (about 4 600 events).
 pub const TCP_EVENTS_RINGBUF_BYTES: u32 = 256 << 10;
 
-/// What the programs need to know, written by userspace before attaching. They are BTF
-/// tracepoints, called with the kernel's own pointers (the socket, the request socket, the
-/// packet); these byte offsets, from the running kernel's BTF, say where in those structs to
-/// read, so that no struct layout is compiled in. `netns_inum` 0 keeps every program silent.
+/// What the programs need to know, set by userspace in the object's read-only data before
+/// loading it. They are BTF tracepoints, called with the kernel's own pointers (the socket,
+/// the request socket, the packet); these byte offsets, from the running kernel's BTF, say
+/// where in those structs to read, so that no struct layout is compiled in. `netns_inum` 0
+/// keeps every program silent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpEventsConfig {
@@ -37,16 +38,43 @@ pub struct TcpEventsConfig {
     pub request_v6: u32,
 }
 
-/// Offsets in `struct sock` (an `inet_sock` for TCP) of both ends' ports (network byte
-/// order, u16) and addresses (IPv4, and IPv6 used when the family is `AF_INET6`).
+impl TcpEventsConfig {
+    /// The object's built-in value: no namespace, so every program stays silent.
+    pub const SILENT: TcpEventsConfig = TcpEventsConfig {
+        netns_inum: 0,
+        sock_net: 0,
+        net_inum: 0,
+        skb_dev: 0,
+        dev_net: 0,
+        sock_protocol: 0,
+        sock_family: 0,
+        socket: SocketEnds {
+            local_port: 0,
+            remote_port: 0,
+            local_v4: 0,
+            remote_v4: 0,
+            local_v6: 0,
+            remote_v6: 0,
+        },
+        request_port: 0,
+        request_v4: 0,
+        request_v6: 0,
+    };
+}
+
+/// Offsets in `struct sock` of both ends' ports (u16) and addresses (IPv4, and IPv6 used
+/// when the family is `AF_INET6`), all in its `struct sock_common`: the verifier lets a
+/// program read only within the type it was handed, so `inet_sock`'s copies (`inet_sport`,
+/// `inet_saddr`, which the kernel's own tracepoints read; set together with these) are out
+/// of reach.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketEnds {
-    /// `inet_sock.inet_sport`.
+    /// `__sk_common.skc_num`, host byte order.
     pub local_port: u32,
-    /// `__sk_common.skc_dport`.
+    /// `__sk_common.skc_dport`, network byte order.
     pub remote_port: u32,
-    /// `inet_sock.inet_saddr`.
+    /// `__sk_common.skc_rcv_saddr`.
     pub local_v4: u32,
     /// `__sk_common.skc_daddr`.
     pub remote_v4: u32,

@@ -2,23 +2,23 @@
 //! sent and received, and listeners opened and closed. BTF tracepoints get the kernel's own
 //! arguments (the socket, the packet, the new state) with no record filled in for them, which
 //! on `inet_sock_set_state` — several times per connection — is most of a classic
-//! tracepoint's cost. The structs behind those pointers are read at offsets userspace took
-//! from the kernel's BTF. Tracepoints fire for every network namespace, so each program first
-//! checks that the socket (or, for a reset sent without one, the incoming packet's device)
-//! belongs to the monitored namespace: by its inode number the first time; by the
-//! `struct net` address that matched then, afterwards. Resets, which come with every aborted
-//! connection, are counted in per-CPU maps: sent ones by reason, received ones by service
-//! (the local listener's, or the remote server's; `LISTENING_PORTS` tells which, kept here
-//! from the listener events). Retransmits and listener events are each one `TcpEvent` in a
-//! ring buffer; a full buffer drops and counts, never blocks. Completed handshakes are only
-//! counted, per local port (`listener_counts`).
+//! tracepoint's cost. The structs behind those pointers are read with plain loads at offsets
+//! userspace took from the kernel's BTF and wrote into this object's read-only data before
+//! loading it: the verifier sees them as constants, checks each load against the kernel's
+//! type at that offset, and lets it read 0 instead of faulting — a few instructions where a
+//! `bpf_probe_read_kernel` call would cost tens of nanoseconds. Tracepoints fire for every
+//! network namespace, so each program first checks that the socket (or, for a reset sent
+//! without one, the incoming packet's device) belongs to the monitored namespace: by its
+//! inode number the first time; by the `struct net` address that matched then, afterwards.
+//! Resets, which come with every aborted connection, are counted in per-CPU maps: sent ones
+//! by reason, received ones by service (the local listener's, or the remote server's;
+//! `LISTENING_PORTS` tells which, kept here from the listener events). Retransmits and
+//! listener events are each one `TcpEvent` in a ring buffer; a full buffer drops and counts,
+//! never blocks. Completed handshakes are only counted, per local port (`listener_counts`).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::bpf_get_current_comm,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
@@ -37,8 +37,22 @@ use crate::{listener_counts, ringbuf};
 /// The size of `TcpEvent::comm`, as the kernel's helper takes it.
 const TASK_COMM_LEN: u32 = 16;
 
+/// Set by userspace at load time (`EbpfLoader::set_global`); all zeros (silent) otherwise.
+#[unsafe(no_mangle)]
+static TCP_EVENTS_CONFIG: TcpEventsConfig = TcpEventsConfig::SILENT;
+
+/// The monitored namespace's `struct net` address, once a socket has led to it.
 #[map]
-static TCP_EVENTS_CONFIG: Array<TcpEventsConfig> = Array::with_max_entries(1, 0);
+static MONITORED_NET: Array<u64> = Array::with_max_entries(1, 0);
+
+/// A field of `TCP_EVENTS_CONFIG`, read as the program runs: a plain read would be folded
+/// into the zeros the object was built with.
+macro_rules! config {
+    ($($field:ident).+) => {
+        // SAFETY: a static's field, read in place.
+        unsafe { core::ptr::read_volatile(&raw const TCP_EVENTS_CONFIG.$($field).+) }
+    };
+}
 
 #[map]
 static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(TCP_EVENTS_RINGBUF_BYTES, 0);
@@ -46,11 +60,6 @@ static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(TCP_EVENTS_RINGBUF_BYTES, 0
 #[map]
 static TCP_EVENT_COUNTERS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(TcpEventCounter::COUNT, 0);
-
-/// The monitored namespace's `struct net` address, once a socket has led to it: later
-/// checks compare the address and skip reading the inode number.
-#[map]
-static MONITORED_NET: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static RESETS_SENT: PerCpuArray<ResetsSent> = PerCpuArray::with_max_entries(1, 0);
@@ -67,13 +76,10 @@ static LISTENING: Array<u32> = Array::with_max_entries(LISTENING_PORTS, 0);
 /// reported under the listener's family and the request's local address and port.
 pub fn retransmit_synack(ctx: &BtfTracePointContext) {
     let (listener, request): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    let Some(config) = config() else {
-        return;
-    };
-    if monitored(sock_netns(listener, config)) {
-        let family = read::<u16>(listener, config.sock_family);
-        let port = read::<u16>(request, config.request_port);
-        let address = address(request, family, config.request_v4, config.request_v6);
+    if monitored(sock_netns(listener)) {
+        let family = load::<u16>(listener, config!(sock_family));
+        let port = load::<u16>(request, config!(request_port));
+        let address = address(request, family, config!(request_v4), config!(request_v6));
         emit(TcpEventKind::SynAckRetransmit, port, address);
     }
 }
@@ -82,30 +88,38 @@ pub fn retransmit_synack(ctx: &BtfTracePointContext) {
 /// listener has the local port, else the remote one.
 pub fn receive_reset(ctx: &BtfTracePointContext) {
     let sk: u64 = ctx.arg(0);
-    let Some(config) = config() else {
-        return;
-    };
-    if !monitored(sock_netns(sk, config)) {
+    if !monitored(sock_netns(sk)) {
         return;
     }
-    let ends = &config.socket;
-    let family = read::<u16>(sk, config.sock_family);
-    let local = service(sk, family, ends.local_port, ends.local_v4, ends.local_v6);
+    let family = load::<u16>(sk, config!(sock_family));
+    let local = service(
+        sk,
+        family,
+        load::<u16>(sk, config!(socket.local_port)),
+        config!(socket.local_v4),
+        config!(socket.local_v6),
+    );
     let server = if listening(local.port) {
         local
     } else {
-        service(sk, family, ends.remote_port, ends.remote_v4, ends.remote_v6)
+        service(
+            sk,
+            family,
+            u16::from_be(load::<u16>(sk, config!(socket.remote_port))),
+            config!(socket.remote_v4),
+            config!(socket.remote_v6),
+        )
     };
     count_reset_received(&server);
 }
 
 /// One end of a socket as a service.
 #[inline(always)]
-fn service(sk: u64, family: u16, port: u32, v4: u32, v6: u32) -> ResetService {
+fn service(sk: u64, family: u16, port: u16, v4: u32, v6: u32) -> ResetService {
     let (family, addr) = address(sk, family, v4, v6);
     ResetService {
         addr,
-        port: u16::from_be(read::<u16>(sk, port)),
+        port,
         family,
         _pad: 0,
     }
@@ -116,24 +130,25 @@ fn service(sk: u64, family: u16, port: u32, v4: u32, v6: u32) -> ResetService {
 #[inline(always)]
 fn address(base: u64, family: u16, v4: u32, v6: u32) -> (u8, [u32; 4]) {
     if family == AF_INET6 {
-        (FAMILY_IPV6, read::<[u32; 4]>(base, v6))
+        let word = |i: u32| load::<u32>(base, v6 + 4 * i);
+        (FAMILY_IPV6, [word(0), word(1), word(2), word(3)])
     } else {
-        (FAMILY_IPV4, [read::<u32>(base, v4), 0, 0, 0])
+        (FAMILY_IPV4, [load::<u32>(base, v4), 0, 0, 0])
     }
 }
 
 /// `tcp_send_reset(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason)`.
 pub fn send_reset(ctx: &BtfTracePointContext) {
     let (sk, skb, reason): (u64, u64, u32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
-    let Some(config) = config() else {
-        return;
-    };
     // Without a socket (a segment to a closed port) the reset answers the incoming packet,
     // whose device says which namespace it arrived in.
+    // Both may be NULL (the verifier has the null checks come before any arithmetic).
     let netns = if sk != 0 {
-        sock_netns(sk, config)
+        sock_netns(sk)
+    } else if skb != 0 {
+        skb_netns(skb)
     } else {
-        skb_netns(skb, config)
+        Netns::Unreadable
     };
     if !monitored(netns) {
         return;
@@ -148,47 +163,51 @@ pub fn send_reset(ctx: &BtfTracePointContext) {
     }
 }
 
-/// What a socket state change means here.
-enum Transition {
-    /// A listener opened (+1) or closed (u32::MAX, minus one).
-    Listener(TcpEventKind, u32),
-    /// A passive open's child socket (or a simultaneous open) completed its handshake.
-    Completed,
-}
-
 /// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: runs on every
 /// socket state change on the host, and leaves on the two states alone unless a listener
 /// opens or closes or a handshake completes.
 pub fn inet_sock_set_state(ctx: &BtfTracePointContext) {
     let (old, new): (i32, i32) = (ctx.arg(1), ctx.arg(2));
-    let transition = match (old, new) {
-        (TCP_CLOSE, TCP_LISTEN) => Transition::Listener(TcpEventKind::ListenerOpened, 1),
-        (TCP_LISTEN, TCP_CLOSE) => Transition::Listener(TcpEventKind::ListenerClosed, u32::MAX),
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => Transition::Completed,
-        _ => return,
-    };
-    let sk: u64 = ctx.arg(0);
-    let Some(config) = config() else {
-        return;
-    };
-    if read::<u16>(sk, config.sock_protocol) != IPPROTO_TCP || !monitored(sock_netns(sk, config)) {
-        return;
-    }
-    let ends = &config.socket;
-    let port = u16::from_be(read::<u16>(sk, ends.local_port));
-    match transition {
-        // Counted per local port in the kernel, not sent as an event.
-        Transition::Completed => listener_counts::count_completed(port),
-        Transition::Listener(kind, delta) => {
-            add_listeners(port, delta);
-            let family = read::<u16>(sk, config.sock_family);
-            emit(
-                kind,
-                port,
-                address(sk, family, ends.local_v4, ends.local_v6),
-            );
+    match (old, new) {
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => handshake_completed(ctx.arg(0)),
+        (TCP_CLOSE, TCP_LISTEN) => listener_changed(ctx.arg(0), TcpEventKind::ListenerOpened, 1),
+        (TCP_LISTEN, TCP_CLOSE) => {
+            listener_changed(ctx.arg(0), TcpEventKind::ListenerClosed, u32::MAX);
         }
+        _ => {}
     }
+}
+
+/// A passive open's child socket (or a simultaneous open) completed its handshake: counted
+/// per local port in the kernel, not sent as an event.
+#[inline(always)]
+fn handshake_completed(sk: u64) {
+    if monitored_tcp(sk) {
+        listener_counts::count_completed(load::<u16>(sk, config!(socket.local_port)));
+    }
+}
+
+/// A listener opened (`delta` 1) or closed (u32::MAX, minus one).
+#[inline(always)]
+fn listener_changed(sk: u64, kind: TcpEventKind, delta: u32) {
+    if monitored_tcp(sk) {
+        let port = load::<u16>(sk, config!(socket.local_port));
+        add_listeners(port, delta);
+        let family = load::<u16>(sk, config!(sock_family));
+        let address = address(
+            sk,
+            family,
+            config!(socket.local_v4),
+            config!(socket.local_v6),
+        );
+        emit(kind, port, address);
+    }
+}
+
+/// A TCP socket of the monitored namespace (`inet_sock_set_state` also fires for SCTP's).
+#[inline(always)]
+fn monitored_tcp(sk: u64) -> bool {
+    load::<u16>(sk, config!(sock_protocol)) == IPPROTO_TCP && monitored(sock_netns(sk))
 }
 
 #[inline(always)]
@@ -237,10 +256,6 @@ fn count_reset_received(service: &ResetService) {
 
 const EEXIST: i32 = 17;
 
-fn config() -> Option<&'static TcpEventsConfig> {
-    TCP_EVENTS_CONFIG.get(0).filter(|c| c.netns_inum != 0)
-}
-
 /// Whether a namespace is the monitored one, and whether it could be read at all.
 enum Netns {
     Monitored,
@@ -250,27 +265,29 @@ enum Netns {
 
 /// The network namespace of a socket.
 #[inline(always)]
-fn sock_netns(sk: u64, config: &TcpEventsConfig) -> Netns {
-    net_is_monitored(read_kernel::<u64>(sk, config.sock_net), config)
+fn sock_netns(sk: u64) -> Netns {
+    net_is_monitored(load::<u64>(sk, config!(sock_net)))
 }
 
 /// The network namespace of the device a packet arrived on.
 #[inline(always)]
-fn skb_netns(skb: u64, config: &TcpEventsConfig) -> Netns {
-    let dev = read_kernel::<u64>(skb, config.skb_dev);
-    net_is_monitored(
-        dev.and_then(|dev| read_kernel::<u64>(dev, config.dev_net)),
-        config,
-    )
+fn skb_netns(skb: u64) -> Netns {
+    let dev = load::<u64>(skb, config!(skb_dev));
+    net_is_monitored(load::<u64>(dev, config!(dev_net)))
 }
 
 /// Compares a `struct net` address with the monitored one's once known; until then, reads
-/// its inode number and remembers the address that matches. (The daemon lives in the
-/// monitored namespace, so that `struct net` is not freed, nor its address reused, while
-/// these programs run.)
+/// its inode number and remembers the address that matches. The inode number is in a part
+/// of `struct net` nothing else reads per packet: a cache miss, on every event of the host,
+/// that the address comparison avoids. (The daemon lives in the monitored namespace, so that
+/// `struct net` is not freed, nor its address reused, while these programs run.)
 #[inline(always)]
-fn net_is_monitored(net: Option<u64>, config: &TcpEventsConfig) -> Netns {
-    let (Some(net), Some(known)) = (net, MONITORED_NET.get_ptr_mut(0)) else {
+fn net_is_monitored(net: u64) -> Netns {
+    let monitored = config!(netns_inum);
+    if monitored == 0 {
+        return Netns::Other; // not configured: silent
+    }
+    let (true, Some(known)) = (net != 0, MONITORED_NET.get_ptr_mut(0)) else {
         return Netns::Unreadable;
     };
     // SAFETY: an array entry, valid for the program run; every CPU writes the same value.
@@ -282,30 +299,21 @@ fn net_is_monitored(net: Option<u64>, config: &TcpEventsConfig) -> Netns {
             Netns::Other
         };
     }
-    match read_kernel::<u32>(net, config.net_inum) {
-        Some(inum) if inum == config.netns_inum => {
-            *known = net;
-            Netns::Monitored
-        }
-        Some(_) => Netns::Other,
-        None => Netns::Unreadable,
+    if load::<u32>(net, config!(net_inum)) == monitored {
+        *known = net;
+        Netns::Monitored
+    } else {
+        Netns::Other
     }
 }
 
+/// A field of a kernel struct reached from a tracepoint's arguments: a plain load, which the
+/// verifier checks against the kernel's type at that (constant) offset and turns into one
+/// that reads 0 instead of faulting, on a NULL or stale pointer too.
 #[inline(always)]
-fn read_kernel<T>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
-}
-
-/// A field of a socket the namespace check has already read through: zero in the unlikely
-/// case it cannot be read (the helper zeroes what it fails to read).
-#[inline(always)]
-fn read<T: Default>(base: u64, offset: u32) -> T {
-    read_kernel(base, offset).unwrap_or_default()
+fn load<T>(base: u64, offset: u32) -> T {
+    // SAFETY: see above: the kernel's exception table, not this code, makes it safe.
+    unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) }
 }
 
 /// Whether an event's namespace is the monitored one; an unreadable one is counted.

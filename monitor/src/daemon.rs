@@ -184,7 +184,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     caps::require_privileges()?;
     KernelFeatures::detect().require(args.attach_mode)?;
-    let mut probes = Probes::load(args.attach_mode)?;
+    let kernel_layout = tcp_events::KernelLayout::read();
+    let mut probes = Probes::load(
+        args.attach_mode,
+        &tcp_events::KernelLayout::config(&kernel_layout),
+    )?;
     let records = probes.take_synack_records()?;
     let scorer = ScorerConfig {
         guesses: args.guesses,
@@ -198,7 +202,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         top_sources: TopSources::shared(args.top_sources, Duration::from_secs(args.anomaly_window)),
         owners: SharedReport::default(),
     });
-    start_engines(&mut probes, &shared, &args)?;
+    start_engines(&mut probes, &shared, &args, kernel_layout)?;
     let selection = if args.interfaces.is_empty() {
         Selection::AllUp
     } else {
@@ -298,7 +302,12 @@ impl RunArgs {
 /// watch run as their own tasks, sharing the event log (and the first and third the anomaly
 /// history); stateful handshake checks only when both directions are on, per-port counters
 /// only for what the attachments see.
-fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow::Result<()> {
+fn start_engines(
+    probes: &mut Probes,
+    shared: &Shared,
+    args: &RunArgs,
+    kernel_layout: anyhow::Result<tcp_events::KernelLayout>,
+) -> anyhow::Result<()> {
     let metrics = &shared.metrics;
     if args.direction == Directions::Both {
         probes.enable_handshake_tracking()?;
@@ -343,7 +352,7 @@ fn start_engines(probes: &mut Probes, shared: &Shared, args: &RunArgs) -> anyhow
         history,
         listener_opened,
     };
-    tcp_events::start(probes, metrics, options)?;
+    tcp_events::start(probes, metrics, options, kernel_layout)?;
     // After the tracepoints: completions are counted only if inet_sock_set_state attached.
     let sources = listener_counts::Sources {
         syns_received: args.direction != Directions::Egress,

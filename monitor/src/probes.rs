@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Btf, Ebpf,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, SchedClassifier, TcAttach, TcAttachType,
@@ -69,12 +69,17 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads and verifies every program of the embedded object.
-    pub fn load(mode: AttachMode) -> anyhow::Result<Self> {
-        let mut ebpf = Ebpf::load(object()?).context(
-            "loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON, \
+    /// Loads the embedded object, with the tracepoint programs' view of this kernel in its
+    /// read-only data, and verifies the classifiers (the tracepoints are verified as they
+    /// attach).
+    pub fn load(mode: AttachMode, tcp_events: &TcpEventsConfig) -> anyhow::Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TCP_EVENTS_CONFIG", tcp_events, true)
+            .load(object()?)
+            .context(
+                "loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON, \
              and a kernel with BTF)",
-        )?;
+            )?;
         start_kernel_log(&mut ebpf);
         for direction in Direction::ALL {
             classifier(&mut ebpf, synack_program(direction))?
@@ -260,17 +265,6 @@ impl Probes {
         let slots = Array::try_from(take("LISTENER_PORT_SLOTS")?)?;
         let counts = PerCpuArray::try_from(take("LISTENER_SLOT_COUNTS")?)?;
         Ok((slots, counts))
-    }
-
-    /// Tells the tracepoint programs which network namespace to report, and how to find a
-    /// socket's.
-    pub fn configure_tcp_events(&mut self, config: TcpEventsConfig) -> anyhow::Result<()> {
-        let map = self
-            .ebpf
-            .map_mut("TCP_EVENTS_CONFIG")
-            .context("the eBPF object has no TCP_EVENTS_CONFIG map")?;
-        Array::<_, TcpEventsConfig>::try_from(map)?.set(0, &config, 0)?;
-        Ok(())
     }
 
     pub fn take_tcp_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {

@@ -123,8 +123,9 @@ fn ipv4(bytes: &[u8; 16]) -> IpAddr {
 /// milliseconds to score, and a second's new samples barely move it.
 pub const RESCORE_AFTER: Duration = Duration::from_secs(2);
 /// And no sooner than this many times its last scoring took: a busy service's scoring then
-/// stays under 1% of one CPU (a full window, ~50 ms here, is rescored every ~5 s).
-const RESCORE_COST_FACTOR: u32 = 100;
+/// stays under a quarter per cent of one CPU (a full window, ~25 ms here, is rescored about
+/// every 10 s: a change of a service's generator shows within that).
+const RESCORE_COST_FACTOR: u32 = 400;
 
 struct ServiceState {
     scorer: ServiceScorer,

@@ -153,43 +153,58 @@ pub struct TcpEventOptions {
     pub listener_opened: Arc<Notify>,
 }
 
+/// What the programs are built against: the kernel's BTF (aya loads the BTF tracepoints
+/// against it) and, from it, where this kernel keeps what they read.
+pub struct KernelLayout {
+    types: Btf,
+    btf: KernelBtf,
+    config: TcpEventsConfig,
+}
+
+impl KernelLayout {
+    /// Reads the kernel's BTF once and parses it twice: by aya, and by [`KernelBtf`] for
+    /// struct offsets and enum names (aya exposes neither).
+    pub fn read() -> anyhow::Result<Self> {
+        let data = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
+        let types = Btf::parse(&data, Endianness::default())
+            .with_context(|| format!("parsing {VMLINUX_BTF}"))?;
+        let btf = KernelBtf::parse(&data).with_context(|| format!("parsing {VMLINUX_BTF}"))?;
+        let config = monitored_netns_config(&btf)?;
+        Ok(KernelLayout { types, btf, config })
+    }
+
+    /// What the object's programs are loaded with: silent without a layout.
+    pub fn config(layout: &anyhow::Result<Self>) -> TcpEventsConfig {
+        layout
+            .as_ref()
+            .map_or(TcpEventsConfig::SILENT, |layout| layout.config)
+    }
+}
+
 /// Attaches what this kernel allows and starts the reader task. Only an unusable object is
 /// an error: a kernel without these tracepoints or BTF leaves these signals off, logged.
 pub fn start(
     probes: &mut Probes,
     metrics: &Metrics,
     options: TcpEventOptions,
+    layout: anyhow::Result<KernelLayout>,
 ) -> anyhow::Result<()> {
-    let (types, btf, config) = match kernel_types().and_then(|(types, btf)| {
-        let config = monitored_netns_config(&btf)?;
-        Ok((types, btf, config))
-    }) {
-        Ok(kernel) => kernel,
+    let layout = match layout {
+        Ok(layout) => layout,
         Err(err) => {
             log::warn!("kernel TCP events off: {err:#}");
             mark_all_unattached(metrics);
             return Ok(());
         }
     };
-    probes.configure_tcp_events(config)?;
-    attach_programs(probes, metrics, &types);
+    attach_programs(probes, metrics, &layout.types);
     if !probes.is_tracepoint_attached("tcp_send_reset") {
         log::warn!("no reset reasons: tcp_send_reset is not attached");
         return spawn_reader(probes, metrics, options, HashMap::new());
     }
     // Every named reason's series exists from the start (the reader makes their handles).
     metrics.tcp.resets_sent.with_label_values(&[UNKNOWN_REASON]);
-    spawn_reader(probes, metrics, options, reset_reasons(&btf))
-}
-
-/// The kernel's BTF, read once and parsed twice: by aya, which loads the BTF tracepoints
-/// against it, and by [`KernelBtf`], for struct offsets and enum names (aya exposes neither).
-fn kernel_types() -> anyhow::Result<(Btf, KernelBtf)> {
-    let data = std::fs::read(VMLINUX_BTF).with_context(|| format!("reading {VMLINUX_BTF}"))?;
-    let types = Btf::parse(&data, Endianness::default())
-        .with_context(|| format!("parsing {VMLINUX_BTF}"))?;
-    let btf = KernelBtf::parse(&data).with_context(|| format!("parsing {VMLINUX_BTF}"))?;
-    Ok((types, btf))
+    spawn_reader(probes, metrics, options, reset_reasons(&layout.btf))
 }
 
 /// This process's network namespace, and where the kernel keeps what the programs read.
@@ -205,11 +220,10 @@ fn monitored_netns_config(btf: &KernelBtf) -> anyhow::Result<TcpEventsConfig> {
         dev_net: btf.offset_of("net_device", &["nd_net", "net"])?,
         sock_protocol: btf.offset_of("sock", &["sk_protocol"])?,
         sock_family: common("skc_family")?,
-        // `struct inet_sock` begins with its `struct sock`: its offsets are the socket's.
         socket: SocketEnds {
-            local_port: btf.offset_of("inet_sock", &["inet_sport"])?,
+            local_port: common("skc_num")?,
             remote_port: common("skc_dport")?,
-            local_v4: btf.offset_of("inet_sock", &["inet_saddr"])?,
+            local_v4: common("skc_rcv_saddr")?,
             remote_v4: common("skc_daddr")?,
             local_v6: common("skc_v6_rcv_saddr")?,
             remote_v6: common("skc_v6_daddr")?,
@@ -632,8 +646,8 @@ mod tests {
 
     #[test]
     fn reset_reasons_come_from_the_kernel_enum() {
-        let (_, btf) = kernel_types().unwrap();
-        let reasons = reset_reasons(&btf);
+        let layout = KernelLayout::read().unwrap();
+        let reasons = reset_reasons(&layout.btf);
         assert_eq!(reasons[&0], "not_specified");
         assert_eq!(reasons[&1], "no_socket");
         assert!(
