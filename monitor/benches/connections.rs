@@ -307,9 +307,15 @@ fn median_of(rounds: &[Round], value: fn(&Round) -> f64) -> f64 {
     median(&mut rounds.iter().map(value).collect::<Vec<_>>())
 }
 
+/// The middle value; for an even count, the mean of the two middle ones.
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
 }
 
 /// The release daemon attached to the server's veth, as deployed.
