@@ -497,11 +497,12 @@ fn responder_step64k_over_ipv6_adds_64000_per_connection() {
 fn responder_clock250k_follows_the_clock() {
     let run = run_responder(GeneratorKind::Clock250k, false, Duration::from_millis(5));
     let isns = run.checked_isns();
-    // Exactly 250 000 ticks per second of the responder's clock...
+    // Exactly 250 000 ticks per second of the responder's clock (in u128: ns × 250 000
+    // overflows u64 once the machine has been up for about 20.5 hours)...
+    let ticks = |ns: u64| u128::from(ns) * 250_000 / 1_000_000_000;
     for (pair, diff) in run.sent.windows(2).zip(differences(&isns)) {
-        let ticks = pair[1].monotonic_ns * 250_000 / 1_000_000_000
-            - pair[0].monotonic_ns * 250_000 / 1_000_000_000;
-        assert_eq!(u64::from(diff), ticks);
+        let elapsed = ticks(pair[1].monotonic_ns) - ticks(pair[0].monotonic_ns);
+        assert_eq!(u128::from(diff), elapsed);
     }
     // ...and, against tcpdump's clock, over the whole run (≥ 245 ms): within 2 ms.
     let syn_acks: Vec<&Segment> = run.wire.iter().filter(|s| s.saddr == run.server).collect();
