@@ -1,7 +1,8 @@
 //! SYN-ACK sampler: one ring-buffer record per SYN-ACK, and the per-CPU counters beside it.
 
-/// Ring buffer size in bytes (a power-of-two multiple of the page size): about 26 000 records of
-/// [`SynAckRecord`], enough to ride out a burst of SYN-ACKs while the daemon is descheduled.
+/// Ring buffer size in bytes (a power-of-two multiple of the page size): about 18 700 records of
+/// [`SynAckRecord`] (104 bytes and the ring's 8-byte header each), enough to ride out a burst of
+/// SYN-ACKs while the daemon is descheduled.
 pub const RINGBUF_BYTES: u32 = 2 << 20;
 
 /// `family` values of [`SynAckRecord`].
