@@ -74,12 +74,17 @@ fn run_nmap(lab: &Lab, dir: &Path, open_port: u16) -> NmapSeq {
     parse_nmap(&stdout, &xml).unwrap_or_else(|| panic!("no SEQ result in nmap's output:\n{stdout}"))
 }
 
-/// The SEQ values of nmap's output: the fingerprint (printed under `-d` even when it matches)
-/// is wrapped in lines that start with `OS:`.
+/// The SEQ values of nmap's output. The fingerprint (printed under `-d` even when it matches)
+/// is wrapped in lines that start with `OS:`; when nmap finds its test conditions non-ideal
+/// (probes sent late: "maxTimingRatio ... is greater than 1.4", which a busy VM causes) it
+/// prints it unwrapped instead, one test per line.
 fn parse_nmap(stdout: &str, xml: &str) -> Option<NmapSeq> {
     let fingerprint: String = stdout
         .lines()
-        .filter_map(|line| line.strip_prefix("OS:"))
+        .filter_map(|line| {
+            line.strip_prefix("OS:")
+                .or_else(|| line.starts_with("SEQ(").then_some(line))
+        })
         .collect();
     let seq = fingerprint.split("SEQ(").nth(1)?.split(')').next()?;
     let values: HashMap<&str, &str> = seq.split('%').filter_map(|v| v.split_once('=')).collect();
@@ -504,4 +509,47 @@ fn nmap_seq_indices_agree_and_weak_generators_stay_weak() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// Both forms nmap prints its fingerprint in (the unwrapped one is from a run on this VM whose
+/// probes went out late) give the same SEQ values.
+#[test]
+fn nmap_fingerprint_is_read_wrapped_or_not() {
+    let tests = [
+        "SCAN(V=7.93%E=4%D=11/23%OT=8083%CT=7999%CU=37457%PV=Y%DS=1%DC=D%G=N%M=82D82D%TM=6B038AA7%P=x86_64-pc-linux-gnu)",
+        "SEQ(SP=78%GCD=1%ISR=8F%TI=Z%CI=Z%II=I%TS=A)",
+        "OPS(O1=M5B4ST11NW7%O2=M5B4ST11NW7%O3=M5B4NNT11NW7%O4=M5B4ST11NW7%O5=M5B4ST11NW7%O6=M5B4ST11)",
+    ];
+    let difficulty = "TCP Sequence Prediction: Difficulty=120 (Good luck!)";
+    let unwrapped = format!(
+        "OS fingerprint not ideal because: maxTimingRatio (1.436000e+00) is greater than 1.4\n\
+         TCP/IP fingerprint:\n{}\n\n{difficulty}\n",
+        tests.join("\n")
+    );
+    // nmap's own wrapping: 68 characters of the joined tests per `OS:` line.
+    let joined: Vec<char> = tests.concat().chars().collect();
+    let wrapped_lines: Vec<String> = joined
+        .chunks(68)
+        .map(|chunk| format!("OS:{}", chunk.iter().collect::<String>()))
+        .collect();
+    assert!(
+        !wrapped_lines.iter().any(|line| line.contains(tests[1])),
+        "the wrapping must split the SEQ test across two lines, as nmap's often does"
+    );
+    let wrapped = format!(
+        "TCP/IP fingerprint:\n{}\n\n{difficulty}\n",
+        wrapped_lines.join("\n")
+    );
+    let xml = r#"<tcpsequence index="120" difficulty="Good luck!" values="1A2B3C4D,5E6F7081,92A3B4C5,D6E7F809,1A2B3C4E,FFFFFFFF"/>"#;
+    for stdout in [&unwrapped, &wrapped] {
+        let seq = parse_nmap(stdout, xml).unwrap_or_else(|| panic!("not read:\n{stdout}"));
+        assert_eq!((seq.sp, seq.gcd, seq.isr), (0x78, 1, 0x8F), "{stdout}");
+        assert_eq!((seq.difficulty, seq.label.as_str()), (120, "Good luck!"));
+        assert_eq!(
+            seq.isns,
+            [
+                0x1A2B3C4D, 0x5E6F7081, 0x92A3B4C5, 0xD6E7F809, 0x1A2B3C4E, 0xFFFFFFFF
+            ]
+        );
+    }
 }
