@@ -1,9 +1,29 @@
 //! SYN-ACK sampler: one ring-buffer record per SYN-ACK, and the per-CPU counters beside it.
 
-/// Ring buffer size in bytes (a power-of-two multiple of the page size): about 18 700 records of
-/// [`SynAckRecord`] (104 bytes and the ring's 8-byte header each), enough to ride out a burst of
-/// SYN-ACKs while the daemon is descheduled.
-pub const RINGBUF_BYTES: u32 = 2 << 20;
+/// The SYN-ACK records go to one ring buffer per CPU, which userspace creates and puts in the
+/// `SYNACK_RINGS` array: SYN-ACKs sent on different CPUs then never take one ring's lock nor
+/// write its producer position, cache lines that would otherwise move between the CPUs on
+/// every record (on two CPUs, most of a record's real cost). Together the rings take about
+/// this many bytes: 2 MiB holds about 18 700 records of [`SynAckRecord`] (104 bytes and the
+/// ring's 8-byte header each), enough to ride out a burst while the daemon is descheduled.
+pub const RING_BYTES_TOTAL: u32 = 2 << 20;
+/// The smallest ring of a CPU: about 2 300 records.
+pub const RING_BYTES_MIN: u32 = 256 << 10;
+/// Slots of `SYNACK_RINGS`, the CPU numbers a kernel can have (Debian's `CONFIG_NR_CPUS`).
+pub const MAX_CPUS: u32 = 8192;
+
+/// The size of each CPU's ring with `cpus` possible CPUs: an equal share of
+/// [`RING_BYTES_TOTAL`], at least [`RING_BYTES_MIN`], rounded down to a power of two (the
+/// kernel's requirement).
+pub const fn ring_bytes_per_cpu(cpus: u32) -> u32 {
+    let share = RING_BYTES_TOTAL / if cpus == 0 { 1 } else { cpus };
+    let share = if share < RING_BYTES_MIN {
+        RING_BYTES_MIN
+    } else {
+        share
+    };
+    1 << share.ilog2()
+}
 
 /// `family` values of [`SynAckRecord`].
 pub const FAMILY_IPV4: u8 = 4;
@@ -80,6 +100,16 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cpu_gets_a_power_of_two_share_of_the_ring_bytes() {
+        assert_eq!(ring_bytes_per_cpu(1), 2 << 20);
+        assert_eq!(ring_bytes_per_cpu(2), 1 << 20);
+        assert_eq!(ring_bytes_per_cpu(3), 512 << 10);
+        assert_eq!(ring_bytes_per_cpu(8), 256 << 10);
+        assert_eq!(ring_bytes_per_cpu(MAX_CPUS), RING_BYTES_MIN);
+        assert_eq!(ring_bytes_per_cpu(0), 2 << 20);
+    }
 
     #[test]
     fn record_layout_has_no_implicit_padding() {

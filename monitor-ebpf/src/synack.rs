@@ -3,15 +3,19 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::__sk_buff,
-    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
-    macros::map,
-    maps::{PerCpuArray, RingBuf},
+    btf_maps::{ArrayOfMaps, RingBuf},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_get_smp_processor_id, bpf_skb_load_bytes},
+    },
+    macros::{btf_map, map},
+    maps::PerCpuArray,
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use seqwatch_common::{
     Direction,
-    synack::{Counter, MAX_TCP_OPTIONS, RINGBUF_BYTES, SynAckRecord},
+    synack::{Counter, MAX_CPUS, MAX_TCP_OPTIONS, RING_BYTES_MIN, SynAckRecord},
 };
 
 use crate::{
@@ -19,8 +23,14 @@ use crate::{
     ringbuf,
 };
 
-#[map]
-static SYNACK_RECORDS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
+/// This CPU's ring is at its CPU number (see `seqwatch_common::synack::RING_BYTES_TOTAL`).
+/// The inner definition is only the template the kernel checks each ring against; userspace
+/// sizes the rings for the host's CPUs.
+#[btf_map]
+static SYNACK_RINGS: ArrayOfMaps<
+    RingBuf<SynAckRecord, { RING_BYTES_MIN as usize }>,
+    { MAX_CPUS as usize },
+> = ArrayOfMaps::new();
 
 #[map]
 static SYNACK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -35,13 +45,20 @@ pub fn is_synack(flags: u8) -> bool {
     flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN | TCP_ACK
 }
 
-/// Sends one SYN-ACK's record, written in place in the ring buffer (no copy through the
+/// Sends one SYN-ACK's record, written in place in this CPU's ring buffer (no copy through the
 /// stack). A subprogram of its own, beside (not under) the handshake tracker, so that the
 /// verifier's combined stack stays small.
 #[inline(never)]
 pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     count(Counter::SynAcks);
-    let Some(mut entry) = SYNACK_RECORDS.reserve::<SynAckRecord>(0) else {
+    // SAFETY: no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // A CPU without a ring (one that came online after start) drops and counts like a full one.
+    let Some(ring) = SYNACK_RINGS.get(cpu) else {
+        ringbuf_full(ctx);
+        return;
+    };
+    let Some(mut entry) = ring.reserve(0) else {
         ringbuf_full(ctx);
         return;
     };
@@ -72,10 +89,7 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
         (*record).options_len = options_len as u8;
         (*record)._pad = [0; 2];
     }
-    entry.submit(ringbuf::batched_wakeup::<SynAckRecord>(
-        &SYNACK_RECORDS,
-        RINGBUF_BYTES,
-    ));
+    entry.submit(ringbuf::batched_wakeup_inner::<SynAckRecord, _>(ring));
 }
 
 /// `__sk_buff::tstamp_type` of a CLOCK_MONOTONIC stamp (uapi `BPF_SKB_CLOCK_MONOTONIC`, an

@@ -14,8 +14,9 @@ use aya::{
 use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
 use seqwatch_common::listener_counts;
 
-/// Runs per measurement: below the ring buffer's capacity, so every SYN-ACK is recorded.
-const REPEAT: u32 = 10_000;
+/// Runs per measurement: below a CPU's ring buffer capacity (at least 2 300 records), so every
+/// SYN-ACK is recorded.
+const REPEAT: u32 = 2_000;
 const TRIALS: usize = 15;
 
 /// What is measured: a label, the classifier, and whether the stateful handshake checks are on
@@ -27,7 +28,7 @@ const SETUPS: [(&str, &str, u32); 3] = [
 ];
 
 fn main() -> anyhow::Result<()> {
-    let (mut ebpf, mut records) = load(seqwatch::probes::object()?)?;
+    let (mut ebpf, mut rings) = load(seqwatch::probes::object()?)?;
     let reference_object = std::env::var_os("SEQWATCH_BENCH_REFERENCE")
         .map(std::fs::read)
         .transpose()?;
@@ -48,12 +49,12 @@ fn main() -> anyhow::Result<()> {
             let (mut empty, mut theirs, mut ours) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..TRIALS {
                 empty.push(run(&mut ebpf, "baseline", &frame)?);
-                if let Some((reference, reference_records)) = reference.as_mut() {
+                if let Some((reference, reference_rings)) = reference.as_mut() {
                     theirs.push(run(reference, program, &frame)?);
-                    while reference_records.next().is_some() {}
+                    empty_rings(reference_rings);
                 }
                 ours.push(run(&mut ebpf, program, &frame)?);
-                while records.next().is_some() {}
+                empty_rings(&mut rings);
             }
             let (empty, ours) = (median(&mut empty), median(&mut ours));
             let theirs = if theirs.is_empty() {
@@ -70,8 +71,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads an object's classifiers.
-fn load(object: &[u8]) -> anyhow::Result<(Ebpf, RingBuf<MapData>)> {
+/// Loads an object's classifiers, and gives them their SYN-ACK rings as the daemon does (a
+/// reference object from before the per-CPU rings has a single `SYNACK_RECORDS`).
+fn load(object: &[u8]) -> anyhow::Result<(Ebpf, Vec<RingBuf<MapData>>)> {
     let mut ebpf = Ebpf::load(object)?;
     for name in ["baseline", "synack_egress", "synack_ingress"] {
         classifier(&mut ebpf, name)?.load()?;
@@ -87,8 +89,17 @@ fn load(object: &[u8]) -> anyhow::Result<(Ebpf, RingBuf<MapData>)> {
         let word = listener_counts::with_slot(0, SERVER_PORT, 1);
         Array::<_, u64>::try_from(slots)?.set(listener_counts::slot_word(SERVER_PORT), &word, 0)?;
     }
-    let records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").expect("map"))?;
-    Ok((ebpf, records))
+    let rings = match ebpf.take_map("SYNACK_RECORDS") {
+        Some(single) => vec![RingBuf::try_from(single)?],
+        None => seqwatch::probes::synack_rings(&mut ebpf)?,
+    };
+    Ok((ebpf, rings))
+}
+
+fn empty_rings(rings: &mut [RingBuf<MapData>]) {
+    for ring in rings {
+        while ring.next().is_some() {}
+    }
 }
 
 /// Turns the handshake tracker's stateful checks on or off, as the daemon does for

@@ -1,4 +1,4 @@
-//! `seqwatch run`: load, attach, read the ring buffer, score, serve /metrics, and take
+//! `seqwatch run`: load, attach, read the ring buffers, score, serve /metrics, and take
 //! everything back out of the kernel on SIGINT/SIGTERM.
 
 use std::{
@@ -6,12 +6,13 @@ use std::{
     num::NonZeroUsize,
     path::PathBuf,
     sync::{Arc, Mutex},
+    task::Poll,
     time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
 use sd_notify::NotifyState;
-use seqwatch_common::Direction;
+use seqwatch_common::{Direction, synack::SynAckRecord};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -39,9 +40,9 @@ use crate::{
     web::WebSecurity,
 };
 
-/// How often the SYN-ACK ring buffer is drained when the kernel has not woken us (it does when
-/// the buffer crosses an eighth full): it holds about 18 700 records (104 bytes and the ring's
-/// 8-byte header each), 50 ms of 370 000 SYN-ACKs/s. Each poll is a wakeup of the process,
+/// How often the SYN-ACK ring buffers are drained when the kernel has not woken us (it does
+/// when one crosses an eighth full): together they hold about 18 700 records (104 bytes and the
+/// ring's 8-byte header each), 50 ms of 370 000 SYN-ACKs/s spread over the CPUs. Each poll is a wakeup of the process,
 /// which on a busy host costs more than reading a few thousand records.
 const RINGBUF_POLL: Duration = Duration::from_millis(50);
 
@@ -189,7 +190,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.attach_mode,
         &tcp_events::KernelLayout::config(&kernel_layout),
     )?;
-    let records = probes.take_synack_records()?;
+    let rings = probes.take_synack_rings()?;
     let scorer = ScorerConfig {
         guesses: args.guesses,
         window: args.window,
@@ -225,9 +226,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(SampleLog::create)
         .transpose()?;
-    // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
-    let mut records = unsafe { AsyncFd::register(records) }
-        .map_err(|err| anyhow::anyhow!("polling the ring buffer: {err}"))?;
+    let mut rings = SynAckRings::register(rings)?;
     // Everything that needs privileges (or root's file access) is done: drop them.
     caps::drop_after_attach()?;
     notify_systemd(&[
@@ -240,19 +239,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Its first tick is immediate: the posture is exported from the start.
     let mut posture_refresh = ticks::interval(POSTURE_REFRESH);
     let mut posture = PostureWatch::default();
-    // The kernel wakes us only when the ring buffer fills up (an eighth): drain it on a timer.
+    // The kernel wakes us only when a ring buffer fills up (an eighth): drain them on a timer.
     let mut poll = ticks::interval(RINGBUF_POLL);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
-            guard = records.readable_mut() => {
-                let mut guard = guard?;
-                drain(guard.get_inner_mut(), &shared, &mut attacher.names, sample_log.as_mut(), syncookies.active())?;
-                guard.clear_ready();
+            woken = rings.woken() => {
+                woken?;
+                drain(&mut rings, &shared, &mut attacher.names, sample_log.as_mut(), syncookies.active())?;
             }
             _ = poll.tick() => {
-                drain(records.get_mut(), &shared, &mut attacher.names, sample_log.as_mut(), syncookies.active())?;
+                drain(&mut rings, &shared, &mut attacher.names, sample_log.as_mut(), syncookies.active())?;
                 scoring.run(&mut lock(&shared.services), &shared.metrics);
             }
             event = link_events.next() => {
@@ -280,7 +278,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     notify_systemd(&[NotifyState::Stopping]);
     probes.detach_all();
     drain(
-        records.get_mut(),
+        &mut rings,
         &shared,
         &mut attacher.names,
         sample_log.as_mut(),
@@ -368,21 +366,64 @@ fn start_engines(
     )
 }
 
-/// Reads every record waiting in the ring buffer.
+/// The per-CPU SYN-ACK ring buffers, each registered for the kernel's wakeups, and the records
+/// of one drain.
+struct SynAckRings {
+    rings: Vec<AsyncFd<RingBuf<MapData>>>,
+    records: Vec<SynAckRecord>,
+}
+
+impl SynAckRings {
+    fn register(rings: Vec<RingBuf<MapData>>) -> anyhow::Result<SynAckRings> {
+        let rings = rings
+            .into_iter()
+            .map(|ring| {
+                // SAFETY: the AsyncFd owns the ring buffer, so the fd outlives its registration.
+                unsafe { AsyncFd::register(ring) }
+                    .map_err(|err| anyhow::anyhow!("polling the ring buffers: {err}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(SynAckRings {
+            rings,
+            records: Vec::new(),
+        })
+    }
+
+    /// Resolves when the kernel has woken the reader of any ring.
+    async fn woken(&self) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| {
+            for ring in &self.rings {
+                if let Poll::Ready(ready) = ring.poll_read_ready(cx) {
+                    return Poll::Ready(ready.map(|mut guard| guard.clear_ready()));
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Every record waiting, oldest first.
+    fn take(&mut self) -> &[SynAckRecord] {
+        self.records.clear();
+        probes::take_synack_records(
+            self.rings.iter_mut().map(AsyncFd::get_mut),
+            &mut self.records,
+        );
+        &self.records
+    }
+}
+
+/// Reads every record waiting in the ring buffers.
 fn drain(
-    records: &mut RingBuf<MapData>,
+    rings: &mut SynAckRings,
     shared: &Shared,
     names: &mut SampleCounter,
     mut sample_log: Option<&mut SampleLog>,
     syncookies: bool,
 ) -> anyhow::Result<()> {
     let mut services = lock(&shared.services);
-    while let Some(item) = records.next() {
-        let Some(record) = probes::decode_record(&item) else {
-            log::warn!("short ring-buffer record of {} bytes ignored", item.len());
-            continue;
-        };
-        let sample = Sample::from_record(&record);
+    for record in rings.take() {
+        let sample = Sample::from_record(record);
         if sample.options_malformed {
             shared.metrics.options_malformed.inc();
         }

@@ -6,10 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, SchedClassifier, TcAttach, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId, TcError},
@@ -19,7 +19,7 @@ use aya::{
 use seqwatch_common::{
     Direction,
     listener_counts::PortCounts,
-    synack::{Counter, SynAckRecord},
+    synack::{self, Counter, SynAckRecord},
     tcp_events::TcpEventsConfig,
 };
 
@@ -184,12 +184,8 @@ impl Probes {
             .with_context(|| format!("the eBPF object has no {name} map"))
     }
 
-    pub fn take_synack_records(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("SYNACK_RECORDS")
-            .context("the eBPF object has no SYNACK_RECORDS map")?;
-        Ok(RingBuf::try_from(map)?)
+    pub fn take_synack_rings(&mut self) -> anyhow::Result<Vec<RingBuf<MapData>>> {
+        synack_rings(&mut self.ebpf)
     }
 
     pub fn take_synack_counters(&mut self) -> anyhow::Result<KernelCounters> {
@@ -313,7 +309,55 @@ pub fn per_cpu_total(counters: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
 }
 
 /// Decodes one ring-buffer item; `None` for a short item (never expected from our program).
-pub fn decode_record(bytes: &[u8]) -> Option<SynAckRecord> {
+/// Creates this host's SYN-ACK ring buffers, one per possible CPU (see
+/// `seqwatch_common::synack::RING_BYTES_TOTAL`), and puts them in the object's `SYNACK_RINGS`
+/// where the classifiers find them: before anything is attached, so that no SYN-ACK finds its
+/// CPU's slot empty. Returns them in CPU order, for reading.
+pub fn synack_rings(ebpf: &mut Ebpf) -> anyhow::Result<Vec<RingBuf<MapData>>> {
+    let map = ebpf
+        .take_map("SYNACK_RINGS")
+        .context("the eBPF object has no SYNACK_RINGS map")?;
+    let mut slots = ArrayOfMaps::<MapData, MapData>::try_from(map)?;
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, err)| anyhow!("reading {path}: {err}"))?
+        .get();
+    let bytes = synack::ring_bytes_per_cpu(cpus);
+    (0..cpus)
+        .map(|cpu| {
+            let params = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                0,
+                0,
+                bytes,
+                0,
+            );
+            let ring = MapData::create(params, "synack_ring", None).with_context(|| {
+                format!("creating the SYN-ACK ring buffer of CPU {cpu} ({bytes} bytes)")
+            })?;
+            slots.set(cpu, &ring, 0)?;
+            Ok(RingBuf::try_from(Map::RingBuf(ring))?)
+        })
+        .collect()
+}
+
+/// Appends every record waiting in `rings` to `records`, oldest first across the rings: each
+/// ring is in its own CPU's order, runs that the stable sort merges in linear time.
+pub fn take_synack_records<'a>(
+    rings: impl IntoIterator<Item = &'a mut RingBuf<MapData>>,
+    records: &mut Vec<SynAckRecord>,
+) {
+    for ring in rings {
+        while let Some(item) = ring.next() {
+            match decode_record(&item) {
+                Some(record) => records.push(record),
+                None => log::warn!("short ring-buffer record of {} bytes ignored", item.len()),
+            }
+        }
+    }
+    records.sort_by_key(|record| record.ts_ns);
+}
+
+fn decode_record(bytes: &[u8]) -> Option<SynAckRecord> {
     if bytes.len() < size_of::<SynAckRecord>() {
         return None;
     }

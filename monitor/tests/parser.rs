@@ -9,15 +9,16 @@ mod common;
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
+    programs::{TestRun, TestRunOptions},
 };
-use common::test_run::{load_classifiers, run_unchanged};
+use common::test_run::{classifier, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
 use seqwatch::{probes, synack::Sample};
-use seqwatch_common::synack::Counter;
+use seqwatch_common::synack::{self, Counter, SynAckRecord};
 
 struct Classifier {
     ebpf: Ebpf,
-    records: RingBuf<MapData>,
+    rings: Vec<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -30,11 +31,11 @@ struct Outcome {
 impl Classifier {
     fn load() -> Classifier {
         let mut ebpf = load_classifiers();
-        let records = RingBuf::try_from(ebpf.take_map("SYNACK_RECORDS").unwrap()).unwrap();
+        let rings = probes::synack_rings(&mut ebpf).unwrap();
         let counters = PerCpuArray::try_from(ebpf.take_map("SYNACK_COUNTERS").unwrap()).unwrap();
         Classifier {
             ebpf,
-            records,
+            rings,
             counters,
         }
     }
@@ -53,10 +54,9 @@ impl Classifier {
             .into_iter()
             .filter(|&c| after[c as usize] != before[c as usize])
             .collect();
-        let mut samples = Vec::new();
-        while let Some(item) = self.records.next() {
-            samples.push(Sample::from_record(&probes::decode_record(&item).unwrap()));
-        }
+        let mut records = Vec::new();
+        probes::take_synack_records(&mut self.rings, &mut records);
+        let samples = records.iter().map(Sample::from_record).collect();
         Outcome { samples, moved }
     }
 }
@@ -113,6 +113,10 @@ fn assert_one_ipv4_sample(outcome: &Outcome) {
     let [sample] = outcome.samples.as_slice() else {
         panic!("one record expected, got {}", outcome.samples.len());
     };
+    assert_ipv4_sample(sample);
+}
+
+fn assert_ipv4_sample(sample: &Sample) {
     assert_eq!(sample.server, "192.0.2.1:443".parse().unwrap());
     assert_eq!(sample.client, "198.51.100.7:51000".parse().unwrap());
     assert_eq!((sample.seq, sample.ack), (0xa1b2_c3d4, 0x0102_0304));
@@ -129,6 +133,48 @@ fn assert_one_ipv4_sample(outcome: &Outcome) {
 fn an_ipv4_synack_becomes_one_exact_record() {
     let mut classifier = Classifier::load();
     assert_one_ipv4_sample(&classifier.run(&ipv4_synack()));
+}
+
+/// More SYN-ACKs than every CPU's ring buffer holds, and nobody reading: each SYN-ACK is either
+/// recorded, exactly, or dropped and counted, and the program still passes every frame on.
+#[test]
+fn a_full_ring_buffer_drops_and_counts() {
+    let mut sampler = Classifier::load();
+    let cpus = aya::util::nr_cpus().unwrap().get();
+    // A record and the ring's 8-byte header, in 8-byte units.
+    let footprint = (size_of::<SynAckRecord>() + 8).div_ceil(8) * 8;
+    let per_ring = synack::ring_bytes_per_cpu(cpus) as usize / footprint;
+    let repeat = per_ring * cpus as usize + 100;
+    let before = sampler.counts();
+    let frame = ipv4_synack();
+    let mut out = vec![0u8; frame.len()];
+    let result = classifier(&mut sampler.ebpf, "synack_egress")
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            repeat: repeat as u32,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(result.return_value, u32::MAX, "TC_ACT_UNSPEC: never drops");
+    assert_eq!(out, frame, "never changes a packet");
+    let after = sampler.counts();
+    let moved = |counter: Counter| (after[counter as usize] - before[counter as usize]) as usize;
+    let mut records = Vec::new();
+    probes::take_synack_records(&mut sampler.rings, &mut records);
+    assert_eq!(moved(Counter::SynAcks), repeat);
+    assert_eq!(records.len() + moved(Counter::RingbufDropped), repeat);
+    assert!(
+        moved(Counter::RingbufDropped) >= 100,
+        "dropped {}",
+        moved(Counter::RingbufDropped)
+    );
+    let expected = records[0];
+    assert!(records.iter().all(|record| SynAckRecord {
+        ts_ns: expected.ts_ns,
+        ..*record
+    } == expected));
+    assert_ipv4_sample(&Sample::from_record(&expected));
 }
 
 #[test]
