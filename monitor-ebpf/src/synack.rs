@@ -53,7 +53,8 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     count(Counter::SynAcks);
     // SAFETY: no preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    // A CPU without a ring (one that came online after start) drops and counts like a full one.
+    // Userspace gives every possible CPU a ring; an object loaded without them (a tool, a test)
+    // drops and counts as on a full ring.
     let Some(ring) = SYNACK_RINGS.get(cpu) else {
         ringbuf_full(ctx);
         return;

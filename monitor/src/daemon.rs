@@ -42,8 +42,8 @@ use crate::{
 
 /// How often the SYN-ACK ring buffers are drained when the kernel has not woken us (it does
 /// when one crosses an eighth full): together they hold about 18 700 records (104 bytes and the
-/// ring's 8-byte header each), 50 ms of 370 000 SYN-ACKs/s spread over the CPUs. Each poll is a wakeup of the process,
-/// which on a busy host costs more than reading a few thousand records.
+/// ring's 8-byte header each), 50 ms of 370 000 SYN-ACKs/s spread over the CPUs. Each poll is a
+/// wakeup of the process, which on a busy host costs more than reading a few thousand records.
 const RINGBUF_POLL: Duration = Duration::from_millis(50);
 
 /// Scoring a full window takes tens of milliseconds, so with many busy services it could

@@ -308,7 +308,6 @@ pub fn per_cpu_total(counters: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Decodes one ring-buffer item; `None` for a short item (never expected from our program).
 /// Creates this host's SYN-ACK ring buffers, one per possible CPU (see
 /// `seqwatch_common::synack::RING_BYTES_TOTAL`), and puts them in the object's `SYNACK_RINGS`
 /// where the classifiers find them: before anything is attached, so that no SYN-ACK finds its
@@ -340,8 +339,8 @@ pub fn synack_rings(ebpf: &mut Ebpf) -> anyhow::Result<Vec<RingBuf<MapData>>> {
         .collect()
 }
 
-/// Appends every record waiting in `rings` to `records`, oldest first across the rings: each
-/// ring is in its own CPU's order, runs that the stable sort merges in linear time.
+/// Adds every record waiting in `rings` to `records`, and puts them oldest first: each ring is
+/// in its own CPU's order, runs which the stable sort finds and merges.
 pub fn take_synack_records<'a>(
     rings: impl IntoIterator<Item = &'a mut RingBuf<MapData>>,
     records: &mut Vec<SynAckRecord>,
@@ -357,6 +356,7 @@ pub fn take_synack_records<'a>(
     records.sort_by_key(|record| record.ts_ns);
 }
 
+/// Decodes one ring-buffer item; `None` for a short item (never expected from our program).
 fn decode_record(bytes: &[u8]) -> Option<SynAckRecord> {
     if bytes.len() < size_of::<SynAckRecord>() {
         return None;
