@@ -19,7 +19,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_NOEXIST},
     cty::{c_long, c_void},
     helpers::{
         bpf_ktime_get_ns,
@@ -303,36 +303,36 @@ fn track(ctx: &TcContext, segment: &Segment, tfo: bool) {
     }
 }
 
+/// Almost every SYN opens a handshake, so the state is inserted first (only if the 4-tuple
+/// has none: one hash-bucket walk) and looked up only when the 4-tuple is already tracked.
 #[inline(always)]
 fn on_syn(ctx: &TcContext, segment: &Segment, tfo: bool) {
+    let state = Handshake {
+        client_isn: segment.seq,
+        synack_seq: 0,
+        synack_ack: 0,
+        state: SYN_SEEN,
+        tfo: u16::from(tfo),
+    };
+    if HANDSHAKES
+        .insert(&segment.key, &state, BPF_NOEXIST.into())
+        .is_ok()
+    {
+        count(HandshakeCounter::StateLookups);
+        filter_set(segment.tag);
+        return;
+    }
     match lookup(segment) {
         Some(state) if state.state == ESTABLISHED => {
             report(ctx, segment, AnomalyKind::SynOnEstablished, 0, 0);
         }
-        Some(state) => {
-            if segment.seq != state.client_isn {
-                let expected = state.client_isn;
-                report(
-                    ctx,
-                    segment,
-                    AnomalyKind::SynRetransmitDifferentIsn,
-                    expected,
-                    0,
-                );
-            }
+        Some(state) if segment.seq != state.client_isn => {
+            let expected = state.client_isn;
+            let kind = AnomalyKind::SynRetransmitDifferentIsn;
+            report(ctx, segment, kind, expected, 0);
         }
-        None => {
-            let state = Handshake {
-                client_isn: segment.seq,
-                synack_seq: 0,
-                synack_ack: 0,
-                state: SYN_SEEN,
-                tfo: u16::from(tfo),
-            };
-            if HANDSHAKES.insert(&segment.key, &state, 0).is_ok() {
-                filter_set(segment.tag);
-            }
-        }
+        // The same SYN again, or an insert that failed for want of memory.
+        _ => {}
     }
 }
 
@@ -417,7 +417,7 @@ fn on_rst(ctx: &TcContext, segment: &Segment) {
         SYN_SEEN => state.client_isn.wrapping_add(1),
         SYNACK_SENT => state.synack_ack,
         _ => {
-            forget(segment);
+            forget_completed(segment);
             return;
         }
     };
@@ -434,15 +434,13 @@ fn on_client_fin(ctx: &TcContext, segment: &Segment) {
     let Some(state) = lookup(segment) else {
         return;
     };
-    let early = match state.state {
-        SYN_SEEN => true,
-        SYNACK_SENT => !acks_our_synack(state, segment),
-        _ => false,
-    };
-    if early {
-        report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0);
-    } else {
-        forget(segment);
+    match state.state {
+        SYN_SEEN => report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0),
+        SYNACK_SENT if !acks_our_synack(state, segment) => {
+            report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0);
+        }
+        SYNACK_SENT => forget(segment),
+        _ => forget_completed(segment),
     }
 }
 
@@ -495,8 +493,15 @@ fn lookup<'m>(segment: &Segment) -> Option<&'m mut Handshake> {
 
 #[inline(always)]
 fn forget(segment: &Segment) {
-    let _ = HANDSHAKES.remove(&segment.key);
+    forget_completed(segment);
     filter_clear(segment.tag);
+}
+
+/// `forget` for a handshake that completed: its filter slot was cleared then, so the slot
+/// (a cache miss, most likely) is not read again.
+#[inline(always)]
+fn forget_completed(segment: &Segment) {
+    let _ = HANDSHAKES.remove(&segment.key);
 }
 
 /// A non-zero 32-bit tag of (remote address low word, remote port, local port).
