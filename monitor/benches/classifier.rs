@@ -2,8 +2,10 @@
 //! its default ports, per-port counters for the server's port) against an empty classifier,
 //! measured by the kernel itself (BPF_PROG_TEST_RUN), runs alternating: on egress as deployed
 //! by default (stateless handshake checks), and in each direction with `--direction both`
-//! (stateful checks on). Needs root. Run by
-//! `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another build's eBPF object, e.g. the one
+//! (stateful checks on). Each packet runs 2 000 times in a row, so the SYN's row is a
+//! retransmission after the first run; a last row times SYNs of new handshakes, 2 000
+//! distinct ones run once each (each run then starts with cold caches, the empty program's
+//! too). Needs root. Run by `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another build's eBPF object, e.g. the one
 //! before a change) its classifiers run in the same alternation, as the `ref ns` column.
 
 use aya::{
@@ -18,6 +20,8 @@ use seqwatch_common::listener_counts;
 /// SYN-ACK is recorded.
 const REPEAT: u32 = 2_000;
 const TRIALS: usize = 15;
+/// Distinct SYNs per trial for the new-handshake row.
+const NEW_SYNS: u16 = 2_000;
 
 /// What is measured: a label, the classifier, and whether the stateful handshake checks are on
 /// (they are with `--direction both`).
@@ -56,19 +60,39 @@ fn main() -> anyhow::Result<()> {
                 ours.push(run(&mut ebpf, program, &frame)?);
                 empty_rings(&mut rings);
             }
-            let (empty, ours) = (median(&mut empty), median(&mut ours));
-            let theirs = if theirs.is_empty() {
-                "-".to_owned()
-            } else {
-                median(&mut theirs).to_string()
-            };
-            println!(
-                "{label:<44} {setup:<17} {empty:>9} {theirs:>9} {ours:>9} {:>9}",
-                ours as i64 - empty as i64
-            );
+            print_row(label, setup, &mut empty, &mut theirs, &mut ours);
         }
     }
+    // The SYN above is the same packet every run: after the first, a retransmission.
+    set_stateful(&mut ebpf, 1)?;
+    if let Some((reference, _)) = reference.as_mut() {
+        set_stateful(reference, 1)?;
+    }
+    let (mut empty, mut theirs, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    for trial in 0..TRIALS {
+        let syns = new_syns(trial)?;
+        empty.push(run_each(&mut ebpf, "baseline", &syns)?);
+        if let Some((reference, _)) = reference.as_mut() {
+            theirs.push(run_each(reference, "synack_ingress", &syns)?);
+        }
+        ours.push(run_each(&mut ebpf, "synack_ingress", &syns)?);
+    }
+    let label = "IPv4 SYNs of new handshakes (each run once)";
+    print_row(label, "both: ingress", &mut empty, &mut theirs, &mut ours);
     Ok(())
+}
+
+fn print_row(label: &str, setup: &str, empty: &mut [u128], theirs: &mut [u128], ours: &mut [u128]) {
+    let (empty, ours) = (median(empty), median(ours));
+    let theirs = if theirs.is_empty() {
+        "-".to_owned()
+    } else {
+        median(theirs).to_string()
+    };
+    println!(
+        "{label:<44} {setup:<17} {empty:>9} {theirs:>9} {ours:>9} {:>9}",
+        ours as i64 - empty as i64
+    );
 }
 
 /// Loads an object's classifiers, and gives them their SYN-ACK rings as the daemon does (a
@@ -123,6 +147,22 @@ fn run(ebpf: &mut Ebpf, name: &str, frame: &[u8]) -> anyhow::Result<u128> {
     Ok(result.duration.as_nanos())
 }
 
+/// Average ns per run of frames each run once (the kernel's time of each single run: its
+/// clock reads are in every one, the empty program's too).
+fn run_each(ebpf: &mut Ebpf, name: &str, frames: &[Vec<u8>]) -> anyhow::Result<u128> {
+    let program = classifier(ebpf, name)?;
+    let mut total = 0;
+    for frame in frames {
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        total += result.duration.as_nanos();
+    }
+    Ok(total / frames.len() as u128)
+}
+
 fn median(values: &mut [u128]) -> u128 {
     values.sort_unstable();
     values[values.len() / 2]
@@ -135,6 +175,23 @@ const SERVER_V4: [u8; 4] = [10, 0, 0, 1];
 const CLIENT_V4: [u8; 4] = [10, 0, 0, 2];
 const SERVER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const CLIENT_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// SYNs of new handshakes, one per client port, from a client address of the trial's own
+/// (so that no trial's SYN finds another's state; 15 x 2 000 fit the tracker's map).
+fn new_syns(trial: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let client = [10, 1, u8::try_from(trial)?, 2];
+    (0..NEW_SYNS)
+        .map(|i| {
+            let builder = PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC)
+                .ipv4(client, SERVER_V4, 64)
+                .tcp(20_000 + i, SERVER_PORT, 7, 65535)
+                .syn();
+            let mut frame = Vec::with_capacity(builder.size(0));
+            builder.write(&mut frame, &[])?;
+            Ok(frame)
+        })
+        .collect()
+}
 
 /// What a busy server sends: data segments (with timestamps) and SYN-ACKs.
 fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
@@ -206,7 +263,7 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
         &payload,
     )?;
     push(
-        "IPv4 SYN (a handshake's state lookup)",
+        "IPv4 SYN, the same every run (retransmitted)",
         v4().tcp(40000, SERVER_PORT, 7, 65535)
             .syn()
             .options(&synack_options)?,
