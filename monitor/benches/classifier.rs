@@ -5,8 +5,9 @@
 //! (stateful checks on). Each packet runs 2 000 times in a row, so the SYN's row is a
 //! retransmission after the first run; a last row times SYNs of new handshakes, 2 000
 //! distinct ones run once each (each run then starts with cold caches, the empty program's
-//! too). Needs root. Run by `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another build's eBPF object, e.g. the one
-//! before a change) its classifiers run in the same alternation, as the `ref ns` column.
+//! too). Needs root. Run by `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another
+//! build's eBPF object, e.g. the one before a change) its classifiers run in the same
+//! alternation, as the `ref ns` column.
 
 use aya::{
     Ebpf,

@@ -2,8 +2,9 @@
 //! the server's interface, in alternating rounds; reports the medians and their ratio. Beside
 //! each rate, the machine's busy CPU time per connection (/proc/stat: user, system, irq,
 //! softirq) and the share the hypervisor stole: on a VM whose neighbours take a varying part
-//! of its CPUs, the rates swing with the steal, while the CPU a connection costs, and so the
-//! ratio of those costs, does not. Needs root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side, and
+//! of its CPUs, the rates swing with the steal, while the CPU a connection costs does not
+//! (the VM's own speed still moves both, by ±15 % between rounds without any steal). Needs
+//! root. Run by `./x bench`; `SEQWATCH_BENCH_ROUNDS` sets the rounds per side, and
 //! `SEQWATCH_BENCH_BEFORE=PATH` adds the same setups run by another build of the daemon (say,
 //! the previous commit's), so that a change is compared within one alternating run. With
 //! `SEQWATCH_BENCH_KERNEL_STATS=1` the kernel's per-program run-time statistics are on for the
