@@ -320,7 +320,11 @@ impl Check {
 fn unreadable(name: &str, err: &io::Error) -> String {
     match err.kind() {
         io::ErrorKind::NotFound => format!("{name}: not in this kernel or network namespace"),
-        io::ErrorKind::PermissionDenied => format!("{name}: permission denied"),
+        // The bpf_jit_* sysctls: the kernel refuses even their reading without CAP_SYS_ADMIN.
+        io::ErrorKind::PermissionDenied => format!(
+            "{name}: permission denied (reading it takes CAP_SYS_ADMIN, which the daemon gives \
+             up after attaching: `sudo seqwatch posture` shows it)"
+        ),
         _ => format!("{name}: {err}"),
     }
 }
@@ -627,6 +631,18 @@ mod tests {
             "expected two numbers, read [32768]"
         );
         assert_eq!(assessed["tcp_syncookies"].ok, Some(true));
+    }
+
+    #[test]
+    fn a_sysctl_refused_to_us_says_what_reads_it() {
+        let refused = |_: &str| Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        let check = CHECKS.iter().find(|c| c.name == "bpf_jit_harden").unwrap();
+        let error = check.assess(&refused).error.unwrap();
+        assert!(
+            error.starts_with("net.core.bpf_jit_harden: permission denied"),
+            "{error}"
+        );
+        assert!(error.contains("CAP_SYS_ADMIN") && error.contains("sudo seqwatch posture"));
     }
 
     #[test]
