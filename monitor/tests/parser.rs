@@ -9,9 +9,8 @@ mod common;
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{TestRun, TestRunOptions},
 };
-use common::test_run::{classifier, load_classifiers, run_unchanged};
+use common::test_run::{load_classifiers, run_unchanged, run_unchanged_times};
 use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
 use seqwatch::{probes, synack::Sample};
 use seqwatch_common::synack::{self, Counter, SynAckRecord};
@@ -147,17 +146,7 @@ fn a_full_ring_buffer_drops_and_counts() {
     let repeat = per_ring * cpus as usize + 100;
     let before = sampler.counts();
     let frame = ipv4_synack();
-    let mut out = vec![0u8; frame.len()];
-    let result = classifier(&mut sampler.ebpf, "synack_egress")
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            repeat: repeat as u32,
-            ..Default::default()
-        })
-        .unwrap();
-    assert_eq!(result.return_value, u32::MAX, "TC_ACT_UNSPEC: never drops");
-    assert_eq!(out, frame, "never changes a packet");
+    run_unchanged_times(&mut sampler.ebpf, "synack_egress", &frame, repeat as u32);
     let after = sampler.counts();
     let moved = |counter: Counter| (after[counter as usize] - before[counter as usize]) as usize;
     let mut records = Vec::new();

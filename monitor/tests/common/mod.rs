@@ -805,11 +805,18 @@ pub mod test_run {
 
     /// Runs one frame through a classifier, which must pass it on, unchanged.
     pub fn run_unchanged(ebpf: &mut Ebpf, name: &str, frame: &[u8]) {
+        run_unchanged_times(ebpf, name, frame, 1);
+    }
+
+    /// Runs one frame through a classifier `repeat` times in one call; it must pass it on,
+    /// unchanged.
+    pub fn run_unchanged_times(ebpf: &mut Ebpf, name: &str, frame: &[u8], repeat: u32) {
         let mut out = vec![0u8; frame.len() + 64];
         let result = classifier(ebpf, name)
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                repeat,
                 ..Default::default()
             })
             .unwrap();
