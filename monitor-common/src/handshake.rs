@@ -166,7 +166,8 @@ pub enum HandshakeCounter {
     EventsDropped = 0,
     /// SYNs carrying data and a TCP Fast Open option: legitimate, counted apart.
     TfoSyns,
-    /// Segments whose handshake state was looked up (the tracker's cost driver).
+    /// Segments that went to the handshake state map: a lookup, or a new SYN's insert (the
+    /// tracker's cost driver).
     StateLookups,
 }
 
