@@ -166,7 +166,7 @@ pub enum HandshakeCounter {
     EventsDropped = 0,
     /// SYNs carrying data and a TCP Fast Open option: legitimate, counted apart.
     TfoSyns,
-    /// Segments that went to the handshake state map: a lookup, or a new SYN's insert (the
+    /// Segments that went to the handshake state table: a lookup, or a new SYN's insert (the
     /// tracker's cost driver).
     StateLookups,
 }

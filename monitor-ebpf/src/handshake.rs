@@ -1,7 +1,7 @@
 //! Handshake anomaly tracker: stateless flag checks on every TCP segment that is not a plain
-//! ACK, and a small per-4-tuple state (LRU) for handshakes to this host's listeners, so that
-//! the third packet, retransmitted SYNs and SYN-ACKs, early data/FIN and handshake RSTs can be
-//! judged. Every anomaly becomes one `AnomalyEvent` in its own ring buffer.
+//! ACK, and a small per-4-tuple state (`table`) for handshakes to this host's listeners, so
+//! that the third packet, retransmitted SYNs and SYN-ACKs, early data/FIN and handshake RSTs
+//! can be judged. Every anomaly becomes one `AnomalyEvent` in its own ring buffer.
 //!
 //! What established traffic pays: a plain ACK (ACK set; SYN, FIN, RST clear) — every data
 //! segment and pure ACK of an established connection — is only interesting as a handshake's
@@ -17,16 +17,18 @@
 //!   complete it implicitly when they ack our SYN-ACK, so it yields no false anomaly;
 //! - anything after completion except SYN, FIN and RST (in-window checks are the kernel's).
 
+mod table;
+
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_NOEXIST},
+    bindings::__sk_buff,
     cty::{c_long, c_void},
     helpers::{
         bpf_ktime_get_ns,
         generated::{bpf_loop, bpf_skb_load_bytes},
     },
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use seqwatch_common::{
@@ -34,13 +36,12 @@ use seqwatch_common::{
     handshake::{ANOMALY_RINGBUF_BYTES, AnomalyEvent, AnomalyKind, HandshakeCounter},
 };
 
+use self::table::Place;
 use crate::{
     packet::{self, FlowKey, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TcpPacket},
     ringbuf,
 };
 
-/// Handshakes (and completed connections, until their FIN or RST) tracked at once.
-const MAX_TRACKED: u32 = 65_536;
 /// Slots of the open-handshake filter: a power of two.
 const FILTER_SLOTS: u32 = 1 << 16;
 /// Slack for "right seq": a window, not an exact match (TFO data, a lost third ACK).
@@ -58,12 +59,10 @@ const SYNACK_SENT: u16 = 1;
 const ESTABLISHED: u16 = 2;
 
 /// Index 0: non-zero when userspace attached both directions, so that the stateful checks see
-/// both halves of every handshake. With one direction only the stateless checks run.
+/// both halves of every handshake, and then the seed of the state table's hash (random). With
+/// one direction only the stateless checks run.
 #[map]
 static HANDSHAKE_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
-
-#[map]
-static HANDSHAKES: LruHashMap<FlowKey, Handshake> = LruHashMap::with_max_entries(MAX_TRACKED, 0);
 
 /// Tag of the 4-tuple whose handshake is open in each slot, 0 for none.
 #[map]
@@ -142,8 +141,8 @@ pub fn judge(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
         count(HandshakeCounter::TfoSyns);
         tfo = true;
     }
-    if tracking_enabled() {
-        track(ctx, &Segment::new(tcp, direction), tfo);
+    if let Some(seed) = tracking_seed() {
+        track(ctx, &Segment::new(tcp, direction), seed, tfo);
     }
 }
 
@@ -282,35 +281,35 @@ extern "C" fn fastopen_step(_index: u64, walk: *mut c_void) -> c_long {
     0
 }
 
+/// The state table's hash seed while tracking is on.
 #[inline(always)]
-fn tracking_enabled() -> bool {
-    HANDSHAKE_CONFIG.get(0).is_some_and(|enabled| *enabled != 0)
+fn tracking_seed() -> Option<u32> {
+    HANDSHAKE_CONFIG.get(0).copied().filter(|&seed| seed != 0)
 }
 
+/// The stateful checks. The 4-tuple's place in the state table is computed only for the
+/// segments that use it: not for this host's own SYNs and ACKs.
 #[inline(always)]
-fn track(ctx: &TcContext, segment: &Segment, tfo: bool) {
+fn track(ctx: &TcContext, segment: &Segment, seed: u32, tfo: bool) {
     let flags = segment.flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
+    let at = || Place::of(&segment.key, seed);
     match segment.direction {
-        Direction::Ingress if flags == TCP_SYN => on_syn(ctx, segment, tfo),
-        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment),
-        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment),
-        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment),
-        Direction::Ingress => on_client_ack(ctx, segment),
-        Direction::Egress if flags == TCP_SYN | TCP_ACK => on_synack_sent(ctx, segment),
-        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment),
-        Direction::Egress if flags & TCP_FIN != 0 => forget(segment),
+        Direction::Ingress if flags == TCP_SYN => on_syn(ctx, segment, &at(), tfo),
+        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment, &at()),
+        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment, &at()),
+        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment, &at()),
+        Direction::Ingress => on_client_ack(ctx, segment, &at()),
+        Direction::Egress if flags == TCP_SYN | TCP_ACK => on_synack_sent(ctx, segment, &at()),
+        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment, &at()),
+        Direction::Egress if flags & TCP_FIN != 0 => forget(segment, &at()),
         Direction::Egress => {}
     }
 }
 
-/// Almost every SYN opens a handshake, so the state is inserted first (only if the 4-tuple
-/// has none: one hash-bucket walk) and looked up only when the 4-tuple is already tracked.
-/// Under BPF_PROG_TEST_RUN a new SYN cost 26-96 ns less than with a lookup first, and a
-/// retransmitted one ~140 ns more (the refused insert takes an LRU node and gives it back).
-/// Checking the open-handshake filter first would spare the retransmission, but its load
-/// misses the cache on every new SYN and stalls (~80 ns), where `filter_set`'s store does not.
+/// Almost every SYN opens a handshake: its state goes into the 4-tuple's slot unless the slot
+/// holds that 4-tuple already (a retransmitted SYN, or a SYN on an established connection).
 #[inline(always)]
-fn on_syn(ctx: &TcContext, segment: &Segment, tfo: bool) {
+fn on_syn(ctx: &TcContext, segment: &Segment, at: &Place, tfo: bool) {
     let state = Handshake {
         client_isn: segment.seq,
         synack_seq: 0,
@@ -318,32 +317,26 @@ fn on_syn(ctx: &TcContext, segment: &Segment, tfo: bool) {
         state: SYN_SEEN,
         tfo: u16::from(tfo),
     };
-    if HANDSHAKES
-        .insert(&segment.key, &state, BPF_NOEXIST.into())
-        .is_ok()
-    {
-        count(HandshakeCounter::StateLookups);
-        filter_set(segment.tag);
-        return;
-    }
-    match lookup(segment) {
-        Some(state) if state.state == ESTABLISHED => {
+    count(HandshakeCounter::StateLookups);
+    match table::put_new(at, &segment.key, &state) {
+        None => filter_set(segment.tag),
+        Some(held) if held.state == ESTABLISHED => {
             report(ctx, segment, AnomalyKind::SynOnEstablished, 0, 0);
         }
-        Some(state) if segment.seq != state.client_isn => {
-            let expected = state.client_isn;
+        Some(held) if segment.seq != held.client_isn => {
+            let expected = held.client_isn;
             let kind = AnomalyKind::SynRetransmitDifferentIsn;
             report(ctx, segment, kind, expected, 0);
         }
-        // The same SYN again, or an insert that failed for want of memory.
-        _ => {}
+        // The same SYN again.
+        Some(_) => {}
     }
 }
 
 /// Our own SYN-ACK leaving: remember its ISN, or judge a retransmission against the first.
 #[inline(always)]
-fn on_synack_sent(ctx: &TcContext, segment: &Segment) {
-    match lookup(segment) {
+fn on_synack_sent(ctx: &TcContext, segment: &Segment, at: &Place) {
+    match lookup(segment, at) {
         Some(state) if state.state == SYNACK_SENT => {
             let (seq, ack) = (state.synack_seq, state.synack_ack);
             if segment.ack != ack {
@@ -355,13 +348,17 @@ fn on_synack_sent(ctx: &TcContext, segment: &Segment) {
             }
         }
         Some(state) if state.state == SYN_SEEN => {
-            state.synack_seq = segment.seq;
-            state.synack_ack = segment.ack;
-            state.state = SYNACK_SENT;
+            let sent = Handshake {
+                synack_seq: segment.seq,
+                synack_ack: segment.ack,
+                state: SYNACK_SENT,
+                ..state
+            };
+            table::put(at, &segment.key, &sent);
         }
         Some(_) => {}
         None => {
-            // The SYN was not seen (the tracker started, or its entry was evicted).
+            // The SYN was not seen (the tracker started, or its slot was taken over).
             let state = Handshake {
                 client_isn: segment.ack.wrapping_sub(1),
                 synack_seq: segment.seq,
@@ -369,23 +366,22 @@ fn on_synack_sent(ctx: &TcContext, segment: &Segment) {
                 state: SYNACK_SENT,
                 tfo: 0,
             };
-            if HANDSHAKES.insert(&segment.key, &state, 0).is_ok() {
-                filter_set(segment.tag);
-            }
+            table::put(at, &segment.key, &state);
+            filter_set(segment.tag);
         }
     }
 }
 
 /// Our RST. Without ACK it answers a segment that carried one: during the handshake an
 /// unacceptable third packet, and the kernel keeps its request, so the tracker keeps its state
-/// (the LRU ages it out). With ACK the kernel ended the handshake itself: an embryonic reset
-/// (a SYN with another ISN in the window drops the request) or an aborted socket. Otherwise the
-/// connection is over.
+/// (until a newer handshake takes its slot). With ACK the kernel ended the handshake itself:
+/// an embryonic reset (a SYN with another ISN in the window drops the request) or an aborted
+/// socket. Otherwise the connection is over.
 #[inline(always)]
-fn on_server_rst(segment: &Segment) {
+fn on_server_rst(segment: &Segment, at: &Place) {
     let answers_a_bad_ack = segment.flags & TCP_ACK == 0;
-    if !answers_a_bad_ack || lookup(segment).is_none_or(|state| state.state != SYNACK_SENT) {
-        forget(segment);
+    if !answers_a_bad_ack || lookup(segment, at).is_none_or(|state| state.state != SYNACK_SENT) {
+        forget(segment, at);
     }
 }
 
@@ -393,8 +389,8 @@ fn on_server_rst(segment: &Segment) {
 /// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate, and completes
 /// the handshake.
 #[inline(always)]
-fn on_synack_to_us(ctx: &TcContext, segment: &Segment) {
-    let Some(state) = lookup(segment) else {
+fn on_synack_to_us(ctx: &TcContext, segment: &Segment, at: &Place) {
+    let Some(state) = lookup(segment, at) else {
         return; // the answer to our own SYN: we are the client here
     };
     let simultaneous_open = segment.seq == state.client_isn
@@ -406,22 +402,26 @@ fn on_synack_to_us(ctx: &TcContext, segment: &Segment) {
     // Still "SYN seen": the peer's SYN-ACK may reach our kernel before its SYN (they can take
     // different CPUs), which then completes our connect() and sends no SYN-ACK. Our ISN is
     // the one it acks, and the one a SYN-ACK of ours would repeat.
-    state.synack_seq = segment.ack.wrapping_sub(1);
-    state.state = ESTABLISHED;
+    let established = Handshake {
+        synack_seq: segment.ack.wrapping_sub(1),
+        state: ESTABLISHED,
+        ..state
+    };
+    table::put(at, &segment.key, &established);
     filter_clear(segment.tag);
 }
 
 /// A client RST during the handshake must hit the window at the next expected seq.
 #[inline(always)]
-fn on_rst(ctx: &TcContext, segment: &Segment) {
-    let Some(state) = lookup(segment) else {
+fn on_rst(ctx: &TcContext, segment: &Segment, at: &Place) {
+    let Some(state) = lookup(segment, at) else {
         return;
     };
     let expected = match state.state {
         SYN_SEEN => state.client_isn.wrapping_add(1),
         SYNACK_SENT => state.synack_ack,
         _ => {
-            forget_completed(segment);
+            table::remove(at, &segment.key);
             return;
         }
     };
@@ -429,29 +429,31 @@ fn on_rst(ctx: &TcContext, segment: &Segment) {
         // The kernel ignores it, and so does the tracker.
         report(ctx, segment, AnomalyKind::RstOutOfWindow, expected, 0);
     } else {
-        forget(segment);
+        forget(segment, at);
     }
 }
 
 #[inline(always)]
-fn on_client_fin(ctx: &TcContext, segment: &Segment) {
-    let Some(state) = lookup(segment) else {
+fn on_client_fin(ctx: &TcContext, segment: &Segment, at: &Place) {
+    let Some(state) = lookup(segment, at) else {
         return;
     };
     match state.state {
         SYN_SEEN => report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0),
-        SYNACK_SENT if !acks_our_synack(state, segment) => {
+        SYNACK_SENT if !acks_our_synack(&state, segment) => {
             report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0);
         }
-        SYNACK_SENT => forget(segment),
-        _ => forget_completed(segment),
+        SYNACK_SENT => forget(segment, at),
+        // Completed: its filter slot was cleared then, so the slot (a cache miss, most
+        // likely) is not read again.
+        _ => table::remove(at, &segment.key),
     }
 }
 
 /// A plain ACK on a 4-tuple the filter says has an open handshake: the third packet.
 #[inline(always)]
-fn on_client_ack(ctx: &TcContext, segment: &Segment) {
-    let Some(state) = lookup(segment) else {
+fn on_client_ack(ctx: &TcContext, segment: &Segment, at: &Place) {
+    let Some(state) = lookup(segment, at) else {
         return;
     };
     match state.state {
@@ -461,9 +463,13 @@ fn on_client_ack(ctx: &TcContext, segment: &Segment) {
         SYN_SEEN => report(ctx, segment, AnomalyKind::AckWithoutSynAck, 0, 0),
         SYNACK_SENT => {
             let seq_ok = segment.seq.wrapping_sub(state.synack_ack) < SEQ_WINDOW;
-            let kind = match (seq_ok, acks_our_synack(state, segment)) {
+            let kind = match (seq_ok, acks_our_synack(&state, segment)) {
                 (true, true) => {
-                    state.state = ESTABLISHED;
+                    let established = Handshake {
+                        state: ESTABLISHED,
+                        ..state
+                    };
+                    table::put(at, &segment.key, &established);
                     filter_clear(segment.tag);
                     return;
                 }
@@ -485,27 +491,18 @@ fn acks_our_synack(state: &Handshake, segment: &Segment) -> bool {
     segment.flags & TCP_ACK != 0 && (acked == 0 || (state.tfo != 0 && acked < SEQ_WINDOW))
 }
 
+/// The 4-tuple's state, a copy: a change is written back with `table::put`. Two CPUs changing
+/// one 4-tuple's state at once can at worst lose one change.
 #[inline(always)]
-fn lookup<'m>(segment: &Segment) -> Option<&'m mut Handshake> {
+fn lookup(segment: &Segment, at: &Place) -> Option<Handshake> {
     count(HandshakeCounter::StateLookups);
-    // SAFETY: the entry stays valid for this program run (RCU); concurrent updates of the
-    // same 4-tuple on two CPUs can at worst lose one state change, never corrupt memory.
-    HANDSHAKES
-        .get_ptr_mut(&segment.key)
-        .map(|state| unsafe { &mut *state })
+    table::get(at, &segment.key)
 }
 
 #[inline(always)]
-fn forget(segment: &Segment) {
-    forget_completed(segment);
+fn forget(segment: &Segment, at: &Place) {
+    table::remove(at, &segment.key);
     filter_clear(segment.tag);
-}
-
-/// `forget` for a handshake that completed: its filter slot was cleared then, so the slot
-/// (a cache miss, most likely) is not read again.
-#[inline(always)]
-fn forget_completed(segment: &Segment) {
-    let _ = HANDSHAKES.remove(&segment.key);
 }
 
 /// A non-zero 32-bit tag of (remote address low word, remote port, local port).

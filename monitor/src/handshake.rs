@@ -98,7 +98,7 @@ impl HandshakeMetrics {
             )?,
             state_lookups: counter(
                 "seqwatch_handshake_state_lookups_total",
-                "Segments that went to the kernel tracker's state map (a lookup, or a new SYN's insert).",
+                "Segments that went to the kernel tracker's state table (a lookup, or a new SYN's insert).",
             )?,
             top_sources: TopSourceMetrics::new(registry)?,
             spoofing: SpoofingMetrics::new(registry)?,

@@ -219,7 +219,10 @@ impl Probes {
             .ebpf
             .map_mut("HANDSHAKE_CONFIG")
             .context("the eBPF object has no HANDSHAKE_CONFIG map")?;
-        Array::<_, u32>::try_from(map)?.set(0, &1, 0)?;
+        // Non-zero: on; and the seed of the state table's slot hash, secret so that a remote
+        // host cannot pick 4-tuples that take a given handshake's slot.
+        let seed = rand::random::<u32>() | 1;
+        Array::<_, u32>::try_from(map)?.set(0, &seed, 0)?;
         Ok(())
     }
 
