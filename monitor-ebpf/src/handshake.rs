@@ -287,22 +287,25 @@ fn tracking_seed() -> Option<u32> {
     HANDSHAKE_CONFIG.get(0).copied().filter(|&seed| seed != 0)
 }
 
-/// The stateful checks. The 4-tuple's place in the state table is computed only for the
-/// segments that use it: not for this host's own SYNs and ACKs.
+/// The stateful checks. This host's own SYNs and ACKs leave before the 4-tuple's place in
+/// the state table is computed.
 #[inline(always)]
 fn track(ctx: &TcContext, segment: &Segment, seed: u32, tfo: bool) {
     let flags = segment.flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
-    let at = || Place::of(&segment.key, seed);
+    let egress = segment.direction == Direction::Egress;
+    if egress && flags != TCP_SYN | TCP_ACK && flags & (TCP_RST | TCP_FIN) == 0 {
+        return;
+    }
+    let at = &Place::of(&segment.key, seed);
     match segment.direction {
-        Direction::Ingress if flags == TCP_SYN => on_syn(ctx, segment, &at(), tfo),
-        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment, &at()),
-        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment, &at()),
-        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment, &at()),
-        Direction::Ingress => on_client_ack(ctx, segment, &at()),
-        Direction::Egress if flags == TCP_SYN | TCP_ACK => on_synack_sent(ctx, segment, &at()),
-        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment, &at()),
-        Direction::Egress if flags & TCP_FIN != 0 => forget(segment, &at()),
-        Direction::Egress => {}
+        Direction::Ingress if flags == TCP_SYN => on_syn(ctx, segment, at, tfo),
+        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment, at),
+        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment, at),
+        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment, at),
+        Direction::Ingress => on_client_ack(ctx, segment, at),
+        Direction::Egress if flags == TCP_SYN | TCP_ACK => on_synack_sent(ctx, segment, at),
+        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment, at),
+        Direction::Egress => forget(segment, at),
     }
 }
 
