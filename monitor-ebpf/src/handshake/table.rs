@@ -16,15 +16,16 @@ use aya_ebpf::{macros::map, maps::Array};
 use super::Handshake;
 use crate::packet::FlowKey;
 
-/// Slots: a power of two. 8 MiB, about what the 65 536-entry LRU hash it replaced took, at
-/// half the live handshakes per slot.
+/// Slots: a power of two; twice the entries of the 65 536-entry LRU hash it replaced, in
+/// about the same 8 MiB. With n 4-tuples tracked, a new handshake takes the slot of one of
+/// them with probability n / 131 072.
 const SLOTS: u32 = 1 << 17;
 /// Words of a key.
 const KEY_WORDS: usize = 10;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Slot {
+struct Slot {
     key: FlowKey,
     state: Handshake,
     /// 0: empty; otherwise `seal(hash of key, state)`.
