@@ -16,8 +16,8 @@ use aya_ebpf::{macros::map, maps::Array};
 use super::Handshake;
 use crate::packet::FlowKey;
 
-/// Slots: a power of two; twice the entries of the 65 536-entry LRU hash it replaced, in
-/// about the same 8 MiB. With n 4-tuples tracked, a new handshake takes the slot of one of
+/// Slots: a power of two; twice the entries of the 65 536-entry LRU hash it replaced, in 8 MiB
+/// (that map locked 7.5). With n 4-tuples tracked, a new handshake takes the slot of one of
 /// them with probability n / 131 072.
 const SLOTS: u32 = 1 << 17;
 /// Words of a key.
