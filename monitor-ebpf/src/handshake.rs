@@ -511,9 +511,7 @@ fn forget(segment: &Segment, at: &Place) {
 /// A non-zero 32-bit tag of (remote address low word, remote port, local port).
 #[inline(always)]
 fn filter_tag(remote_word: u32, ports: u32) -> u32 {
-    let mut hash = remote_word.wrapping_mul(0x9e37_79b1) ^ ports;
-    hash = hash.wrapping_mul(0x85eb_ca6b);
-    (hash ^ (hash >> 15)) | 1
+    packet::tuple_mix(remote_word, ports) | 1
 }
 
 #[inline(always)]

@@ -38,6 +38,16 @@ pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_URG: u8 = 0x20;
 
+/// A 32-bit mix of a 4-tuple as the fast path reads it in place: the remote address's low
+/// word and both ports in one word. The open-handshake and TLS filters tag their slots with
+/// it, each marking bits of its own.
+#[inline(always)]
+pub fn tuple_mix(remote_word: u32, ports: u32) -> u32 {
+    let hash = remote_word.wrapping_mul(0x9e37_79b1) ^ ports;
+    let hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^ (hash >> 15)
+}
+
 /// Why a packet was not handed to a detector.
 pub enum Skip {
     /// Not TCP over IP: nothing to count.

@@ -807,9 +807,7 @@ const WATCH_STARTED: u32 = 1;
 #[inline(always)]
 fn flow_tag(remote_word: u32, local_port: u16, remote_port: u16) -> u32 {
     let ports = (u32::from(local_port) << 16) | u32::from(remote_port);
-    let mut hash = remote_word.wrapping_mul(0x9e37_79b1) ^ ports;
-    hash = hash.wrapping_mul(0x85eb_ca6b);
-    ((hash ^ (hash >> 15)) & !WATCH_STARTED) | 2
+    (packet::tuple_mix(remote_word, ports) & !WATCH_STARTED) | 2
 }
 
 /// What the port filter says of a segment's flow.
