@@ -158,6 +158,69 @@ impl AnomalyKind {
     pub const COUNT: usize = AnomalyKind::SynOnEstablished as usize + 1;
 }
 
+/// Slots of the tracker's state table (`HANDSHAKE_SLOTS`, 64 bytes each): a power of two;
+/// twice the entries of the 65 536-entry LRU hash it replaced, in 8 MiB (that map locked
+/// 7.5). With n 4-tuples tracked, a new handshake takes the slot of one of them with
+/// probability n / 131 072.
+pub const STATE_SLOTS: u32 = 1 << 17;
+
+/// Bob Jenkins' lookup3 `hashword` (the kernel's `jhash2`), for a few words: the state table's
+/// slot of a 4-tuple is its key's hash, seeded, modulo [`STATE_SLOTS`]. Here, not in the
+/// kernel crate, so that tests can aim two 4-tuples at one slot.
+#[inline(always)]
+pub fn jhash<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
+    let init = 0xdead_beef_u32
+        .wrapping_add((N as u32) << 2)
+        .wrapping_add(seed);
+    let (mut a, mut b, mut c) = (init, init, init);
+    let mut i = 0;
+    while i + 3 < N {
+        a = a.wrapping_add(words[i]);
+        b = b.wrapping_add(words[i + 1]);
+        c = c.wrapping_add(words[i + 2]);
+        jhash_mix(&mut a, &mut b, &mut c);
+        i += 3;
+    }
+    if N - i == 3 {
+        c = c.wrapping_add(words[i + 2]);
+    }
+    if N - i >= 2 {
+        b = b.wrapping_add(words[i + 1]);
+    }
+    if N > i {
+        a = a.wrapping_add(words[i]);
+        jhash_final(&mut a, &mut b, &mut c);
+    }
+    c
+}
+
+#[inline(always)]
+fn jhash_mix(a: &mut u32, b: &mut u32, c: &mut u32) {
+    *a = a.wrapping_sub(*c) ^ c.rotate_left(4);
+    *c = c.wrapping_add(*b);
+    *b = b.wrapping_sub(*a) ^ a.rotate_left(6);
+    *a = a.wrapping_add(*c);
+    *c = c.wrapping_sub(*b) ^ b.rotate_left(8);
+    *b = b.wrapping_add(*a);
+    *a = a.wrapping_sub(*c) ^ c.rotate_left(16);
+    *c = c.wrapping_add(*b);
+    *b = b.wrapping_sub(*a) ^ a.rotate_left(19);
+    *a = a.wrapping_add(*c);
+    *c = c.wrapping_sub(*b) ^ b.rotate_left(4);
+    *b = b.wrapping_add(*a);
+}
+
+#[inline(always)]
+fn jhash_final(a: &mut u32, b: &mut u32, c: &mut u32) {
+    *c = (*c ^ *b).wrapping_sub(b.rotate_left(14));
+    *a = (*a ^ *c).wrapping_sub(c.rotate_left(11));
+    *b = (*b ^ *a).wrapping_sub(a.rotate_left(25));
+    *c = (*c ^ *b).wrapping_sub(b.rotate_left(16));
+    *a = (*a ^ *c).wrapping_sub(c.rotate_left(4));
+    *b = (*b ^ *a).wrapping_sub(a.rotate_left(14));
+    *c = (*c ^ *b).wrapping_sub(b.rotate_left(24));
+}
+
 /// Indices of the per-CPU counter array `HANDSHAKE_COUNTERS`; userspace sums the CPUs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

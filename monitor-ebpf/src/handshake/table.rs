@@ -12,14 +12,11 @@
 //! evicts a given handshake.
 
 use aya_ebpf::{macros::map, maps::Array};
+use seqwatch_common::handshake::{STATE_SLOTS, jhash};
 
 use super::Handshake;
 use crate::packet::FlowKey;
 
-/// Slots: a power of two; twice the entries of the 65 536-entry LRU hash it replaced, in 8 MiB
-/// (that map locked 7.5). With n 4-tuples tracked, a new handshake takes the slot of one of
-/// them with probability n / 131 072.
-const SLOTS: u32 = 1 << 17;
 /// Words of a key.
 const KEY_WORDS: usize = 10;
 
@@ -37,7 +34,7 @@ struct Slot {
 const SLOT_WORDS: usize = core::mem::size_of::<Slot>() / 8;
 
 #[map]
-static HANDSHAKE_SLOTS: Array<Slot> = Array::with_max_entries(SLOTS, 0);
+static HANDSHAKE_SLOTS: Array<Slot> = Array::with_max_entries(STATE_SLOTS, 0);
 
 /// Where a 4-tuple's state lives: its slot and its key's hash (which the seal covers).
 pub struct Place {
@@ -50,7 +47,7 @@ impl Place {
     pub fn of(key: &FlowKey, seed: u32) -> Self {
         let hash = jhash(&key_words(key), seed);
         Place {
-            index: hash & (SLOTS - 1),
+            index: hash & (STATE_SLOTS - 1),
             hash,
         }
     }
@@ -159,59 +156,4 @@ fn seal(key_hash: u32, state: &Handshake) -> u32 {
     h = (h ^ high).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 32;
     h as u32 | 1
-}
-
-/// Bob Jenkins' lookup3 `hashword` (the kernel's `jhash2`), for a few words.
-#[inline(always)]
-fn jhash<const N: usize>(words: &[u32; N], seed: u32) -> u32 {
-    let init = 0xdead_beef_u32
-        .wrapping_add((N as u32) << 2)
-        .wrapping_add(seed);
-    let (mut a, mut b, mut c) = (init, init, init);
-    let mut i = 0;
-    while i + 3 < N {
-        a = a.wrapping_add(words[i]);
-        b = b.wrapping_add(words[i + 1]);
-        c = c.wrapping_add(words[i + 2]);
-        mix(&mut a, &mut b, &mut c);
-        i += 3;
-    }
-    if N - i == 3 {
-        c = c.wrapping_add(words[i + 2]);
-    }
-    if N - i >= 2 {
-        b = b.wrapping_add(words[i + 1]);
-    }
-    if N > i {
-        a = a.wrapping_add(words[i]);
-        finish(&mut a, &mut b, &mut c);
-    }
-    c
-}
-
-#[inline(always)]
-fn mix(a: &mut u32, b: &mut u32, c: &mut u32) {
-    *a = a.wrapping_sub(*c) ^ c.rotate_left(4);
-    *c = c.wrapping_add(*b);
-    *b = b.wrapping_sub(*a) ^ a.rotate_left(6);
-    *a = a.wrapping_add(*c);
-    *c = c.wrapping_sub(*b) ^ b.rotate_left(8);
-    *b = b.wrapping_add(*a);
-    *a = a.wrapping_sub(*c) ^ c.rotate_left(16);
-    *c = c.wrapping_add(*b);
-    *b = b.wrapping_sub(*a) ^ a.rotate_left(19);
-    *a = a.wrapping_add(*c);
-    *c = c.wrapping_sub(*b) ^ b.rotate_left(4);
-    *b = b.wrapping_add(*a);
-}
-
-#[inline(always)]
-fn finish(a: &mut u32, b: &mut u32, c: &mut u32) {
-    *c = (*c ^ *b).wrapping_sub(b.rotate_left(14));
-    *a = (*a ^ *c).wrapping_sub(c.rotate_left(11));
-    *b = (*b ^ *a).wrapping_sub(a.rotate_left(25));
-    *c = (*c ^ *b).wrapping_sub(b.rotate_left(16));
-    *a = (*a ^ *c).wrapping_sub(c.rotate_left(4));
-    *b = (*b ^ *a).wrapping_sub(a.rotate_left(14));
-    *c = (*c ^ *b).wrapping_sub(b.rotate_left(24));
 }
