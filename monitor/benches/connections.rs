@@ -340,11 +340,14 @@ impl<'a> Monitor<'a> {
             child,
             started,
         };
+        // The egress classifier on the server's veth, which every setup attaches (the
+        // tracepoints' lines, which sort first, say nothing of it).
+        let attached = format!(
+            "seqwatch_program_attached{{direction=\"egress\",interface=\"{}\",program=\"synack_egress\"}}",
+            lab.server_if
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
-        while monitor
-            .metric("seqwatch_program_attached{")
-            .is_none_or(|v| v < 1.0)
-        {
+        while monitor.metric(&attached).is_none_or(|v| v < 1.0) {
             anyhow::ensure!(Instant::now() < deadline, "the monitor did not attach");
             thread::sleep(Duration::from_millis(50));
         }
