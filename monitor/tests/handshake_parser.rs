@@ -114,17 +114,12 @@ impl Tracker {
 
 /// A segment from the client to the server.
 fn to_server(flags: u8, seq: u32, ack: u32, options: &[TcpOptionElement], data: &[u8]) -> Vec<u8> {
-    frame(
-        CLIENT_MAC,
-        SERVER_MAC,
-        (CLIENT_V4, CLIENT_PORT),
-        (SERVER_V4, SERVER_PORT),
-        flags,
-        seq,
-        ack,
-        options,
-        data,
-    )
+    frame(Towards::Server, CLIENT, flags, seq, ack, options, data)
+}
+
+/// A segment without options or data from any client to the server.
+fn from_client(client: ([u8; 4], u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    frame(Towards::Server, client, flags, seq, ack, &[], &[])
 }
 
 /// A segment from the server to the client.
@@ -132,50 +127,31 @@ fn to_client(flags: u8, seq: u32, ack: u32) -> Vec<u8> {
     server_to(CLIENT, flags, seq, ack)
 }
 
-/// A segment without options or data from the server to another client.
+/// A segment without options or data from the server to any client.
 fn server_to(client: ([u8; 4], u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-    let server = (SERVER_V4, SERVER_PORT);
-    frame(
-        SERVER_MAC,
-        CLIENT_MAC,
-        server,
-        client,
-        flags,
-        seq,
-        ack,
-        &[],
-        &[],
-    )
+    frame(Towards::Client, client, flags, seq, ack, &[], &[])
 }
 
-/// A segment without options or data from another client to the server.
-fn client_to_server(client: ([u8; 4], u16), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
-    let server = (SERVER_V4, SERVER_PORT);
-    frame(
-        CLIENT_MAC,
-        SERVER_MAC,
-        client,
-        server,
-        flags,
-        seq,
-        ack,
-        &[],
-        &[],
-    )
+enum Towards {
+    Server,
+    Client,
 }
 
-#[allow(clippy::too_many_arguments, reason = "one frame, every field explicit")]
+/// A frame between the server and `client`, either way.
 fn frame(
-    source_mac: [u8; 6],
-    destination_mac: [u8; 6],
-    from: ([u8; 4], u16),
-    to: ([u8; 4], u16),
+    towards: Towards,
+    client: ([u8; 4], u16),
     flags: u8,
     seq: u32,
     ack: u32,
     options: &[TcpOptionElement],
     data: &[u8],
 ) -> Vec<u8> {
+    let server = (SERVER_V4, SERVER_PORT);
+    let ((source_mac, from), (destination_mac, to)) = match towards {
+        Towards::Server => ((CLIENT_MAC, client), (SERVER_MAC, server)),
+        Towards::Client => ((SERVER_MAC, server), (CLIENT_MAC, client)),
+    };
     let mut tcp = TcpHeader::new(from.1, to.1, seq, 29_200);
     tcp.fin = flags & FIN != 0;
     tcp.syn = flags & SYN != 0;
@@ -555,7 +531,7 @@ fn a_new_handshake_takes_its_slot_from_an_older_one() {
         "the handshake is where the test computed"
     );
     let newer_handshake = [
-        tracker.ingress(&client_to_server(newer, SYN, 2000, 0)),
+        tracker.ingress(&from_client(newer, SYN, 2000, 0)),
         tracker.egress(&server_to(newer, SYN | ACK, 7000, 2001)),
     ];
     assert_eq!(newer_handshake.map(|a| kinds(&a)), [[], []]);
@@ -570,7 +546,7 @@ fn a_new_handshake_takes_its_slot_from_an_older_one() {
         lookups + 1,
         "its third packet went to the table"
     );
-    let anomalies = tracker.ingress(&client_to_server(newer, ACK, 2001, 9999));
+    let anomalies = tracker.ingress(&from_client(newer, ACK, 2001, 9999));
     assert_eq!(kinds(&anomalies), [AnomalyKind::HandshakeAckWrongAck]);
     assert_eq!(
         (anomalies[0].expected_seq, anomalies[0].expected_ack),
@@ -588,7 +564,7 @@ fn a_torn_slot_reads_as_empty() {
     assert_ne!(slot_of(other), slot_of(CLIENT));
     open_handshake(&mut tracker);
     let other_handshake = [
-        tracker.ingress(&client_to_server(other, SYN, 3000, 0)),
+        tracker.ingress(&from_client(other, SYN, 3000, 0)),
         tracker.egress(&server_to(other, SYN | ACK, 8000, 3001)),
     ];
     assert_eq!(other_handshake.map(|a| kinds(&a)), [[], []]);
