@@ -154,6 +154,34 @@ fn two_daemons_on_one_interface_leave_each_other_attached() {
     assert!(after.is_empty(), "left behind after both exits: {after:?}");
 }
 
+/// A daemon killed beside another: the survivor removes the dead one's filter within its
+/// 1 s check, and on its own exit the qdisc the dead one added.
+#[test]
+fn a_daemon_removes_the_filter_of_one_killed_beside_it() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let args = netlink_args(&lab, "egress");
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut first = start(&lab, first_dir.path(), common::METRICS_ADDR, &args);
+    first.wait_attached(&lab, &lab.server_if, "egress");
+    let firsts = our_filters(&lab);
+    let mut second = start(&lab, second_dir.path(), SECOND_LISTEN, &args);
+    second.wait_attached(&lab, &lab.server_if, "egress");
+    // SIGKILL.
+    drop(first);
+    let reaped = wait_for(Duration::from_secs(5), || {
+        let left = our_filters(&lab);
+        left.len() == 1 && !firsts.contains(&left[0])
+    });
+    assert!(
+        reaped,
+        "the dead daemon's filter should go: {:?}",
+        attachments(&lab, &lab.server_ns, &lab.server_if)
+    );
+    second.stop();
+    let after = attachments(&lab, &lab.server_ns, &lab.server_if);
+    assert!(after.is_empty(), "left behind: {after:?}");
+}
+
 /// `tc qdisc del … clsact` and `tc filter del … egress` under a running daemon: it attaches
 /// again within a few seconds (samples resume, each time counted); while an `ingress` qdisc
 /// stands where clsact was, it cannot and says so with `seqwatch_program_attached` 0.
