@@ -283,14 +283,17 @@ impl Ownership {
         Ok(left)
     }
 
+    /// A seqwatch filter's handle; `None` for anyone else's filter.
+    fn seqwatch_handle(&self, filter: &Filter) -> Option<FilterHandle> {
+        let program = filter.program.as_ref()?;
+        if filter.priority != PRIORITY || !self.classifiers.contains(program) {
+            return None;
+        }
+        FilterHandle::decode(filter.handle)
+    }
+
     fn whose(&self, filter: &Filter, hook: Direction, mine: &[(Direction, u32)]) -> Whose {
-        let seqwatch_program = filter
-            .program
-            .as_ref()
-            .is_some_and(|name| self.classifiers.contains(name));
-        let decoded = FilterHandle::decode(filter.handle);
-        let Some(handle) = decoded.filter(|_| seqwatch_program && filter.priority == PRIORITY)
-        else {
+        let Some(handle) = self.seqwatch_handle(filter) else {
             return Whose::Foreign;
         };
         if mine.contains(&(hook, filter.handle)) {
@@ -306,12 +309,8 @@ impl Ownership {
     /// qdisc.
     fn learn_qdisc(&mut self, ifindex: u32, filters: &[Filter]) {
         let said = filters.iter().any(|filter| {
-            filter.priority == PRIORITY
-                && FilterHandle::decode(filter.handle).is_some_and(|h| h.seqwatch_qdisc)
-                && filter
-                    .program
-                    .as_ref()
-                    .is_some_and(|name| self.classifiers.contains(name))
+            self.seqwatch_handle(filter)
+                .is_some_and(|handle| handle.seqwatch_qdisc)
         });
         if said {
             self.seqwatch_qdiscs.insert(ifindex);
