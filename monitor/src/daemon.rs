@@ -2,6 +2,7 @@
 //! everything back out of the kernel on SIGINT/SIGTERM.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     num::NonZeroUsize,
     path::PathBuf,
@@ -214,6 +215,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         selection,
         directions: args.directions(),
         names: SampleCounter::default(),
+        lost: BTreeMap::new(),
     };
     attacher.require_named_interfaces().await?;
     attacher.sync(&mut probes, &shared.metrics).await?;
@@ -260,6 +262,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 attacher.sync(&mut probes, &shared.metrics).await?;
             }
             _ = publish.tick() => {
+                attacher.reattach_lost(&mut probes, &shared.metrics).await?;
                 syncookies.poll();
                 let services = lock(&shared.services);
                 shared.metrics.services.set(services.tracked() as i64);
@@ -482,6 +485,9 @@ struct Attacher {
     selection: Selection,
     directions: &'static [Direction],
     names: SampleCounter,
+    /// Netlink filters removed from outside, until attached again, with the attempts so far
+    /// (one a second; the first is logged).
+    lost: BTreeMap<(u32, Direction), u32>,
 }
 
 impl Attacher {
@@ -510,12 +516,27 @@ impl Attacher {
                 if probes.is_attached(interface.index, direction) {
                     continue;
                 }
-                let attached = probes.attach(interface.index, direction);
                 let program = probes::synack_program(direction);
+                let key = (interface.index, direction);
+                let attempts = self.lost.get_mut(&key).map(|attempts| {
+                    *attempts += 1;
+                    *attempts
+                });
+                if attempts == Some(1) {
+                    log::warn!("{program} on {} was removed from outside", interface.name);
+                }
+                let attached = probes.attach(interface.index, direction);
                 let labels = [program, interface.name.as_str(), direction.as_str()];
                 match attached {
                     Ok(()) => log::info!("attached {program} to {}", interface.name),
+                    Err(err) if attempts.is_some_and(|n| n > 1) => {
+                        log::debug!("{program} on {}: {err:#}", interface.name)
+                    }
                     Err(err) => log::warn!("{program} on {}: {err:#}", interface.name),
+                }
+                if probes.is_attached(interface.index, direction) && attempts.is_some() {
+                    self.lost.remove(&key);
+                    metrics.program_reattached.with_label_values(&labels).inc();
                 }
                 metrics
                     .program_attached
@@ -527,6 +548,21 @@ impl Attacher {
         Ok(())
     }
 
+    /// Netlink mode: attaches again what was removed from under us (reported 0 meanwhile).
+    async fn reattach_lost(
+        &mut self,
+        probes: &mut Probes,
+        metrics: &Metrics,
+    ) -> anyhow::Result<()> {
+        for key in probes.forget_lost_filters() {
+            self.lost.insert(key, 0);
+        }
+        if self.lost.is_empty() {
+            return Ok(());
+        }
+        self.sync(probes, metrics).await
+    }
+
     fn forget_vanished(
         &mut self,
         present: &std::collections::BTreeMap<u32, interfaces::Interface>,
@@ -536,12 +572,11 @@ impl Attacher {
         for (index, name) in self.names.vanished(present) {
             for &direction in self.directions {
                 probes.detach(index, direction);
+                self.lost.remove(&(index, direction));
                 let program = probes::synack_program(direction);
-                let _ = metrics.program_attached.remove_label_values(&[
-                    program,
-                    name.as_str(),
-                    direction.as_str(),
-                ]);
+                let labels = [program, name.as_str(), direction.as_str()];
+                let _ = metrics.program_attached.remove_label_values(&labels);
+                let _ = metrics.program_reattached.remove_label_values(&labels);
             }
             log::info!("interface {name} is gone");
         }

@@ -3,6 +3,7 @@
 
 pub mod analyze;
 pub mod caps;
+pub mod clsact;
 pub mod config;
 pub mod crash;
 pub mod daemon;

@@ -17,6 +17,8 @@ use crate::{
 pub struct Metrics {
     registry: Registry,
     pub program_attached: IntGaugeVec,
+    /// Netlink filters attached again after something else removed them.
+    pub program_reattached: IntCounterVec,
     pub synack_samples: IntCounterVec,
     pub services: IntGauge,
     pub service_evictions: IntCounter,
@@ -76,6 +78,17 @@ impl Metrics {
                         "seqwatch_program_attached",
                         "1 while the program is attached to the interface in that direction, \
                          0 if attaching failed.",
+                    ),
+                    &["program", "interface", "direction"],
+                )?,
+            )?,
+            program_reattached: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "seqwatch_program_reattached_total",
+                        "Times the program was attached again after its tc filter or clsact \
+                         qdisc was removed from outside (netlink attach mode).",
                     ),
                     &["program", "interface", "direction"],
                 )?,

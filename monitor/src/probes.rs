@@ -11,8 +11,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, SchedClassifier, TcAttach, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLinkId, TcError},
+        BtfTracePoint, Program, SchedClassifier, TcAttach, TcAttachType,
+        tc::{NlOptions, SchedClassifierLinkId},
     },
     util::KernelVersion,
 };
@@ -23,7 +23,7 @@ use seqwatch_common::{
     tcp_events::TcpEventsConfig,
 };
 
-use crate::{handshake::HandshakeCounters, tcp_events::TcpEventCounters};
+use crate::{clsact::Ownership, handshake::HandshakeCounters, tcp_events::TcpEventCounters};
 
 /// The eBPF object built by aya-build and embedded in this binary.
 pub fn object() -> anyhow::Result<&'static [u8]> {
@@ -49,14 +49,15 @@ pub enum AttachMode {
     Auto,
     /// tcx links: they vanish with the process.
     Tcx,
-    /// A clsact qdisc and a direct-action filter: removed explicitly on exit.
+    /// A clsact qdisc and a direct-action filter: removed explicitly on exit, and by the next
+    /// daemon after a crash (see `clsact`).
     Netlink,
 }
 
 struct Attachment {
     link: SchedClassifierLinkId,
-    /// A clsact qdisc this process created (netlink mode), to delete when the last filter goes.
-    added_clsact: bool,
+    /// Netlink mode: the filter's handle (a `clsact::FilterHandle`).
+    filter: Option<u32>,
 }
 
 /// The loaded object and every attachment made from it.
@@ -66,6 +67,8 @@ pub struct Probes {
     attachments: BTreeMap<(u32, Direction), Attachment>,
     /// Tracepoint programs attached.
     tracepoints: BTreeSet<String>,
+    /// Netlink mode: this daemon's owner number and what it knows of the clsact qdiscs.
+    ownership: Option<Ownership>,
 }
 
 impl Probes {
@@ -91,11 +94,16 @@ impl Probes {
             AttachMode::Auto => AttachMode::Netlink,
             explicit => explicit,
         };
+        let ownership = match mode {
+            AttachMode::Netlink => Some(Ownership::claim(classifier_names(&ebpf))?),
+            AttachMode::Tcx | AttachMode::Auto => None,
+        };
         Ok(Probes {
             ebpf,
             mode,
             attachments: BTreeMap::new(),
             tracepoints: BTreeSet::new(),
+            ownership,
         })
     }
 
@@ -109,13 +117,14 @@ impl Probes {
             Direction::Egress => TcAttachType::Egress,
             Direction::Ingress => TcAttachType::Ingress,
         };
-        let mut added_clsact = false;
+        let mut filter = None;
         let attach = match self.mode {
             AttachMode::Netlink => {
-                added_clsact = add_clsact(ifindex)?;
+                let options = self.netlink_place(ifindex, direction)?;
+                filter = Some(options.handle.into());
                 TcAttach::Netlink {
                     parent: attach_type.into(),
-                    options: NlOptions::default(),
+                    options,
                 }
             }
             AttachMode::Tcx | AttachMode::Auto => TcAttach::Tcx {
@@ -127,16 +136,31 @@ impl Probes {
         match program.attach(ifindex, attach) {
             Ok(link) => {
                 self.attachments
-                    .insert((ifindex, direction), Attachment { link, added_clsact });
+                    .insert((ifindex, direction), Attachment { link, filter });
                 Ok(())
             }
             Err(err) => {
-                if added_clsact {
-                    delete_clsact(ifindex);
+                if filter.is_some() {
+                    self.release_qdisc(ifindex);
                 }
                 Err(err).context("attaching the classifier failed")
             }
         }
+    }
+
+    /// Netlink mode: the clsact qdisc (added if missing), stale filters removed, and where
+    /// `direction`'s filter goes.
+    fn netlink_place(&mut self, ifindex: u32, direction: Direction) -> anyhow::Result<NlOptions> {
+        let mine = filters_on(&self.attachments, ifindex);
+        let ownership = self
+            .ownership
+            .as_mut()
+            .context("netlink mode without an owner number")?;
+        let place = ownership.prepare(ifindex, direction, synack_program(direction), &mine);
+        if place.is_err() {
+            self.release_qdisc(ifindex);
+        }
+        place
     }
 
     /// Takes one attachment back. On a vanished interface the kernel has already done so.
@@ -152,17 +176,54 @@ impl Probes {
                 direction.as_str()
             );
         }
-        let clsact_still_used = self.attachments.keys().any(|(index, _)| *index == ifindex);
-        if attachment.added_clsact && !clsact_still_used {
-            delete_clsact(ifindex);
-        } else if attachment.added_clsact {
-            // The other direction's filter still needs the qdisc: hand the duty over to it.
-            for ((index, _), other) in self.attachments.iter_mut() {
-                if *index == ifindex {
-                    other.added_clsact = true;
-                }
+        if attachment.filter.is_some() {
+            self.release_qdisc(ifindex);
+        }
+    }
+
+    /// Netlink mode, after a filter of ours left `ifindex`: the clsact qdisc goes too if a
+    /// seqwatch daemon added it and nothing is left on it.
+    fn release_qdisc(&mut self, ifindex: u32) {
+        let last = !self.attachments.keys().any(|(index, _)| *index == ifindex);
+        if let Some(ownership) = self.ownership.as_mut() {
+            ownership.release_qdisc(ifindex, last);
+        }
+    }
+
+    /// Netlink mode: checks that each filter this daemon attached is still in place (tc, or
+    /// any program with CAP_NET_ADMIN, can delete filters and qdiscs), forgets those that are
+    /// not so that they can be attached again, and returns them. Stale filters of dead daemons
+    /// seen on the way are removed.
+    pub fn forget_lost_filters(&mut self) -> Vec<(u32, Direction)> {
+        let Some(ownership) = self.ownership.as_mut() else {
+            return Vec::new();
+        };
+        let mut lost = Vec::new();
+        for (&(ifindex, direction), attachment) in &self.attachments {
+            let Some(handle) = attachment.filter else {
+                continue;
+            };
+            let mine = filters_on(&self.attachments, ifindex);
+            let ours = (synack_program(direction), handle);
+            match ownership.is_present(ifindex, direction, ours, &mine) {
+                Ok(true) => {}
+                Ok(false) => lost.push((ifindex, direction)),
+                Err(err) => log::debug!("checking the filters of ifindex {ifindex}: {err:#}"),
             }
         }
+        for &(ifindex, direction) in &lost {
+            let Some(attachment) = self.attachments.remove(&(ifindex, direction)) else {
+                continue;
+            };
+            if let Ok(program) = classifier(&mut self.ebpf, synack_program(direction))
+                && let Ok(link) = program.take_link(attachment.link)
+            {
+                // Dropping the link would delete whatever filter stands in its place now; it
+                // holds no file descriptor, only the filter's address.
+                std::mem::forget(link);
+            }
+        }
+        lost
     }
 
     pub fn detach_all(&mut self) {
@@ -368,6 +429,26 @@ fn decode_record(bytes: &[u8]) -> Option<SynAckRecord> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SynAckRecord>()) })
 }
 
+/// This daemon's netlink filters on `ifindex`: (hook, handle).
+fn filters_on(
+    attachments: &BTreeMap<(u32, Direction), Attachment>,
+    ifindex: u32,
+) -> Vec<(Direction, u32)> {
+    attachments
+        .iter()
+        .filter(|((index, _), _)| *index == ifindex)
+        .filter_map(|(&(_, direction), attachment)| Some((direction, attachment.filter?)))
+        .collect()
+}
+
+/// Every classifier of the object: a tc filter of one of these programs may be seqwatch's.
+fn classifier_names(ebpf: &Ebpf) -> Vec<String> {
+    ebpf.programs()
+        .filter(|(_, program)| matches!(program, Program::SchedClassifier(_)))
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
     let program = ebpf
         .program_mut(name)
@@ -398,41 +479,4 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
             guard.clear_ready();
         }
     });
-}
-
-/// Adds a clsact qdisc; `Ok(false)` if one was already there (someone else's: leave it).
-fn add_clsact(ifindex: u32) -> anyhow::Result<bool> {
-    match tc::qdisc_add_clsact(ifindex) {
-        Ok(()) => Ok(true),
-        Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-        Err(err) => Err(err).context("adding a clsact qdisc failed"),
-    }
-}
-
-/// Deletes the clsact qdisc this process added (and with it any filter left on it).
-fn delete_clsact(ifindex: u32) {
-    let result = std::thread::spawn(move || -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let (connection, handle, _) = rtnetlink::new_connection()?;
-            tokio::spawn(connection);
-            let mut request = handle.qdisc().del(ifindex as i32);
-            let header = &mut request.message_mut().header;
-            header.parent = netlink_packet_route::tc::TcHandle::CLSACT;
-            header.handle = netlink_packet_route::tc::TcHandle {
-                major: 0xffff,
-                minor: 0,
-            };
-            request.execute().await?;
-            Ok(())
-        })
-    })
-    .join();
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => log::debug!("deleting our clsact qdisc on ifindex {ifindex}: {err}"),
-        Err(_) => log::warn!("deleting our clsact qdisc on ifindex {ifindex} panicked"),
-    }
 }

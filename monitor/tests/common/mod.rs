@@ -32,6 +32,8 @@ pub const METRICS_ADDR: &str = "127.0.0.1:10045";
 pub struct Daemon {
     child: Child,
     pub ns: String,
+    /// Where its /metrics is served, inside `ns`.
+    pub listen: String,
     pub sample_log: PathBuf,
     log: PathBuf,
 }
@@ -39,6 +41,12 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(lab: &Lab, ns: &str, dir: &Path, args: &[&str]) -> Daemon {
         Self::start_wrapped(lab, ns, dir, &[], args)
+    }
+
+    /// A daemon serving /metrics on `listen`, so that a second one can run in the same
+    /// namespace (give each its own `dir`).
+    pub fn start_listening(lab: &Lab, ns: &str, dir: &Path, listen: &str, args: &[&str]) -> Daemon {
+        Self::spawn(lab, ns, dir, listen, &[], args)
     }
 
     /// The daemon on the lab server's veth with more `seqwatch run` flags; returns once the
@@ -65,13 +73,20 @@ impl Daemon {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("seqwatch exited early ({status}):\n{}", self.log());
             }
-            scrape(lab, &self.ns).is_some_and(|text| text.lines().any(|l| l == series))
+            self.scrape(lab)
+                .is_some_and(|text| text.lines().any(|l| l == series))
         });
         assert!(attached, "never attached to {interface}:\n{}", self.log());
     }
 
     pub fn metrics(&self, lab: &Lab) -> String {
-        scrape(lab, &self.ns).unwrap_or_else(|| panic!("no /metrics:\n{}", self.log()))
+        self.scrape(lab)
+            .unwrap_or_else(|| panic!("no /metrics:\n{}", self.log()))
+    }
+
+    /// GET /metrics from this daemon; None on any error.
+    pub fn scrape(&self, lab: &Lab) -> Option<String> {
+        http_get_from(lab, &self.ns, &self.listen, "/metrics")
     }
 
     /// SIGTERM, then the exit status must be success within 10 s.
@@ -383,6 +398,17 @@ impl Daemon {
         wrapper: &[&str],
         args: &[&str],
     ) -> Daemon {
+        Self::spawn(lab, ns, dir, METRICS_ADDR, wrapper, args)
+    }
+
+    fn spawn(
+        lab: &Lab,
+        ns: &str,
+        dir: &Path,
+        listen: &str,
+        wrapper: &[&str],
+        args: &[&str],
+    ) -> Daemon {
         let sample_log = dir.join(format!("samples-{ns}.jsonl"));
         let log = dir.join(format!("daemon-{ns}.log"));
         let seqwatch = env!("CARGO_BIN_EXE_seqwatch");
@@ -395,7 +421,7 @@ impl Daemon {
             [] => lab.command_in(ns, seqwatch),
         };
         let child = command
-            .args(["run", "--listen", METRICS_ADDR, "--sample-log"])
+            .args(["run", "--listen", listen, "--sample-log"])
             .arg(&sample_log)
             .args(args)
             .env("RUST_LOG", "info")
@@ -406,6 +432,7 @@ impl Daemon {
         Daemon {
             child,
             ns: ns.to_owned(),
+            listen: listen.to_owned(),
             sample_log,
             log,
         }
