@@ -7,6 +7,7 @@ use std::{
     fmt,
     hash::{Hash as _, Hasher as _},
     net::SocketAddr,
+    ops::RangeInclusive,
     path::{Path, PathBuf},
     sync::{Arc, LazyLock, Mutex},
     time::Duration,
@@ -34,6 +35,10 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 /// A client has this long to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// bcrypt costs accepted in `basic_auth_users`: below 10 a stolen hash is cheap to crack;
+/// each step doubles the work, and at 14 one check already takes about a second of CPU.
+const BCRYPT_COSTS: RangeInclusive<u32> = 10..=14;
 
 /// The web-config file: exporter-toolkit's keys that Seqwatch implements.
 #[derive(Debug, Default, Deserialize)]
@@ -146,11 +151,23 @@ impl WebConfig {
             }
         }
         for (user, hash) in &config.basic_auth_users {
-            hash.parse::<bcrypt::HashParts>().map_err(|err| {
+            check_user_name(user)
+                .map_err(|message| error(format!("basic_auth_users: {message}")))?;
+            let parts = hash.parse::<bcrypt::HashParts>().map_err(|err| {
                 error(format!(
                     "basic_auth_users.{user}: not a bcrypt hash ({err})"
                 ))
             })?;
+            let cost = parts.get_cost();
+            if !BCRYPT_COSTS.contains(&cost) {
+                return Err(error(format!(
+                    "basic_auth_users.{user}: bcrypt cost {cost} is out of range: expected {} to \
+                     {} (below, a stolen hash is cheap to crack; above, each check takes seconds \
+                     of CPU)",
+                    BCRYPT_COSTS.start(),
+                    BCRYPT_COSTS.end()
+                )));
+            }
         }
         config.loaded(path).map_err(|err| error(err.0))?;
         Ok(config)
@@ -174,6 +191,23 @@ impl WebConfig {
             tls,
             users: Arc::new(self.basic_auth_users.clone()),
         })
+    }
+}
+
+/// A name that basic auth can carry: not empty, no ':' (the header splits user and password at
+/// the first one) and no control characters.
+fn check_user_name(user: &str) -> Result<(), String> {
+    if user.is_empty() {
+        Err("a user name is empty: no one can log in as it".to_owned())
+    } else if user.contains(':') {
+        Err(format!(
+            "user name {user:?} contains ':', where basic auth splits user from password: no \
+             one can log in as it"
+        ))
+    } else if user.chars().any(char::is_control) {
+        Err(format!("user name {user:?} contains a control character"))
+    } else {
+        Ok(())
     }
 }
 
