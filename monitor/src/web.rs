@@ -1,16 +1,17 @@
 //! TLS and basic auth for the HTTP endpoints, configured by a web-config YAML file in
 //! Prometheus exporter-toolkit's schema (`tls_server_config`, `basic_auth_users`), served with
-//! rustls. Without a file: plain HTTP, no auth.
+//! rustls. Without a file: plain HTTP, no auth. Connections are capped and timed out
+//! ([`connections`]).
+
+mod connections;
 
 use std::{
     collections::BTreeMap,
     fmt,
     hash::{Hash as _, Hasher as _},
-    net::SocketAddr,
     ops::RangeInclusive,
     path::{Path, PathBuf},
     sync::{Arc, LazyLock, Mutex},
-    time::Duration,
 };
 
 use axum::{
@@ -21,20 +22,19 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
+use prometheus::{IntGauge, Registry};
 use rustls::{
     RootCertStore, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
 use serde::Deserialize;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio::net::TcpListener;
 
-/// A client has this long to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use connections::Connections;
+pub use connections::{MAX_CONNECTIONS, connection_cap};
+
+use crate::{daemon::lock, metrics::register};
 
 /// bcrypt costs accepted in `basic_auth_users`: below 10 a stolen hash is cheap to crack;
 /// each step doubles the work, and at 14 one check already takes about a second of CPU.
@@ -313,10 +313,7 @@ impl WebSecurity {
 
     /// The TLS settings and users now in force, read again first if a file changed.
     fn current(&self) -> (Option<Arc<ServerConfig>>, Arc<BTreeMap<String, String>>) {
-        let mut loaded = self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut loaded = lock(&self.live);
         let now = stamps(&loaded.files);
         if now != loaded.stamps {
             loaded.stamps = now;
@@ -325,6 +322,11 @@ impl WebSecurity {
             }
         }
         (loaded.tls.clone(), loaded.users.clone())
+    }
+
+    /// The TLS settings for a new connection; None for plain HTTP.
+    fn tls_config(&self) -> Option<Arc<ServerConfig>> {
+        if self.tls { self.current().0 } else { None }
     }
 
     fn reload(&self, loaded: &mut Loaded, path: &Path) {
@@ -342,86 +344,60 @@ impl WebSecurity {
         }
     }
 
-    /// Serves `app` on `listener` in the background, behind TLS and basic auth as configured.
-    pub fn serve(&self, listener: TcpListener, app: Router) {
+    /// Serves `app` on `listener` in the background, behind TLS and basic auth as configured,
+    /// at most `max_connections` at once (see [`connection_cap`]).
+    pub fn serve(
+        &self,
+        listener: TcpListener,
+        app: Router,
+        max_connections: usize,
+        metrics: HttpMetrics,
+    ) {
         let app = app.layer(middleware::from_fn_with_state(
             self.clone(),
             require_basic_auth,
         ));
-        let security = self.clone();
-        tokio::spawn(async move {
-            let served = if security.tls {
-                axum::serve(TlsListener::start(listener, security), app).await
-            } else {
-                axum::serve(listener, app).await
-            };
-            if let Err(err) = served {
-                log::error!("http server stopped: {err}");
-            }
-        });
+        let connections = Connections::new(max_connections, metrics);
+        connections::accept_loop(listener, app, self.clone(), connections);
     }
 }
 
-/// Completed TLS connections, handshaken in their own tasks so that a slow client holds up
-/// nobody else.
-struct TlsListener {
-    connections: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: std::io::Result<SocketAddr>,
+/// The HTTP server's metrics.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    connections: IntGauge,
+    connections_max: IntGauge,
+    connections_refused: prometheus::IntCounter,
+    connections_evicted: prometheus::IntCounter,
+    timeouts: prometheus::IntCounter,
 }
 
-impl TlsListener {
-    fn start(listener: TcpListener, security: WebSecurity) -> TlsListener {
-        let local_addr = listener.local_addr();
-        let (sender, connections) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        log::warn!("accepting a connection: {err}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Some(tls) = security.current().0 else {
-                    continue; // not reached: a TLS listener's settings always have TLS
-                };
-                let (acceptor, sender) = (TlsAcceptor::from(tls), sender.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = sender.send((stream, peer)).await;
-                        }
-                        Ok(Err(err)) => log::debug!("TLS handshake with {peer}: {err}"),
-                        Err(_) => log::debug!("TLS handshake with {peer} timed out"),
-                    }
-                });
-            }
-        });
-        TlsListener {
-            connections,
-            local_addr,
-        }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.connections.recv().await {
-            Some(connection) => connection,
-            // The accept loop never ends, so neither does this.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        match &self.local_addr {
-            Ok(addr) => Ok(*addr),
-            Err(err) => Err(std::io::Error::new(err.kind(), err.to_string())),
-        }
+impl HttpMetrics {
+    pub fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let gauge = |name: &str, help: &str| register(registry, IntGauge::new(name, help)?);
+        let counter =
+            |name: &str, help: &str| register(registry, prometheus::IntCounter::new(name, help)?);
+        Ok(HttpMetrics {
+            connections: gauge("seqwatch_http_connections", "HTTP connections open now.")?,
+            connections_max: gauge(
+                "seqwatch_http_connections_max",
+                "HTTP connections served at once at most, from the open-files limit.",
+            )?,
+            connections_refused: counter(
+                "seqwatch_http_connections_refused_total",
+                "HTTP connections closed as soon as accepted: every connection had a request \
+                 in progress.",
+            )?,
+            connections_evicted: counter(
+                "seqwatch_http_connections_evicted_total",
+                "Idle HTTP connections closed to make room for a new one.",
+            )?,
+            timeouts: counter(
+                "seqwatch_http_timeouts_total",
+                "HTTP connections closed because the TLS handshake or the request headers did \
+                 not arrive in time, or the client stopped acknowledging data.",
+            )?,
+        })
     }
 }
 

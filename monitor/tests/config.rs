@@ -15,7 +15,7 @@ use seqwatch::{
     config,
     daemon::{Directions, RunArgs},
     probes::AttachMode,
-    web::{WebConfig, WebSecurity},
+    web::{HttpMetrics, WebConfig, WebSecurity},
 };
 
 const SEQWATCH: &str = env!("CARGO_BIN_EXE_seqwatch");
@@ -357,9 +357,12 @@ fn serve(web_config: &Path) -> (tokio::runtime::Runtime, SocketAddr) {
     let addr = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = HttpMetrics::new(&prometheus::Registry::new()).unwrap();
         security.serve(
             listener,
             Router::new().route("/metrics", get(|| async { "up 1\n" })),
+            seqwatch::web::MAX_CONNECTIONS,
+            metrics,
         );
         addr
     });
@@ -644,6 +647,7 @@ fn the_systemd_unit_runs_unprivileged_with_only_the_needed_capabilities() {
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
         ("StateDirectory", "seqwatch"),
+        ("LimitNOFILE", "16384"),
         (
             "RestrictAddressFamilies",
             "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
