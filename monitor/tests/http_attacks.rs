@@ -1,6 +1,8 @@
 //! The HTTP endpoints against a hostile network, on the real daemon in a lab namespace:
-//! 1 100 idle connections to a daemon limited to 1 024 descriptors. A scrape must answer within
-//! a second, the socket-table reader must keep working, and the daemon's memory stays bounded.
+//! 1 100 idle connections to a daemon limited to 1 024 descriptors, and 64 clients hammering
+//! basic auth with wrong passwords. Under each, a scrape must answer within a second, the
+//! socket-table reader must keep working, and the daemon's threads, CPU and memory stay
+//! bounded; an unknown user's rejection must cost what a known user's wrong password costs.
 //! A client that stops reading its responses is cut off.
 //! Needs root; the lab namespaces go with the test.
 
@@ -9,15 +11,25 @@
 mod common;
 
 use std::{
-    io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, SocketAddrV4, TcpStream},
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::fd::AsRawFd as _,
     path::Path,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
     time::{Duration, Instant},
 };
 
 use axum::{Router, routing::get};
 use common::{Daemon, METRICS_ADDR, series_value, wait_for};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use prometheus::{Encoder as _, Registry};
 use seqwatch::{
     lab::{Lab, LabOptions},
@@ -27,11 +39,21 @@ use seqwatch::{
 /// What the attacks were reported with.
 const IDLE_CONNECTIONS: usize = 1100;
 const DESCRIPTORS: u64 = 1024;
+const WRONG_PASSWORD_CLIENTS: usize = 64;
 /// A scrape under attack answers within this.
 const SCRAPE_LIMIT: Duration = Duration::from_secs(1);
-/// The daemon's resident memory under the attack: about 25 MiB when idle here; 256
+/// The daemon's resident memory under either attack: about 25 MiB when idle here; 256
 /// connections' buffers and the attackers' requests must not double it.
 const RSS_LIMIT_KIB: u64 = 64 * 1024;
+/// The daemon's threads under the password flood: the runtime's one, the bcrypt worker, and
+/// room for the runtime's blocking pool's occasional file reads.
+const THREAD_LIMIT: u64 = 6;
+/// CPU of the whole daemon during the password flood, in cores: one for bcrypt, the rest for
+/// answering the flood's requests.
+const CPU_LIMIT: f64 = 1.5;
+/// An unknown user's 401 and a known user's wrong-password 401 take the same time within
+/// this share of the latter (medians of alternating requests).
+const TIMING_TOLERANCE: f64 = 0.25;
 /// How long a connection may sit without a complete request (the daemon's header timeout,
 /// 10 s), with room for a loaded machine.
 const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(14);
@@ -63,6 +85,22 @@ fn status_field(pid: u32, name: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
     line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// CPU seconds the process has used, every thread included.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses: utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_second
 }
 
 fn open_files_limit(pid: u32) -> u64 {
@@ -99,6 +137,69 @@ fn timed_get(
         });
         (response, started.elapsed())
     })
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+/// A connection to the daemon from `source` (another loopback address than the scraper's).
+fn connect_from(lab: &Lab, source: Ipv4Addr) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    lab.run_in(&lab.server_ns, || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )?;
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(SocketAddrV4::new(source, 0)),
+        )?;
+        connect(fd.as_raw_fd(), &SockaddrIn::from(metrics_addr()))?;
+        let stream = TcpStream::from(fd);
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(stream)
+    })
+}
+
+/// One keep-alive GET /metrics with `auth` on `stream`: the status, once the whole response
+/// has been read.
+fn request(stream: &TcpStream, auth: &str) -> std::io::Result<u16> {
+    let mut writer = stream;
+    write!(
+        writer,
+        "GET /metrics HTTP/1.1\r\nHost: seqwatch\r\nAuthorization: {auth}\r\n\r\n"
+    )?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidData, line.clone()))?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(status)
 }
 
 /// Whether the daemon has closed the connection (EOF or reset), without waiting.
@@ -265,4 +366,180 @@ fn a_client_that_stops_reading_is_cut_off() {
         "a client that stopped reading was cut off after {:?}",
         started.elapsed()
     );
+}
+
+/// Requests with wrong passwords from `clients` keep-alive connections from `source`, until
+/// `stop`: how often each status came back.
+fn hammer(lab: &Lab, source: Ipv4Addr, clients: usize, stop: &AtomicBool) -> BTreeMap<u16, usize> {
+    let statuses = Mutex::new(BTreeMap::new());
+    thread::scope(|scope| {
+        for client in 0..clients {
+            let statuses = &statuses;
+            scope.spawn(move || {
+                // Half of them guess at a user that exists, half at one that does not.
+                let user = if client % 2 == 0 {
+                    "prometheus"
+                } else {
+                    "mallory"
+                };
+                let mut stream = None;
+                let mut guess = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    guess += 1;
+                    let auth = basic(user, &format!("guess-{client}-{guess}"));
+                    let connection = match stream.take() {
+                        Some(connection) => connection,
+                        None => match connect_from(lab, source) {
+                            Ok(connection) => connection,
+                            Err(_) => continue,
+                        },
+                    };
+                    if let Ok(status) = request(&connection, &auth) {
+                        *statuses.lock().unwrap().entry(status).or_insert(0) += 1;
+                        stream = Some(connection);
+                    }
+                }
+            });
+        }
+    });
+    statuses.into_inner().unwrap()
+}
+
+/// Sets the flag when dropped, so that a failed assertion stops the attackers too.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+#[test]
+fn wrong_password_floods_leave_scrapes_fast_and_users_unknown() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hash = bcrypt::hash("scrape-me", 10).unwrap();
+    let web_config = dir.path().join("web.yml");
+    std::fs::write(
+        &web_config,
+        format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+    )
+    .unwrap();
+    let daemon = start_daemon(
+        &lab,
+        dir.path(),
+        &[],
+        &["--web-config", web_config.to_str().unwrap()],
+    );
+    let pid = daemon.pid();
+
+    // Timing: an unknown user against a known user's wrong password, alternating.
+    let (mut unknown, mut known) = (Vec::new(), Vec::new());
+    for round in 0..9 {
+        for (user, times) in [("mallory", &mut unknown), ("prometheus", &mut known)] {
+            let auth = basic(user, &format!("wrong-{round}"));
+            let (response, took) = timed_get(&lab, &lab.server_ns, "/metrics", Some(&auth));
+            assert_eq!(response.map(|(status, _)| status), Some(401), "{user}");
+            times.push(took);
+        }
+    }
+    let (unknown, known) = (median(unknown), median(known));
+    eprintln!("median 401: unknown user {unknown:?}, known user {known:?}");
+    assert!(
+        unknown.abs_diff(known).as_secs_f64() <= TIMING_TOLERANCE * known.as_secs_f64(),
+        "an unknown user takes {unknown:?}, a known user's wrong password {known:?}"
+    );
+
+    let stop = AtomicBool::new(false);
+    let right = basic("prometheus", "scrape-me");
+    let (statuses, peak_threads, peak_rss, cpu) = thread::scope(|scope| {
+        let attack = scope.spawn(|| {
+            hammer(
+                &lab,
+                Ipv4Addr::new(127, 0, 0, 2),
+                WRONG_PASSWORD_CLIENTS,
+                &stop,
+            )
+        });
+        let sampler = scope.spawn(|| {
+            let (mut threads, mut rss) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                threads = threads.max(status_field(pid, "Threads:"));
+                rss = rss.max(status_field(pid, "VmRSS:"));
+                thread::sleep(Duration::from_millis(50));
+            }
+            (threads, rss)
+        });
+        let stopping = StopOnDrop(&stop);
+        thread::sleep(Duration::from_secs(1));
+        let (cpu_before, started) = (cpu_seconds(pid), Instant::now());
+        // The first scrape's credentials are not cached yet: it needs bcrypt too.
+        for attempt in ["not cached", "cached"] {
+            let (response, took) = timed_get(&lab, &lab.server_ns, "/metrics", Some(&right));
+            eprintln!("scrape ({attempt}) under the password flood: {took:?}");
+            assert!(
+                response.as_ref().is_some_and(|(status, _)| *status == 200) && took < SCRAPE_LIMIT,
+                "a scrape ({attempt}) with the right password under the flood: {:?} after {took:?}",
+                response.map(|(status, _)| status)
+            );
+        }
+        // bcrypt ran for the first scrape only; the flood's extra requests were turned away
+        // without it.
+        let (response, _) = timed_get(&lab, &lab.server_ns, "/metrics", Some(&right));
+        let metrics = response.map(|(_, body)| body).unwrap_or_default();
+        let outcome = |name: &str| {
+            let series = format!("seqwatch_http_auth_total{{outcome=\"{name}\"}}");
+            series_value(&metrics, &series).unwrap_or(0.0)
+        };
+        eprintln!(
+            "auth outcomes: verified {}, cached {}, denied {}, throttled {}, busy {}",
+            outcome("verified"),
+            outcome("cached"),
+            outcome("denied"),
+            outcome("throttled"),
+            outcome("busy")
+        );
+        assert!(
+            outcome("verified") == 1.0 && outcome("cached") >= 2.0 && outcome("throttled") > 0.0,
+            "{metrics}"
+        );
+        thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+        let cpu = (cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
+        // SIGTERM while the flood goes on: the daemon does not wait for bcrypt.
+        let signalled = Instant::now();
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+        let exited = wait_for(Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{pid}/stat")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                    stat.rsplit_once(')')
+                        .unwrap()
+                        .1
+                        .trim_start()
+                        .starts_with('Z')
+                })
+        });
+        let exit_time = signalled.elapsed();
+        drop(stopping);
+        assert!(
+            exited && exit_time < Duration::from_secs(2),
+            "exit after SIGTERM took {exit_time:?}"
+        );
+        eprintln!("exit after SIGTERM under the flood: {exit_time:?}");
+        let (threads, rss) = sampler.join().unwrap();
+        (attack.join().unwrap(), threads, rss, cpu)
+    });
+    eprintln!(
+        "flood: statuses {statuses:?}, daemon CPU {cpu:.2} cores, peak threads {peak_threads}, \
+         peak RSS {peak_rss} KiB"
+    );
+    assert!(statuses.get(&401).is_some_and(|&n| n > 0), "{statuses:?}");
+    assert!(cpu <= CPU_LIMIT, "the daemon used {cpu:.2} cores");
+    assert!(peak_threads <= THREAD_LIMIT, "{peak_threads} threads");
+    assert!(peak_rss < RSS_LIMIT_KIB, "RSS {peak_rss} KiB");
+    drop(daemon);
 }

@@ -57,6 +57,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// bytes of headers.
 const BUFFER_MAX: usize = 8 * 1024;
 
+/// The client's address, added to every request for the basic-auth check.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ClientAddr(pub SocketAddr);
+
 /// The connection cap of this process: [`MAX_CONNECTIONS`], or what the open-files limit leaves
 /// after the descriptors open now and [`RESERVED_DESCRIPTORS`]. The soft limit is raised to the
 /// hard one first. The choice is logged.
@@ -311,7 +315,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (connection, connections) = (slot.connection.clone(), slot.connections.clone());
-    let service = service_fn(move |request: Request<Incoming>| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ClientAddr(client));
         let busy = Busy::start(&connection, &connections);
         let app = app.clone();
         async move {
