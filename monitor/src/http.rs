@@ -16,7 +16,7 @@ use axum::{
 use crate::{
     daemon::{Shared, lock},
     lab::monotonic_ns,
-    web::WebSecurity,
+    web::{self, WebSecurity},
 };
 
 pub struct Server {
@@ -24,7 +24,8 @@ pub struct Server {
 }
 
 /// Binds at once (so a busy port is an error at start-up) and serves in the background,
-/// behind the TLS and basic auth of the web config, if any.
+/// behind the TLS and basic auth of the web config, if any, with as many connections at once
+/// as the open-files limit leaves room for.
 pub async fn serve(
     listen: SocketAddr,
     shared: Arc<Shared>,
@@ -34,6 +35,7 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on {listen} (use --listen to pick another)"))?;
     let local_addr = listener.local_addr()?;
+    let http_metrics = shared.metrics.http.clone();
     let app = Router::new()
         .route("/", get(landing))
         .route("/metrics", get(metrics))
@@ -41,7 +43,7 @@ pub async fn serve(
         .route("/api/v1/anomalies/top-sources", get(top_sources))
         .route("/api/v1/owners", get(owners))
         .with_state(shared);
-    security.serve(listener, app);
+    security.serve(listener, app, web::connection_cap(), http_metrics);
     Ok(Server { local_addr })
 }
 

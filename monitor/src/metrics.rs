@@ -11,7 +11,7 @@ use seqwatch_common::synack::Counter;
 
 use crate::{
     handshake::HandshakeMetrics, listeners::ListenerMetrics, netstat::TcpExtCollector,
-    probes::KernelCounters, tcp_events::TcpEventMetrics, tls::TlsMetrics,
+    probes::KernelCounters, tcp_events::TcpEventMetrics, tls::TlsMetrics, web::HttpMetrics,
 };
 
 pub struct Metrics {
@@ -32,6 +32,7 @@ pub struct Metrics {
     pub tcp: TcpEventMetrics,
     pub listeners: ListenerMetrics,
     pub tls: TlsMetrics,
+    pub http: HttpMetrics,
     /// 1 if a hardening check is as recommended, 0 if not; absent when unreadable.
     pub posture: IntGaugeVec,
     kernel: KernelMetrics,
@@ -134,6 +135,7 @@ impl Metrics {
             tcp: TcpEventMetrics::new(&registry)?,
             listeners: ListenerMetrics::new(&registry)?,
             tls: TlsMetrics::new(&registry)?,
+            http: HttpMetrics::new(&registry)?,
             posture: register(
                 &registry,
                 IntGaugeVec::new(

@@ -15,7 +15,7 @@ use seqwatch::{
     config,
     daemon::{Directions, RunArgs},
     probes::AttachMode,
-    web::{WebConfig, WebSecurity},
+    web::{HttpMetrics, WebConfig, WebSecurity},
 };
 
 const SEQWATCH: &str = env!("CARGO_BIN_EXE_seqwatch");
@@ -357,9 +357,12 @@ fn serve(web_config: &Path) -> (tokio::runtime::Runtime, SocketAddr) {
     let addr = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = HttpMetrics::new(&prometheus::Registry::new()).unwrap();
         security.serve(
             listener,
             Router::new().route("/metrics", get(|| async { "up 1\n" })),
+            seqwatch::web::MAX_CONNECTIONS,
+            metrics,
         );
         addr
     });
@@ -404,7 +407,7 @@ fn get_status(agent: &ureq::Agent, url: &str, auth: Option<&str>) -> Result<u16,
 fn tls_and_basic_auth_protect_the_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     let cert = test_cert(dir.path(), "server");
-    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let hash = bcrypt::hash("s3cret", 10).unwrap();
     let web_config = write(
         dir.path(),
         "web.yml",
@@ -463,7 +466,7 @@ fn web_config_changes_apply_without_a_restart() {
     let first = test_cert(dir.path(), "server");
     let next = test_cert(dir.path(), "next");
     let users = |password: &str| {
-        let hash = bcrypt::hash(password, 4).unwrap();
+        let hash = bcrypt::hash(password, 10).unwrap();
         format!("basic_auth_users:\n  prometheus: '{hash}'\n")
     };
     let tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
@@ -530,7 +533,35 @@ fn client_certificates_are_required_when_configured() {
 fn bad_web_configs_are_rejected_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     test_cert(dir.path(), "server");
-    let cases = [
+    // Costs are only read from the hash: a cost-10 hash relabelled stands for any cost.
+    let hash = bcrypt::hash("s3cret", 10).unwrap();
+    let with_cost = |cost: &str| hash.replacen("$10$", &format!("${cost}$"), 1);
+    let user = |name: &str, hash: &str| format!("basic_auth_users:\n  {name}: '{hash}'\n");
+    let out_of_range = |cost: u32| {
+        format!("basic_auth_users.admin: bcrypt cost {cost} is out of range: expected 10 to 14")
+    };
+    let bcrypt_cases = [
+        (user("admin", &with_cost("09")), out_of_range(9)),
+        (user("admin", &with_cost("15")), out_of_range(15)),
+        (user("admin", &with_cost("31")), out_of_range(31)),
+        (user("admin", &with_cost("99")), out_of_range(99)),
+        (
+            user("''", &hash),
+            "basic_auth_users: a user name is empty".to_owned(),
+        ),
+        (
+            user("'a:b'", &hash),
+            "basic_auth_users: user name \"a:b\" contains ':'".to_owned(),
+        ),
+        (
+            user("\"a\\tb\"", &hash),
+            "basic_auth_users: user name \"a\\tb\" contains a control character".to_owned(),
+        ),
+    ];
+    let cases = bcrypt_cases
+        .iter()
+        .map(|(text, expected)| (text.as_str(), expected.as_str()));
+    let cases = cases.chain([
         (
             "basic_auth_users:\n  admin: plaintext\n",
             "basic_auth_users.admin: not a bcrypt hash",
@@ -555,7 +586,7 @@ fn bad_web_configs_are_rejected_with_the_reason() {
             "tls_server_config:\n  cert_file: server.key\n  key_file: server.key\n",
             "cert_file",
         ),
-    ];
+    ]);
     for (text, expected) in cases {
         let web_config = write(dir.path(), "web.yml", text);
         let error = WebConfig::load(&web_config).expect_err(text).to_string();
@@ -616,6 +647,7 @@ fn the_systemd_unit_runs_unprivileged_with_only_the_needed_capabilities() {
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
         ("StateDirectory", "seqwatch"),
+        ("LimitNOFILE", "16384"),
         (
             "RestrictAddressFamilies",
             "AF_UNIX AF_INET AF_INET6 AF_NETLINK",

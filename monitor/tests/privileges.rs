@@ -248,7 +248,7 @@ fn the_daemon_serves_tls_with_basic_auth() {
         "server.key",
         &certified.signing_key.serialize_pem(),
     );
-    let hash = bcrypt::hash("scrape-me", 4).unwrap();
+    let hash = bcrypt::hash("scrape-me", 10).unwrap();
     write(
         dir.path(),
         "web.yml",
