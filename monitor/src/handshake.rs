@@ -333,7 +333,10 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 pub struct ServiceLabels {
     cap: usize,
     policy: SharedPolicy,
+    /// The decisions new services are admitted by.
     admitted: Arc<Admitted>,
+    /// The decisions the known services were last checked against.
+    checked: Arc<Admitted>,
     known: HashSet<SocketAddr>,
 }
 
@@ -343,6 +346,7 @@ impl ServiceLabels {
         ServiceLabels {
             cap: cap.get(),
             policy,
+            checked: admitted.clone(),
             admitted,
             known: HashSet::new(),
         }
@@ -399,10 +403,11 @@ impl ServiceLabels {
     /// series the caller removes.
     pub fn update(&mut self) -> Vec<SocketAddr> {
         let latest = lock(&self.policy).admitted();
-        if Arc::ptr_eq(&latest, &self.admitted) {
+        if Arc::ptr_eq(&latest, &self.checked) {
             return Vec::new();
         }
-        self.admitted = latest;
+        self.admitted = latest.clone();
+        self.checked = latest;
         let withdrawn: Vec<SocketAddr> = self
             .known
             .iter()
@@ -1022,6 +1027,9 @@ mod tests {
         assert_eq!(labels.update(), [], "nothing changed");
         let later = Instant::now() + crate::admission::LISTENER_GRACE + Duration::from_secs(1);
         lock(&policy).set_listening([service(2)], later);
+        // Asking about a new service on a local address takes the latest decisions too; the
+        // known ones are still checked against them.
+        assert_eq!(labels.admit(service(5)), None);
         let withdrawn = labels.update();
         assert_eq!(withdrawn, [service(1)]);
         for service in withdrawn {
