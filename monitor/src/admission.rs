@@ -148,6 +148,8 @@ pub struct LabelPolicy {
     changes: TokenBucket,
     admitted: Arc<Admitted>,
     metrics: Option<LabelMetrics>,
+    /// A failing read is logged once, until one succeeds again.
+    read_failing: bool,
 }
 
 impl LabelPolicy {
@@ -175,6 +177,7 @@ impl LabelPolicy {
             ),
             admitted: Arc::default(),
             metrics: None,
+            read_failing: false,
         }
     }
 
@@ -203,7 +206,7 @@ impl LabelPolicy {
             self.addresses_read_at = Some(now);
             match local_addresses() {
                 Ok(addresses) => self.local_addresses = addresses,
-                Err(err) => log::warn!("reading this namespace's addresses: {err:#}"),
+                Err(err) => self.read_failed("this namespace's addresses", &err),
             }
             self.read_listeners(now);
         }
@@ -232,8 +235,18 @@ impl LabelPolicy {
     fn read_listeners(&mut self, now: Instant) {
         self.listeners_read_at = Some(now);
         match sock_diag::dump_listeners() {
-            Ok(listening) => self.set_listening(listening, now),
-            Err(err) => log::warn!("reading the listeners: {err:#}"),
+            Ok(listening) => {
+                self.read_failing = false;
+                self.set_listening(listening, now);
+            }
+            Err(err) => self.read_failed("the listeners", &err),
+        }
+    }
+
+    fn read_failed(&mut self, what: &str, err: &anyhow::Error) {
+        if !self.read_failing {
+            log::warn!("reading {what} (services keep the labels they have): {err:#}");
+            self.read_failing = true;
         }
     }
 
