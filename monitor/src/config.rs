@@ -31,6 +31,8 @@ pub const TOP_SOURCES: RangeInclusive<usize> = 1..=50;
 /// Seconds of the sliding window of the top sources and spoofing scores (10 buckets).
 pub const ANOMALY_WINDOW: RangeInclusive<u64> = 10..=86_400;
 pub const UNRESPONSIVE_AFTER: RangeInclusive<u64> = 1..=3600;
+/// Bytes of the event log file before it is rotated: 1 MiB (longer than any line) to 1 TiB.
+pub const EVENT_LOG_MAX_BYTES: RangeInclusive<u64> = 1 << 20..=1 << 40;
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const IFNAME_MAX: usize = 15;
 
@@ -63,6 +65,8 @@ pub struct FileConfig {
     pub sample_log: Option<PathBuf>,
     /// The handshake anomaly engine's event log (`-`: stdout).
     pub event_log: Option<PathBuf>,
+    /// Bytes of the event log file before it is renamed to FILE.1.
+    pub event_log_max_bytes: Option<u64>,
     /// Seconds after an anomaly within which a listener's loss is reported.
     pub listener_loss_window: Option<u64>,
     /// Sources ranked per anomaly kind.
@@ -181,6 +185,11 @@ impl LoadedConfig {
             &["unresponsive_after"],
             file.unresponsive_after,
             UNRESPONSIVE_AFTER,
+        )?;
+        self.check_range(
+            &["event_log_max_bytes"],
+            file.event_log_max_bytes,
+            EVENT_LOG_MAX_BYTES,
         )?;
         if file.tls.ports.iter().flatten().any(|port| *port == 0) {
             return Err(self.key_error(
@@ -328,6 +337,11 @@ pub fn merge(mut args: RunArgs, matches: &ArgMatches) -> Result<RunArgs, ConfigE
         &mut args.unresponsive_after,
         file.unresponsive_after,
         from_file("unresponsive_after"),
+    );
+    set(
+        &mut args.event_log_max_bytes,
+        file.event_log_max_bytes,
+        from_file("event_log_max_bytes"),
     );
     set(
         &mut args.tls_ports,

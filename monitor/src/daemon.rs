@@ -21,10 +21,11 @@ use tokio::{
 };
 
 use crate::{
+    admission::{LabelPolicy, SharedPolicy},
     caps::{self, KernelFeatures},
     config::{self, ConfigError},
     crash::{self, AnomalyHistory},
-    handshake::{self, EventLog},
+    handshake::{self, EventLog, ServiceLabels},
     http,
     interfaces::{self, LinkEvents, Selection},
     listener_counts::{self, PortCounters},
@@ -78,7 +79,8 @@ pub struct RunArgs {
     /// How to attach the classifiers.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
-    /// Services tracked at once; the least recently seen is evicted (and counted) beyond it.
+    /// Services scored at once (beyond it the least recently seen without a label is evicted,
+    /// and counted), and `service` labels per metric (docs/limits.md).
     #[arg(long, default_value_t = NonZeroUsize::new(4096).expect("non-zero"))]
     pub max_services: NonZeroUsize,
     /// Guesses a blind attacker is allowed when estimating attack feasibility.
@@ -96,6 +98,11 @@ pub struct RunArgs {
     /// burst of 10 then 1/s per source and kind. Stateful checks need `--direction both`.
     #[arg(long, value_name = "FILE|-")]
     pub event_log: Option<PathBuf>,
+    /// Rename the event log file to FILE.1 (replacing it) before it passes this size
+    /// (1048576 to 1099511627776); all writers together get 100 lines/s (a burst of 1000).
+    #[arg(long, value_name = "BYTES", default_value_t = handshake::DEFAULT_EVENT_LOG_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(config::EVENT_LOG_MAX_BYTES))]
+    pub event_log_max_bytes: u64,
     /// Report a listener that closes (or whose process exits) within this many seconds
     /// after a handshake anomaly to its port (1 to 3600).
     #[arg(long, value_name = "SECONDS", default_value_t = crash::DEFAULT_WINDOW.as_secs(),
@@ -197,14 +204,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         window: args.window,
         ..ScorerConfig::default()
     };
+    let metrics = Metrics::new()?;
+    let policy = LabelPolicy::shared(args.max_services.get(), metrics.labels.clone());
+    // The listeners of now, before the first event is counted.
+    lock(&policy).tick(Instant::now());
+    let scored_labels = ServiceLabels::new(args.max_services, policy.clone());
     let shared = Arc::new(Shared {
-        metrics: Metrics::new()?,
+        metrics,
         counters: probes.take_synack_counters()?,
-        services: Mutex::new(ServiceTable::new(args.max_services, scorer)),
+        services: Mutex::new(ServiceTable::new(args.max_services, scorer, scored_labels)),
         top_sources: TopSources::shared(args.top_sources, Duration::from_secs(args.anomaly_window)),
         owners: SharedReport::default(),
     });
-    start_engines(&mut probes, &shared, &args, kernel_layout)?;
+    start_engines(&mut probes, &shared, &args, &policy, kernel_layout)?;
     let selection = if args.interfaces.is_empty() {
         Selection::AllUp
     } else {
@@ -264,7 +276,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = publish.tick() => {
                 attacher.reattach_lost(&mut probes, &shared.metrics).await?;
                 syncookies.poll();
-                let services = lock(&shared.services);
+                let now = Instant::now();
+                lock(&policy).tick(now);
+                let mut services = lock(&shared.services);
+                services.rank(&shared.metrics, now);
                 shared.metrics.services.set(services.tracked() as i64);
                 shared.metrics.scoring_backlog.set(services.backlog() as i64);
                 drop(services);
@@ -307,18 +322,28 @@ fn start_engines(
     probes: &mut Probes,
     shared: &Shared,
     args: &RunArgs,
+    policy: &SharedPolicy,
     kernel_layout: anyhow::Result<tcp_events::KernelLayout>,
 ) -> anyhow::Result<()> {
     let metrics = &shared.metrics;
     if args.direction == Directions::Both {
         probes.enable_handshake_tracking()?;
     }
-    let event_log = args.event_log.as_deref().map(EventLog::open).transpose()?;
+    let event_log = args
+        .event_log
+        .as_deref()
+        .map(|path| {
+            let log_metrics = metrics.handshake.event_log.clone();
+            EventLog::open(path, args.event_log_max_bytes, log_metrics)
+        })
+        .transpose()?;
+    let labels = || ServiceLabels::new(args.max_services, policy.clone());
     let window = Duration::from_secs(args.listener_loss_window);
     let history = AnomalyHistory::shared(window);
     let options = handshake::EngineOptions {
         event_log: event_log.clone(),
         max_services: args.max_services,
+        policy: policy.clone(),
         history: history.clone(),
         top_sources: shared.top_sources.clone(),
         anomaly_window: Duration::from_secs(args.anomaly_window),
@@ -344,11 +369,11 @@ fn start_engines(
         probes,
         metrics.tls.clone(),
         &tls_options,
-        args.max_services,
+        labels(),
         event_log.clone(),
     )?;
     let options = tcp_events::TcpEventOptions {
-        max_services: args.max_services,
+        services: labels(),
         event_log,
         history,
         listener_opened,
@@ -598,8 +623,6 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroUsize;
-
     use seqwatch_common::synack::FAMILY_IPV4;
 
     use super::*;
@@ -618,8 +641,7 @@ mod tests {
     #[test]
     fn an_overdrawn_budget_leaves_services_waiting() {
         let metrics = Metrics::new().unwrap();
-        let mut services =
-            ServiceTable::new(NonZeroUsize::new(4).unwrap(), ScorerConfig::default());
+        let mut services = crate::synack::tests::table(4, &[]);
         let record = crate::synack::tests::record(FAMILY_IPV4, 443, &[]);
         services.ingest(&Sample::from_record(&record), false);
         let mut budget = ScoringBudget::new(Instant::now());

@@ -1,15 +1,18 @@
-//! The handshake anomaly engine's userspace half: reads the kernel tracker's anomaly events,
-//! counts them per kind and service (services capped, overflow labelled `other`), ranks their
-//! sources per kind (`top_sources`), scores blind spoofing guesses per service (`spoofing`), and
-//! writes each as one JSON line for a SIEM, rate-limited per (source address, kind).
+//! The handshake anomaly engine's userspace half: reads the kernel tracker's anomaly events (at
+//! most [`MAX_EVENTS_PER_SECOND`]), counts them per kind and service (services labelled by
+//! evidence, [`crate::admission`]; the rest `other`), ranks their sources per kind
+//! (`top_sources`), scores blind spoofing guesses per service (`spoofing`), and writes each as
+//! one JSON line for a SIEM, rate-limited per (source address, kind) and by the event log's
+//! budget ([`EventLog`]).
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt,
     fs::File,
-    io::{BufWriter, Write},
+    io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     num::NonZeroUsize,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
@@ -23,9 +26,10 @@ use seqwatch_common::{
     handshake::{AnomalyEvent, AnomalyKind, Expects, HandshakeCounter},
     synack::FAMILY_IPV4,
 };
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::{
+    admission::{Admitted, Candidate, SharedPolicy},
     crash::SharedHistory,
     daemon::lock,
     event_reader::{self, EventReader},
@@ -44,11 +48,26 @@ const LOG_BURST: f64 = 10.0;
 const LOG_REFILL_PER_SECOND: f64 = 1.0;
 /// (source, kind) buckets remembered; the least recently used is forgotten.
 const LOG_BUCKETS: usize = 4096;
+/// Lines per second the event log takes from all its writers together, and the burst: random
+/// sources each get a fresh per-source burst, so this is what bounds a flood's lines.
+const LOG_LINES_PER_SECOND: f64 = 100.0;
+const LOG_LINES_BURST: f64 = 1000.0;
+/// The default size at which the event log file is rotated (`--event-log-max-bytes`).
+pub const DEFAULT_EVENT_LOG_MAX_BYTES: u64 = 64 << 20;
+/// Why a line was left out of the event log: the `reason` label's values.
+const SUPPRESSED_REASONS: [&str; 4] = ["per_source", "global_rate", "too_long", "write_error"];
+/// Anomaly events read per second at most, and the burst. Beyond it they wait in the ring
+/// buffer, and what overflows it the kernel counts (`seqwatch_anomaly_events_dropped_total`):
+/// a flood's cost to the daemon is bounded, whatever its rate.
+pub const MAX_EVENTS_PER_SECOND: f64 = 100_000.0;
+const MAX_EVENTS_BURST: f64 = 10_000.0;
 
 /// Options of the engine, from `seqwatch run`.
 pub struct EngineOptions {
     pub event_log: Option<EventLog>,
     pub max_services: NonZeroUsize,
+    /// Which services earn a label.
+    pub policy: SharedPolicy,
     /// Where every anomaly is remembered for crash correlation.
     pub history: SharedHistory,
     /// The per-kind source ranking, shared with the HTTP API.
@@ -62,7 +81,7 @@ pub struct EngineOptions {
 pub struct HandshakeMetrics {
     pub anomalies: IntCounterVec,
     pub events_dropped: IntCounter,
-    pub events_rate_limited: IntCounter,
+    pub event_log: EventLogMetrics,
     pub tfo_syns: IntCounter,
     pub state_lookups: IntCounter,
     pub top_sources: TopSourceMetrics,
@@ -79,7 +98,8 @@ impl HandshakeMetrics {
                     Opts::new(
                         "seqwatch_handshake_anomalies_total",
                         "TCP handshake and flag anomalies, by kind and local service \
-                         (services beyond the cap are \"other\").",
+                         (services without a listener or handshakes of their own, or beyond \
+                         the cap, are \"other\").",
                     ),
                     &["kind", "service"],
                 )?,
@@ -88,10 +108,7 @@ impl HandshakeMetrics {
                 "seqwatch_anomaly_events_dropped_total",
                 "Anomaly events lost in the kernel because their ring buffer was full.",
             )?,
-            events_rate_limited: counter(
-                "seqwatch_anomaly_events_rate_limited_total",
-                "Anomaly events counted but left out of the event log by the per-source limit.",
-            )?,
+            event_log: EventLogMetrics::new(registry)?,
             tfo_syns: counter(
                 "seqwatch_tfo_syns_total",
                 "SYNs carrying data with a TCP Fast Open option (legitimate, not anomalies).",
@@ -137,11 +154,12 @@ impl HandshakeCounters {
     }
 }
 
-/// One anomaly, decoded. Also the line format of `--event-log`.
+/// One anomaly, decoded. Also the line format of `--event-log`. Nothing is formatted until a
+/// line is written: most events of a flood are only counted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Anomaly {
     /// RFC 3339, UTC, from the kernel's monotonic timestamp.
-    pub time: String,
+    pub time: WallTime,
     pub kind: &'static str,
     /// The local side: the listener on ingress, the sender on egress.
     pub service: SocketAddr,
@@ -150,7 +168,7 @@ pub struct Anomaly {
     pub direction: &'static str,
     pub ifindex: u32,
     /// TCP flags as letters: F S R P A U E C.
-    pub flags: String,
+    pub flags: FlagLetters,
     pub seq: u32,
     pub ack: u32,
     pub payload_len: u16,
@@ -189,14 +207,14 @@ impl Anomaly {
             Expects::SeqAndAck => (Some(event.expected_seq), Some(event.expected_ack)),
         };
         Some(Anomaly {
-            time: clock.rfc3339(event.ts_ns),
+            time: clock.wall_time(event.ts_ns),
             kind: kind.as_str(),
             service,
             source,
             destination,
             direction: direction.as_str(),
             ifindex: event.ifindex,
-            flags: flag_letters(event.flags),
+            flags: FlagLetters(event.flags),
             seq: event.seq,
             ack: event.ack,
             payload_len: event.payload_len,
@@ -212,13 +230,25 @@ fn ipv4(bytes: &[u8; 16]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
 }
 
-fn flag_letters(flags: u8) -> String {
-    b"FSRPAUEC"
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| flags & (1 << bit) != 0)
-        .map(|(_, letter)| char::from(*letter))
-        .collect()
+/// TCP flags, written as letters: F S R P A U E C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlagLetters(pub u8);
+
+impl fmt::Display for FlagLetters {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (bit, letter) in b"FSRPAUEC".iter().enumerate() {
+            if self.0 & (1 << bit) != 0 {
+                write!(formatter, "{}", char::from(*letter))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for FlagLetters {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Turns `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) into wall-clock time.
@@ -239,19 +269,44 @@ impl Clock {
     }
 
     pub(crate) fn rfc3339(&self, monotonic_ns: u64) -> String {
-        let unix_ns = (monotonic_ns as i128 + self.wall_minus_monotonic_ns).max(0);
+        self.wall_time(monotonic_ns).to_string()
+    }
+
+    /// The wall-clock time of a monotonic timestamp, formatted only when written.
+    pub fn wall_time(&self, monotonic_ns: u64) -> WallTime {
+        WallTime {
+            unix_ns: (monotonic_ns as i128 + self.wall_minus_monotonic_ns).max(0),
+        }
+    }
+}
+
+/// A wall-clock time, written as RFC 3339 in UTC with milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallTime {
+    unix_ns: i128,
+}
+
+impl fmt::Display for WallTime {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (secs, millis) = (
-            (unix_ns / 1_000_000_000) as i64,
-            (unix_ns / 1_000_000) % 1000,
+            (self.unix_ns / 1_000_000_000) as i64,
+            (self.unix_ns / 1_000_000) % 1000,
         );
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (year, month, day) = civil_from_days(days);
-        format!(
+        write!(
+            formatter,
             "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
             rem / 3600,
             rem / 60 % 60,
             rem % 60
         )
+    }
+}
+
+impl Serialize for WallTime {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -269,17 +324,30 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// Service labels under a cap: the first `cap` services keep their own label, later ones are
-/// counted as `other`, so that a port scan cannot grow the series without bound.
+/// The service labels of one detector's metrics: a service keeps its own label while the
+/// label policy admits it ([`crate::admission`]: a local listener, or its handshakes), at
+/// most `cap` at once; every other service is counted as `other`. The policy's decisions are
+/// taken from a snapshot, so asking about a service locks nothing, except once per
+/// [`crate::admission::LISTENERS_READ_GAP`] for a service on a local address whose port is
+/// not known to listen.
 pub struct ServiceLabels {
     cap: usize,
+    policy: SharedPolicy,
+    /// The decisions new services are admitted by.
+    admitted: Arc<Admitted>,
+    /// The decisions the known services were last checked against.
+    checked: Arc<Admitted>,
     known: HashSet<SocketAddr>,
 }
 
 impl ServiceLabels {
-    pub fn new(cap: NonZeroUsize) -> Self {
+    pub fn new(cap: NonZeroUsize, policy: SharedPolicy) -> Self {
+        let admitted = lock(&policy).admitted();
         ServiceLabels {
             cap: cap.get(),
+            policy,
+            checked: admitted.clone(),
+            admitted,
             known: HashSet::new(),
         }
     }
@@ -293,10 +361,74 @@ impl ServiceLabels {
         if self.known.contains(&service) {
             return Some(service);
         }
-        (self.known.len() < self.cap).then(|| {
-            self.known.insert(service);
-            service
-        })
+        if self.known.len() >= self.cap || !self.admissible(service) {
+            return None;
+        }
+        self.known.insert(service);
+        Some(service)
+    }
+
+    /// [`ServiceLabels::admit`] for a service whose server this host is (its own stack sent
+    /// the SYN-ACK): on a local address, that shows its listener.
+    pub fn admit_server(&mut self, service: SocketAddr) -> Option<SocketAddr> {
+        let unknown = !self.known.contains(&service) && !self.admitted.admits(service);
+        if unknown && self.admitted.is_local(service) {
+            let mut policy = lock(&self.policy);
+            policy.note_listener(service, Instant::now());
+            self.admitted = policy.admitted();
+        }
+        self.admit(service)
+    }
+
+    /// A listener the kernel reported opening: its services need not wait for the next read.
+    pub fn note_listener(&mut self, listener: SocketAddr) {
+        let mut policy = lock(&self.policy);
+        policy.note_listener(listener, Instant::now());
+        self.admitted = policy.admitted();
+    }
+
+    fn admissible(&mut self, service: SocketAddr) -> bool {
+        if self.admitted.admits(service) {
+            return true;
+        }
+        if !self.admitted.is_local(service) {
+            return false;
+        }
+        // Perhaps a listener opened since the snapshot.
+        self.admitted = lock(&self.policy).fresh_listeners(Instant::now());
+        self.admitted.admits(service)
+    }
+
+    /// Takes the policy's latest decisions; returns the services that lost their label, whose
+    /// series the caller removes.
+    pub fn update(&mut self) -> Vec<SocketAddr> {
+        let latest = lock(&self.policy).admitted();
+        if Arc::ptr_eq(&latest, &self.checked) {
+            return Vec::new();
+        }
+        self.admitted = latest.clone();
+        self.checked = latest;
+        let withdrawn: Vec<SocketAddr> = self
+            .known
+            .iter()
+            .filter(|service| !self.admitted.admits(**service))
+            .copied()
+            .collect();
+        for service in &withdrawn {
+            self.known.remove(service);
+        }
+        withdrawn
+    }
+
+    /// Gives up a service's label (its state is gone), making room for another.
+    pub fn forget(&mut self, service: SocketAddr) {
+        self.known.remove(&service);
+    }
+
+    /// Offers the scored services to the policy's ranking
+    /// ([`crate::admission::LabelPolicy::rerank`]).
+    pub fn rerank(&self, candidates: &[Candidate], now: Instant) {
+        lock(&self.policy).rerank(candidates, now);
     }
 }
 
@@ -338,6 +470,13 @@ impl ServiceCounters {
         self.counter(admitted).inc_by(events);
     }
 
+    /// Removes the series of a service that lost its label.
+    pub fn forget(&mut self, service: SocketAddr) {
+        if self.own.remove(&service).is_some() {
+            let _ = self.family.remove_label_values(&[&service.to_string()]);
+        }
+    }
+
     fn counter(&mut self, admitted: Option<SocketAddr>) -> &IntCounter {
         let family = &self.family;
         match admitted {
@@ -352,9 +491,54 @@ impl ServiceCounters {
     }
 }
 
+/// A token bucket: `capacity` at once, refilled at `per_second`.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    per_second: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub fn full(capacity: f64, per_second: f64, now: Instant) -> Self {
+        TokenBucket {
+            tokens: capacity,
+            capacity,
+            per_second,
+            at: now,
+        }
+    }
+
+    /// Whole tokens available at `now`.
+    pub fn available(&mut self, now: Instant) -> f64 {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.capacity);
+        self.at = self.at.max(now);
+        self.tokens.floor()
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.take_up_to(1.0, now) == 1.0
+    }
+
+    /// Takes as many tokens as there are, up to `wanted`; returns how many.
+    pub fn take_up_to(&mut self, wanted: f64, now: Instant) -> f64 {
+        let taken = self.available(now).min(wanted);
+        self.tokens -= taken;
+        taken
+    }
+
+    /// Returns tokens taken but not used.
+    pub fn give_back(&mut self, tokens: f64) {
+        self.tokens = (self.tokens + tokens).min(self.capacity);
+    }
+}
+
 /// A token bucket per (source address, kind), in a bounded LRU.
 pub struct RateLimiter {
-    buckets: LruCache<(IpAddr, AnomalyKind), (f64, Instant)>,
+    buckets: LruCache<(IpAddr, AnomalyKind), TokenBucket>,
 }
 
 impl Default for RateLimiter {
@@ -367,18 +551,73 @@ impl Default for RateLimiter {
 
 impl RateLimiter {
     pub fn allow(&mut self, source: IpAddr, kind: AnomalyKind, now: Instant) -> bool {
-        let (tokens, last) = self
-            .buckets
-            .get_or_insert_mut((source, kind), || (LOG_BURST, now));
-        let refill = now.saturating_duration_since(*last).as_secs_f64() * LOG_REFILL_PER_SECOND;
-        *tokens = (*tokens + refill).min(LOG_BURST);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        self.buckets
+            .get_or_insert_mut((source, kind), || {
+                TokenBucket::full(LOG_BURST, LOG_REFILL_PER_SECOND, now)
+            })
+            .take(now)
+    }
+}
+
+/// `seqwatch_handshake_anomalies_total` handles per kind and labelled service, and per kind
+/// for `other`, each with its service label (for the spoofing score): counting an event
+/// formats nothing and looks up one map entry.
+struct AnomalyCounters {
+    family: IntCounterVec,
+    own: HashMap<(AnomalyKind, SocketAddr), Counted>,
+    other: HashMap<AnomalyKind, Counted>,
+}
+
+struct Counted {
+    counter: IntCounter,
+    service: Arc<str>,
+}
+
+impl AnomalyCounters {
+    fn new(family: IntCounterVec) -> Self {
+        AnomalyCounters {
+            family,
+            own: HashMap::new(),
+            other: HashMap::new(),
         }
+    }
+
+    fn get(
+        &mut self,
+        labels: &mut ServiceLabels,
+        kind: AnomalyKind,
+        service: SocketAddr,
+    ) -> &Counted {
+        if self.own.contains_key(&(kind, service)) {
+            return &self.own[&(kind, service)];
+        }
+        let family = &self.family;
+        let counted = |service: Arc<str>| Counted {
+            counter: family.with_label_values(&[kind.as_str(), &service]),
+            service,
+        };
+        match labels.admit(service) {
+            Some(service) => self
+                .own
+                .entry((kind, service))
+                .or_insert_with(|| counted(service.to_string().into())),
+            None => self
+                .other
+                .entry(kind)
+                .or_insert_with(|| counted(OTHER_SERVICE.into())),
+        }
+    }
+
+    /// Removes every series of a service that lost its label.
+    fn forget(&mut self, service: SocketAddr) {
+        let family = &self.family;
+        self.own.retain(|(kind, own), counted| {
+            let keep = *own != service;
+            if !keep {
+                let _ = family.remove_label_values(&[kind.as_str(), &counted.service]);
+            }
+            keep
+        });
     }
 }
 
@@ -387,6 +626,9 @@ struct Engine {
     metrics: HandshakeMetrics,
     counters: HandshakeCounters,
     services: ServiceLabels,
+    anomalies: AnomalyCounters,
+    /// Events that may still be read this second.
+    reads: TokenBucket,
     limiter: RateLimiter,
     log: Option<EventLog>,
     history: SharedHistory,
@@ -408,64 +650,70 @@ struct LogLine<'a> {
 }
 
 impl Engine {
-    fn handle(
-        &mut self,
-        anomaly: &Anomaly,
-        top: &mut TopSources,
-        now_ns: u64,
-    ) -> anyhow::Result<()> {
-        let service = self.services.label(anomaly.service);
-        self.metrics
-            .anomalies
-            .with_label_values(&[anomaly.kind, service.as_str()])
-            .inc();
+    fn handle(&mut self, anomaly: &Anomaly, top: &mut TopSources, now_ns: u64, now: Instant) {
         let (kind, source) = (anomaly.anomaly_kind, anomaly.source.ip());
+        let counted = self
+            .anomalies
+            .get(&mut self.services, kind, anomaly.service);
+        counted.counter.inc();
+        self.spoofing.observe(&counted.service, kind, now_ns);
         top.record(kind, source, now_ns);
-        self.spoofing.observe(&service, kind, now_ns);
         lock(&self.history).record(anomaly);
         let Some(log) = self.log.as_ref() else {
-            return Ok(());
+            return;
         };
-        if !self.limiter.allow(source, kind, Instant::now()) {
-            self.metrics.events_rate_limited.inc();
-            return Ok(());
-        }
-        let source_rank = self
-            .source_ranks
-            .get(&(kind, SourcePrefix::of(source)))
-            .copied();
-        log.write_line(&LogLine {
-            anomaly,
-            source_rank,
-        })
+        let limiter = &mut self.limiter;
+        let source_ranks = &self.source_ranks;
+        log.write_limited(
+            now,
+            || limiter.allow(source, kind, now),
+            || LogLine {
+                anomaly,
+                source_rank: source_ranks.get(&(kind, SourcePrefix::of(source))).copied(),
+            },
+        );
     }
 }
 
 impl EventReader for Engine {
+    /// Reads what the second's budget allows, so that one drain never holds the (single)
+    /// runtime thread for long, whatever the kernel sends.
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        let now = Instant::now();
         let now_ns = monotonic_ns();
+        let allowed = self.reads.take_up_to(MAX_EVENTS_BURST, now) as u64;
         let top_sources = self.top_sources.clone();
         let mut top = lock(&top_sources);
-        while let Some(item) = events.next() {
+        let mut read = 0;
+        while read < allowed
+            && let Some(item) = events.next()
+        {
+            read += 1;
             let Some(anomaly) =
                 decode_event(&item).and_then(|e| Anomaly::from_event(&e, &self.clock))
             else {
                 log::warn!("undecodable anomaly event of {} bytes ignored", item.len());
                 continue;
             };
-            self.handle(&anomaly, &mut top, now_ns)?;
+            self.handle(&anomaly, &mut top, now_ns, now);
         }
         drop(top);
-        if let Some(log) = self.log.as_ref() {
-            log.flush()?;
-        }
+        // Unused reads go back: the budget is spent on events, not on drains.
+        self.reads.give_back((allowed - read) as f64);
         self.metrics.refresh(&self.counters);
         Ok(())
     }
 
-    /// Once a second: the kernel counters, the top-sources gauge and the spoofing scores.
+    /// Once a second: the labels, the kernel counters, the top-sources gauge and the
+    /// spoofing scores.
     fn refresh(&mut self) {
         let now_ns = monotonic_ns();
+        for service in self.services.update() {
+            self.anomalies.forget(service);
+            let label = service.to_string();
+            self.spoofing.forget(&label);
+            self.metrics.spoofing.forget(&label);
+        }
         self.metrics.refresh(&self.counters);
         self.source_ranks = self
             .metrics
@@ -487,37 +735,199 @@ pub fn decode_event(bytes: &[u8]) -> Option<AnomalyEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<AnomalyEvent>()) })
 }
 
-/// The JSON-lines event log (`--event-log`), shared by the engines that write to it; each
-/// line is written whole under the lock, so lines of different engines never interleave.
+/// `seqwatch_event_log_lines_total`, `seqwatch_event_log_lines_suppressed_total{reason}` and
+/// `seqwatch_event_log_rotations_total`.
 #[derive(Clone)]
-pub struct EventLog(Arc<Mutex<Box<dyn Write + Send>>>);
+pub struct EventLogMetrics {
+    lines: IntCounter,
+    suppressed: HashMap<&'static str, IntCounter>,
+    rotations: IntCounter,
+}
+
+impl EventLogMetrics {
+    fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let counter = |name: &str, help: &str| register(registry, IntCounter::new(name, help)?);
+        let suppressed = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "seqwatch_event_log_lines_suppressed_total",
+                    "Event-log lines left out, by reason: per_source (a source's limit per \
+                     kind), global_rate (the log's lines per second), too_long (longer than \
+                     the file's size limit), write_error.",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        Ok(EventLogMetrics {
+            lines: counter(
+                "seqwatch_event_log_lines_total",
+                "Lines written to the event log.",
+            )?,
+            // Every reason is a series from the start.
+            suppressed: SUPPRESSED_REASONS
+                .into_iter()
+                .map(|reason| (reason, suppressed.with_label_values(&[reason])))
+                .collect(),
+            rotations: counter(
+                "seqwatch_event_log_rotations_total",
+                "Times the event log file reached its size limit and was renamed to FILE.1 \
+                 (replacing the previous one).",
+            )?,
+        })
+    }
+
+    fn suppressed(&self, reason: &'static str) {
+        self.suppressed[reason].inc();
+    }
+}
+
+/// The JSON-lines event log (`--event-log`), shared by the engines that write to it. Bounded
+/// three ways: all writers together get [`LOG_LINES_PER_SECOND`] (a burst of
+/// [`LOG_LINES_BURST`]); a file is renamed to `FILE.1` (replacing the previous one) before it
+/// would pass `max_bytes`, so the two files never hold more than twice that; and a line that
+/// cannot be written is dropped, never retried. Every line left out is counted by reason.
+/// Each line is one write(2) of the whole line, so lines never interleave and nothing waits
+/// in a buffer.
+#[derive(Clone)]
+pub struct EventLog(Arc<Mutex<LogWriter>>);
+
+struct LogWriter {
+    sink: Sink,
+    budget: TokenBucket,
+    metrics: EventLogMetrics,
+    /// A write error is logged once, until a write succeeds again.
+    failing: bool,
+}
+
+enum Sink {
+    Stdout,
+    File(LogFile),
+}
+
+/// The log file, renamed to `FILE.1` when the next line would take it past `max_bytes`.
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    written: u64,
+    max_bytes: u64,
+}
+
+impl LogFile {
+    fn open(path: &Path, max_bytes: u64) -> std::io::Result<LogFile> {
+        let file = File::options().create(true).append(true).open(path)?;
+        let written = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_owned(),
+            file,
+            written,
+            max_bytes,
+        })
+    }
+
+    /// Appends a line; returns whether the file was rotated first.
+    fn append(&mut self, line: &[u8]) -> std::io::Result<bool> {
+        let rotate = self.written + line.len() as u64 > self.max_bytes;
+        if rotate {
+            self.rotate()?;
+        }
+        self.file.write_all(line)?;
+        self.written += line.len() as u64;
+        Ok(rotate)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let mut rotated = self.path.clone().into_os_string();
+        rotated.push(".1");
+        match std::fs::rename(&self.path, &rotated) {
+            // Moved away by someone else: start a new file where it was.
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+        *self = LogFile::open(&self.path, self.max_bytes)?;
+        Ok(())
+    }
+}
 
 impl EventLog {
-    /// Opens a file for appending, or stdout for `-`.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let writer: Box<dyn Write + Send> = if path == Path::new("-") {
-            Box::new(std::io::stdout())
+    /// Opens a file for appending (rotated at `max_bytes`), or stdout for `-`.
+    pub fn open(path: &Path, max_bytes: u64, metrics: EventLogMetrics) -> anyhow::Result<Self> {
+        let sink = if path == Path::new("-") {
+            Sink::Stdout
         } else {
-            let file = File::options()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening the event log {}", path.display()))?;
-            Box::new(BufWriter::new(file))
+            Sink::File(
+                LogFile::open(path, max_bytes)
+                    .with_context(|| format!("opening the event log {}", path.display()))?,
+            )
         };
-        Ok(EventLog(Arc::new(Mutex::new(writer))))
+        Ok(EventLog(Arc::new(Mutex::new(LogWriter {
+            sink,
+            budget: TokenBucket::full(LOG_LINES_BURST, LOG_LINES_PER_SECOND, Instant::now()),
+            metrics,
+            failing: false,
+        }))))
     }
 
-    pub fn write_line(&self, value: &impl Serialize) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(value)?;
-        line.push(b'\n');
-        lock(&self.0).write_all(&line)?;
-        Ok(())
+    /// Writes a line within the log's budget.
+    pub fn write_line(&self, value: &impl Serialize) {
+        self.write_limited(Instant::now(), || true, || value);
     }
 
-    pub fn flush(&self) -> anyhow::Result<()> {
-        lock(&self.0).flush()?;
-        Ok(())
+    /// Writes the line `line` makes, if the log's budget and then `allowed` (a per-source
+    /// limit) let it through; otherwise only counts it, building nothing.
+    pub fn write_limited<T: Serialize>(
+        &self,
+        now: Instant,
+        allowed: impl FnOnce() -> bool,
+        line: impl FnOnce() -> T,
+    ) {
+        let mut writer = lock(&self.0);
+        if writer.budget.available(now) < 1.0 {
+            writer.metrics.suppressed("global_rate");
+            return;
+        }
+        if !allowed() {
+            writer.metrics.suppressed("per_source");
+            return;
+        }
+        writer.budget.take(now);
+        let mut bytes = match serde_json::to_vec(&line()) {
+            Ok(bytes) => bytes,
+            Err(err) => return writer.failed(&err.into()),
+        };
+        bytes.push(b'\n');
+        writer.write(&bytes);
+    }
+}
+
+impl LogWriter {
+    fn write(&mut self, line: &[u8]) {
+        let written = match &mut self.sink {
+            Sink::Stdout => std::io::stdout().lock().write_all(line).map(|()| false),
+            Sink::File(file) if line.len() as u64 > file.max_bytes => {
+                self.metrics.suppressed("too_long");
+                return;
+            }
+            Sink::File(file) => file.append(line),
+        };
+        match written {
+            Ok(rotated) => {
+                self.failing = false;
+                self.metrics.lines.inc();
+                if rotated {
+                    self.metrics.rotations.inc();
+                }
+            }
+            Err(err) => self.failed(&err.into()),
+        }
+    }
+
+    fn failed(&mut self, err: &anyhow::Error) {
+        self.metrics.suppressed("write_error");
+        if !self.failing {
+            log::error!("writing the event log: {err:#}");
+            self.failing = true;
+        }
     }
 }
 
@@ -530,9 +940,11 @@ pub fn start(
     options: &EngineOptions,
 ) -> anyhow::Result<()> {
     let engine = Engine {
+        anomalies: AnomalyCounters::new(metrics.anomalies.clone()),
         metrics,
         counters,
-        services: ServiceLabels::new(options.max_services),
+        services: ServiceLabels::new(options.max_services, options.policy.clone()),
+        reads: TokenBucket::full(MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND, Instant::now()),
         limiter: RateLimiter::default(),
         log: options.event_log.clone(),
         history: options.history.clone(),
@@ -564,6 +976,7 @@ pub fn markdown_table() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::LabelPolicy;
 
     /// `docs/anomalies.md` carries the table generated from the code: it cannot drift.
     #[test]
@@ -576,13 +989,23 @@ mod tests {
         );
     }
 
+    /// Listeners on 10.0.0.1, ports 1 to 3, and nothing on port 4.
+    fn listening_policy() -> SharedPolicy {
+        let listening: Vec<SocketAddr> = (1..=3).map(service).collect();
+        LabelPolicy::fixed(4096, &listening, &[IpAddr::from([10, 0, 0, 1])])
+    }
+
+    fn service(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
     #[test]
-    fn services_beyond_the_cap_are_other() {
-        let mut labels = ServiceLabels::new(NonZeroUsize::new(2).unwrap());
-        let service = |port| SocketAddr::from(([10, 0, 0, 1], port));
+    fn services_without_evidence_or_beyond_the_cap_are_other() {
+        let mut labels = ServiceLabels::new(NonZeroUsize::new(2).unwrap(), listening_policy());
+        assert_eq!(labels.label(service(4)), OTHER_SERVICE, "nothing listens");
         assert_eq!(labels.label(service(1)), "10.0.0.1:1");
         assert_eq!(labels.label(service(2)), "10.0.0.1:2");
-        assert_eq!(labels.label(service(3)), OTHER_SERVICE);
+        assert_eq!(labels.label(service(3)), OTHER_SERVICE, "the cap");
         assert_eq!(
             labels.label(service(1)),
             "10.0.0.1:1",
@@ -591,13 +1014,44 @@ mod tests {
     }
 
     #[test]
+    fn a_service_that_loses_its_evidence_loses_its_label_and_its_series() {
+        let policy = listening_policy();
+        let registry = Registry::new();
+        let family = IntCounterVec::new(Opts::new("events", "Events."), &["service"]).unwrap();
+        registry.register(Box::new(family.clone())).unwrap();
+        let mut labels = ServiceLabels::new(NonZeroUsize::new(8).unwrap(), policy.clone());
+        let mut counters = ServiceCounters::new(family.clone());
+        for port in [1, 2, 4] {
+            counters.inc(&mut labels, service(port));
+        }
+        assert_eq!(labels.update(), [], "nothing changed");
+        let later = Instant::now() + crate::admission::LISTENER_GRACE + Duration::from_secs(1);
+        lock(&policy).set_listening([service(2)], later);
+        // Asking about a new service on a local address takes the latest decisions too; the
+        // known ones are still checked against them.
+        assert_eq!(labels.admit(service(5)), None);
+        let withdrawn = labels.update();
+        assert_eq!(withdrawn, [service(1)]);
+        for service in withdrawn {
+            counters.forget(service);
+        }
+        let series: Vec<String> = registry.gather()[0]
+            .get_metric()
+            .iter()
+            .map(|metric| metric.get_label()[0].value().to_owned())
+            .collect();
+        assert_eq!(series, ["10.0.0.1:2", OTHER_SERVICE]);
+        counters.inc(&mut labels, service(1));
+        assert_eq!(family.with_label_values(&[OTHER_SERVICE]).get(), 2);
+    }
+
+    #[test]
     fn service_counters_count_under_the_capped_labels() {
         let registry = Registry::new();
         let family = IntCounterVec::new(Opts::new("events", "Events."), &["service"]).unwrap();
         registry.register(Box::new(family.clone())).unwrap();
-        let mut labels = ServiceLabels::new(NonZeroUsize::new(1).unwrap());
+        let mut labels = ServiceLabels::new(NonZeroUsize::new(1).unwrap(), listening_policy());
         let mut counters = ServiceCounters::new(family.clone());
-        let service = |port| SocketAddr::from(([10, 0, 0, 1], port));
         for port in [1, 2, 1, 3, 1] {
             counters.inc(&mut labels, service(port));
         }
@@ -635,7 +1089,94 @@ mod tests {
             wall_minus_monotonic_ns: 1_700_000_000_123_000_000,
         };
         assert_eq!(clock.rfc3339(0), "2023-11-14T22:13:20.123Z");
-        assert_eq!(flag_letters(0x12), "SA");
-        assert_eq!(flag_letters(0x29), "FPU");
+        assert_eq!(FlagLetters(0x12).to_string(), "SA");
+        assert_eq!(FlagLetters(0x29).to_string(), "FPU");
+    }
+
+    fn event_log(path: &Path, max_bytes: u64) -> (EventLog, Registry) {
+        let registry = Registry::new();
+        let metrics = EventLogMetrics::new(&registry).unwrap();
+        (EventLog::open(path, max_bytes, metrics).unwrap(), registry)
+    }
+
+    /// `name{reason="…"}` → value for every counter of the registry.
+    fn counts(registry: &Registry) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for family in registry.gather() {
+            for metric in family.get_metric() {
+                let labels: Vec<String> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| l.value().to_owned())
+                    .collect();
+                let name = match labels.as_slice() {
+                    [] => family.name().to_owned(),
+                    labels => format!("{}{{{}}}", family.name(), labels.join(",")),
+                };
+                counts.insert(name, metric.get_counter().value() as u64);
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn the_event_log_takes_a_burst_then_its_rate_from_all_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let (log, registry) = event_log(&path, DEFAULT_EVENT_LOG_MAX_BYTES);
+        let start = Instant::now();
+        for n in 0..3 * LOG_LINES_BURST as u64 {
+            // A third of the lines are over their source's own limit.
+            log.write_limited(start, || n % 3 != 0, || n);
+        }
+        let after_burst = counts(&registry);
+        let written = LOG_LINES_BURST as u64;
+        assert_eq!(after_burst["seqwatch_event_log_lines_total"], written);
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
+        assert_eq!(lines, written);
+        let suppressed = |reason: &str| {
+            after_burst[&format!("seqwatch_event_log_lines_suppressed_total{{{reason}}}")]
+        };
+        // Up to the 1500th line, every third was over its source's limit.
+        assert_eq!(suppressed("per_source"), written / 2);
+        assert_eq!(
+            suppressed("global_rate"),
+            3 * written - written - written / 2
+        );
+        let second_later = start + Duration::from_secs(1);
+        for _ in 0..1000 {
+            log.write_limited(second_later, || true, || "x");
+        }
+        assert_eq!(
+            counts(&registry)["seqwatch_event_log_lines_total"],
+            written + LOG_LINES_PER_SECOND as u64
+        );
+    }
+
+    #[test]
+    fn the_event_log_rotates_once_and_never_holds_more_than_twice_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "x".repeat(900) + "\n").unwrap();
+        let (log, registry) = event_log(&path, 1000);
+        let line = "y".repeat(98);
+        let start = Instant::now();
+        for n in 0..30u32 {
+            log.write_limited(start + Duration::from_secs(n.into()), || true, || &line);
+        }
+        log.write_line(&"z".repeat(2000));
+        let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+        let rotated = dir.path().join("events.jsonl.1");
+        assert!(size(&path) <= 1000 && size(&rotated) <= 1000);
+        // The old file's 901 bytes, then 30 lines of 101: rotated before the 1st, 10th and 19th
+        // and 28th line.
+        assert_eq!((size(&path), size(&rotated)), (3 * 101, 9 * 101));
+        let counts = counts(&registry);
+        assert_eq!(counts["seqwatch_event_log_rotations_total"], 4);
+        assert_eq!(counts["seqwatch_event_log_lines_total"], 30);
+        assert_eq!(
+            counts["seqwatch_event_log_lines_suppressed_total{too_long}"],
+            1
+        );
     }
 }

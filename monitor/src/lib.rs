@@ -1,6 +1,7 @@
 //! Seqwatch: an eBPF network-hardening monitor. The binary (`src/main.rs`) is a thin CLI over
 //! these modules, which tests and benchmarks use directly.
 
+pub mod admission;
 pub mod analyze;
 pub mod caps;
 pub mod clsact;

@@ -10,8 +10,9 @@ use prometheus::{
 use seqwatch_common::synack::Counter;
 
 use crate::{
-    handshake::HandshakeMetrics, listeners::ListenerMetrics, netstat::TcpExtCollector,
-    probes::KernelCounters, tcp_events::TcpEventMetrics, tls::TlsMetrics, web::HttpMetrics,
+    admission::LabelMetrics, handshake::HandshakeMetrics, listeners::ListenerMetrics,
+    netstat::TcpExtCollector, probes::KernelCounters, tcp_events::TcpEventMetrics, tls::TlsMetrics,
+    web::HttpMetrics,
 };
 
 pub struct Metrics {
@@ -28,6 +29,8 @@ pub struct Metrics {
     /// SYN-ACKs whose option list was malformed (summarized in userspace).
     pub options_malformed: IntCounter,
     pub isn: IsnMetrics,
+    /// Services labelled by their handshakes ([`crate::admission`]).
+    pub labels: LabelMetrics,
     pub handshake: HandshakeMetrics,
     pub tcp: TcpEventMetrics,
     pub listeners: ListenerMetrics,
@@ -38,7 +41,8 @@ pub struct Metrics {
     kernel: KernelMetrics,
 }
 
-/// Per-service ISN scores; series are removed when a service is evicted.
+/// Per-service ISN scores, of the services with a label ([`crate::admission`]); series are
+/// removed when a service loses its label or is evicted.
 pub struct IsnMetrics {
     pub samples: IntGaugeVec,
     pub guess_bits: GaugeVec,
@@ -112,7 +116,8 @@ impl Metrics {
                 &registry,
                 IntCounter::new(
                     "seqwatch_service_evictions_total",
-                    "Services dropped because the service cap was reached.",
+                    "Services dropped because the service cap was reached (the least recently \
+                     seen without a label first).",
                 )?,
             )?,
             scoring_backlog: register(
@@ -131,6 +136,7 @@ impl Metrics {
                 )?,
             )?,
             isn: IsnMetrics::new(&registry)?,
+            labels: LabelMetrics::new(&registry)?,
             handshake: HandshakeMetrics::new(&registry)?,
             tcp: TcpEventMetrics::new(&registry)?,
             listeners: ListenerMetrics::new(&registry)?,

@@ -57,6 +57,19 @@ pub struct TcpSocket {
 
 /// Every TCP socket of this process's network namespace, IPv4 then IPv6.
 pub fn dump_tcp() -> anyhow::Result<Vec<TcpSocket>> {
+    dump(StateFlags::from_bits_retain(
+        StateFlags::all().bits() | 1 << TCP_NEW_SYN_RECV,
+    ))
+}
+
+/// The addresses TCP sockets of this namespace listen on (the kernel walks only its
+/// listening sockets).
+pub fn dump_listeners() -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = dump(StateFlags::LISTEN)?;
+    Ok(listeners.into_iter().map(|socket| socket.local).collect())
+}
+
+fn dump(states: StateFlags) -> anyhow::Result<Vec<TcpSocket>> {
     let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG).context("sock_diag socket")?;
     socket.bind_auto().context("binding the sock_diag socket")?;
     socket
@@ -64,16 +77,15 @@ pub fn dump_tcp() -> anyhow::Result<Vec<TcpSocket>> {
         .context("connecting the sock_diag socket")?;
     let mut sockets = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        request(&socket, family)?;
+        request(&socket, family, states.clone())?;
         receive(&socket, &mut sockets)?;
     }
     Ok(sockets)
 }
 
-fn request(socket: &NetlinkSocket, family: u8) -> anyhow::Result<()> {
+fn request(socket: &NetlinkSocket, family: u8, states: StateFlags) -> anyhow::Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let states = StateFlags::from_bits_retain(StateFlags::all().bits() | 1 << TCP_NEW_SYN_RECV);
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -178,5 +190,10 @@ mod tests {
         assert_eq!(found.rqueue, 0);
         assert_eq!(found.wqueue, 128, "std's backlog");
         assert_eq!(found.drops, Some(0));
+        assert!(
+            dump_listeners()
+                .unwrap()
+                .contains(&listener.local_addr().unwrap())
+        );
     }
 }

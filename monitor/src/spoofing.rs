@@ -64,6 +64,11 @@ impl SpoofingScores {
         }
     }
 
+    /// Forgets a service that lost its label.
+    pub fn forget(&mut self, service: &str) {
+        self.services.remove(service);
+    }
+
     /// (service, guesses per minute over the window) for every service seen.
     pub fn scores(&self, now_ns: u64) -> impl Iterator<Item = (&str, f64)> {
         self.services.iter().map(move |(service, guesses)| {
@@ -142,6 +147,11 @@ impl SpoofingMetrics {
                 )?,
             )?,
         })
+    }
+
+    /// Removes the series of a service that lost its label.
+    pub fn forget(&self, service: &str) {
+        let _ = self.score.remove_label_values(&[service]);
     }
 
     pub fn publish(&self, scores: &SpoofingScores, challenge_acks: &ChallengeAcks, now_ns: u64) {

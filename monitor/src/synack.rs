@@ -1,5 +1,5 @@
 //! The SYN-ACK sampler's userspace half: turns kernel records into ISN observations, keeps one
-//! scorer per service under a cap, and publishes the scores.
+//! scorer per service under a cap, and publishes the scores of the services with a label.
 
 use std::{
     collections::HashMap,
@@ -19,6 +19,8 @@ use seqwatch_common::{
 use serde::Serialize;
 
 use crate::{
+    admission::{Candidate, ranking_decay},
+    handshake::ServiceLabels,
     metrics::Metrics,
     scorer::{
         IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, TcpOptionsSummary, Verdict,
@@ -136,19 +138,33 @@ struct ServiceState {
     /// How long after `scored_at` it may be scored again.
     rescore_after: Duration,
     report: Option<ServiceReport>,
+    /// Its gauges show `report` (it has a label).
+    published: bool,
+    /// Handshakes over about the last hour, for the label ranking, and the samples it counted.
+    recent: f64,
+    ranked_samples: u64,
 }
 
-/// One scorer per service, least recently seen evicted first once `cap` is reached.
+/// One scorer per service, at most `cap`. A newcomer beyond the cap evicts the least recently
+/// seen service without a label ([`ServiceLabels`]): a flood of new services never evicts a
+/// service labelled for its listener or its handshakes. Only labelled services have gauges;
+/// every service has its report in the JSON API.
 pub struct ServiceTable {
     services: LruCache<SocketAddr, ServiceState>,
+    cap: usize,
+    labels: ServiceLabels,
     config: ScorerConfig,
+    ranked_at: Option<Instant>,
 }
 
 impl ServiceTable {
-    pub fn new(cap: NonZeroUsize, config: ScorerConfig) -> Self {
+    pub fn new(cap: NonZeroUsize, config: ScorerConfig, labels: ServiceLabels) -> Self {
         ServiceTable {
-            services: LruCache::new(cap),
+            services: LruCache::unbounded(),
+            cap: cap.get(),
+            labels,
             config,
+            ranked_at: None,
         }
     }
 
@@ -160,6 +176,13 @@ impl ServiceTable {
             state.dirty = true;
             return None;
         }
+        if sample.direction == Direction::Egress.as_str() {
+            // This host's own SYN-ACK: on a local address, its listener's evidence.
+            self.labels.admit_server(sample.server);
+        }
+        let evicted = (self.services.len() >= self.cap)
+            .then(|| self.evict())
+            .flatten();
         let mut scorer = ServiceScorer::new(&self.config);
         scorer.ingest(&observation);
         let state = ServiceState {
@@ -168,10 +191,29 @@ impl ServiceTable {
             scored_at: None,
             rescore_after: RESCORE_AFTER,
             report: None,
+            published: false,
+            recent: 0.0,
+            ranked_samples: 0,
         };
-        self.services
-            .push(sample.server, state)
-            .and_then(|(evicted, _)| (evicted != sample.server).then_some(evicted))
+        self.services.push(sample.server, state);
+        evicted
+    }
+
+    /// Removes the least recently seen service without a label (labelled ones it passes are
+    /// moved to the front, so the next search does not pass them again); the least recently
+    /// seen of all if every one has a label.
+    fn evict(&mut self) -> Option<SocketAddr> {
+        for _ in 0..self.services.len() {
+            let (&oldest, _) = self.services.peek_lru()?;
+            if self.labels.admit(oldest).is_none() {
+                self.services.pop_lru();
+                return Some(oldest);
+            }
+            self.services.promote(&oldest);
+        }
+        let (oldest, _) = self.services.pop_lru()?;
+        self.labels.forget(oldest);
+        Some(oldest)
     }
 
     /// A known service's state, now the most recently seen. A busy service's samples come in
@@ -187,8 +229,46 @@ impl ServiceTable {
         self.services.get_mut(service)
     }
 
+    /// Once a second: offers the services' handshakes to the label ranking, removes the
+    /// gauges of services that lost their label and publishes those of services that gained
+    /// one.
+    pub fn rank(&mut self, metrics: &Metrics, now: Instant) {
+        let decay = self
+            .ranked_at
+            .map_or(1.0, |at| ranking_decay(now.saturating_duration_since(at)));
+        self.ranked_at = Some(now);
+        let mut candidates = Vec::with_capacity(self.services.len());
+        for (service, state) in self.services.iter_mut() {
+            let samples = state.scorer.samples();
+            state.recent = state.recent * decay + (samples - state.ranked_samples) as f64;
+            state.ranked_samples = samples;
+            candidates.push(Candidate {
+                service: *service,
+                handshakes: samples,
+                recent: state.recent,
+            });
+        }
+        self.labels.rerank(&candidates, now);
+        for service in self.labels.update() {
+            metrics.isn.remove(&service.to_string());
+            if let Some(state) = self.services.peek_mut(&service) {
+                state.published = false;
+            }
+        }
+        for (service, state) in self.services.iter_mut() {
+            if state.published || self.labels.admit(*service).is_none() {
+                continue;
+            }
+            if let Some(report) = &state.report {
+                set_gauges(metrics, report);
+                state.published = true;
+            }
+        }
+    }
+
     /// Scores the service with new samples whose report is the stalest (never-scored ones
-    /// first), publishes its gauges and returns it; `None` when no service is waiting.
+    /// first), publishes its gauges if it has a label, and returns it; `None` when no service
+    /// is waiting.
     pub fn score_stalest(&mut self, metrics: &Metrics, now: Instant) -> Option<SocketAddr> {
         let service = self
             .services
@@ -201,13 +281,17 @@ impl ServiceTable {
             })
             .min_by_key(|(_, state)| state.scored_at)
             .map(|(service, _)| *service)?;
+        let labelled = self.labels.admit(service).is_some();
         let state = self.services.peek_mut(&service)?;
         state.dirty = false;
         state.scored_at = Some(now);
         let started = Instant::now();
         let report = state.scorer.report(&service.to_string());
         state.rescore_after = RESCORE_AFTER.max(started.elapsed() * RESCORE_COST_FACTOR);
-        set_gauges(metrics, &report);
+        if labelled {
+            set_gauges(metrics, &report);
+            state.published = true;
+        }
         state.report = Some(report);
         Some(service)
     }
@@ -350,6 +434,7 @@ pub(crate) mod tests {
     use seqwatch_common::synack::FAMILY_IPV6;
 
     use super::*;
+    use crate::admission::{LabelPolicy, MIN_HANDSHAKES};
 
     /// A record from 192.0.2.1:`sport` to 198.51.100.2:40000 (also used by the daemon's tests).
     pub(crate) fn record(family: u8, sport: u16, options: &[u8]) -> SynAckRecord {
@@ -430,9 +515,99 @@ pub(crate) mod tests {
         assert_eq!((count("unknown"), count("eth0")), (2, 2));
     }
 
+    /// A table of at most `cap` services, where 192.0.2.1 is a local address with
+    /// `listening` ports.
+    pub(crate) fn table(cap: usize, listening: &[u16]) -> ServiceTable {
+        let local = IpAddr::from([192, 0, 2, 1]);
+        let listening: Vec<SocketAddr> = listening
+            .iter()
+            .map(|port| SocketAddr::new(local, *port))
+            .collect();
+        let cap = NonZeroUsize::new(cap).unwrap();
+        let policy = LabelPolicy::fixed(cap.get(), &listening, &[local]);
+        ServiceTable::new(
+            cap,
+            ScorerConfig::default(),
+            ServiceLabels::new(cap, policy),
+        )
+    }
+
+    /// A SYN-ACK of 192.0.2.1:`port` to its `client`-th client.
+    fn sample_to(port: u16, client: u16) -> Sample {
+        let mut sample = Sample::from_record(&record(FAMILY_IPV4, port, &[]));
+        sample.client.set_port(client);
+        sample.seq = u32::from(client) * 7919;
+        sample
+    }
+
+    /// The services with a `seqwatch_isn_samples` series.
+    fn gauge_services(metrics: &Metrics) -> Vec<String> {
+        use prometheus::core::Collector as _;
+        let mut services: Vec<String> = metrics.isn.samples.collect()[0]
+            .get_metric()
+            .iter()
+            .map(|metric| metric.get_label()[0].value().to_owned())
+            .collect();
+        services.sort();
+        services
+    }
+
+    #[test]
+    fn a_flood_of_new_services_never_evicts_a_labelled_one() {
+        let mut table = table(4, &[443]);
+        let metrics = Metrics::new().unwrap();
+        let listener = sample_to(443, 1);
+        table.ingest(&listener, false);
+        let mut evicted = 0;
+        for port in 1000..3000 {
+            evicted += usize::from(table.ingest(&sample_to(port, 1), false).is_some());
+            if port % 100 == 0 {
+                table.ingest(&sample_to(443, port), false);
+            }
+        }
+        assert_eq!(evicted, 2000 - 3);
+        assert_eq!(table.tracked(), 4);
+        while table.score_stalest(&metrics, Instant::now()).is_some() {}
+        let reports = table.reports();
+        let kept = reports.iter().find(|r| r.service == "192.0.2.1:443");
+        assert_eq!(
+            kept.map(|r| r.samples),
+            Some(21),
+            "every sample of it scored"
+        );
+        assert_eq!(
+            gauge_services(&metrics),
+            ["192.0.2.1:443"],
+            "gauges only for labels"
+        );
+    }
+
+    #[test]
+    fn handshakes_earn_a_label_and_its_gauges() {
+        let mut table = table(8, &[]);
+        let metrics = Metrics::new().unwrap();
+        let start = Instant::now();
+        for client in 0..MIN_HANDSHAKES as u16 {
+            table.ingest(&sample_to(80, client), false);
+            table.ingest(&sample_to(81, 0), false);
+        }
+        while table.score_stalest(&metrics, start).is_some() {}
+        assert_eq!(
+            gauge_services(&metrics),
+            Vec::<String>::new(),
+            "not ranked yet"
+        );
+        table.rank(&metrics, start);
+        assert_eq!(
+            gauge_services(&metrics),
+            ["192.0.2.1:80"],
+            "81 repeated one handshake"
+        );
+    }
+
     #[test]
     fn the_least_recently_seen_service_is_evicted_at_the_cap() {
-        let mut table = ServiceTable::new(NonZeroUsize::new(2).unwrap(), ScorerConfig::default());
+        let mut table = table(2, &[]);
         let sample = |port| Sample::from_record(&record(FAMILY_IPV4, port, &[]));
         assert_eq!(table.ingest(&sample(1), false), None);
         assert_eq!(table.ingest(&sample(2), false), None);
@@ -452,7 +627,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_stalest_waiting_service_is_scored_first() {
-        let mut table = ServiceTable::new(NonZeroUsize::new(8).unwrap(), ScorerConfig::default());
+        let mut table = table(8, &[]);
         let metrics = Metrics::new().unwrap();
         let sample = |port| Sample::from_record(&record(FAMILY_IPV4, port, &[]));
         let start = Instant::now();

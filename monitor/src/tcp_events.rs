@@ -10,7 +10,6 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    num::NonZeroUsize,
     os::unix::fs::MetadataExt as _,
     sync::Arc,
     time::{Duration, Instant},
@@ -44,6 +43,8 @@ use crate::{
 const JUDGE_AFTER: Duration = Duration::from_millis(1000);
 /// How often the kernel's per-service reset counts are read: two system calls per service.
 const RESETS_RECEIVED_READ_EVERY: Duration = Duration::from_secs(1);
+/// Events handled per drain at most.
+const MAX_EVENTS_PER_DRAIN: usize = 4096;
 /// Listener closes waiting to be judged; beyond it the oldest is judged at once.
 const MAX_PENDING: usize = 1024;
 /// The `reason` label of a reset whose reason the kernel's enum does not name.
@@ -87,7 +88,7 @@ impl TcpEventMetrics {
             synack_retransmits: vec(
                 "seqwatch_synack_retransmits_total",
                 "SYN-ACKs a listener of this namespace retransmitted (no third ACK came), \
-                 by local service (services beyond the cap are \"other\").",
+                 by local service (services without a label of their own are \"other\").",
                 "service",
             )?,
             resets_sent: vec(
@@ -146,7 +147,7 @@ impl TcpEventCounters {
 
 /// Options of the reader, from `seqwatch run`.
 pub struct TcpEventOptions {
-    pub max_services: NonZeroUsize,
+    pub services: ServiceLabels,
     pub event_log: Option<EventLog>,
     pub history: SharedHistory,
     /// Notified when a listener of this namespace opens (the listener watch reads it).
@@ -296,7 +297,7 @@ fn spawn_reader(
     let mut reader = Reader {
         metrics: tcp.clone(),
         counters: probes.take_tcp_event_counters()?,
-        services: ServiceLabels::new(options.max_services),
+        services: options.services,
         synack_retransmits: ServiceCounters::new(tcp.synack_retransmits.clone()),
         resets_received: ResetsReceived::new(probes, tcp.resets_received.clone())?,
         resets_sent: ResetCounters::new(probes, &tcp.resets_sent, &reasons)?,
@@ -328,9 +329,11 @@ fn spawn_reader(
                     reader.drain(events.get_mut());
                     reader.metrics.refresh(&reader.counters);
                     reader.resets_sent.refresh();
-                    reader.judge_due(Instant::now())
+                    reader.judge_due(Instant::now());
+                    Ok(())
                 }
                 _ = services_tick.tick() => {
+                    reader.forget_withdrawn();
                     reader.resets_received.refresh(&mut reader.services, &reader.counters);
                     Ok(())
                 }
@@ -545,8 +548,13 @@ struct Reader {
 }
 
 impl Reader {
+    /// At most [`MAX_EVENTS_PER_DRAIN`]: the rest wait for the next drain, so that the (single)
+    /// runtime thread is never held for long.
     fn drain(&mut self, events: &mut RingBuf<MapData>) {
-        while let Some(item) = events.next() {
+        for _ in 0..MAX_EVENTS_PER_DRAIN {
+            let Some(item) = events.next() else {
+                break;
+            };
             match decode(&item) {
                 Some(decoded) => self.handle(&decoded),
                 None => log::warn!("undecodable TCP event of {} bytes ignored", item.len()),
@@ -560,7 +568,10 @@ impl Reader {
             TcpEventKind::SynAckRetransmit => {
                 self.synack_retransmits.inc(&mut self.services, *local);
             }
-            TcpEventKind::ListenerOpened => self.listener_opened.notify_one(),
+            TcpEventKind::ListenerOpened => {
+                self.services.note_listener(*local);
+                self.listener_opened.notify_one();
+            }
             TcpEventKind::ListenerClosed => self.listener_closed(*local, event),
         }
     }
@@ -581,15 +592,23 @@ impl Reader {
         });
     }
 
-    fn judge_due(&mut self, now: Instant) -> anyhow::Result<()> {
+    fn judge_due(&mut self, now: Instant) {
         while self.pending.front().is_some_and(|p| p.due <= now) {
             let close = self.pending.pop_front().expect("checked");
             self.judge(&close);
         }
-        if let Some(log) = &self.log {
-            log.flush()?;
+    }
+
+    /// Removes the series of services that lost their label.
+    fn forget_withdrawn(&mut self) {
+        for service in self.services.update() {
+            self.synack_retransmits.forget(service);
+            self.resets_received.counters.forget(service);
+            let _ = self
+                .metrics
+                .listener_lost_after_anomaly
+                .remove_label_values(&[&service.to_string()]);
         }
-        Ok(())
     }
 
     /// Reports the close if anomalies to its port came just before it.
@@ -627,10 +646,8 @@ impl Reader {
             lost.anomaly_kinds,
             lost.sources
         );
-        if let Some(log) = &self.log
-            && let Err(err) = log.write_line(&lost)
-        {
-            log::error!("writing the event log: {err:#}");
+        if let Some(log) = &self.log {
+            log.write_line(&lost);
         }
     }
 }

@@ -1,13 +1,12 @@
 //! The TLS record-framing check's userspace half: tells the kernel which ports carry TLS and
 //! what it may copy, reads its events, and counts plaintext on encrypted sessions and session
-//! ends per service (services capped, overflow labelled `other`). A plaintext event also
+//! ends per service (services labelled by evidence, [`crate::admission`]; the rest `other`). A plaintext event also
 //! becomes one `tls_plaintext_suspected` line in the event log; its payload bytes never do,
 //! unless `--tls-log-prefix` asked for the first 16 in hex.
 
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    num::NonZeroUsize,
 };
 
 use anyhow::Context as _;
@@ -32,6 +31,9 @@ use crate::{
     metrics::{advance, register},
     probes::{Probes, per_cpu_total},
 };
+
+/// Events handled per drain at most.
+const MAX_EVENTS_PER_DRAIN: usize = 4096;
 
 /// Implicit-TLS ports: HTTPS, SMTPS (submissions), LDAPS, DNS over TLS, IMAPS, POP3S, and
 /// HTTPS's usual alternative.
@@ -96,7 +98,7 @@ impl TlsMetrics {
             plaintext_suspected: vec(
                 "seqwatch_tls_plaintext_suspected_total",
                 "Bytes that are not a TLS record header where one had to start, sent on a TLS \
-                 session, by service (services beyond the cap are \"other\").",
+                 session, by service (services without a label of their own are \"other\").",
                 &["service"],
             )?,
             sessions: vec(
@@ -270,22 +272,23 @@ struct Reader {
 }
 
 impl Reader {
-    fn handle(&mut self, finding: &Finding) -> anyhow::Result<()> {
+    fn handle(&mut self, finding: &Finding) {
         match finding {
+            // The service is the TLS server's side: on a local address, this host served it.
             Finding::Plaintext(plaintext) => {
-                let service = self.services.label(plaintext.service);
+                let service = label_of(self.services.admit_server(plaintext.service));
                 self.metrics
                     .plaintext_suspected
                     .with_label_values(&[service.as_str()])
                     .inc();
                 if let Some(log) = &self.log {
-                    log.write_line(plaintext)?;
+                    log.write_line(plaintext);
                 }
             }
             Finding::SessionEnded { service, end } => {
                 // One per TLS connection: the handle is kept (at most the cap plus `other`,
                 // times the five ends), so no address is formatted per event.
-                let admitted = self.services.admit(*service);
+                let admitted = self.services.admit_server(*service);
                 let sessions = &self.metrics.sessions;
                 self.session_ends
                     .entry((admitted, *end))
@@ -295,28 +298,49 @@ impl Reader {
                     .inc();
             }
         }
-        Ok(())
+    }
+
+    /// Removes the series of services that lost their label.
+    fn forget_withdrawn(&mut self) {
+        for service in self.services.update() {
+            let label = service.to_string();
+            let _ = self
+                .metrics
+                .plaintext_suspected
+                .remove_label_values(&[&label]);
+            let sessions = &self.metrics.sessions;
+            self.session_ends.retain(|(admitted, end), _| {
+                let keep = *admitted != Some(service);
+                if !keep {
+                    let _ = sessions.remove_label_values(&[&label, end.as_str()]);
+                }
+                keep
+            });
+        }
     }
 }
 
 impl EventReader for Reader {
+    /// At most [`MAX_EVENTS_PER_DRAIN`]: the rest wait for the next drain, so that the (single)
+    /// runtime thread is never held for long.
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        while let Some(item) = events.next() {
+        for _ in 0..MAX_EVENTS_PER_DRAIN {
+            let Some(item) = events.next() else {
+                break;
+            };
             let Some(finding) =
                 decode_event(&item).and_then(|e| Finding::from_event(&e, &self.clock))
             else {
                 log::warn!("undecodable TLS event of {} bytes ignored", item.len());
                 continue;
             };
-            self.handle(&finding)?;
-        }
-        if let Some(log) = &self.log {
-            log.flush()?;
+            self.handle(&finding);
         }
         Ok(())
     }
 
     fn refresh(&mut self) {
+        self.forget_withdrawn();
         self.metrics.refresh(&self.counters);
     }
 }
@@ -326,7 +350,7 @@ pub fn start(
     probes: &mut Probes,
     metrics: TlsMetrics,
     options: &TlsOptions,
-    max_services: NonZeroUsize,
+    services: ServiceLabels,
     log: Option<EventLog>,
 ) -> anyhow::Result<()> {
     configure(probes.ebpf_mut(), options)?;
@@ -334,7 +358,7 @@ pub fn start(
     let reader = Reader {
         metrics,
         counters: PerCpuArray::try_from(probes.take_map("TLS_COUNTERS")?)?,
-        services: ServiceLabels::new(max_services),
+        services,
         session_ends: HashMap::new(),
         log,
         clock: Clock::now(),

@@ -755,3 +755,31 @@ fn tls_keys_merge_like_the_others() {
     );
     assert!(overridden.tls_detect_hello);
 }
+
+#[test]
+fn the_event_log_size_merges_and_is_range_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "seqwatch.toml",
+        "event_log_max_bytes = 2097152\n",
+    );
+    let config = path.to_str().unwrap();
+    assert_eq!(
+        merged(&[]).unwrap().event_log_max_bytes,
+        seqwatch::handshake::DEFAULT_EVENT_LOG_MAX_BYTES
+    );
+    let from_file = merged(&["--config", config]).unwrap();
+    assert_eq!(from_file.event_log_max_bytes, 2 << 20);
+    let overridden = merged(&["--config", config, "--event-log-max-bytes", "3145728"]);
+    assert_eq!(overridden.unwrap().event_log_max_bytes, 3 << 20);
+    let (status, error) = check_config("event_log_max_bytes = 4096\n");
+    assert_eq!(status, 2);
+    assert!(
+        error.ends_with(
+            "seqwatch.toml:1: key `event_log_max_bytes`: 4096 is out of range: \
+             expected 1048576 to 1099511627776\n"
+        ),
+        "{error}"
+    );
+}

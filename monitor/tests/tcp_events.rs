@@ -377,6 +377,15 @@ fn resets_received_are_counted_under_the_server_for_listeners_older_than_the_dae
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_both_directions(&lab, dir.path(), &dir.path().join("events.jsonl"));
+    // A remote server earns its label by handshakes (docs/limits.md).
+    for _ in 0..seqwatch::admission::MIN_HANDSHAKES {
+        let outgoing = lab.run_in(&lab.server_ns, || TcpStream::connect(remote_service));
+        drop((outgoing, remote_listener.accept()));
+    }
+    let labelled = format!("seqwatch_isn_samples{{service=\"{remote_service}\"}}");
+    wait_for(Duration::from_secs(10), || {
+        series_value(&daemon.metrics(&lab), &labelled).is_some()
+    });
 
     for _ in 0..2 {
         abort_from(&lab, &lab.client_ns, old_service);

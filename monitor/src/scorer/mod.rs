@@ -132,6 +132,11 @@ impl ServiceScorer {
         }
     }
 
+    /// SYN-ACKs counted as new handshakes since the start (retransmits and reuses excluded).
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
     /// The current assessment; cached until the next `ingest`.
     pub fn report(&mut self, service: &str) -> ServiceReport {
         if let Some(cached) = self.cached.as_ref().filter(|r| r.service == service) {

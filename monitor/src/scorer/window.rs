@@ -1,5 +1,7 @@
-//! Fixed-size per-service state: the sample ring and the 4-tuple table used to drop
-//! retransmitted SYN-ACKs and to collect same-4-tuple reuses for the clock check.
+//! Bounded per-service state: the sample ring and the 4-tuple table used to drop retransmitted
+//! SYN-ACKs and to collect same-4-tuple reuses for the clock check. Both start small and grow
+//! with the samples up to their bound, so a service seen a few times costs a few hundred
+//! bytes, not the full window's.
 
 use std::net::SocketAddr;
 
@@ -12,7 +14,7 @@ pub struct Sample {
     pub syncookie: bool,
 }
 
-/// The last `capacity` samples, oldest overwritten first.
+/// The last `capacity` samples, oldest overwritten first; memory grows with the samples.
 pub struct SampleWindow {
     ring: Vec<Sample>,
     capacity: usize,
@@ -22,7 +24,7 @@ pub struct SampleWindow {
 impl SampleWindow {
     pub fn new(capacity: usize) -> Self {
         Self {
-            ring: Vec::with_capacity(capacity),
+            ring: Vec::new(),
             capacity,
             next: 0,
         }
@@ -30,6 +32,11 @@ impl SampleWindow {
 
     pub fn push(&mut self, sample: Sample) {
         if self.ring.len() < self.capacity {
+            if self.ring.len() == self.ring.capacity() {
+                // Doubling, but never past the window.
+                let more = self.ring.len().max(4).min(self.capacity - self.ring.len());
+                self.ring.reserve_exact(more);
+            }
             self.ring.push(sample);
         } else {
             self.ring[self.next] = sample;
@@ -72,12 +79,17 @@ struct TupleSlot {
 }
 
 const REUSE_PAIRS_KEPT: usize = 256;
+/// The 4-tuple table's first size; it doubles whenever it is half full, up to its bound.
+const INITIAL_TUPLE_SLOTS: usize = 16;
 
 /// Direct-mapped table of recent 4-tuples. A collision evicts the older tuple, which at worst
-/// lets one retransmit or reuse through as a new sample; the table is 2× the window so that
-/// is rare.
+/// lets one retransmit or reuse through as a new sample; the table grows to 2× the window so
+/// that is rare.
 pub struct TupleTable {
     slots: Vec<TupleSlot>,
+    /// Slots in use, and the most there may be.
+    occupied: usize,
+    max_slots: usize,
     reuses: Vec<ReusePair>,
     next_reuse: usize,
     /// The last server seen and its half of the key: a service's SYN-ACKs all come from one.
@@ -86,9 +98,12 @@ pub struct TupleTable {
 
 impl TupleTable {
     pub fn new(window: usize) -> Self {
+        let max_slots = (window * 2).next_power_of_two();
         Self {
-            slots: vec![TupleSlot::default(); (window * 2).next_power_of_two()],
-            reuses: Vec::with_capacity(REUSE_PAIRS_KEPT),
+            slots: vec![TupleSlot::default(); INITIAL_TUPLE_SLOTS.min(max_slots)],
+            occupied: 0,
+            max_slots,
+            reuses: Vec::new(),
             next_reuse: 0,
             server: None,
         }
@@ -96,7 +111,7 @@ impl TupleTable {
 
     pub fn classify(&mut self, obs: &IsnObservation) -> TupleVerdict {
         let key = tuple_key(self.server_half(&obs.server), &obs.server, &obs.client);
-        let index = (key as usize) & (self.slots.len() - 1);
+        let index = slot_index(key, self.slots.len());
         let slot = self.slots[index];
         let verdict = if slot.key != key {
             TupleVerdict::New
@@ -109,13 +124,30 @@ impl TupleTable {
             });
             TupleVerdict::Reused
         };
+        if slot.key == 0 {
+            self.occupied += 1;
+        }
         self.slots[index] = TupleSlot {
             key,
             peer_isn: obs.peer_isn,
             isn: obs.isn,
             ts_ns: obs.ts_ns,
         };
+        if self.occupied * 2 > self.slots.len() && self.slots.len() < self.max_slots {
+            self.grow();
+        }
         verdict
+    }
+
+    /// Doubles the table. A tuple's slot gains one bit of its key, so tuples that had slots of
+    /// their own still do.
+    fn grow(&mut self) {
+        let mut slots = vec![TupleSlot::default(); self.slots.len() * 2];
+        let len = slots.len();
+        for slot in self.slots.iter().filter(|slot| slot.key != 0) {
+            slots[slot_index(slot.key, len)] = *slot;
+        }
+        self.slots = slots;
     }
 
     fn server_half(&mut self, server: &SocketAddr) -> u64 {
@@ -141,6 +173,12 @@ impl TupleTable {
     pub fn reuse_pairs(&self) -> Vec<ReusePair> {
         self.reuses.clone()
     }
+}
+
+/// A key's slot in a table of `len` (a power of two) slots. Not its lowest bit, which is always
+/// set ([`tuple_key`]).
+fn slot_index(key: u64, len: usize) -> usize {
+    (key >> 1) as usize & (len - 1)
 }
 
 /// The start of `tuple_key`: the server address hashed.
@@ -194,5 +232,85 @@ mod tests {
         }
         let isns: Vec<u32> = window.in_order().iter().map(|s| s.isn).collect();
         assert_eq!(isns, [2, 3, 4]);
+    }
+
+    #[test]
+    fn the_window_grows_with_its_samples_and_never_past_its_size() {
+        let mut window = SampleWindow::new(2048);
+        assert_eq!(window.ring.capacity(), 0);
+        let sample = |isn| Sample {
+            isn,
+            ts_ns: 0,
+            syncookie: false,
+        };
+        for isn in 0..5 {
+            window.push(sample(isn));
+        }
+        assert_eq!(window.ring.capacity(), 8);
+        for isn in 5..3000 {
+            window.push(sample(isn));
+        }
+        assert_eq!(window.ring.capacity(), 2048);
+        assert_eq!(window.in_order().first().map(|s| s.isn), Some(3000 - 2048));
+    }
+
+    fn observation(client_port: u16, peer_isn: u32) -> IsnObservation {
+        IsnObservation {
+            isn: u32::from(client_port) << 8,
+            ts_ns: u64::from(client_port),
+            server: "192.0.2.1:443".parse().unwrap(),
+            client: SocketAddr::from(([198, 51, 100, 7], client_port)),
+            peer_isn,
+            options: Default::default(),
+            syncookies: false,
+        }
+    }
+
+    #[test]
+    fn the_tuple_table_grows_to_twice_the_window_and_keeps_what_it_held() {
+        let mut table = TupleTable::new(2048);
+        assert_eq!(table.slots.len(), INITIAL_TUPLE_SLOTS);
+        for port in 0..8 {
+            assert!(matches!(
+                table.classify(&observation(port, 1)),
+                TupleVerdict::New
+            ));
+        }
+        let held = |table: &TupleTable| -> Vec<u64> {
+            let mut keys: Vec<u64> = table
+                .slots
+                .iter()
+                .map(|s| s.key)
+                .filter(|&k| k != 0)
+                .collect();
+            keys.sort_unstable();
+            keys
+        };
+        let before = held(&table);
+        assert_eq!(before.len(), table.occupied);
+        table.grow();
+        assert_eq!(table.slots.len(), 2 * INITIAL_TUPLE_SLOTS);
+        assert_eq!(held(&table), before, "every tuple kept");
+        for (index, slot) in table.slots.iter().enumerate() {
+            assert!(slot.key == 0 || slot_index(slot.key, table.slots.len()) == index);
+        }
+        let key =
+            |obs: &IsnObservation| tuple_key(server_half(&obs.server), &obs.server, &obs.client);
+        let held_tuples: Vec<IsnObservation> = (0..8)
+            .map(|port| observation(port, 1))
+            .filter(|obs| before.contains(&key(obs)))
+            .collect();
+        assert_eq!(held_tuples.len(), before.len());
+        for obs in &held_tuples {
+            let verdict = table.classify(obs);
+            assert!(
+                matches!(verdict, TupleVerdict::Retransmit),
+                "found where it now is"
+            );
+        }
+        for port in 0..20_000 {
+            table.classify(&observation(port, 2));
+        }
+        assert_eq!(table.slots.len(), 4096, "2 × the window, and no more");
     }
 }
