@@ -143,7 +143,9 @@ pub struct Anomaly {
     /// RFC 3339, UTC, from the kernel's monotonic timestamp.
     pub time: String,
     pub kind: &'static str,
-    /// The local side: the listener on ingress, the sender on egress.
+    /// The local side: the listener on ingress, the sender on egress; for
+    /// `unsolicited_synack`, the server it claims to come from (the service whose ISN samples
+    /// it would have forged; the local side is a port nobody listens on).
     pub service: SocketAddr,
     pub source: SocketAddr,
     pub destination: SocketAddr,
@@ -179,9 +181,9 @@ impl Anomaly {
         let source = SocketAddr::new(saddr, event.sport);
         let destination = SocketAddr::new(daddr, event.dport);
         let direction = Direction::from_u8(event.direction)?;
-        let service = match direction {
-            Direction::Ingress => destination,
-            Direction::Egress => source,
+        let service = match (direction, kind) {
+            (Direction::Egress, _) | (_, AnomalyKind::UnsolicitedSynAck) => source,
+            (Direction::Ingress, _) => destination,
         };
         let (expected_seq, expected_ack) = match kind.expects() {
             Expects::Nothing => (None, None),
@@ -422,7 +424,10 @@ impl Engine {
         let (kind, source) = (anomaly.anomaly_kind, anomaly.source.ip());
         top.record(kind, source, now_ns);
         self.spoofing.observe(&service, kind, now_ns);
-        lock(&self.history).record(anomaly);
+        // The crash history is per local listening port, which an unsolicited SYN-ACK is not to.
+        if kind != AnomalyKind::UnsolicitedSynAck {
+            lock(&self.history).record(anomaly);
+        }
         let Some(log) = self.log.as_ref() else {
             return Ok(());
         };
