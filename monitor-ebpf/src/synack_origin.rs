@@ -1,14 +1,15 @@
 //! SYN-ACK origin check, on while the daemon samples ingress SYN-ACKs: anyone can send this
 //! host a SYN-ACK with any ISN "from" any server, so an ingress SYN-ACK is sampled only if it
 //! answers a SYN that left by the same interface on the same 4-tuple (one this host sent or, on
-//! a gateway, forwarded), acking that SYN's ISN + 1. Every other one is refused: counted, and
+//! a gateway, forwarded), acking that SYN's ISN + 1 (or past its Fast Open data). Every other
+//! one is refused: counted, and
 //! reported as `synack_to_listener` (to a listening port) or `unsolicited_synack`.
 //!
 //! Each SYN leaving by an egress hook keeps its expected answer in a direct-mapped table
 //! (`SYN_RECORDS`): one 16-byte slot per seeded jhash of its 4-tuple and interface, in place of
 //! whatever the slot held. A slot holds the hash (so another 4-tuple's record never matches)
-//! and the ack, in one word written whole, then the first answer's seq: its retransmission is
-//! sampled again (the scorer drops it as one), another answer refused. A flood of SYNs can only
+//! and the ISN + 1, in one word written whole, then the first answer's seq: its retransmission
+//! is sampled again (the scorer drops it as one), another answer refused. A flood of SYNs can only
 //! displace records, making their answers miss (refused, counted), never make a forged answer
 //! match: that needs the SYN's 4-tuple, interface and ISN, which an off-path host does not
 //! see. On a gateway, a host that sends SYNs through it chose their ISNs (docs/scorer.md,
@@ -39,15 +40,18 @@ use crate::{
 #[unsafe(no_mangle)]
 static SYNACK_ORIGIN_SEED: u32 = 0;
 
-/// `SynRecord::answer` of an answered record: this bit, and the answer's seq.
+/// `SynRecord::answer`: bits 0-31 the answer's seq, bit 32 set once answered, and from bit 33
+/// the bytes of data the SYN carried (TCP Fast Open), which the answer acks too if the server
+/// took them.
 const ANSWERED: u64 = 1 << 32;
+const DATA_SHIFT: u32 = 33;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct SynRecord {
-    /// The key's hash (bit 0 set) << 32 | the ack the answer must carry; 0: empty.
+    /// The key's hash (bit 0 set) << 32 | the SYN's ISN + 1; 0: empty.
     expected: u64,
-    /// 0 until answered, then `ANSWERED` | the answer's seq.
+    /// The SYN's data bytes << `DATA_SHIFT`, and once answered `ANSWERED` | the answer's seq.
     answer: u64,
 }
 
@@ -115,14 +119,16 @@ fn record(ctx: &TcContext, tcp: &TcpPacket, seed: u32) {
     // (8-byte aligned): a record torn by another CPU's write can make an answer miss, never
     // match another 4-tuple's or another ISN's.
     unsafe {
-        core::ptr::write_volatile(&raw mut (*record).answer, 0);
-        let expected = place.expecting(tcp.seq.wrapping_add(1));
+        let data = (tcp.payload_len() as u64) << DATA_SHIFT;
+        core::ptr::write_volatile(&raw mut (*record).answer, data);
+        let expected = place.tag | u64::from(tcp.seq.wrapping_add(1));
         core::ptr::write_volatile(&raw mut (*record).expected, expected);
     }
 }
 
-/// Whether an ingress SYN-ACK answers the SYN recorded for its 4-tuple and interface: the
-/// first answer, or a retransmission of it. Reports it otherwise.
+/// Whether an ingress SYN-ACK answers the SYN recorded for its 4-tuple and interface (acking
+/// its ISN + 1, or past its Fast Open data too): the first answer, or a retransmission of it.
+/// Reports it otherwise.
 #[inline(never)]
 fn answers_a_syn(ctx: &TcContext, tcp: &TcpPacket, seed: u32) -> bool {
     let place = Place::of(ctx, tcp, Direction::Ingress, seed);
@@ -130,15 +136,17 @@ fn answers_a_syn(ctx: &TcContext, tcp: &TcpPacket, seed: u32) -> bool {
         // SAFETY: as in `record`.
         Some(record) => unsafe {
             let expected = core::ptr::read_volatile(&raw const (*record).expected);
-            let answer = ANSWERED | u64::from(tcp.seq);
-            if expected != place.expecting(tcp.ack) {
+            let held = core::ptr::read_volatile(&raw const (*record).answer);
+            let acked = tcp.ack.wrapping_sub(expected as u32);
+            let data = (held >> DATA_SHIFT) as u32;
+            if expected >> 32 != place.tag >> 32 || (acked != 0 && acked != data) {
                 false
+            } else if held & ANSWERED == 0 {
+                let answer = held | ANSWERED | u64::from(tcp.seq);
+                core::ptr::write_volatile(&raw mut (*record).answer, answer);
+                true
             } else {
-                let held = core::ptr::read_volatile(&raw const (*record).answer);
-                if held == 0 {
-                    core::ptr::write_volatile(&raw mut (*record).answer, answer);
-                }
-                held == 0 || held == answer
+                held as u32 == tcp.seq
             }
         },
         None => false,
@@ -179,12 +187,6 @@ impl Place {
             slot: slot_of(hash),
             tag: u64::from(hash | 1) << 32,
         }
-    }
-
-    /// The record of a SYN whose answer acks `ack`.
-    #[inline(always)]
-    fn expecting(&self, ack: u32) -> u64 {
-        self.tag | u64::from(ack)
     }
 }
 

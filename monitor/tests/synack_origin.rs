@@ -179,7 +179,18 @@ fn context(ingress_ifindex: u32, ifindex: u32) -> Vec<u8> {
 }
 
 /// An IPv4 TCP segment without options or data.
-fn segment((from, to): (Endpoint, Endpoint), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+fn segment(ends: (Endpoint, Endpoint), flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    segment_with_data(ends, flags, seq, ack, &[])
+}
+
+/// An IPv4 TCP segment without options.
+fn segment_with_data(
+    (from, to): (Endpoint, Endpoint),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    data: &[u8],
+) -> Vec<u8> {
     let mut tcp = etherparse::TcpHeader::new(from.1, to.1, seq, 29_200);
     tcp.syn = flags & SYN != 0;
     tcp.ack = flags & ACK != 0;
@@ -190,7 +201,7 @@ fn segment((from, to): (Endpoint, Endpoint), flags: u8, seq: u32, ack: u32) -> V
         .ipv4(from.0, to.0, 64)
         .tcp_header(tcp);
     let mut frame = Vec::new();
-    builder.write(&mut frame, &[]).unwrap();
+    builder.write(&mut frame, data).unwrap();
     frame
 }
 
@@ -256,6 +267,39 @@ fn an_arriving_synack_is_sampled_only_when_it_answers_a_syn_that_left() {
     assert_eq!(
         check.arriving(&synack(HOST, 9000, 77_001)),
         answer(HOST, 9000, 77_001)
+    );
+}
+
+/// A TCP Fast Open SYN carries data: the answer acks it too when the server takes it, and
+/// only the SYN otherwise; any other ack is refused.
+#[test]
+fn a_fast_open_synack_may_ack_the_syns_data() {
+    let mut check = Check::load(SEED);
+    let data = b"hello";
+    let fast_open_syn = |host| segment_with_data((host, PEER), SYN, 1000, 0, data);
+    let taken = HOST;
+    check.leaving(&fast_open_syn(taken));
+    assert_eq!(
+        check.arriving(&synack(taken, 5000, 1006)),
+        answer(taken, 5000, 1006),
+        "data taken"
+    );
+    assert_eq!(
+        check.arriving(&synack(taken, 5000, 1006)),
+        answer(taken, 5000, 1006),
+        "its retransmission"
+    );
+    let not_taken = (HOST.0, HOST.1 + 1);
+    check.leaving(&fast_open_syn(not_taken));
+    assert_eq!(
+        check.arriving(&synack(not_taken, 6000, 1005)),
+        Outcome::reported(AnomalyKind::UnsolicitedSynAck),
+        "part of the data"
+    );
+    assert_eq!(
+        check.arriving(&synack(not_taken, 6000, 1001)),
+        answer(not_taken, 6000, 1001),
+        "data not taken"
     );
 }
 
