@@ -270,6 +270,52 @@ fn an_arriving_synack_is_sampled_only_when_it_answers_a_syn_that_left() {
     );
 }
 
+/// IPv6: a record holds both whole addresses, so an answer from an address that differs from
+/// the SYN's destination in its first half only is refused.
+#[test]
+fn an_ipv6_answer_must_come_from_the_whole_address_the_syn_went_to() {
+    let mut check = Check::load(SEED);
+    let host: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 7];
+    let peer: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+    let mut elsewhere = peer;
+    elsewhere[7] = 2;
+    let v6 = |from: [u8; 16], to: [u8; 16], flags: u8, seq: u32, ack: u32| {
+        let mut tcp = etherparse::TcpHeader::new(443, 51_000, seq, 29_200);
+        if from == host {
+            (tcp.source_port, tcp.destination_port) = (51_000, 443);
+        }
+        tcp.syn = flags & SYN != 0;
+        tcp.ack = flags & ACK != 0;
+        tcp.acknowledgment_number = ack;
+        let builder = PacketBuilder::ethernet2(HOST_MAC, PEER_MAC)
+            .ipv6(from, to, 64)
+            .tcp_header(tcp);
+        let mut frame = Vec::new();
+        builder.write(&mut frame, &[]).unwrap();
+        frame
+    };
+    assert_eq!(
+        check.leaving(&v6(host, peer, SYN, 1000, 0)),
+        Outcome::nothing()
+    );
+    assert_eq!(
+        check.arriving(&v6(elsewhere, host, SYN | ACK, 5000, 1001)),
+        Outcome::reported(AnomalyKind::UnsolicitedSynAck)
+    );
+    let sampled = check
+        .arriving(&v6(peer, host, SYN | ACK, 5000, 1001))
+        .sampled;
+    assert_eq!(
+        sampled,
+        [(
+            "[2001:db8:0:1::1]:443".to_owned(),
+            "[2001:db8:0:7::7]:51000".to_owned(),
+            5000,
+            1001
+        )]
+    );
+}
+
 /// A TCP Fast Open SYN carries data: the answer acks it too when the server takes it, and
 /// only the SYN otherwise; any other ack is refused.
 #[test]
