@@ -144,7 +144,7 @@ anomaly_kinds! {
     SynAckToListener = 15, "synack_to_listener", Nothing,
         suricata: "stream.3whs_synack_in_wrong_direction, stream.3whs_synack_toserver_on_syn_recv",
         zeek: "connection_originator_SYN_ack",
-        "a SYN-ACK arriving at our listener on a 4-tuple where we are the server (not a simultaneous open)";
+        "a SYN-ACK arriving at one of our listening ports that answers no SYN which left by its interface on its 4-tuple (a simultaneous open's does); never scored";
     RstOutOfWindow = 16, "rst_out_of_window", Seq,
         suricata: "", zeek: "",
         "RST during the handshake whose seq is outside the window: a blind reset guess";
@@ -152,10 +152,14 @@ anomaly_kinds! {
         suricata: "stream.est_syn_resend, stream.est_syn_resend_diff_seq",
         zeek: "active_connection_reuse, SYN_inside_connection",
         "SYN on a 4-tuple whose handshake completed and that has not been closed";
+    UnsolicitedSynAck = 18, "unsolicited_synack", Nothing,
+        suricata: "stream.3whs_synack_with_wrong_ack, stream.3whs_synack_resend_with_diff_seq",
+        zeek: "unsolicited_SYN_response",
+        "any other arriving SYN-ACK that answers no such SYN: none left, it acks another ISN, or it is a second answer with another ISN; never scored";
 }
 
 impl AnomalyKind {
-    pub const COUNT: usize = AnomalyKind::SynOnEstablished as usize + 1;
+    pub const COUNT: usize = AnomalyKind::UnsolicitedSynAck as usize + 1;
 }
 
 /// Slots of the tracker's state table (`HANDSHAKE_SLOTS`, 64 bytes each): a power of two;

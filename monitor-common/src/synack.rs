@@ -75,10 +75,19 @@ pub enum Counter {
     ParseIpv6ExtTooDeep,
     ParseVlanTooDeep,
     ParseTcpBadDataOffset,
+    /// SYNs leaving by a monitored interface whose answer the origin check waits for
+    /// (`crate::synack_origin`; ingress sampling on).
+    SynsRecorded,
+    /// Ingress SYN-ACKs answering no SYN recorded on their 4-tuple and interface: reported as
+    /// anomalies, never sampled.
+    SynAcksUnsolicited,
+    /// Egress SYN-ACKs this host forwarded (they came in by an interface) while ingress
+    /// sampling is on: judged where they came in, not sampled again.
+    SynAcksForwarded,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::ParseTcpBadDataOffset as u32 + 1;
+    pub const COUNT: u32 = Counter::SynAcksForwarded as u32 + 1;
 
     /// Parse-failure counters and their `reason` label.
     pub const PARSE_ERRORS: [(Counter, &'static str); 6] = [

@@ -299,7 +299,7 @@ fn track(ctx: &TcContext, segment: &Segment, seed: u32, tfo: bool) {
     let at = &Place::of(&segment.key, seed);
     match segment.direction {
         Direction::Ingress if flags == TCP_SYN => on_syn(ctx, segment, at, tfo),
-        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment, at),
+        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(segment, at),
         Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment, at),
         Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment, at),
         Direction::Ingress => on_client_ack(ctx, segment, at),
@@ -390,16 +390,15 @@ fn on_server_rst(segment: &Segment, at: &Place) {
 
 /// A SYN-ACK arriving for a 4-tuple where we are the server. In a simultaneous open the
 /// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate, and completes
-/// the handshake.
+/// the handshake. Any other is reported by the SYN-ACK origin check (`synack_to_listener`).
 #[inline(always)]
-fn on_synack_to_us(ctx: &TcContext, segment: &Segment, at: &Place) {
+fn on_synack_to_us(segment: &Segment, at: &Place) {
     let Some(state) = lookup(segment, at) else {
         return; // the answer to our own SYN: we are the client here
     };
     let simultaneous_open = segment.seq == state.client_isn
         && (state.state == SYN_SEEN || segment.ack == state.synack_seq.wrapping_add(1));
     if !simultaneous_open {
-        report(ctx, segment, AnomalyKind::SynAckToListener, 0, 0);
         return;
     }
     // Still "SYN seen": the peer's SYN-ACK may reach our kernel before its SYN (they can take
@@ -544,6 +543,12 @@ fn filter_clear(tag: u32) {
             }
         }
     }
+}
+
+/// Reports an anomaly another detector found in a segment (the SYN-ACK origin check's).
+#[inline(always)]
+pub fn report_segment(ctx: &TcContext, direction: Direction, tcp: &TcpPacket, kind: AnomalyKind) {
+    report(ctx, &Segment::new(tcp, direction), kind, 0, 0);
 }
 
 /// A subprogram: called from a dozen places, and the same code each time.

@@ -20,6 +20,7 @@ mod listener_counts;
 mod packet;
 mod ringbuf;
 mod synack;
+mod synack_origin;
 mod tcp_events;
 mod tls;
 
@@ -83,7 +84,11 @@ fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
     let tcp = unsafe { tcp.assume_init_ref() };
     listener_counts::count_segment(direction, tcp);
     if synack::is_synack(tcp.flags) {
-        synack::emit(ctx, direction, tcp);
+        if synack_origin::admits(ctx, direction, tcp) {
+            synack::emit(ctx, direction, tcp);
+        }
+    } else if direction == Direction::Egress {
+        synack_origin::record_syn(ctx, tcp);
     }
     handshake::judge(ctx, direction, tcp);
     tls::observe(ctx, direction, tcp);
@@ -103,6 +108,29 @@ fn parse(ctx: &TcContext, plain: bool, out: &mut MaybeUninit<TcpPacket>) -> bool
             synack::count(counter);
             false
         }
+    }
+}
+
+/// The egress side of `--direction ingress`: records the SYNs leaving (for the SYN-ACK origin
+/// check), and nothing else.
+#[classifier]
+pub fn syn_egress(ctx: TcContext) -> i32 {
+    record_syn(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn record_syn(ctx: &TcContext) {
+    let plain = match packet::plain_tcp(ctx) {
+        Some(None) => return,
+        Some(Some(tcp)) if !synack_origin::is_syn(tcp.flags) => return,
+        Some(Some(_)) => true,
+        None => false,
+    };
+    let mut tcp = MaybeUninit::<TcpPacket>::uninit();
+    if parse(ctx, plain, &mut tcp) {
+        // SAFETY: parse returned true, so it wrote the whole packet.
+        synack_origin::record_syn(ctx, unsafe { tcp.assume_init_ref() });
     }
 }
 

@@ -210,8 +210,9 @@ fn monitored_tcp(sk: u64) -> bool {
     load::<u16>(sk, config!(sock_protocol)) == IPPROTO_TCP && monitored(sock_netns(sk))
 }
 
+/// Whether a listener of the monitored namespace has the local port (host order).
 #[inline(always)]
-fn listening(port: u16) -> bool {
+pub fn listening(port: u16) -> bool {
     LISTENING.get(u32::from(port)).is_some_and(|&n| n > 0)
 }
 

@@ -1,20 +1,25 @@
 //! Per-packet cost of the classifiers (SYN-ACK sampler, handshake checks, TLS record check with
 //! its default ports, per-port counters for the server's port) against an empty classifier,
 //! measured by the kernel itself (BPF_PROG_TEST_RUN), runs alternating: on egress as deployed
-//! by default (stateless handshake checks), and in each direction with `--direction both`
-//! (stateful checks on). Each packet runs 2 000 times in a row, so the SYN's row is a
-//! retransmission after the first run; a last row times SYNs of new handshakes, 2 000
-//! distinct ones run once each (each run then starts with cold caches, the empty program's
-//! too). Needs root. Run by `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another
-//! build's eBPF object, e.g. the one before a change) its classifiers run in the same
-//! alternation, as the `ref ns` column.
+//! by default (stateless handshake checks, SYN-ACK origin check off), in each direction with
+//! `--direction ingress` (origin check on: SYNs recorded on egress, by the SYN recorder alone)
+//! and with `--direction both` (origin check and stateful checks on). The frames are a
+//! server's view: what it sends, and a client's SYN; as ingress frames, the SYN-ACKs are a
+//! remote server's answers, one to a SYN the SYN row recorded (its ack is that SYN's ISN + 1)
+//! and one to none. Each packet runs 2 000 times in a row, so the SYN's row is a
+//! retransmission after the first run, the matched SYN-ACK's a retransmitted answer; the last
+//! rows time SYNs of new connections, 2 000 distinct ones run once each (each run then starts
+//! with cold caches, the empty program's too). Needs root. Run by `./x bench`. With
+//! `SEQWATCH_BENCH_REFERENCE=FILE` (another build's eBPF object, e.g. the one before a change)
+//! its classifiers run in the same alternation, as the `ref ns` column.
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
+use seqwatch::probes::SYN_RECORDER;
 use seqwatch_common::listener_counts;
 
 /// Runs per measurement: below a CPU's ring buffer capacity (at least 2 300 records), so every
@@ -24,20 +29,64 @@ const TRIALS: usize = 15;
 /// Distinct SYNs per trial for the new-handshake row.
 const NEW_SYNS: u16 = 2_000;
 
-/// What is measured: a label, the classifier, and whether the stateful handshake checks are on
-/// (they are with `--direction both`).
-const SETUPS: [(&str, &str, u32); 3] = [
-    ("egress (default)", "synack_egress", 0),
-    ("both: egress", "synack_egress", 1),
-    ("both: ingress", "synack_ingress", 1),
+/// What is measured: a label, the classifier, whether the SYN-ACK origin check is on (it is
+/// with ingress sampling: the object loaded with a seed) and whether the stateful handshake
+/// checks are (with `--direction both`).
+const SETUPS: [(&str, &str, bool, u32); 5] = [
+    ("egress (default)", "synack_egress", false, 0),
+    ("ingress: egress", SYN_RECORDER, true, 0),
+    ("ingress: ingress", "synack_ingress", true, 0),
+    ("both: egress", "synack_egress", true, 1),
+    ("both: ingress", "synack_ingress", true, 1),
 ];
 
+/// The origin check's seed when on (the daemon's is random).
+const SEED: u32 = 0x5eed;
+
+/// An object loaded twice: with the SYN-ACK origin check off and on.
+struct Loaded {
+    off: Classifiers,
+    on: Classifiers,
+}
+
+impl Loaded {
+    fn load(object: &[u8]) -> anyhow::Result<Loaded> {
+        Ok(Loaded {
+            off: load(object, 0)?,
+            on: load(object, SEED)?,
+        })
+    }
+
+    fn get(&mut self, origin_check: bool) -> &mut Classifiers {
+        if origin_check {
+            &mut self.on
+        } else {
+            &mut self.off
+        }
+    }
+}
+
+/// A loaded object and the ring buffers its classifiers fill.
+struct Classifiers {
+    ebpf: Ebpf,
+    rings: Vec<RingBuf<MapData>>,
+    anomalies: RingBuf<MapData>,
+}
+
+impl Classifiers {
+    fn empty_rings(&mut self) {
+        for ring in self.rings.iter_mut().chain([&mut self.anomalies]) {
+            while ring.next().is_some() {}
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    let (mut ebpf, mut rings) = load(seqwatch::probes::object()?)?;
+    let mut ours = Loaded::load(seqwatch::probes::object()?)?;
     let reference_object = std::env::var_os("SEQWATCH_BENCH_REFERENCE")
         .map(std::fs::read)
         .transpose()?;
-    let mut reference = reference_object.as_deref().map(load).transpose()?;
+    let mut reference = reference_object.as_deref().map(Loaded::load).transpose()?;
     println!(
         "classifier cost per packet (BPF_PROG_TEST_RUN, {REPEAT} runs x {TRIALS} alternating trials, median)"
     );
@@ -46,41 +95,76 @@ fn main() -> anyhow::Result<()> {
         "packet", "setup", "empty ns", "ref ns", "ours ns", "delta ns"
     );
     for (label, frame) in frames()? {
-        for (setup, program, stateful) in SETUPS {
-            set_stateful(&mut ebpf, stateful)?;
-            if let Some((reference, _)) = reference.as_mut() {
-                set_stateful(reference, stateful)?;
+        for (setup, program, origin_check, stateful) in SETUPS {
+            let ours = ours.get(origin_check);
+            set_stateful(&mut ours.ebpf, stateful)?;
+            // A reference object from before the SYN recorder has no such program.
+            let mut reference = reference
+                .as_mut()
+                .map(|reference| reference.get(origin_check))
+                .filter(|reference| reference.ebpf.program(program).is_some());
+            if let Some(reference) = reference.as_mut() {
+                set_stateful(&mut reference.ebpf, stateful)?;
             }
-            let (mut empty, mut theirs, mut ours) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..TRIALS {
-                empty.push(run(&mut ebpf, "baseline", &frame)?);
-                if let Some((reference, reference_rings)) = reference.as_mut() {
-                    theirs.push(run(reference, program, &frame)?);
-                    empty_rings(reference_rings);
+            let (mut empty, mut theirs, mut times) = (Vec::new(), Vec::new(), Vec::new());
+            for trial in 0..TRIALS {
+                empty.push(run(&mut ours.ebpf, "baseline", &frame)?);
+                for ours_now in order(trial) {
+                    if ours_now {
+                        times.push(run(&mut ours.ebpf, program, &frame)?);
+                        ours.empty_rings();
+                    } else if let Some(reference) = reference.as_mut() {
+                        theirs.push(run(&mut reference.ebpf, program, &frame)?);
+                        reference.empty_rings();
+                    }
                 }
-                ours.push(run(&mut ebpf, program, &frame)?);
-                empty_rings(&mut rings);
             }
-            print_row(label, setup, &mut empty, &mut theirs, &mut ours);
+            print_row(label, setup, &mut empty, &mut theirs, &mut times);
         }
     }
-    // The SYN above is the same packet every run: after the first, a retransmission.
-    set_stateful(&mut ebpf, 1)?;
-    if let Some((reference, _)) = reference.as_mut() {
-        set_stateful(reference, 1)?;
-    }
-    let (mut empty, mut theirs, mut ours) = (Vec::new(), Vec::new(), Vec::new());
-    for trial in 0..TRIALS {
-        let syns = new_syns(trial)?;
-        empty.push(run_each(&mut ebpf, "baseline", &syns)?);
-        if let Some((reference, _)) = reference.as_mut() {
-            theirs.push(run_each(reference, "synack_ingress", &syns)?);
+    // The SYN above is the same packet every run: after the first, a retransmission. New
+    // ones: a client's arriving (a state insert), and this host's leaving (a SYN record).
+    let new_syn_setups = [
+        (
+            "IPv4 SYNs of new handshakes (each run once)",
+            "both: ingress",
+            "synack_ingress",
+        ),
+        (
+            "IPv4 SYNs of new connections (each run once)",
+            "both: egress",
+            "synack_egress",
+        ),
+    ];
+    for (row, (label, setup, program)) in new_syn_setups.into_iter().enumerate() {
+        let ours = ours.get(true);
+        set_stateful(&mut ours.ebpf, 1)?;
+        let mut reference = reference.as_mut().map(|reference| reference.get(true));
+        if let Some(reference) = reference.as_mut() {
+            set_stateful(&mut reference.ebpf, 1)?;
         }
-        ours.push(run_each(&mut ebpf, "synack_ingress", &syns)?);
+        let (mut empty, mut theirs, mut times) = (Vec::new(), Vec::new(), Vec::new());
+        for trial in 0..TRIALS {
+            let syns = new_syns(row * TRIALS + trial)?;
+            empty.push(run_each(&mut ours.ebpf, "baseline", &syns)?);
+            for ours_now in order(trial) {
+                if ours_now {
+                    times.push(run_each(&mut ours.ebpf, program, &syns)?);
+                } else if let Some(reference) = reference.as_mut() {
+                    theirs.push(run_each(&mut reference.ebpf, program, &syns)?);
+                }
+            }
+        }
+        print_row(label, setup, &mut empty, &mut theirs, &mut times);
     }
-    let label = "IPv4 SYNs of new handshakes (each run once)";
-    print_row(label, "both: ingress", &mut empty, &mut theirs, &mut ours);
     Ok(())
+}
+
+/// Whether ours runs first (then the reference) in a trial: each side goes first in every
+/// other one, since the second finds the caches as the first left them.
+fn order(trial: usize) -> [bool; 2] {
+    let ours_first = trial.is_multiple_of(2);
+    [ours_first, !ours_first]
 }
 
 fn print_row(label: &str, setup: &str, empty: &mut [u128], theirs: &mut [u128], ours: &mut [u128]) {
@@ -96,12 +180,17 @@ fn print_row(label: &str, setup: &str, empty: &mut [u128], theirs: &mut [u128], 
     );
 }
 
-/// Loads an object's classifiers, and gives them their SYN-ACK rings as the daemon does (a
+/// Loads an object's classifiers with the SYN-ACK origin check's seed (0: off; an object
+/// from before the check has none), and gives them their SYN-ACK rings as the daemon does (a
 /// reference object from before the per-CPU rings has a single `SYNACK_RECORDS`).
-fn load(object: &[u8]) -> anyhow::Result<(Ebpf, Vec<RingBuf<MapData>>)> {
-    let mut ebpf = Ebpf::load(object)?;
-    for name in ["baseline", "synack_egress", "synack_ingress"] {
-        classifier(&mut ebpf, name)?.load()?;
+fn load(object: &[u8], origin_seed: u32) -> anyhow::Result<Classifiers> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global("SYNACK_ORIGIN_SEED", &origin_seed, false)
+        .load(object)?;
+    for name in ["baseline", "synack_egress", "synack_ingress", SYN_RECORDER] {
+        if ebpf.program(name).is_some() {
+            classifier(&mut ebpf, name)?.load()?;
+        }
     }
     // The TLS check with its default ports, as the daemon runs it (a reference object from
     // before the check has no such maps).
@@ -118,13 +207,12 @@ fn load(object: &[u8]) -> anyhow::Result<(Ebpf, Vec<RingBuf<MapData>>)> {
         Some(single) => vec![RingBuf::try_from(single)?],
         None => seqwatch::probes::synack_rings(&mut ebpf)?,
     };
-    Ok((ebpf, rings))
-}
-
-fn empty_rings(rings: &mut [RingBuf<MapData>]) {
-    for ring in rings {
-        while ring.next().is_some() {}
-    }
+    let anomalies = RingBuf::try_from(ebpf.take_map("ANOMALY_EVENTS").expect("map"))?;
+    Ok(Classifiers {
+        ebpf,
+        rings,
+        anomalies,
+    })
 }
 
 /// Turns the handshake tracker's stateful checks on or off, as the daemon does for
@@ -178,7 +266,7 @@ const SERVER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const CLIENT_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
 /// SYNs of new handshakes, one per client port, from a client address of the trial's own
-/// (so that no trial's SYN finds another's state; 15 x 2 000 fit the tracker's map).
+/// (so that no trial's SYN finds another's state or record; 30 x 2 000 fit the tables).
 fn new_syns(trial: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let client = [10, 1, u8::try_from(trial)?, 2];
     (0..NEW_SYNS)
@@ -271,10 +359,18 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
         &[],
     )?;
     push(
-        "IPv4 SYN-ACK",
+        "IPv4 SYN-ACK (ack: no SYN seen)",
         v4().tcp(SERVER_PORT, 40000, 7, 65535)
             .syn()
             .ack(2)
+            .options(&synack_options)?,
+        &[],
+    )?;
+    push(
+        "IPv4 SYN-ACK (ack: the SYN above's ISN + 1)",
+        v4().tcp(SERVER_PORT, 40000, 7, 65535)
+            .syn()
+            .ack(8)
             .options(&synack_options)?,
         &[],
     )?;

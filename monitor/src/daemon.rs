@@ -70,7 +70,8 @@ pub struct RunArgs {
     /// including ones that appear later.
     #[arg(long = "interface", short = 'i', value_name = "NAME")]
     pub interfaces: Vec<String>,
-    /// Which SYN-ACKs to sample: this host's own (egress), remote servers' (ingress), or both.
+    /// Which SYN-ACKs to sample: this host's own (egress), remote servers' (ingress: only
+    /// answers to SYNs that left by the interface), or both.
     #[arg(long, value_enum, default_value_t = Directions::Egress)]
     pub direction: Directions,
     /// Address for /metrics, the landing page and the JSON API (/api/v1/…).
@@ -166,12 +167,24 @@ pub enum Directions {
     Both,
 }
 
+/// A classifier to attach to every monitored interface, and where.
+type Hook = (Direction, &'static str);
+
+const fn sample(direction: Direction) -> Hook {
+    (direction, probes::synack_program(direction))
+}
+
 impl Directions {
-    fn list(self) -> &'static [Direction] {
+    /// The classifiers, egress first: sampling ingress SYN-ACKs needs the SYNs that leave
+    /// (the SYN-ACK origin check), so ingress-only sampling records them on egress.
+    fn hooks(self) -> &'static [Hook] {
+        const SAMPLE_EGRESS: Hook = sample(Direction::Egress);
+        const SAMPLE_INGRESS: Hook = sample(Direction::Ingress);
+        const RECORD_SYNS: Hook = (Direction::Egress, probes::SYN_RECORDER);
         match self {
-            Directions::Egress => &[Direction::Egress],
-            Directions::Ingress => &[Direction::Ingress],
-            Directions::Both => &Direction::ALL,
+            Directions::Egress => &[SAMPLE_EGRESS],
+            Directions::Ingress => &[RECORD_SYNS, SAMPLE_INGRESS],
+            Directions::Both => &[SAMPLE_EGRESS, SAMPLE_INGRESS],
         }
     }
 }
@@ -197,6 +210,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut probes = Probes::load(
         args.attach_mode,
         &tcp_events::KernelLayout::config(&kernel_layout),
+        probes::synack_origin_seed(args.direction != Directions::Egress),
     )?;
     let rings = probes.take_synack_rings()?;
     let scorer = ScorerConfig {
@@ -225,7 +239,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut link_events = LinkEvents::subscribe()?;
     let mut attacher = Attacher {
         selection,
-        directions: args.directions(),
+        hooks: args.direction.hooks(),
         names: SampleCounter::default(),
         lost: BTreeMap::new(),
     };
@@ -306,12 +320,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         log.flush()?;
     }
     Ok(())
-}
-
-impl RunArgs {
-    fn directions(&self) -> &'static [Direction] {
-        self.direction.list()
-    }
 }
 
 /// The anomaly reader, the TLS event reader, the kernel TCP event reader and the listener
@@ -508,7 +516,7 @@ impl ScoringBudget {
 /// Keeps the attachments in step with the interfaces of this network namespace.
 struct Attacher {
     selection: Selection,
-    directions: &'static [Direction],
+    hooks: &'static [Hook],
     names: SampleCounter,
     /// Netlink filters removed from outside, until attached again, with the attempts so far
     /// (one a second; the first is logged).
@@ -537,11 +545,10 @@ impl Attacher {
         let present = interfaces::list().await?;
         for interface in present.values().filter(|i| self.selection.wants(i)) {
             self.names.name_interface(interface.index, &interface.name);
-            for &direction in self.directions {
+            for &(direction, program) in self.hooks {
                 if probes.is_attached(interface.index, direction) {
                     continue;
                 }
-                let program = probes::synack_program(direction);
                 let key = (interface.index, direction);
                 let attempts = self.lost.get_mut(&key).map(|attempts| {
                     *attempts += 1;
@@ -550,7 +557,16 @@ impl Attacher {
                 if attempts == Some(1) {
                     log::warn!("{program} on {} was removed from outside", interface.name);
                 }
-                let attached = probes.attach(interface.index, direction);
+                let attached = if direction == Direction::Ingress
+                    && !probes.is_attached(interface.index, Direction::Egress)
+                {
+                    Err(anyhow::anyhow!(
+                        "left off: the SYNs its SYN-ACKs must answer are recorded on the \
+                         interface's egress, where the classifier is not attached"
+                    ))
+                } else {
+                    probes.attach(interface.index, direction, program)
+                };
                 let labels = [program, interface.name.as_str(), direction.as_str()];
                 match attached {
                     Ok(()) => log::info!("attached {program} to {}", interface.name),
@@ -595,10 +611,9 @@ impl Attacher {
         metrics: &Metrics,
     ) {
         for (index, name) in self.names.vanished(present) {
-            for &direction in self.directions {
+            for &(direction, program) in self.hooks {
                 probes.detach(index, direction);
                 self.lost.remove(&(index, direction));
-                let program = probes::synack_program(direction);
                 let labels = [program, name.as_str(), direction.as_str()];
                 let _ = metrics.program_attached.remove_label_values(&labels);
                 let _ = metrics.program_reattached.remove_label_values(&labels);

@@ -161,7 +161,9 @@ pub struct Anomaly {
     /// RFC 3339, UTC, from the kernel's monotonic timestamp.
     pub time: WallTime,
     pub kind: &'static str,
-    /// The local side: the listener on ingress, the sender on egress.
+    /// The local side: the listener on ingress, the sender on egress; for
+    /// `unsolicited_synack`, the server it claims to come from (the service whose ISN samples
+    /// it would have forged; the local side is a port nobody listens on).
     pub service: SocketAddr,
     pub source: SocketAddr,
     pub destination: SocketAddr,
@@ -197,9 +199,9 @@ impl Anomaly {
         let source = SocketAddr::new(saddr, event.sport);
         let destination = SocketAddr::new(daddr, event.dport);
         let direction = Direction::from_u8(event.direction)?;
-        let service = match direction {
-            Direction::Ingress => destination,
-            Direction::Egress => source,
+        let service = match (direction, kind) {
+            (Direction::Egress, _) | (_, AnomalyKind::UnsolicitedSynAck) => source,
+            (Direction::Ingress, _) => destination,
         };
         let (expected_seq, expected_ack) = match kind.expects() {
             Expects::Nothing => (None, None),
@@ -658,7 +660,10 @@ impl Engine {
         counted.counter.inc();
         self.spoofing.observe(&counted.service, kind, now_ns);
         top.record(kind, source, now_ns);
-        lock(&self.history).record(anomaly);
+        // The crash history is per local listening port, which an unsolicited SYN-ACK is not to.
+        if kind != AnomalyKind::UnsolicitedSynAck {
+            lock(&self.history).record(anomaly);
+        }
         let Some(log) = self.log.as_ref() else {
             return;
         };

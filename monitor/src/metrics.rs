@@ -60,7 +60,15 @@ struct KernelMetrics {
     ringbuf_dropped: IntCounter,
     non_first_fragments: IntCounter,
     parse_errors: IntCounterVec,
+    syns_recorded: IntCounter,
+    synacks_not_sampled: IntCounterVec,
 }
+
+/// The reasons of `seqwatch_synacks_not_sampled_total`, and their counters.
+const NOT_SAMPLED: [(Counter, &str); 2] = [
+    (Counter::SynAcksUnsolicited, "unsolicited"),
+    (Counter::SynAcksForwarded, "forwarded"),
+];
 
 impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
@@ -247,6 +255,21 @@ impl KernelMetrics {
         for (_, reason) in Counter::PARSE_ERRORS {
             parse_errors.with_label_values(&[reason]);
         }
+        let synacks_not_sampled = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "seqwatch_synacks_not_sampled_total",
+                    "SYN-ACKs the SYN-ACK origin check kept from the scorer (ingress sampling \
+                     on): unsolicited (arriving, answering no SYN that left by their interface) \
+                     or forwarded (leaving, judged where they came in).",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        for (_, reason) in NOT_SAMPLED {
+            synacks_not_sampled.with_label_values(&[reason]);
+        }
         Ok(KernelMetrics {
             packets_seen: counter(
                 "seqwatch_packets_seen_total",
@@ -254,7 +277,8 @@ impl KernelMetrics {
             )?,
             synacks: counter(
                 "seqwatch_synacks_total",
-                "SYN-ACKs the classifiers saw, including ones dropped on a full ring buffer.",
+                "SYN-ACKs the sampler took, including ones dropped on a full ring buffer \
+                 (not those in seqwatch_synacks_not_sampled_total).",
             )?,
             ringbuf_dropped: counter(
                 "seqwatch_ringbuf_dropped_total",
@@ -265,6 +289,12 @@ impl KernelMetrics {
                 "IP fragments after the first, skipped because they carry no TCP header.",
             )?,
             parse_errors,
+            syns_recorded: counter(
+                "seqwatch_syns_recorded_total",
+                "SYNs leaving whose answer the SYN-ACK origin check waits for (ingress sampling \
+                 on), retransmissions included.",
+            )?,
+            synacks_not_sampled,
         })
     }
 
@@ -282,6 +312,13 @@ impl KernelMetrics {
         for (counter, reason) in Counter::PARSE_ERRORS {
             advance(
                 &self.parse_errors.with_label_values(&[reason]),
+                counters.read(counter),
+            );
+        }
+        advance(&self.syns_recorded, counters.read(Counter::SynsRecorded));
+        for (counter, reason) in NOT_SAMPLED {
+            advance(
+                &self.synacks_not_sampled.with_label_values(&[reason]),
                 counters.read(counter),
             );
         }

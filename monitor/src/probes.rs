@@ -35,12 +35,16 @@ pub fn object() -> anyhow::Result<&'static [u8]> {
 }
 
 /// The classifier that samples SYN-ACKs in each direction.
-pub fn synack_program(direction: Direction) -> &'static str {
+pub const fn synack_program(direction: Direction) -> &'static str {
     match direction {
         Direction::Egress => "synack_egress",
         Direction::Ingress => "synack_ingress",
     }
 }
+
+/// The egress classifier of ingress-only sampling: it records the SYNs leaving, whose answers
+/// the SYN-ACK origin check waits for, and nothing else.
+pub const SYN_RECORDER: &str = "syn_egress";
 
 /// How classifiers are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +59,7 @@ pub enum AttachMode {
 }
 
 struct Attachment {
+    program: &'static str,
     link: SchedClassifierLinkId,
     /// Netlink mode: the filter's handle (a `clsact::FilterHandle`).
     filter: Option<u32>,
@@ -72,22 +77,31 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the embedded object, with the tracepoint programs' view of this kernel in its
-    /// read-only data, and verifies the classifiers (the tracepoints are verified as they
-    /// attach).
-    pub fn load(mode: AttachMode, tcp_events: &TcpEventsConfig) -> anyhow::Result<Self> {
+    /// Loads the embedded object, with the tracepoint programs' view of this kernel and the
+    /// SYN-ACK origin check's seed (0: off; see [`synack_origin_seed`]) in its read-only data,
+    /// and verifies the classifiers (the tracepoints are verified as they attach).
+    pub fn load(
+        mode: AttachMode,
+        tcp_events: &TcpEventsConfig,
+        synack_origin_seed: u32,
+    ) -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .override_global("TCP_EVENTS_CONFIG", tcp_events, true)
+            .override_global("SYNACK_ORIGIN_SEED", &synack_origin_seed, true)
             .load(object()?)
             .context(
                 "loading the eBPF object failed (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON, \
              and a kernel with BTF)",
             )?;
         start_kernel_log(&mut ebpf);
-        for direction in Direction::ALL {
-            classifier(&mut ebpf, synack_program(direction))?
+        for program in Direction::ALL
+            .map(synack_program)
+            .into_iter()
+            .chain([SYN_RECORDER])
+        {
+            classifier(&mut ebpf, program)?
                 .load()
-                .with_context(|| format!("the verifier rejected {}", synack_program(direction)))?;
+                .with_context(|| format!("the verifier rejected {program}"))?;
         }
         let mode = match mode {
             AttachMode::Auto if kernel_has_tcx() => AttachMode::Tcx,
@@ -111,8 +125,14 @@ impl Probes {
         self.attachments.contains_key(&(ifindex, direction))
     }
 
-    /// Attaches the SYN-ACK sampler to one interface and direction.
-    pub fn attach(&mut self, ifindex: u32, direction: Direction) -> anyhow::Result<()> {
+    /// Attaches a classifier to one interface and direction: the SYN-ACK sampler
+    /// ([`synack_program`]) or the SYN recorder ([`SYN_RECORDER`]).
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        direction: Direction,
+        program: &'static str,
+    ) -> anyhow::Result<()> {
         let attach_type = match direction {
             Direction::Egress => TcAttachType::Egress,
             Direction::Ingress => TcAttachType::Ingress,
@@ -120,7 +140,7 @@ impl Probes {
         let mut filter = None;
         let attach = match self.mode {
             AttachMode::Netlink => {
-                let options = self.netlink_place(ifindex, direction)?;
+                let options = self.netlink_place(ifindex, direction, program)?;
                 filter = Some(options.handle.into());
                 TcAttach::Netlink {
                     parent: attach_type.into(),
@@ -132,11 +152,14 @@ impl Probes {
                 order: Default::default(),
             },
         };
-        let program = classifier(&mut self.ebpf, synack_program(direction))?;
-        match program.attach(ifindex, attach) {
+        match classifier(&mut self.ebpf, program)?.attach(ifindex, attach) {
             Ok(link) => {
-                self.attachments
-                    .insert((ifindex, direction), Attachment { link, filter });
+                let attachment = Attachment {
+                    program,
+                    link,
+                    filter,
+                };
+                self.attachments.insert((ifindex, direction), attachment);
                 Ok(())
             }
             Err(err) => {
@@ -150,13 +173,18 @@ impl Probes {
 
     /// Netlink mode: the clsact qdisc (added if missing), stale filters removed, and where
     /// `direction`'s filter goes.
-    fn netlink_place(&mut self, ifindex: u32, direction: Direction) -> anyhow::Result<NlOptions> {
+    fn netlink_place(
+        &mut self,
+        ifindex: u32,
+        direction: Direction,
+        program: &'static str,
+    ) -> anyhow::Result<NlOptions> {
         let mine = filters_on(&self.attachments, ifindex);
         let ownership = self
             .ownership
             .as_mut()
             .context("netlink mode without an owner number")?;
-        let place = ownership.prepare(ifindex, direction, synack_program(direction), &mine);
+        let place = ownership.prepare(ifindex, direction, program, &mine);
         if place.is_err() {
             self.release_qdisc(ifindex);
         }
@@ -168,7 +196,7 @@ impl Probes {
         let Some(attachment) = self.attachments.remove(&(ifindex, direction)) else {
             return;
         };
-        if let Ok(program) = classifier(&mut self.ebpf, synack_program(direction))
+        if let Ok(program) = classifier(&mut self.ebpf, attachment.program)
             && let Err(err) = program.detach(attachment.link)
         {
             log::debug!(
@@ -204,7 +232,7 @@ impl Probes {
                 continue;
             };
             let mine = filters_on(&self.attachments, ifindex);
-            let ours = (synack_program(direction), handle);
+            let ours = (attachment.program, handle);
             match ownership.is_present(ifindex, direction, ours, &mine) {
                 Ok(true) => {}
                 Ok(false) => lost.push((ifindex, direction)),
@@ -215,7 +243,7 @@ impl Probes {
             let Some(attachment) = self.attachments.remove(&(ifindex, direction)) else {
                 continue;
             };
-            if let Ok(program) = classifier(&mut self.ebpf, synack_program(direction))
+            if let Ok(program) = classifier(&mut self.ebpf, attachment.program)
                 && let Ok(link) = program.take_link(attachment.link)
             {
                 // Dropping the link would delete whatever filter stands in its place now; it
@@ -347,6 +375,16 @@ impl Probes {
 impl Drop for Probes {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+/// The SYN-ACK origin check's seed for the classifiers: off (0) unless ingress SYN-ACKs are
+/// sampled; then random, so that a remote host cannot aim SYNs at a given SYN record.
+pub fn synack_origin_seed(samples_ingress: bool) -> u32 {
+    if samples_ingress {
+        rand::random::<u32>() | 1
+    } else {
+        0
     }
 }
 

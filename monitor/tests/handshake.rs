@@ -214,6 +214,10 @@ fn each_anomaly_kind_is_counted_once_with_its_service() {
     expected.push((AnomalyKind::SynAckRetransmitDifferentAck, listener));
     scene.send(from, listener, SYN | ACK, 99, isn.wrapping_add(1));
     expected.push((AnomalyKind::SynAckToListener, listener));
+    // A SYN-ACK to a port nobody listens on answering no SYN: its service is its sender.
+    let sender = client(SPOOFED, 44_002);
+    scene.send(sender, closed, SYN | ACK, 99, 1);
+    expected.push((AnomalyKind::UnsolicitedSynAck, sender));
     scene.send(from, listener, RST, 7001 + (1 << 20), 0);
     expected.push((AnomalyKind::RstOutOfWindow, listener));
 

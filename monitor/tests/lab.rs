@@ -94,6 +94,31 @@ fn lab_connects_over_ipv4_and_ipv6_and_drop_removes_it() {
     assert_gone(&server_ns, &client_ns);
 }
 
+/// A routed lab: server and client on subnets of their own, TCP between them through the
+/// router namespace (and none of the three left after drop).
+#[test]
+fn routed_lab_connects_through_its_router_and_drop_removes_it() {
+    let lab = Lab::create(&LabOptions {
+        routed: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let router = lab.router.as_ref().unwrap();
+    let (server_ns, client_ns, router_ns) = (
+        lab.server_ns.clone(),
+        lab.client_ns.clone(),
+        router.ns.clone(),
+    );
+    assert!(interface_exists(&lab, &router_ns, &router.server_if));
+    assert!(interface_exists(&lab, &router_ns, &router.client_if));
+    assert!(!interface_exists(&lab, &server_ns, &router.client_if));
+    assert_tcp_works(&lab, lab.server_v4.into());
+    assert_tcp_works(&lab, lab.server_v6.into());
+    drop(lab);
+    assert_gone(&server_ns, &client_ns);
+    assert!(!namespace_exists(&router_ns), "{router_ns} still mounted");
+}
+
 #[test]
 fn labs_are_isolated_from_each_other() {
     let first = Lab::create(&LabOptions::default()).unwrap();
@@ -178,6 +203,7 @@ fn vlan_lab_uses_sub_interfaces_or_fails_cleanly() {
     let name = format!("sw-vlan-{}", std::process::id());
     let options = LabOptions {
         vlan: Some(VLAN_ID),
+        ..LabOptions::default()
     };
     match Lab::create_named(&name, &options) {
         Ok(lab) => {

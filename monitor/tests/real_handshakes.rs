@@ -2,7 +2,8 @@
 //! crafted: TCP Fast Open (data in the SYN, RFC 7413) and a simultaneous open (RFC 9293 3.5,
 //! both sides connect and their SYNs cross). The handshake tracker (both directions, in the
 //! server namespace) must count the TFO SYNs apart, as the kernels' own counters do, follow
-//! the simultaneous open to its end, and flag nothing.
+//! the simultaneous open to its end, and flag nothing; on the client's side, the SYN-ACK
+//! origin check must score every answer to its Fast Open SYNs (which ack the data too).
 //! Needs root; every lab namespace is removed when its test ends.
 
 // This crate uses only some of the shared helpers.
@@ -18,7 +19,7 @@ use std::{
 };
 
 use common::{
-    Capture,
+    Capture, Daemon,
     crafted::{self, MonitoredLab, ip, set_neighbour},
     netstat, read_json_lines, series_value,
     sysctl::write as write_sysctl,
@@ -32,7 +33,7 @@ use nix::{
     },
 };
 use seqwatch::{
-    lab::{Crafter, Lab, flags::SYN},
+    lab::{Crafter, Lab, LabOptions, flags::SYN},
     sock_diag::{self, state},
 };
 
@@ -68,6 +69,54 @@ fn assert_no_anomaly(scene: &MonitoredLab) {
 fn fast_open_syns_with_data_are_counted_apart_and_not_flagged() {
     let scene = MonitoredLab::start();
     let lab = &scene.lab;
+    let sent_with_data = fast_open_exchanges(lab);
+    // The kernel counters are mirrored once a second.
+    let tfo_syns =
+        || series_value(&scene.daemon.metrics(lab), "seqwatch_tfo_syns_total").unwrap_or(-1.0);
+    wait_for(Duration::from_secs(5), || {
+        tfo_syns() == sent_with_data as f64
+    });
+    assert_eq!(
+        tfo_syns(),
+        sent_with_data as f64,
+        "every SYN with data and a cookie, and nothing else"
+    );
+    assert_no_anomaly(&scene);
+    scene.stop();
+}
+
+/// The same seen from the client, sampling ingress: the server's answers to the Fast Open SYNs
+/// ack their data too, and are still answers to SYNs that left: each is scored, none refused.
+#[test]
+fn fast_open_answers_are_scored_on_the_clients_side() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let client_if = lab.client_if.clone();
+    let flags = [
+        "--interface",
+        &client_if,
+        "--direction",
+        "ingress",
+        "--event-log",
+        events.to_str().unwrap(),
+    ];
+    let mut daemon = Daemon::start(&lab, &lab.client_ns, dir.path(), &flags);
+    daemon.wait_attached(&lab, &client_if, "ingress");
+    fast_open_exchanges(&lab);
+    let samples = daemon.samples(TFO_CONNECTIONS);
+    assert_eq!(samples.len(), TFO_CONNECTIONS, "one per connection");
+    // The anomaly reader drains its ring buffer, and mirrors the counters, each second.
+    thread::sleep(Duration::from_millis(1500));
+    let unsolicited = "seqwatch_synacks_not_sampled_total{reason=\"unsolicited\"}";
+    assert_eq!(series_value(&daemon.metrics(&lab), unsolicited), Some(0.0));
+    assert_eq!(read_json_lines(&events), Vec::<serde_json::Value>::new());
+    daemon.stop();
+}
+
+/// `TFO_CONNECTIONS` Fast Open requests from the client to an echo server (Fast Open on in
+/// both namespaces); returns how many SYNs carried data, which the server took.
+fn fast_open_exchanges(lab: &Lab) -> u64 {
     for ns in [&lab.client_ns, &lab.server_ns] {
         // Client and server TFO on, in the lab's namespaces only.
         write_sysctl(lab, ns, "net.ipv4.tcp_fastopen", "3");
@@ -95,19 +144,7 @@ fn fast_open_syns_with_data_are_counted_apart_and_not_flagged() {
     let sent_with_data = client["TcpExtTCPFastOpenActive"];
     assert_eq!(sent_with_data, TFO_CONNECTIONS as u64 - 1, "{client:?}");
     assert_eq!(server_counters["TcpExtTCPFastOpenPassive"], sent_with_data);
-    // The kernel counters are mirrored once a second.
-    let tfo_syns =
-        || series_value(&scene.daemon.metrics(lab), "seqwatch_tfo_syns_total").unwrap_or(-1.0);
-    wait_for(Duration::from_secs(5), || {
-        tfo_syns() == sent_with_data as f64
-    });
-    assert_eq!(
-        tfo_syns(),
-        sent_with_data as f64,
-        "every SYN with data and a cookie, and nothing else"
-    );
-    assert_no_anomaly(&scene);
-    scene.stop();
+    sent_with_data
 }
 
 /// Both sides connect() from bound sockets and the SYNs cross on the wire, every time: the

@@ -42,26 +42,34 @@ pub struct Crafter {
 }
 
 impl Crafter {
-    /// A crafter on `lab.client_if`, addressing frames to `lab.server_if`.
+    /// A crafter on `lab.client_if`, addressing frames to `lab.server_if` (in a routed lab, to
+    /// the router's interface towards the client).
     pub fn client_to_server(lab: &Lab) -> anyhow::Result<Crafter> {
-        let destination_mac = lab.run_in(&lab.server_ns, || mac_address(&lab.server_if))?;
-        lab.run_in(&lab.client_ns, || {
-            Ok(Crafter {
-                socket: PacketSocket::open(&lab.client_if)?,
-                source_mac: mac_address(&lab.client_if)?,
-                destination_mac,
-            })
-        })
+        let next_hop = match &lab.router {
+            Some(router) => (router.ns.as_str(), router.client_if.as_str()),
+            None => (lab.server_ns.as_str(), lab.server_if.as_str()),
+        };
+        Self::open(lab, (&lab.client_ns, &lab.client_if), next_hop)
     }
 
-    /// A crafter on `lab.server_if`, addressing frames to `lab.client_if`: what it sends passes
-    /// the server's egress hook as if the server's stack had sent it.
+    /// A crafter on `lab.server_if`, addressing frames to `lab.client_if` (in a routed lab, to
+    /// the router's interface towards the server): what it sends passes the server's egress
+    /// hook as if the server's stack had sent it.
     pub fn server_to_client(lab: &Lab) -> anyhow::Result<Crafter> {
-        let destination_mac = lab.run_in(&lab.client_ns, || mac_address(&lab.client_if))?;
-        lab.run_in(&lab.server_ns, || {
+        let next_hop = match &lab.router {
+            Some(router) => (router.ns.as_str(), router.server_if.as_str()),
+            None => (lab.client_ns.as_str(), lab.client_if.as_str()),
+        };
+        Self::open(lab, (&lab.server_ns, &lab.server_if), next_hop)
+    }
+
+    /// A crafter on the interface `from` (namespace, name), addressing frames to `to`.
+    fn open(lab: &Lab, from: (&str, &str), to: (&str, &str)) -> anyhow::Result<Crafter> {
+        let destination_mac = lab.run_in(to.0, || mac_address(to.1))?;
+        lab.run_in(from.0, || {
             Ok(Crafter {
-                socket: PacketSocket::open(&lab.server_if)?,
-                source_mac: mac_address(&lab.server_if)?,
+                socket: PacketSocket::open(from.1)?,
+                source_mac: mac_address(from.1)?,
                 destination_mac,
             })
         })
@@ -72,7 +80,7 @@ impl Crafter {
         self.source_mac
     }
 
-    /// The MAC address frames are sent to: the other end of the lab's veth.
+    /// The MAC address frames are sent to: the other end of the veth.
     pub fn destination_mac(&self) -> [u8; 6] {
         self.destination_mac
     }

@@ -16,7 +16,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 
 pub use crafter::{Crafter, Segment, flags};
 pub use generators::{FourTuple, GeneratorKind, IsnGenerator};
-pub use netns::{DEMO_NAME, Lab, LabOptions, NAME_PREFIX, cleanup_stale, command_in_netns};
+pub use netns::{DEMO_NAME, Lab, LabOptions, NAME_PREFIX, Router, cleanup_stale, command_in_netns};
 pub use responder::{Responder, ResponderConfig, SentSynAck, monotonic_ns};
 
 /// Arguments of `seqwatch lab`.
@@ -127,7 +127,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
 }
 
 fn up(name: &str, vlan: Option<u16>) -> anyhow::Result<()> {
-    let lab = Lab::create_named(name, &LabOptions { vlan })?;
+    let options = LabOptions {
+        vlan,
+        ..LabOptions::default()
+    };
+    let lab = Lab::create_named(name, &options)?;
     let server_if = lab.server_vlan_if.as_ref().unwrap_or(&lab.server_if);
     let client_if = lab.client_vlan_if.as_ref().unwrap_or(&lab.client_if);
     println!(

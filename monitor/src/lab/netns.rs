@@ -1,4 +1,5 @@
-//! The two-namespace veth lab: a server and a client network namespace joined by a veth pair.
+//! The two-namespace veth lab: a server and a client network namespace joined by a veth pair,
+//! or, routed, each joined to a router namespace between them.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -26,12 +27,35 @@ const V4_PREFIX_LEN: u8 = 30;
 const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5357, 0, 0, 0, 0, 0, 1);
 const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5357, 0, 0, 0, 0, 0, 2);
 const V6_PREFIX_LEN: u8 = 64;
+/// A routed lab's router: its interfaces towards the server and the client, its addresses on
+/// the server's subnets (the server's + 1) and on the client's.
+const ROUTER_SERVER_IF: &str = "veth-rs";
+const ROUTER_CLIENT_IF: &str = "veth-rc";
+const ROUTER_SERVER_SIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 2);
+const ROUTER_SERVER_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5357, 0, 0, 0, 0, 0, 2);
+const ROUTER_CLIENT_SIDE_V4: Ipv4Addr = Ipv4Addr::new(10, 199, 1, 1);
+const ROUTER_CLIENT_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5357, 1, 0, 0, 0, 0, 1);
+/// A routed lab's client, on its own subnets.
+const ROUTED_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(10, 199, 1, 2);
+const ROUTED_CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5357, 1, 0, 0, 0, 0, 2);
 
 /// How to build a [`Lab`].
 #[derive(Debug, Clone, Default)]
 pub struct LabOptions {
     /// VLAN id: when set, the addresses go on VLAN sub-interfaces of the veth ends.
     pub vlan: Option<u16>,
+    /// A router namespace between server and client ([`Lab::router`]): the server's veth
+    /// leads to it, and so does the client's, from a subnet of its own.
+    pub routed: bool,
+}
+
+/// The router namespace of a routed lab: it forwards between server and client.
+#[derive(Debug)]
+pub struct Router {
+    pub ns: String,
+    /// Its veth end towards the server, and towards the client.
+    pub server_if: String,
+    pub client_if: String,
 }
 
 /// A server and a client network namespace joined by a veth pair, with IPv4 and IPv6
@@ -52,6 +76,8 @@ pub struct Lab {
     pub client_v4: Ipv4Addr,
     pub server_v6: Ipv6Addr,
     pub client_v6: Ipv6Addr,
+    /// The router between server and client, in a routed lab.
+    pub router: Option<Router>,
     /// Namespaces this lab made (and so deletes on drop).
     created: Vec<String>,
     /// Set by [`Lab::keep`]: leave the namespaces up on drop.
@@ -69,12 +95,21 @@ impl Lab {
         )
     }
 
-    /// Builds a lab whose namespaces are `<name>-s` and `<name>-c`. Fails if either exists.
-    /// Cleans up what it made if a step fails.
+    /// Builds a lab whose namespaces are `<name>-s` and `<name>-c` (and `<name>-r`, routed).
+    /// Fails if any exists. Cleans up what it made if a step fails.
     pub fn create_named(name: &str, options: &LabOptions) -> anyhow::Result<Lab> {
         ensure_root()?;
+        if options.routed && options.vlan.is_some() {
+            bail!("a routed lab has no VLAN sub-interfaces");
+        }
         let (server_ns, client_ns) = namespace_names(name);
-        for ns in [&server_ns, &client_ns] {
+        let router = options.routed.then(|| Router {
+            ns: router_namespace_name(name),
+            server_if: ROUTER_SERVER_IF.to_owned(),
+            client_if: ROUTER_CLIENT_IF.to_owned(),
+        });
+        let router_ns = router.as_ref().map(|router| &router.ns);
+        for ns in [&server_ns, &client_ns].into_iter().chain(router_ns) {
             if Self::netns_path(ns).exists() {
                 bail!(
                     "network namespace {ns} already exists (a lab left up? `seqwatch lab down --name {name}` removes it)"
@@ -88,6 +123,11 @@ impl Lab {
             ),
             None => (None, None),
         };
+        let (client_v4, client_v6) = if options.routed {
+            (ROUTED_CLIENT_V4, ROUTED_CLIENT_V6)
+        } else {
+            (CLIENT_V4, CLIENT_V6)
+        };
         let mut lab = Lab {
             server_ns,
             client_ns,
@@ -96,9 +136,10 @@ impl Lab {
             server_vlan_if,
             client_vlan_if,
             server_v4: SERVER_V4,
-            client_v4: CLIENT_V4,
+            client_v4,
             server_v6: SERVER_V6,
-            client_v6: CLIENT_V6,
+            client_v6,
+            router,
             created: Vec::new(),
             kept: false,
         };
@@ -112,6 +153,12 @@ impl Lab {
         for ns in [self.server_ns.clone(), self.client_ns.clone()] {
             ip(&["netns", "add", &ns])?;
             self.created.push(ns);
+        }
+        if let Some(router) = &self.router {
+            let ns = router.ns.clone();
+            ip(&["netns", "add", &ns])?;
+            self.created.push(ns.clone());
+            return self.build_routed(&ns);
         }
         let (s, c) = (self.server_ns.as_str(), self.client_ns.as_str());
         ip(&[
@@ -130,6 +177,68 @@ impl Lab {
         }
         add_addresses(s, server_addr_if, SERVER_V4, SERVER_V6)?;
         add_addresses(c, client_addr_if, CLIENT_V4, CLIENT_V6)?;
+        Ok(())
+    }
+
+    /// Server and client each joined to the router `r`, which forwards between them.
+    fn build_routed(&self, r: &str) -> anyhow::Result<()> {
+        let (s, c) = (self.server_ns.as_str(), self.client_ns.as_str());
+        for (ns, veth, router_veth) in [
+            (s, SERVER_IF, ROUTER_SERVER_IF),
+            (c, CLIENT_IF, ROUTER_CLIENT_IF),
+        ] {
+            ip(&[
+                "-n",
+                ns,
+                "link",
+                "add",
+                veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                router_veth,
+                "netns",
+                r,
+            ])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "link", "set", veth, "up"])?;
+            ip(&["-n", r, "link", "set", router_veth, "up"])?;
+        }
+        ip(&["-n", r, "link", "set", "lo", "up"])?;
+        add_addresses(s, SERVER_IF, SERVER_V4, SERVER_V6)?;
+        add_addresses(c, CLIENT_IF, ROUTED_CLIENT_V4, ROUTED_CLIENT_V6)?;
+        add_addresses(
+            r,
+            ROUTER_SERVER_IF,
+            ROUTER_SERVER_SIDE_V4,
+            ROUTER_SERVER_SIDE_V6,
+        )?;
+        add_addresses(
+            r,
+            ROUTER_CLIENT_IF,
+            ROUTER_CLIENT_SIDE_V4,
+            ROUTER_CLIENT_SIDE_V6,
+        )?;
+        for (ns, v4, v6) in [
+            (s, ROUTER_SERVER_SIDE_V4, ROUTER_SERVER_SIDE_V6),
+            (c, ROUTER_CLIENT_SIDE_V4, ROUTER_CLIENT_SIDE_V6),
+        ] {
+            ip(&["-n", ns, "route", "add", "default", "via", &v4.to_string()])?;
+            ip(&[
+                "-n",
+                ns,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &v6.to_string(),
+            ])?;
+        }
+        for forwarding in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            run_checked(command_in_netns(r, "sysctl").args(["-qw", forwarding]))?;
+        }
         Ok(())
     }
 
@@ -170,7 +279,7 @@ impl Lab {
     pub fn destroy_named(name: &str) -> anyhow::Result<()> {
         ensure_root()?;
         let (server_ns, client_ns) = namespace_names(name);
-        let existing: Vec<String> = [server_ns, client_ns]
+        let existing: Vec<String> = [server_ns, client_ns, router_namespace_name(name)]
             .into_iter()
             .filter(|ns| Self::netns_path(ns).exists())
             .collect();
@@ -219,19 +328,23 @@ pub fn cleanup_stale(prefix: &str) -> anyhow::Result<Vec<String>> {
     Ok(deleted)
 }
 
-/// The pid in a namespace name made by [`Lab::create`]: `<prefix>-<pid>-<n>-<s|c>`.
+/// The pid in a namespace name made by [`Lab::create`]: `<prefix>-<pid>-<n>-<s|c|r>`.
 fn owner_pid(ns: &str, prefix: &str) -> Option<u32> {
     let rest = ns.strip_prefix(prefix)?.strip_prefix('-')?;
     let mut parts = rest.split('-');
     let pid = parts.next()?.parse().ok()?;
     let _counter: u32 = parts.next()?.parse().ok()?;
-    matches!(parts.next(), Some("s" | "c"))
+    matches!(parts.next(), Some("s" | "c" | "r"))
         .then_some(pid)
         .filter(|_| parts.next().is_none())
 }
 
 fn namespace_names(name: &str) -> (String, String) {
     (format!("{name}-s"), format!("{name}-c"))
+}
+
+fn router_namespace_name(name: &str) -> String {
+    format!("{name}-r")
 }
 
 /// `nsenter --net=/run/netns/<ns> <program>`, for callers without a [`Lab`].
@@ -318,6 +431,7 @@ mod tests {
     fn owner_pid_reads_only_lab_names() {
         assert_eq!(owner_pid("sw-1234-0-s", "sw"), Some(1234));
         assert_eq!(owner_pid("sw-1234-17-c", "sw"), Some(1234));
+        assert_eq!(owner_pid("sw-1234-2-r", "sw"), Some(1234));
         assert_eq!(owner_pid("sw-demo-s", "sw"), None);
         assert_eq!(owner_pid("sw-1234-0-x", "sw"), None);
         assert_eq!(owner_pid("sw-1234-0-s-extra", "sw"), None);
