@@ -135,6 +135,24 @@ fn labs_are_isolated_from_each_other() {
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 }
 
+/// A host that runs containers forwards IPv4, and new namespaces copy that: a forwarding client
+/// namespace would answer SYN-ACKs to spoofed clients with ICMP, and the server would drop
+/// those handshakes. The lab turns it off whatever the host's setting, which this host's own
+/// setting is made to be on for the duration of the check.
+#[test]
+fn lab_namespaces_do_not_forward_whatever_the_host_does() {
+    let host = "/proc/sys/net/ipv4/ip_forward";
+    let before = std::fs::read_to_string(host).unwrap();
+    std::fs::write(host, "1").unwrap();
+    let lab = Lab::create(&LabOptions::default());
+    std::fs::write(host, before.trim()).unwrap();
+    let lab = lab.unwrap();
+    for ns in [&lab.server_ns, &lab.client_ns] {
+        let forwarding = lab.run_in(ns, || std::fs::read_to_string(host).unwrap());
+        assert_eq!(forwarding.trim(), "0", "{ns} forwards");
+    }
+}
+
 #[test]
 fn panicking_while_a_lab_is_up_still_removes_it() {
     let names = Mutex::new(None);

@@ -152,7 +152,12 @@ impl Lab {
     fn build(&mut self, options: &LabOptions) -> anyhow::Result<()> {
         for ns in [self.server_ns.clone(), self.client_ns.clone()] {
             ip(&["netns", "add", &ns])?;
-            self.created.push(ns);
+            self.created.push(ns.clone());
+            // A new namespace copies IPv4 forwarding from the host's, which a host running
+            // containers has on. A forwarding client answers the server's SYN-ACK to a spoofed
+            // address with ICMP "net unreachable", on which the server drops the request: the
+            // lab's spoofed clients must get no answer.
+            run_checked(command_in_netns(&ns, "sysctl").args(["-qw", "net.ipv4.ip_forward=0"]))?;
         }
         if let Some(router) = &self.router {
             let ns = router.ns.clone();
