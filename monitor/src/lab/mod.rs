@@ -15,7 +15,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{setsockopt, sockopt};
 
 pub use crafter::{Crafter, Segment, flags};
-pub use generators::{FourTuple, GeneratorKind, IsnGenerator};
+pub use generators::{
+    ClibLcg, ClockMix, FourTuple, GeneratorKind, IsnGenerator, Prng, PrngPreset, RandComposition,
+};
 pub use netns::{DEMO_NAME, Lab, LabOptions, NAME_PREFIX, cleanup_stale, command_in_netns};
 pub use responder::{Responder, ResponderConfig, SentSynAck, monotonic_ns};
 

@@ -236,16 +236,21 @@ fn tally_over(
     tally
 }
 
-/// The hypothesis with the lowest p-value among `tallies` (the first of those tied).
+/// The hypothesis with the lowest p-value among `tallies`; among those tied (p-values this
+/// small underflow to 0), the one right most often, then the first.
 fn best<T>(
     tallies: impl Iterator<Item = (T, Tally)>,
     window: usize,
     k: usize,
 ) -> Option<(T, Tally)> {
+    let hit_rate = |tally: &Tally| f64::from(tally.hits()) / f64::from(tally.predictions);
     tallies
         .filter(|(_, tally)| tally.hits() > 0)
         .map(|(hypothesis, tally)| (tally.p_value(window, k), hypothesis, tally))
-        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .min_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| hit_rate(&b.2).total_cmp(&hit_rate(&a.2)))
+        })
         .map(|(_, hypothesis, tally)| (hypothesis, tally))
 }
 

@@ -207,7 +207,7 @@ const LAGGED_CANDIDATES: usize = 2;
 /// Each hypothesis is first tried on the window's newest ISNs (the generator a live service
 /// runs now; an older missed SYN-ACK does not matter): only one that names one of these is
 /// run over the whole window.
-const PROBE: usize = 8;
+const PROBE: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct LaggedFibonacci {
