@@ -311,6 +311,9 @@ fn start_engines(
         probes.enable_handshake_tracking()?;
     }
     let event_log = args.event_log.as_deref().map(EventLog::open).transpose()?;
+    if let Some(log) = &event_log {
+        lock(&shared.services).log_events_to(log.clone());
+    }
     let window = Duration::from_secs(args.listener_loss_window);
     let history = AnomalyHistory::shared(window);
     let options = handshake::EngineOptions {

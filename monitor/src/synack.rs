@@ -19,9 +19,11 @@ use seqwatch_common::{
 use serde::Serialize;
 
 use crate::{
+    handshake::{Clock, EventLog},
     metrics::Metrics,
     scorer::{
-        IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, TcpOptionsSummary, Verdict,
+        Finding, IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, Severity,
+        TcpOptionsSummary, Verdict,
     },
 };
 
@@ -142,6 +144,21 @@ struct ServiceState {
 pub struct ServiceTable {
     services: LruCache<SocketAddr, ServiceState>,
     config: ScorerConfig,
+    /// Where an `isn_weak` line goes when a service's verdict turns weak.
+    event_log: Option<(EventLog, Clock)>,
+}
+
+/// The event-log line written when a service's ISN generator is first judged weak (again
+/// after a report that was not): its weaknesses, e.g. the generator recognised.
+#[derive(Serialize)]
+struct WeakEvent<'a> {
+    time: String,
+    kind: &'static str,
+    service: &'a str,
+    samples: u64,
+    guess_bits: Option<f64>,
+    attack_feasibility: Option<f64>,
+    findings: Vec<&'a Finding>,
 }
 
 impl ServiceTable {
@@ -149,7 +166,12 @@ impl ServiceTable {
         ServiceTable {
             services: LruCache::new(cap),
             config,
+            event_log: None,
         }
+    }
+
+    pub fn log_events_to(&mut self, log: EventLog) {
+        self.event_log = Some((log, Clock::now()));
     }
 
     /// Feeds one sample to its service's scorer; returns the service evicted to make room.
@@ -208,6 +230,16 @@ impl ServiceTable {
         let report = state.scorer.report(&service.to_string());
         state.rescore_after = RESCORE_AFTER.max(started.elapsed() * RESCORE_COST_FACTOR);
         set_gauges(metrics, &report);
+        let was_weak = state
+            .report
+            .as_ref()
+            .is_some_and(|r| r.verdict == Verdict::Weak);
+        if report.verdict == Verdict::Weak
+            && !was_weak
+            && let Some((log, clock)) = &self.event_log
+        {
+            write_weak_event(log, clock, &report);
+        }
         state.report = Some(report);
         Some(service)
     }
@@ -233,6 +265,25 @@ impl ServiceTable {
             .collect();
         reports.sort_by(|a, b| a.service.cmp(&b.service));
         reports
+    }
+}
+
+fn write_weak_event(log: &EventLog, clock: &Clock, report: &ServiceReport) {
+    let event = WeakEvent {
+        time: clock.rfc3339(crate::lab::monotonic_ns()),
+        kind: "isn_weak",
+        service: &report.service,
+        samples: report.samples,
+        guess_bits: report.guess_bits,
+        attack_feasibility: report.attack_feasibility,
+        findings: report
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Weakness)
+            .collect(),
+    };
+    if let Err(err) = log.write_line(&event) {
+        log::error!("writing the event log: {err:#}");
     }
 }
 

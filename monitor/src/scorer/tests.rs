@@ -143,8 +143,10 @@ impl Service {
                     self.aes.apply_keystream(&mut block);
                     self.keystream.extend(
                         block
-                            .chunks_exact(4)
-                            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+                            .as_chunks::<4>()
+                            .0
+                            .iter()
+                            .map(|w| u32::from_le_bytes(*w)),
                     );
                 }
                 self.keystream.pop_front().unwrap_or_default()

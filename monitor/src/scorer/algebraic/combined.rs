@@ -7,7 +7,6 @@
 
 use super::super::findings::{RADIUS_BITS, attack_feasibility, closest_radius};
 use super::super::models::{self, Model};
-use super::super::stats::median_f64;
 use super::{Family, FamilyResult, Recovered};
 
 /// A generator step applied to the previous ISN.
@@ -301,15 +300,18 @@ fn result(best: Best, times: &[u64], guesses: u64) -> FamilyResult {
     }
 }
 
-/// The median rate of the residual clock, per second.
+/// The residual clock's mean rate over the window, per second (each step read as a signed
+/// 32-bit difference, so a clock counting down comes out negative); None below one tick a
+/// second or over no time.
 fn clock_rate(series: &[u32], times: &[u64]) -> Option<f64> {
-    let mut rates: Vec<f64> = series
+    let (first, last) = (times.first()?, times.last()?);
+    let elapsed_s = last.checked_sub(*first)? as f64 * 1e-9;
+    let advance: f64 = series
         .windows(2)
-        .zip(times.windows(2))
-        .filter(|(_, t)| t[1] > t[0])
-        .map(|(r, t)| f64::from(r[1].wrapping_sub(r[0]) as i32) / ((t[1] - t[0]) as f64 * 1e-9))
-        .collect();
-    (!rates.is_empty()).then(|| median_f64(&mut rates))
+        .map(|r| f64::from(r[1].wrapping_sub(r[0]) as i32))
+        .sum();
+    let rate = advance / elapsed_s;
+    (rate.is_finite() && rate.abs() >= 1.0).then_some(rate)
 }
 
 #[cfg(test)]

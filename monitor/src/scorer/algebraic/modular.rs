@@ -218,6 +218,7 @@ struct LaggedFibonacci {
 }
 
 impl LaggedFibonacci {
+    #[cfg(test)]
     fn all() -> impl Iterator<Item = LaggedFibonacci> {
         SHIFTS.into_iter().flat_map(|shift| {
             (2..=MAX_LAG).flat_map(move |long| {
