@@ -66,7 +66,9 @@ pub enum PrngPreset {
 impl PrngPreset {
     pub fn prng(self) -> Prng {
         match self {
-            PrngPreset::Xorshift128 => Prng::Xorshift128,
+            PrngPreset::Xorshift128 => Prng::Xorshift128 {
+                shifts: (11, 8, 19),
+            },
             PrngPreset::Lfsr32 => Prng::GaloisLfsr {
                 width: 32,
                 taps: 0x8020_0003,
@@ -308,8 +310,9 @@ pub enum Prng {
     Xorshift32 { shifts: (u32, u32, u32) },
     /// xorshift on a 64-bit state (left, right, left); ISN = its low or high half.
     Xorshift64 { shifts: (u32, u32, u32), high: bool },
-    /// Marsaglia's xorshift128 (11, 8, 19); ISN = the new word.
-    Xorshift128,
+    /// Marsaglia's xorshift128 with shifts (a, b, c): t = x ^ (x << a), w' = w ^ (w >> c) ^ t ^
+    /// (t >> b); (11, 8, 19) is his; ISN = the new word.
+    Xorshift128 { shifts: (u32, u32, u32) },
     /// A Galois LFSR of `width` ≤ 64 bits with feedback `taps`, stepped `steps` times per
     /// ISN; ISN = the state's low 32 bits.
     GaloisLfsr { width: u32, taps: u64, steps: u32 },
@@ -452,10 +455,10 @@ impl IsnGenerator for PrngState {
                 w[0] = x;
                 if high { (x >> 32) as u32 } else { x as u32 }
             }
-            Prng::Xorshift128 => {
+            Prng::Xorshift128 { shifts: (a, b, c) } => {
                 let [x, y, z, v] = [w[0], w[1], w[2], w[3]].map(|word| word as u32);
-                let t = x ^ (x << 11);
-                let next = v ^ (v >> 19) ^ t ^ (t >> 8);
+                let t = x ^ (x << a);
+                let next = v ^ (v >> c) ^ t ^ (t >> b);
                 w.copy_from_slice(&[y, z, v, next].map(u64::from));
                 next
             }

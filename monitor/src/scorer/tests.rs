@@ -580,16 +580,22 @@ fn gf2_linear_generators_up_to_64_bits_are_named_within_64() {
                 },
                 Family::Gf2Linear,
             ),
+            (
+                Prng::Xorshift128 {
+                    shifts: (11, 8, 19),
+                },
+                Family::Gf2Linear,
+            ),
         ],
         64,
         1,
     );
 }
 
-/// Unknown generators with 64- to 256-bit states: each needs about (its state bits + the
-/// outputs per row + 2) ISNs, the fewest any method can without knowing the generator.
+/// Unknown generators with 64- and 128-bit states: each needs about (its state bits + the
+/// outputs per row + 2) ISNs, about the fewest any method can without knowing the generator.
 #[test]
-fn gf2_linear_generators_up_to_256_bits_are_named_within_their_state_size() {
+fn gf2_linear_generators_up_to_128_bits_outside_the_catalogue_are_named_within_200() {
     check_named_within(
         &[
             (
@@ -607,7 +613,12 @@ fn gf2_linear_generators_up_to_256_bits_are_named_within_their_state_size() {
                 },
                 Family::Gf2Linear,
             ),
-            (Prng::Xorshift128, Family::Gf2Linear),
+            (
+                Prng::Xorshift128 {
+                    shifts: (5, 14, 1),
+                },
+                Family::Gf2Linear,
+            ),
         ],
         200,
         60,

@@ -139,6 +139,10 @@ pub fn search(isns: &[u32], times_ns: &[u64], guesses: u64) -> Option<FamilyResu
                 isns.windows(2)
                     .map(|w| mix.residual(w[1], step.apply(w[0]))),
             );
+            // A residual that never moves is the bare step: an LCG the `Lcg` family names.
+            if series.windows(2).all(|w| w[0] == w[1]) {
+                continue;
+            }
             for model in MODELS {
                 let Some(residuals) = model_residuals(model, mix, &series, times) else {
                     continue;

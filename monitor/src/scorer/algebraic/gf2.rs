@@ -398,7 +398,11 @@ pub fn search(isns: &[u32], guesses: u64) -> Option<FamilyResult> {
                 linear_complexity: Some(state_bits),
                 ..Recovered::new(
                     Family::Gf2Linear,
-                    format!("linear over GF(2), state ≤ {state_bits} bits: an xorshift or LFSR"),
+                    if state_bits == 0 {
+                        "a constant ISN (linear over GF(2) with no state)".to_owned()
+                    } else {
+                        format!("linear over GF(2), state ≤ {state_bits} bits: an xorshift or LFSR")
+                    },
                 )
             }
         }

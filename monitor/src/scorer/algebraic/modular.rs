@@ -160,7 +160,9 @@ pub fn search_lcg(isns: &[u32], guesses: u64) -> Option<FamilyResult> {
     });
     let ((ring, constants), tally) = best(tallies, isns.len(), LCG_CANDIDATES)?;
     let (a, c) = constants.unwrap_or((0, 0));
-    let generator = if a == 1 {
+    let generator = if (a, c) == (1, 0) {
+        "a constant ISN (an LCG with multiplier 1 and increment 0)".to_owned()
+    } else if a == 1 {
         format!(
             "a counter: x' = x + {c} mod {}, an LCG with multiplier 1",
             ring.name()
