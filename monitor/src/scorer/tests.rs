@@ -613,12 +613,7 @@ fn gf2_linear_generators_up_to_128_bits_outside_the_catalogue_are_named_within_2
                 },
                 Family::Gf2Linear,
             ),
-            (
-                Prng::Xorshift128 {
-                    shifts: (5, 14, 1),
-                },
-                Family::Gf2Linear,
-            ),
+            (Prng::Xorshift128 { shifts: (5, 14, 1) }, Family::Gf2Linear),
         ],
         200,
         60,
