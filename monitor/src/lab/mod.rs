@@ -62,7 +62,8 @@ enum LabCommand {
         interface: String,
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        /// constant, step64k, clock250k, small-random, uniform, pool or rfc6528.
+        /// constant, step64k, clock250k, small-random, uniform, pool, rfc6528, xorshift128,
+        /// lfsr32, lcg, msvc-rand, java-random, glibc-random or picotcp.
         #[arg(long)]
         generator: GeneratorKind,
         /// Seed of the generator (random when not given).
