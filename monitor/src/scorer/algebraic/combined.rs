@@ -196,7 +196,9 @@ fn looks_like_a_clock(series: &[u32], times: &[u64]) -> bool {
     }
     let close = (2..screen)
         .filter(|&i| {
-            let (before, last) = (times[i - 1] - times[i - 2], times[i] - times[i - 1]);
+            // Capture timestamps may go backwards (file order): such a gap predicts nothing.
+            let before = times[i - 1].saturating_sub(times[i - 2]);
+            let last = times[i].saturating_sub(times[i - 1]);
             if before == 0 {
                 return false;
             }
