@@ -345,6 +345,9 @@ fn start_engines(
             EventLog::open(path, args.event_log_max_bytes, log_metrics)
         })
         .transpose()?;
+    if let Some(log) = &event_log {
+        lock(&shared.services).log_events_to(log.clone());
+    }
     let labels = || ServiceLabels::new(args.max_services, policy.clone());
     let window = Duration::from_secs(args.listener_loss_window);
     let history = AnomalyHistory::shared(window);

@@ -201,7 +201,7 @@ impl IsnMetrics {
                 // Not `_bits`: Prometheus reserves unit suffixes for base units (promtool would
                 // say "use bytes"), and this is log2 of a count of ISNs, not a data size.
                 "seqwatch_isn_guess_space_log2",
-                "log2 of the ISN range a blind attacker must search (the residual spread of the best ISN model): the scorer's guess bits.",
+                "log2 of the ISN range a blind attacker must search (the residual spread of the best ISN model, or the next ISN's rank among a recovered generator's candidates): the scorer's guess bits.",
             )?,
             attack_feasibility: float(
                 "seqwatch_isn_attack_feasibility",

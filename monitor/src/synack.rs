@@ -20,10 +20,11 @@ use serde::Serialize;
 
 use crate::{
     admission::{Candidate, ranking_decay},
-    handshake::ServiceLabels,
+    handshake::{Clock, EventLog, ServiceLabels},
     metrics::Metrics,
     scorer::{
-        IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, TcpOptionsSummary, Verdict,
+        Finding, IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, Severity,
+        TcpOptionsSummary, Verdict,
     },
 };
 
@@ -155,6 +156,21 @@ pub struct ServiceTable {
     labels: ServiceLabels,
     config: ScorerConfig,
     ranked_at: Option<Instant>,
+    /// Where an `isn_weak` line goes when a service's verdict turns weak.
+    event_log: Option<(EventLog, Clock)>,
+}
+
+/// The event-log line written when a service's ISN generator is first judged weak (again
+/// after a report that was not): its weaknesses, e.g. the generator recognised.
+#[derive(Serialize)]
+struct WeakEvent<'a> {
+    time: String,
+    kind: &'static str,
+    service: &'a str,
+    samples: u64,
+    guess_bits: Option<f64>,
+    attack_feasibility: Option<f64>,
+    findings: Vec<&'a Finding>,
 }
 
 impl ServiceTable {
@@ -165,7 +181,12 @@ impl ServiceTable {
             labels,
             config,
             ranked_at: None,
+            event_log: None,
         }
+    }
+
+    pub fn log_events_to(&mut self, log: EventLog) {
+        self.event_log = Some((log, Clock::now()));
     }
 
     /// Feeds one sample to its service's scorer; returns the service evicted to make room.
@@ -292,6 +313,16 @@ impl ServiceTable {
             set_gauges(metrics, &report);
             state.published = true;
         }
+        let was_weak = state
+            .report
+            .as_ref()
+            .is_some_and(|r| r.verdict == Verdict::Weak);
+        if report.verdict == Verdict::Weak
+            && !was_weak
+            && let Some((log, clock)) = &self.event_log
+        {
+            write_weak_event(log, clock, &report);
+        }
         state.report = Some(report);
         Some(service)
     }
@@ -318,6 +349,23 @@ impl ServiceTable {
         reports.sort_by(|a, b| a.service.cmp(&b.service));
         reports
     }
+}
+
+fn write_weak_event(log: &EventLog, clock: &Clock, report: &ServiceReport) {
+    let event = WeakEvent {
+        time: clock.rfc3339(crate::lab::monotonic_ns()),
+        kind: "isn_weak",
+        service: &report.service,
+        samples: report.samples,
+        guess_bits: report.guess_bits,
+        attack_feasibility: report.attack_feasibility,
+        findings: report
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Weakness)
+            .collect(),
+    };
+    log.write_line(&event);
 }
 
 fn set_gauges(metrics: &Metrics, report: &ServiceReport) {

@@ -13,10 +13,12 @@ use std::{
 };
 
 use common::{
-    Capture, Daemon, attachments, connect_many, http_get, listen, sample_tuples, series_value,
-    wait_for,
+    Capture, Daemon, attachments, connect_many, http_get, listen, read_json_lines, sample_tuples,
+    series_value, wait_for,
 };
-use seqwatch::lab::{Crafter, GeneratorKind, Lab, LabOptions, Responder, ResponderConfig};
+use seqwatch::lab::{
+    Crafter, GeneratorKind, Lab, LabOptions, PrngPreset, Responder, ResponderConfig,
+};
 
 const CONNECTIONS: usize = 500;
 const PORT: u16 = 8080;
@@ -211,6 +213,124 @@ fn weak_responder_isns_come_out_exactly_as_generated() {
         assert!(scored, "{generator} should score {verdict}");
         daemon.stop();
     }
+}
+
+/// Pseudo-random responders on the live path: the kernel samples their SYN-ACKs, the daemon
+/// names each generator's family from 48 of them, /metrics calls the services weak with next to
+/// no guess bits left, and the event log says which generator was recognised.
+#[test]
+fn prng_responders_are_named_weak_through_the_daemon() {
+    const SYNACKS: usize = 48;
+    let cases = [
+        (PrngPreset::JavaRandom, "truncated_lcg"),
+        (PrngPreset::GlibcRandom, "lagged_fibonacci"),
+        (PrngPreset::PicoTcp, "step_with_clock"),
+    ];
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let mut daemon = Daemon::start(
+        &lab,
+        &lab.server_ns,
+        dir.path(),
+        &[
+            "--interface",
+            &lab.server_if,
+            "--event-log",
+            events.to_str().unwrap(),
+        ],
+    );
+    daemon.wait_attached(&lab, &lab.server_if, "egress");
+    let mut responders = Vec::new();
+    for (i, (preset, _)) in cases.iter().enumerate() {
+        let port = PORT + i as u16;
+        responders.push(
+            Responder::spawn_in(
+                &lab,
+                ResponderConfig {
+                    interface: lab.server_if.clone(),
+                    port,
+                    generator: GeneratorKind::Prng(*preset),
+                    seed: 11 + i as u64,
+                    record: None,
+                },
+            )
+            .unwrap(),
+        );
+        connect_many(
+            &lab,
+            &lab.client_ns,
+            SocketAddr::new(lab.server_v4.into(), port),
+            SYNACKS,
+        );
+    }
+    let services: Vec<String> = (0..cases.len())
+        .map(|i| SocketAddr::new(lab.server_v4.into(), PORT + i as u16).to_string())
+        .collect();
+    let gauge = |metrics: &str, name: &str, service: &str| {
+        series_value(metrics, &format!("{name}{{service=\"{service}\"}}"))
+    };
+    let all_weak = wait_for(Duration::from_secs(15), || {
+        common::scrape(&lab, &lab.server_ns).is_some_and(|metrics| {
+            services.iter().all(|service| {
+                gauge(&metrics, "seqwatch_isn_weak", service) == Some(1.0)
+                    && gauge(&metrics, "seqwatch_isn_samples", service) == Some(SYNACKS as f64)
+            })
+        })
+    });
+    let metrics = daemon.metrics(&lab);
+    assert!(all_weak, "not every PRNG service scored weak:\n{metrics}");
+    for service in &services {
+        let bits = gauge(&metrics, "seqwatch_isn_guess_space_log2", service).unwrap();
+        let feasibility = gauge(&metrics, "seqwatch_isn_attack_feasibility", service).unwrap();
+        assert!(
+            bits <= 1.0 && feasibility >= 0.5,
+            "{service}: {bits} bits, {feasibility}"
+        );
+    }
+
+    let body = http_get(&lab, &lab.server_ns, "/api/v1/services").unwrap();
+    let reports: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let family_of = |findings: &serde_json::Value| -> Vec<String> {
+        findings
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["kind"] == "prng")
+            .map(|f| f["generator"]["family"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    // The daemon flushes the event log on its own tick.
+    let mut logged = Vec::new();
+    wait_for(Duration::from_secs(5), || {
+        logged = read_json_lines(&events)
+            .into_iter()
+            .filter(|e| e["kind"] == "isn_weak")
+            .collect();
+        logged.len() >= services.len()
+    });
+    for (service, (preset, family)) in services.iter().zip(cases) {
+        let report = reports["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["service"] == service.as_str())
+            .unwrap_or_else(|| panic!("{service} not in {body}"));
+        assert!(
+            family_of(&report["findings"]).iter().any(|f| f == family),
+            "{preset:?}: {:#}",
+            report["findings"]
+        );
+        let event = logged
+            .iter()
+            .find(|e| e["service"] == service.as_str())
+            .unwrap_or_else(|| panic!("no isn_weak line for {service}: {logged:#?}"));
+        eprintln!("{preset:?}: {event}");
+    }
+    for responder in responders {
+        responder.stop().unwrap();
+    }
+    daemon.stop();
 }
 
 /// An interface that appears after start is attached within 2 s; one that vanishes is

@@ -20,7 +20,7 @@ use common::{Capture, Daemon, http_get, listen, read_json_lines, series_value, w
 use etherparse::{SlicedPacket, TransportSlice};
 use seqwatch::{
     analyze::capture::read_frames,
-    lab::{GeneratorKind, Lab, LabOptions, Responder, ResponderConfig},
+    lab::{GeneratorKind, Lab, LabOptions, PrngPreset, Responder, ResponderConfig},
     scorer::{
         IsnObservation, NmapIndex, ScorerConfig, ServiceScorer, TcpOptionsSummary, Verdict,
         difficulty_label, nmap_index,
@@ -348,6 +348,28 @@ fn nmap_seq_indices_agree_and_weak_generators_stay_weak() {
             weak: false,
             sp_measures_jitter: false,
         },
+        // Pseudo-random generators whose next ISN follows from the last few: three ISNs pin
+        // down an LCG, one a catalogue `rand()`, two `java.util.Random`, two picoTCP's mix.
+        Case {
+            generator: Some(GeneratorKind::Prng(PrngPreset::Lcg)),
+            weak: true,
+            sp_measures_jitter: false,
+        },
+        Case {
+            generator: Some(GeneratorKind::Prng(PrngPreset::MsvcRand)),
+            weak: true,
+            sp_measures_jitter: false,
+        },
+        Case {
+            generator: Some(GeneratorKind::Prng(PrngPreset::JavaRandom)),
+            weak: true,
+            sp_measures_jitter: false,
+        },
+        Case {
+            generator: Some(GeneratorKind::Prng(PrngPreset::PicoTcp)),
+            weak: true,
+            sp_measures_jitter: false,
+        },
     ];
     let lab = Lab::create(&LabOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -540,8 +562,20 @@ fn nmap_seq_indices_agree_and_weak_generators_stay_weak() {
         good_luck_but_weak.contains(&GeneratorKind::SmallRandom.to_string()),
         "nmap rated these weak generators \"Good luck!\": {good_luck_but_weak:?}"
     );
+    // Nor does nmap see through a pseudo-random generator an attacker predicts exactly.
+    for preset in [
+        PrngPreset::Lcg,
+        PrngPreset::MsvcRand,
+        PrngPreset::JavaRandom,
+    ] {
+        let name = GeneratorKind::Prng(preset).to_string();
+        assert!(
+            good_luck_but_weak.contains(&name),
+            "nmap did not rate {name} \"Good luck!\": {good_luck_but_weak:?}\n{table}"
+        );
+    }
     assert!(
-        started.elapsed() < Duration::from_secs(120),
+        started.elapsed() < Duration::from_secs(180),
         "took {:?}",
         started.elapsed()
     );

@@ -1,13 +1,13 @@
 //! The daemon as Prometheus sees it, with real parts only. The real daemon (both directions)
-//! runs in a lab namespace and watches a real Linux listener, the weak step64k responder and
-//! crafted segments with illegal flags. Its live /metrics must pass `promtool check metrics`;
-//! and Debian's Prometheus, started in the same namespace with the shipped scrape config and
-//! rules (target, intervals and `for:` shortened), must return data for every Grafana panel's
-//! query and fire the weak-generator alert. Blind ISN guesses (wrong-ack third packets from a
-//! spoofed address) against the weak service give the spoofing panels their data and fire the
-//! spoofing alert. A TLS session whose server writes plaintext onto its socket gives the TLS
-//! panels theirs and fires the plaintext alert. Needs root; the lab namespaces and Prometheus
-//! go with the test.
+//! runs in a lab namespace and watches a real Linux listener, the weak step64k responder, a
+//! `java.util.Random` responder and crafted segments with illegal flags. Its live /metrics must
+//! pass `promtool check metrics`; and Debian's Prometheus, started in the same namespace with the
+//! shipped scrape config and rules (target, intervals and `for:` shortened), must return data for
+//! every Grafana panel's query and fire the weak-generator alert for both weak responders. Blind
+//! ISN guesses (wrong-ack third packets from a spoofed address) against the weak service give the
+//! spoofing panels their data and fire the spoofing alert. A TLS session whose server writes
+//! plaintext onto its socket gives the TLS panels theirs and fires the plaintext alert. Needs
+//! root; the lab namespaces and Prometheus go with the test.
 
 // This crate uses only some of the shared helpers.
 #[allow(dead_code)]
@@ -31,7 +31,7 @@ use common::{
     wait_for,
 };
 use seqwatch::lab::{
-    Crafter, GeneratorKind, Lab, LabOptions, Responder, ResponderConfig,
+    Crafter, GeneratorKind, Lab, LabOptions, PrngPreset, Responder, ResponderConfig,
     flags::{ACK, FIN, PSH, SYN, URG},
 };
 use seqwatch_common::handshake::AnomalyKind;
@@ -41,6 +41,8 @@ use serde_norway::Value as Yaml;
 /// The weak responder (ISNs +64000 per connection) and a real Linux listener.
 const WEAK_PORT: u16 = 8080;
 const LINUX_PORT: u16 = 8081;
+/// A pseudo-random responder (`java.util.Random`): weak only through generator recovery.
+const PRNG_PORT: u16 = 8082;
 /// A TLS server (a default TLS port) that leaks plaintext once.
 const TLS_PORT: u16 = 8443;
 const CONNECTIONS: usize = 40;
@@ -75,7 +77,9 @@ static DAEMON_LOADING: Mutex<()> = Mutex::new(());
 struct Scene {
     daemon: Daemon,
     _responder: Responder,
+    _prng_responder: Responder,
     weak: SocketAddr,
+    prng: SocketAddr,
     linux: SocketAddr,
     tls: SocketAddrV4,
     lab: Lab,
@@ -112,9 +116,22 @@ impl Scene {
             },
         )
         .unwrap();
+        let prng = SocketAddr::new(lab.server_v4.into(), PRNG_PORT);
+        let prng_responder = Responder::spawn_in(
+            &lab,
+            ResponderConfig {
+                interface: lab.server_if.clone(),
+                port: PRNG_PORT,
+                generator: GeneratorKind::Prng(PrngPreset::JavaRandom),
+                seed: 8,
+                record: None,
+            },
+        )
+        .unwrap();
         listen(&lab, &lab.server_ns, linux);
         connect_many(&lab, &lab.client_ns, linux, CONNECTIONS);
         connect_many(&lab, &lab.client_ns, weak, CONNECTIONS);
+        connect_many(&lab, &lab.client_ns, prng, CONNECTIONS);
         send_illegal_flags(&lab, weak);
         guess_isns(&lab, &daemon, weak);
         let tls = SocketAddrV4::new(lab.server_v4, TLS_PORT);
@@ -122,7 +139,9 @@ impl Scene {
         let scene = Scene {
             daemon,
             _responder: responder,
+            _prng_responder: prng_responder,
             weak,
+            prng,
             linux,
             tls,
             lab,
@@ -136,6 +155,7 @@ impl Scene {
     /// are scored.
     fn wait_until_scored(&self) {
         let weak = format!("seqwatch_isn_weak{{service=\"{}\"}}", self.weak);
+        let prng = format!("seqwatch_isn_weak{{service=\"{}\"}}", self.prng);
         let spoofing = format!(
             "seqwatch_spoofing_attempt_score{{service=\"{}\"}}",
             self.weak
@@ -153,6 +173,7 @@ impl Scene {
         let settled = wait_for(Duration::from_secs(15), || {
             common::scrape(&self.lab, &self.daemon.ns).is_some_and(|m| {
                 series_value(&m, &weak) == Some(1.0)
+                    && series_value(&m, &prng) == Some(1.0)
                     && counted(&m)
                     && series_value(&m, &spoofing).is_some_and(|score| score > 0.0)
             })
@@ -235,7 +256,9 @@ fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_spoofing_and
     let instance = prometheus.resolve_instance_variable(&scene.lab);
     let services = prometheus.resolve_service_variable(&scene.lab, &instance);
     let tls = SocketAddr::from(scene.tls);
-    let want: BTreeSet<String> = [scene.weak, scene.linux, tls].map(|s| s.to_string()).into();
+    let want: BTreeSet<String> = [scene.weak, scene.linux, scene.prng, tls]
+        .map(|s| s.to_string())
+        .into();
     assert_eq!(services, want, "the $service variable's values");
 
     let weak = scene.weak.to_string();
@@ -280,6 +303,11 @@ fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_spoofing_and
         &scene.lab,
         "SeqwatchTlsPlaintextSuspected",
         &tls.to_string(),
+    );
+    prometheus.wait_for_firing(
+        &scene.lab,
+        "SeqwatchWeakIsnGenerator",
+        &scene.prng.to_string(),
     );
     let alerts = prometheus.wait_for_firing(&scene.lab, "SeqwatchWeakIsnGenerator", &weak);
     let linux = scene.linux.to_string();

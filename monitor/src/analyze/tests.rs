@@ -295,3 +295,45 @@ fn table_lists_each_service_and_its_reasons() {
     assert!(text.contains(SERVER_V4) && text.contains("weak"), "{text}");
     assert!(text.contains("multiples of 64000"), "{text}");
 }
+
+/// Issue 22 as a user met it: a capture of 200 SYN-ACKs from `java.util.Random` read as strong,
+/// 31.8 guess bits. Now the JSON names the generator and says the next ISN is known.
+#[test]
+fn a_capture_of_a_prng_service_names_the_generator() {
+    use crate::lab::{FourTuple, GeneratorKind, PrngPreset};
+    let server: SocketAddr = SERVER_V4.parse().unwrap();
+    for (preset, family) in [
+        (PrngPreset::JavaRandom, "truncated_lcg"),
+        (PrngPreset::MsvcRand, "truncated_lcg"),
+        (PrngPreset::Lcg, "lcg"),
+    ] {
+        let mut generator = GeneratorKind::Prng(preset).build(22);
+        let mut frames = Vec::new();
+        for i in 0..200u32 {
+            let client = SocketAddr::new("198.51.100.5".parse().unwrap(), 20_000 + i as u16);
+            let ts_ns = 1_700_000_000_000_000_000 + u64::from(i) * 130_000_000;
+            let four_tuple = FourTuple {
+                saddr: server.ip(),
+                sport: server.port(),
+                daddr: client.ip(),
+                dport: client.port(),
+            };
+            let isn = generator.next_isn(&four_tuple, ts_ns);
+            let synack = segment(Encapsulation::Ethernet, server, client, isn, Some(i + 1));
+            frames.push((ts_ns, synack));
+        }
+        let (reports, result) = analyze(&pcap(Linktype::ETHERNET, &frames));
+        assert_eq!(result, Ok(200));
+        let json = serde_json::to_value(&reports[0]).unwrap();
+        assert_eq!(json["verdict"], "weak", "{preset:?}: {json:#}");
+        assert_eq!(json["guess_bits"], 0.0, "{preset:?}");
+        assert_eq!(json["attack_feasibility"], 1.0, "{preset:?}");
+        let prng = json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "prng")
+            .unwrap_or_else(|| panic!("{preset:?}: {json:#}"));
+        assert_eq!(prng["generator"]["family"], family, "{preset:?}");
+    }
+}

@@ -15,7 +15,9 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{setsockopt, sockopt};
 
 pub use crafter::{Crafter, Segment, flags};
-pub use generators::{FourTuple, GeneratorKind, IsnGenerator};
+pub use generators::{
+    ClibLcg, ClockMix, FourTuple, GeneratorKind, IsnGenerator, Prng, PrngPreset, RandComposition,
+};
 pub use netns::{DEMO_NAME, Lab, LabOptions, NAME_PREFIX, Router, cleanup_stale, command_in_netns};
 pub use responder::{Responder, ResponderConfig, SentSynAck, monotonic_ns};
 
@@ -60,7 +62,8 @@ enum LabCommand {
         interface: String,
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        /// constant, step64k, clock250k, small-random, uniform, pool or rfc6528.
+        /// constant, step64k, clock250k, small-random, uniform, pool, rfc6528, xorshift128,
+        /// lfsr32, lcg, msvc-rand, java-random, glibc-random or picotcp.
         #[arg(long)]
         generator: GeneratorKind,
         /// Seed of the generator (random when not given).

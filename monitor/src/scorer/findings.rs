@@ -1,5 +1,6 @@
 //! The tests run over a window, the findings they produce, and the verdict.
 
+use super::algebraic::{self, FamilyResult, Recovered};
 use super::estimators::{self, PredictorHit};
 use super::models::{self, Model};
 use super::nmap::{self, gcd_u32};
@@ -11,10 +12,10 @@ use super::window::{ReusePair, Sample};
 use super::{ScorerConfig, ServiceReport, Verdict};
 
 /// Tests sharing the false-alarm budget (union bound): small step, GCD, residual models,
-/// repeats, bit bias, top-byte chi-square, predictors.
-const TEST_COUNT: f64 = 7.0;
+/// repeats, bit bias, top-byte chi-square, predictors, generator state recovery.
+const TEST_COUNT: f64 = 8.0;
 /// Radii (log2) at which residuals are counted as "close to the prediction".
-const RADIUS_BITS: [u32; 6] = [8, 12, 16, 20, 24, 28];
+pub(super) const RADIUS_BITS: [u32; 6] = [8, 12, 16, 20, 24, 28];
 /// Bits 8..32: the low byte is left out because SYN cookies legitimately structure it.
 const BIASED_BIT_RANGE: std::ops::Range<u32> = 8..32;
 /// The χ² on the top byte needs ≥ 5 expected per cell.
@@ -33,6 +34,8 @@ pub enum FindingKind {
     BitBias,
     TopByteChiSquare,
     Predictor,
+    /// A pseudo-random generator recognised: the next ISN follows from the earlier ones.
+    Prng,
     SyncookiesActive,
     RetransmitsDropped,
     ClockRateMust8,
@@ -60,6 +63,9 @@ pub struct Finding {
     pub p_value: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// For `prng`: the family, the constants recovered and the predictions' record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generator: Option<Recovered>,
 }
 
 impl Finding {
@@ -71,6 +77,7 @@ impl Finding {
             bits_lost: Some(bits_lost),
             p_value: Some(p_value),
             value: None,
+            generator: None,
         }
     }
 
@@ -82,6 +89,7 @@ impl Finding {
             bits_lost: None,
             p_value: None,
             value: Some(value),
+            generator: None,
         }
     }
 }
@@ -119,6 +127,13 @@ pub fn assess(
     .into_iter()
     .flatten()
     .collect();
+    // Only a family that rejected H0 lends the report its numbers: a generator weak only
+    // through the tests above keeps theirs.
+    let recovered: Vec<FamilyResult> = algebraic::search(&isns, &times, config.guesses)
+        .into_iter()
+        .filter(|family| family_p_value(family) < alpha)
+        .collect();
+    findings.extend(recovered.iter().map(prng_finding));
     findings.extend(context_notes(window, retransmits));
     findings.extend(clock_rate_check(reuses));
 
@@ -138,8 +153,12 @@ pub fn assess(
         guess_bits: residuals
             .iter()
             .filter_map(|(_, r)| models::guess_bits(r))
+            .chain(recovered.iter().filter_map(|family| family.guess_bits))
             .min_by(f64::total_cmp),
-        attack_feasibility: attack_feasibility(&residuals, config.guesses),
+        attack_feasibility: attack_feasibility(&residuals, config.guesses)
+            .into_iter()
+            .chain(recovered.iter().filter_map(|family| family.feasibility))
+            .max_by(f64::total_cmp),
         findings,
         nmap: nmap::nmap_index(&nmap_samples),
     }
@@ -151,16 +170,16 @@ fn one_decimal_down(x: f64) -> f64 {
 }
 
 /// Residuals inside ±2^r, at the radius where that is least likely under the null.
-struct Closeness {
-    radius_bits: u32,
-    hits: usize,
-    total: usize,
-    p_value: f64,
+pub(super) struct Closeness {
+    pub radius_bits: u32,
+    pub hits: usize,
+    pub total: usize,
+    pub p_value: f64,
 }
 
 /// Under the null each residual is uniform on 2^32, so the count within ±2^r (2^(r+1) − 1
 /// values) is Binomial(m, (2^(r+1) − 1)/2^32) exactly.
-fn closest_radius(residuals: &[i32]) -> Option<Closeness> {
+pub(super) fn closest_radius(residuals: &[i32]) -> Option<Closeness> {
     if residuals.is_empty() {
         return None;
     }
@@ -375,6 +394,25 @@ fn predictor_test(window: &[Sample], step_residuals: &[i32], alpha: f64) -> Opti
     ))
 }
 
+/// The generator-recovery test's p-value for one family: its share of the test's level is
+/// 1/5 (each family is Bonferroni-corrected over its own hypotheses already).
+fn family_p_value(family: &FamilyResult) -> f64 {
+    (family.p_value * algebraic::FAMILIES.len() as f64).min(1.0)
+}
+
+fn prng_finding(family: &FamilyResult) -> Finding {
+    let recovered = &family.recovered;
+    Finding {
+        kind: FindingKind::Prng,
+        severity: Severity::Weakness,
+        message: recovered.describe(),
+        bits_lost: Some(32.0 - family.guess_bits.unwrap_or(32.0)),
+        p_value: Some(family_p_value(family)),
+        value: None,
+        generator: Some(recovered.clone()),
+    }
+}
+
 fn context_notes(window: &[Sample], retransmits: u64) -> Vec<Finding> {
     let mut notes = Vec::new();
     let cookies = window.iter().filter(|s| s.syncookie).count();
@@ -448,7 +486,7 @@ fn clock_rate_check(reuses: &[ReusePair]) -> Option<Finding> {
 /// Chance that a blind attacker's `guesses` consecutive values, centred on the best model's
 /// prediction, contain the real ISN: the model and its centre are chosen on the first half of
 /// the residuals and the hit rate is measured on the second half.
-fn attack_feasibility(per_model: &[(Model, Vec<i32>)], guesses: u64) -> Option<f64> {
+pub(super) fn attack_feasibility(per_model: &[(Model, Vec<i32>)], guesses: u64) -> Option<f64> {
     let (_, training, held_out) = per_model
         .iter()
         .filter(|(_, r)| r.len() >= 4)

@@ -5,6 +5,7 @@
 //! lazily by `report`, which caches its result until the next sample. The math, the null
 //! distribution of every test and the false-alarm budget are in `docs/scorer.md`.
 
+mod algebraic;
 mod estimators;
 mod findings;
 mod models;
@@ -17,6 +18,7 @@ mod tests;
 
 use std::net::SocketAddr;
 
+pub use algebraic::{Family, Recovered};
 pub use findings::{Finding, FindingKind, Severity};
 pub use models::Model;
 pub use nmap::{NmapIndex, difficulty_label, nmap_index};
