@@ -25,7 +25,10 @@ pub fn build() -> anyhow::Result<()> {
     step(&format!("podman build {tag}"));
     run_checked(
         Command::new("podman")
-            .args(["build", "--pull=never", "--layers=false"])
+            // No network: nothing to fetch, and podman's default bridge network would turn
+            // on IPv4 forwarding in the host's namespace, which every new namespace (the
+            // tests' labs) inherits.
+            .args(["build", "--pull=never", "--layers=false", "--network=none"])
             .arg("--file")
             .arg(workspace_root().join("packaging/container/Containerfile"))
             .args([

@@ -87,7 +87,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     setup::ensure()?;
-    // tests/container.rs runs the image, tests/chart.rs renders the Helm chart with Go.
+    // tests/packaging.rs runs the image, tests/chart.rs renders the Helm chart with Go.
     setup::ensure_container_tools()?;
     step("cargo fmt --check");
     cargo(&["fmt", "--all", "--check"])?;
@@ -105,7 +105,7 @@ fn test() -> anyhow::Result<()> {
     ])?;
     step("cargo clippy -D warnings (eBPF crate, bpfel-unknown-none)");
     clippy_ebpf()?;
-    step("container image (tests/container.rs runs it)");
+    step("container image (tests/packaging.rs runs it)");
     image::build()?;
     step("cargo test (unit tests, and kernel tests in network namespaces)");
     cargo(&[
