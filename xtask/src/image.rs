@@ -1,14 +1,17 @@
 //! `./x image`: the static (musl) binary, then the container image `localhost/seqwatch:<version>`
 //! built by podman from packaging/container/Containerfile (FROM scratch: nothing is pulled).
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
 use crate::{cargo_with_env, run_checked, step, workspace_root};
 
 /// The image's name; `localhost/` keeps podman from looking it up in a registry.
-pub fn image_tag() -> String {
+fn image_tag() -> String {
     format!("localhost/seqwatch:{}", env!("CARGO_PKG_VERSION"))
 }
 
@@ -82,7 +85,7 @@ fn build_static() -> anyhow::Result<PathBuf> {
 
 /// target/container/: the binary and the default configuration, all the build sees (the
 /// workspace, with its gigabytes of target/, would be sent to the build otherwise).
-fn stage_context(binary: &std::path::Path) -> anyhow::Result<PathBuf> {
+fn stage_context(binary: &Path) -> anyhow::Result<PathBuf> {
     let context = workspace_root().join("target/container");
     if context.exists() {
         std::fs::remove_dir_all(&context)?;
