@@ -1,6 +1,7 @@
 //! Packaging: the .deb that `cargo deb` builds from the already-built release binary, installed
-//! with dpkg into a scratch root; and the Kubernetes DaemonSet, checked without a cluster, and
-//! its container's restrictions reproduced around the real daemon in a lab namespace.
+//! with dpkg into a scratch root; the Kubernetes DaemonSet, checked without a cluster, and
+//! its container's restrictions reproduced around the real daemon in a lab namespace; and the
+//! container image (`./x image`) run by podman as the DaemonSet describes.
 
 // This crate uses only some of the shared helpers.
 #[allow(dead_code)]
@@ -558,4 +559,367 @@ fn strings_in_order(value: &Yaml) -> Vec<String> {
     list.iter()
         .map(|v| v.as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The image `./x image` built, as a container runtime runs the DaemonSet's container: podman
+/// with the manifest's image, args, env, capabilities, volumes and security context, in a lab
+/// namespace standing for the node's network (hostNetwork). It attaches every program, serves
+/// /metrics on the node's address to another host, samples, holds only CAP_NET_ADMIN once
+/// attached, and on `podman stop` (SIGTERM) detaches everything and exits 0. The image is
+/// FROM scratch, so it runs only because the binary is static, and nothing is pulled.
+#[test]
+fn the_image_runs_as_the_daemonset_container() {
+    let documents = kubernetes_manifest();
+    let config_map = documents.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let daemon_set = documents.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let pod = &daemon_set["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let image = container["image"].as_str().unwrap();
+    assert_eq!(
+        image,
+        format!("localhost/seqwatch:{}", env!("CARGO_PKG_VERSION")),
+        "the DaemonSet runs the image ./x image builds"
+    );
+    assert_image_is_current(image);
+    assert_image_holds_only_the_binary_and_config(image);
+    assert_eq!(
+        podman_inspect(&["image", "inspect"], image, "{{json .Config.Entrypoint}}"),
+        serde_json::to_string(&strings_in_order(&container["command"])).unwrap(),
+        "the image's entrypoint is the DaemonSet's command, so either may start it"
+    );
+
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node_ip = lab.server_v4.to_string();
+    let mut run = vec![
+        "run".to_owned(),
+        "--detach".to_owned(),
+        "--pull=never".to_owned(),
+        format!("--network=ns:{}", Lab::netns_path(&lab.server_ns).display()),
+    ];
+    run.extend(podman_host_workarounds(dir.path()));
+    run.extend(security_flags(container));
+    run.extend(volume_flags(pod, container, config_map, dir.path()));
+    for variable in container["env"].as_sequence().unwrap() {
+        if let Some(value) = variable["value"].as_str() {
+            run.push(format!(
+                "--env={}={value}",
+                variable["name"].as_str().unwrap()
+            ));
+        }
+    }
+    let name = format!("seqwatch-test-{}", lab.server_ns);
+    run.push(format!("--name={name}"));
+    run.push(image.to_owned());
+    // The container's args replace the image's CMD; kubelet expands $(NODE_IP).
+    run.extend(
+        strings_in_order(&container["args"])
+            .into_iter()
+            .map(|arg| arg.replace("$(NODE_IP)", &node_ip)),
+    );
+    let podman = PodmanContainer(name);
+    run_podman(&run);
+
+    let logs = || podman.logs();
+    let metrics_addr = format!(
+        "{node_ip}:{}",
+        container["ports"][0]["containerPort"].as_u64().unwrap()
+    );
+    let scrape = || http_get_from(&lab, &lab.client_ns, &metrics_addr, "/metrics");
+    let attached = format!(
+        "seqwatch_program_attached{{direction=\"egress\",interface=\"{}\",program=\"synack_egress\"}}",
+        lab.server_if
+    );
+    let up = wait_for(Duration::from_secs(60), || {
+        assert!(podman.running(), "the container exited:\n{}", logs());
+        scrape().is_some_and(|m| series_value(&m, &attached) == Some(1.0))
+    });
+    assert!(up, "not attached and served within 60 s:\n{}", logs());
+    let metrics = scrape().unwrap();
+    for program in seqwatch::tcp_events::program_names() {
+        let series = format!(
+            "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
+        );
+        assert_eq!(
+            series_value(&metrics, &series),
+            Some(1.0),
+            "{program}\n{}",
+            logs()
+        );
+    }
+
+    let pid = podman_inspect(&["container", "inspect"], &podman.0, "{{.State.Pid}}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find_map(|l| l.strip_prefix(name));
+        line.unwrap().trim().to_owned()
+    };
+    let capabilities = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+    assert_eq!(field("Uid:").split_whitespace().next(), Some("0"));
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(capabilities("CapBnd:"), NET_ADMIN_PERFMON_BPF);
+    assert_eq!(
+        capabilities("CapEff:"),
+        1 << 12,
+        "CAP_NET_ADMIN alone after attach"
+    );
+
+    let service = SocketAddr::new(lab.server_v4.into(), 8080);
+    listen(&lab, &lab.server_ns, service);
+    connect_many(&lab, &lab.client_ns, service, 20);
+    let samples = format!("seqwatch_isn_samples{{service=\"{service}\"}}");
+    let sampled = wait_for(Duration::from_secs(10), || {
+        scrape().is_some_and(|m| series_value(&m, &samples) == Some(20.0))
+    });
+    assert!(sampled, "20 SYN-ACKs sampled: {:?}\n{}", scrape(), logs());
+
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    run_podman(&[
+        "stop".to_owned(),
+        format!("--time={grace}"),
+        podman.0.clone(),
+    ]);
+    assert_eq!(
+        podman_inspect(&["container", "inspect"], &podman.0, "{{.State.ExitCode}}"),
+        "0",
+        "exit status after SIGTERM:\n{}",
+        logs()
+    );
+    let left = common::attachments(&lab, &lab.server_ns, &lab.server_if);
+    assert!(left.is_empty(), "left attached: {left:?}");
+}
+
+/// What this project's machines need for rootful podman (Debian 12's 4.3) to run any
+/// container; nothing here is about seqwatch. runc: crun 1.8 refuses a host whose cgroup v2
+/// hierarchy holds a controller beside the v1 ones. Explicit limits: rootful podman otherwise
+/// asks for 1048576 open files and processes, above this sandbox's hard limits, and raising a
+/// hard limit needs CAP_SYS_RESOURCE, which the sandbox withholds (root is exempt from the
+/// process limit anyway). The seccomp profile: see [`runtime_default_seccomp`].
+fn podman_host_workarounds(dir: &Path) -> Vec<String> {
+    vec![
+        "--runtime=runc".to_owned(),
+        "--ulimit=nofile=4096:4096".to_owned(),
+        "--ulimit=nproc=4096:4096".to_owned(),
+        format!(
+            "--security-opt=seccomp={}",
+            runtime_default_seccomp(dir).display()
+        ),
+    ]
+}
+
+/// The DaemonSet's `seccompProfile: RuntimeDefault` as containerd (1.6.9 and later) and Docker
+/// (23 and later) define it: their default profiles allow bpf() to a holder of CAP_BPF.
+/// podman's default (containers-common's, Debian 12's) allows it only with CAP_SYS_ADMIN, so
+/// map creation fails with EPERM under it; this is that profile with the one rule added.
+fn runtime_default_seccomp(dir: &Path) -> PathBuf {
+    let podman_default = "/usr/share/containers/seccomp.json";
+    let text = std::fs::read_to_string(podman_default).expect("podman's seccomp profile");
+    let mut profile: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rules = profile["syscalls"].as_array_mut().unwrap();
+    let mut denials = 0;
+    for rule in rules.iter_mut() {
+        let denies = rule["action"] == "SCMP_ACT_ERRNO";
+        let names = rule["names"].as_array_mut().unwrap();
+        if denies && names.iter().any(|n| n == "bpf") {
+            names.retain(|n| n != "bpf");
+            denials += 1;
+        }
+    }
+    assert_eq!(
+        denials, 1,
+        "{podman_default}: one rule denies bpf() without CAP_SYS_ADMIN"
+    );
+    rules.push(serde_json::json!({
+        "names": ["bpf"],
+        "action": "SCMP_ACT_ALLOW",
+        "includes": {"caps": ["CAP_BPF"]}
+    }));
+    let path = dir.join("seccomp.json");
+    std::fs::write(&path, profile.to_string()).unwrap();
+    path
+}
+
+/// podman flags for the container's securityContext: every field it sets, or a failure.
+fn security_flags(container: &Yaml) -> Vec<String> {
+    let security = &container["securityContext"];
+    let known = [
+        "privileged",
+        "allowPrivilegeEscalation",
+        "readOnlyRootFilesystem",
+        "runAsUser",
+        "runAsNonRoot",
+        "capabilities",
+        "seccompProfile",
+    ];
+    for key in security.as_mapping().unwrap().keys() {
+        assert!(
+            known.contains(&key.as_str().unwrap()),
+            "securityContext.{key:?}: add it to podman's flags"
+        );
+    }
+    assert_eq!(security["privileged"], false);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["runAsNonRoot"], false);
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    let capabilities = &security["capabilities"];
+    assert_eq!(strings_in_order(&capabilities["drop"]), ["ALL"]);
+    let user = security["runAsUser"].as_u64().unwrap();
+    vec![
+        "--security-opt=no-new-privileges".to_owned(),
+        // Kubernetes mounts no tmpfs on a read-only root; podman would, on /tmp and /run.
+        "--read-only".to_owned(),
+        "--read-only-tmpfs=false".to_owned(),
+        format!("--user={user}:{user}"),
+        "--cap-drop=all".to_owned(),
+        format!(
+            "--cap-add={}",
+            strings_in_order(&capabilities["add"]).join(",")
+        ),
+    ]
+}
+
+/// `--volume` flags for the container's mounts: a ConfigMap becomes a directory of its files,
+/// an emptyDir an empty directory.
+fn volume_flags(pod: &Yaml, container: &Yaml, config_map: &Yaml, dir: &Path) -> Vec<String> {
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    mounts
+        .iter()
+        .map(|mount| {
+            let name = mount["name"].as_str().unwrap();
+            let volume = volumes.iter().find(|v| v["name"] == name).unwrap();
+            let source = dir.join(format!("volume-{name}"));
+            std::fs::create_dir(&source).unwrap();
+            if !volume["configMap"].is_null() {
+                assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"]);
+                for (file, text) in config_map["data"].as_mapping().unwrap() {
+                    std::fs::write(source.join(file.as_str().unwrap()), text.as_str().unwrap())
+                        .unwrap();
+                }
+            } else {
+                assert!(!volume["emptyDir"].is_null(), "volume {name}: {volume:?}");
+            }
+            let read_only = if mount["readOnly"] == true { ":ro" } else { "" };
+            format!(
+                "--volume={}:{}{read_only}",
+                source.display(),
+                mount["mountPath"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// Built after the last change to what goes into it, and labelled with this version.
+fn assert_image_is_current(image: &str) {
+    assert_eq!(
+        podman_inspect(
+            &["image", "inspect"],
+            image,
+            "{{index .Labels \"org.opencontainers.image.version\"}}"
+        ),
+        env!("CARGO_PKG_VERSION")
+    );
+    let created: u64 = podman_inspect(&["image", "inspect"], image, "{{.Created.Unix}}")
+        .parse()
+        .unwrap();
+    let inputs = [
+        "Cargo.lock",
+        "monitor/Cargo.toml",
+        "monitor/build.rs",
+        "monitor/src",
+        "monitor-common/src",
+        "monitor-ebpf/src",
+        "packaging/container/Containerfile",
+        "packaging/seqwatch.toml",
+    ];
+    for input in inputs {
+        if let Some((path, modified)) = newest_file(&repo().join(input)) {
+            assert!(
+                modified <= created,
+                "{image} is older than {}: run ./x image (./x test does)",
+                path.display()
+            );
+        }
+    }
+}
+
+/// The most recently modified file under `path` (or `path` itself), with its mtime.
+fn newest_file(path: &Path) -> Option<(PathBuf, u64)> {
+    let metadata = std::fs::metadata(path).unwrap();
+    if metadata.is_dir() {
+        let entries = std::fs::read_dir(path).unwrap();
+        return entries
+            .filter_map(|entry| newest_file(&entry.unwrap().path()))
+            .max_by_key(|(_, modified)| *modified);
+    }
+    let modified = metadata.modified().unwrap();
+    let seconds = modified.duration_since(std::time::UNIX_EPOCH).unwrap();
+    Some((path.to_owned(), seconds.as_secs()))
+}
+
+/// FROM scratch: the binary and the default configuration, nothing else (no shell, no libc).
+fn assert_image_holds_only_the_binary_and_config(image: &str) {
+    let root = stdout(&run(Command::new("podman").args(["image", "mount", image])));
+    let root = PathBuf::from(root.trim());
+    let mut files = Vec::new();
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+    }
+    let config = std::fs::read(root.join("etc/seqwatch/seqwatch.toml"));
+    let binary_mode = mode(&root.join("usr/bin/seqwatch"));
+    run(Command::new("podman").args(["image", "unmount", image]));
+    files.sort();
+    assert_eq!(files, ["etc/seqwatch/seqwatch.toml", "usr/bin/seqwatch"]);
+    assert_eq!(
+        config.unwrap(),
+        std::fs::read(repo().join("packaging/seqwatch.toml")).unwrap()
+    );
+    assert_eq!(binary_mode, 0o755);
+}
+
+fn run_podman(args: &[String]) -> Output {
+    run(Command::new("podman").args(args))
+}
+
+/// One field of `podman image|container inspect`, as a Go template formats it.
+fn podman_inspect(what: &[&str], name: &str, format: &str) -> String {
+    let out = run(Command::new("podman")
+        .args(what)
+        .args(["--format", format, name]));
+    stdout(&out).trim().to_owned()
+}
+
+/// A podman container, removed (killed if need be) on drop.
+struct PodmanContainer(String);
+
+impl PodmanContainer {
+    fn running(&self) -> bool {
+        podman_inspect(&["container", "inspect"], &self.0, "{{.State.Running}}") == "true"
+    }
+
+    fn logs(&self) -> String {
+        let out = Command::new("podman").args(["logs", &self.0]).output();
+        out.map(|out| {
+            let printed = [out.stdout, out.stderr].concat();
+            String::from_utf8_lossy(&printed).into_owned()
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for PodmanContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", &self.0])
+            .output();
+    }
 }

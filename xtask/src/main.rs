@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 
 use std::{
@@ -21,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install whatever is missing: Debian packages, the pinned toolchains, bpf-linker.
+    /// Install whatever is missing: Debian packages (podman and Go among them), the pinned
+    /// toolchains and the musl target, bpf-linker.
     Setup,
     /// Set up, build (release) and run the monitor on this host; extra arguments go to
     /// `seqwatch run` (see `seqwatch run --help`).
@@ -35,11 +37,17 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Set up, then show a weak ISN generator flagged in the veth lab (under a minute).
     Demo,
+    /// Set up, build the static (musl) binary and the container image localhost/seqwatch:<version>
+    /// with podman (packaging/container/Containerfile).
+    Image,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::ensure(),
+        Task::Setup => {
+            setup::ensure()?;
+            setup::ensure_container_tools()
+        }
         Task::Run { args } => run(&args),
         Task::Test => test(),
         Task::Bench(args) => {
@@ -49,6 +57,11 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => {
             setup::ensure()?;
             demo::run()
+        }
+        Task::Image => {
+            setup::ensure()?;
+            setup::ensure_container_tools()?;
+            image::build()
         }
     }
 }
@@ -74,6 +87,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     setup::ensure()?;
+    // tests/packaging.rs runs the image, tests/chart.rs renders the Helm chart with Go.
+    setup::ensure_container_tools()?;
     step("cargo fmt --check");
     cargo(&["fmt", "--all", "--check"])?;
     step("cargo clippy -D warnings");
@@ -90,6 +105,8 @@ fn test() -> anyhow::Result<()> {
     ])?;
     step("cargo clippy -D warnings (eBPF crate, bpfel-unknown-none)");
     clippy_ebpf()?;
+    step("container image (tests/packaging.rs runs it)");
+    image::build()?;
     step("cargo test (unit tests, and kernel tests in network namespaces)");
     cargo(&[
         "test",
@@ -140,11 +157,17 @@ pub fn workspace_root() -> PathBuf {
 
 /// Runs cargo in the workspace with bpf-linker on PATH.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command
         .args(args)
         .current_dir(workspace_root())
-        .env("PATH", setup::path_with_tools()?);
+        .env("PATH", setup::path_with_tools()?)
+        .envs(env.iter().copied());
     run_checked(&mut command)
 }
 

@@ -6,7 +6,9 @@
 //! - bpf-linker, built from source against that nightly's own libLLVM (Debian's LLVM is too
 //!   old, and bpf-linker must speak exactly the LLVM the nightly emits);
 //! - cargo-deb, which builds the Debian package;
-//! - the bpffs mount.
+//! - the bpffs mount;
+//! - for the container image and the Helm chart's test only (`ensure_container_tools`): podman,
+//!   runc, musl-gcc, the host toolchain's musl target, and Go with sprig.
 
 use std::{
     ffi::OsString,
@@ -37,11 +39,24 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "openssl",
 ];
+/// podman and runc: build and run the image (Debian 12's crun 1.8 refuses hosts whose cgroup
+/// v2 hierarchy holds a controller beside v1 ones, as this project's machines do; runc runs
+/// there); musl-tools: musl-gcc, for ring's C and assembly in the static build; golang-go,
+/// sprig and ghodss/yaml: Go's text/template with Helm's function library, which
+/// tests/chart.rs renders the chart with (Helm itself is not packaged).
+const CONTAINER_PACKAGES: &[&str] = &[
+    "podman",
+    "runc",
+    "musl-tools",
+    "golang-go",
+    "golang-github-masterminds-sprig-dev",
+    "golang-github-ghodss-yaml-dev",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn ensure() -> anyhow::Result<()> {
-    ensure_debian_packages()?;
+    ensure_debian_packages(DEBIAN_PACKAGES)?;
     let nightly = ebpf_toolchain()?;
     ensure_nightly(&nightly)?;
     ensure_bpf_linker(&nightly)?;
@@ -60,8 +75,26 @@ pub fn path_with_tools() -> anyhow::Result<OsString> {
     Ok(std::env::join_paths(paths)?)
 }
 
-fn ensure_debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// What `./x image` and the image's and chart's tests need besides [`ensure`]'s.
+pub fn ensure_container_tools() -> anyhow::Result<()> {
+    ensure_debian_packages(CONTAINER_PACKAGES)?;
+    let toolchain = host_toolchain()?;
+    let target = crate::image::musl_target();
+    if sysroot(&toolchain)?
+        .join("lib/rustlib")
+        .join(&target)
+        .is_dir()
+    {
+        return Ok(());
+    }
+    step(&format!(
+        "rustup target add {target} --toolchain {toolchain}"
+    ));
+    run_checked(Command::new("rustup").args(["target", "add", &target, "--toolchain", &toolchain]))
+}
+
+fn ensure_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !debian_package_installed(package))
@@ -88,7 +121,16 @@ fn debian_package_installed(package: &str) -> bool {
 
 /// The channel named in monitor-ebpf/rust-toolchain.toml.
 pub fn ebpf_toolchain() -> anyhow::Result<String> {
-    let path = workspace_root().join("monitor-ebpf/rust-toolchain.toml");
+    toolchain_channel("monitor-ebpf/rust-toolchain.toml")
+}
+
+/// The channel named in the workspace's rust-toolchain.toml.
+fn host_toolchain() -> anyhow::Result<String> {
+    toolchain_channel("rust-toolchain.toml")
+}
+
+fn toolchain_channel(file: &str) -> anyhow::Result<String> {
+    let path = workspace_root().join(file);
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
     text.lines()
         .find_map(|line| line.strip_prefix("channel = \""))
