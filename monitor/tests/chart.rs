@@ -284,7 +284,7 @@ fn netns_all_adds_host_pid_and_sys_admin_and_nothing_else() {
 /// probes stop speaking plain HTTP. The web.yml passes `seqwatch check-config`.
 #[test]
 fn the_web_config_secret_is_mounted_where_the_flag_points() {
-    let hash = bcrypt::hash("scrape-me", 4).unwrap();
+    let hash = bcrypt::hash("scrape-me", 10).unwrap();
     let web_yml = format!("basic_auth_users:\n  prometheus: '{hash}'\n");
     let objects = render(&values_with(
         json!({"webConfig": {"enabled": true, "webYml": web_yml, "tlsSecret": "seqwatch-tls"}}),
