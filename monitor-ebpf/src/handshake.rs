@@ -6,16 +6,21 @@
 //! What established traffic pays: a plain ACK (ACK set; SYN, FIN, RST clear) — every data
 //! segment and pure ACK of an established connection — is only interesting as a handshake's
 //! third packet, which arrives on ingress while a handshake to us is open. So egress plain ACKs
-//! leave after the flags byte, and ingress ones after one read of a direct-mapped array
+//! leave after the flags byte, and ingress ones after one read of a set of an array
 //! (`OPEN_HANDSHAKES`, inlined by the verifier: no helper call, no hash-map lookup) that holds a
-//! tag of each 4-tuple with an open handshake. Only a tag match costs a state lookup. What that
-//! misses, accepted because the alternative is a hash lookup per data segment:
+//! tag of each 4-tuple with an open handshake, four to a set. Only a tag match costs a state
+//! lookup. What that misses, accepted because the alternative is a hash lookup per data segment:
 //! - ACKs or data for a 4-tuple that never had a handshake (a SYN-cookie guess, or midstream
 //!   traffic): no state exists, so there is nothing to judge them against anyway;
-//! - the third packet of a handshake whose slot a newer handshake took over (a 1-in-65 536
-//!   collision): its state stays "SYN-ACK sent" until its FIN or RST, which are looked up and
-//!   complete it implicitly when they ack our SYN-ACK, so it yields no false anomaly;
+//! - the third packet of a handshake whose tag a newer one took (the filter, like the state
+//!   table, gives way only for unprotected handshakes: see `table`): its state stays "SYN-ACK
+//!   sent" until its FIN or RST, which are looked up and complete it implicitly when they ack
+//!   our SYN-ACK, so it yields no false anomaly;
 //! - anything after completion except SYN, FIN and RST (in-window checks are the kernel's).
+//!
+//! A guess at our ISN that the tracker could not judge (its handshake's state refused, lost,
+//! or opened before the tracker) is still counted: the kernel answers it with a reset, whose
+//! tracepoint (`tcp_events`) hands it to [`rejected_ack`].
 
 mod table;
 
@@ -28,22 +33,30 @@ use aya_ebpf::{
         generated::{bpf_loop, bpf_skb_load_bytes},
     },
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use seqwatch_common::{
     Direction,
-    handshake::{ANOMALY_RINGBUF_BYTES, AnomalyEvent, AnomalyKind, HandshakeCounter},
+    handshake::{
+        ANOMALY_RINGBUF_BYTES, AnomalyEvent, AnomalyKind, HandshakeCounter, KERNEL_GUESS_SERVICES,
+        PROTECTION_TICK_SHIFT,
+    },
+    synack::FAMILY_IPV4,
+    tcp_events::ResetService,
 };
 
-use self::table::Place;
+use self::table::{Eviction, Held, Insert, Place};
 use crate::{
     packet::{self, FlowKey, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TcpPacket},
     ringbuf,
+    synack::BPF_SKB_CLOCK_MONOTONIC,
+    tcp_events,
 };
 
-/// Slots of the open-handshake filter: a power of two.
-const FILTER_SLOTS: u32 = 1 << 16;
+/// Sets of the open-handshake filter (a power of two), of `FILTER_WAYS` tags each: 65 536 tags.
+const FILTER_SETS: u32 = 1 << 14;
+const FILTER_WAYS: usize = 4;
 /// Slack for "right seq": a window, not an exact match (TFO data, a lost third ACK).
 const SEQ_WINDOW: u32 = 1 << 16;
 /// TCP options are at most 40 bytes, so at most 40 of them (all NOPs).
@@ -60,13 +73,21 @@ const ESTABLISHED: u16 = 2;
 
 /// Index 0: non-zero when userspace attached both directions, so that the stateful checks see
 /// both halves of every handshake, and then the seed of the state table's hash (random). With
-/// one direction only the stateless checks run.
+/// one direction only the stateless checks run. Index 1: for how many protection clock ticks
+/// after its SYN-ACK an open handshake is protected (see `table`); 0: none.
 #[map]
-static HANDSHAKE_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+static HANDSHAKE_CONFIG: Array<u32> = Array::with_max_entries(2, 0);
 
-/// Tag of the 4-tuple whose handshake is open in each slot, 0 for none.
+/// Each way of each set: the tag of a 4-tuple whose handshake is open (low half, 0 for none)
+/// and the tick its protection ends (high half, 0 for none), one word written at once.
 #[map]
-static OPEN_HANDSHAKES: Array<u32> = Array::with_max_entries(FILTER_SLOTS, 0);
+static OPEN_HANDSHAKES: Array<[u64; FILTER_WAYS]> = Array::with_max_entries(FILTER_SETS, 0);
+
+/// ACKs a listener rejected that the tracker could not judge, per local service (see
+/// [`rejected_ack`]).
+#[map]
+static KERNEL_GUESSES: PerCpuHashMap<ResetService, u64> =
+    PerCpuHashMap::with_max_entries(KERNEL_GUESS_SERVICES, 0);
 
 #[map]
 static ANOMALY_EVENTS: RingBuf = RingBuf::with_byte_size(ANOMALY_RINGBUF_BYTES, 0);
@@ -288,7 +309,8 @@ fn tracking_seed() -> Option<u32> {
 }
 
 /// The stateful checks. This host's own SYNs and ACKs leave before the 4-tuple's place in
-/// the state table is computed.
+/// the state table is computed; a new SYN goes to `on_syn`, every other segment looks its
+/// 4-tuple up once.
 #[inline(always)]
 fn track(ctx: &TcContext, segment: &Segment, seed: u32, tfo: bool) {
     let flags = segment.flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST);
@@ -297,20 +319,26 @@ fn track(ctx: &TcContext, segment: &Segment, seed: u32, tfo: bool) {
         return;
     }
     let at = &Place::of(&segment.key, seed);
+    count(HandshakeCounter::StateLookups);
+    if !egress && flags == TCP_SYN {
+        on_syn(ctx, segment, at, tfo);
+        return;
+    }
+    let held = table::get(at, &segment.key);
     match segment.direction {
-        Direction::Ingress if flags == TCP_SYN => on_syn(ctx, segment, at, tfo),
-        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment, at),
-        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment, at),
-        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment, at),
-        Direction::Ingress => on_client_ack(ctx, segment, at),
-        Direction::Egress if flags == TCP_SYN | TCP_ACK => on_synack_sent(ctx, segment, at),
-        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment, at),
-        Direction::Egress => forget(segment, at),
+        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment, at, held),
+        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment, at, held),
+        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment, at, held),
+        Direction::Ingress => on_client_ack(ctx, segment, at, held),
+        Direction::Egress if flags == TCP_SYN | TCP_ACK => on_synack_sent(ctx, segment, at, held),
+        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment, at, held),
+        Direction::Egress => forget(segment, at, held),
     }
 }
 
-/// Almost every SYN opens a handshake: its state goes into the 4-tuple's slot unless the slot
-/// holds that 4-tuple already (a retransmitted SYN, or a SYN on an established connection).
+/// Almost every SYN opens a handshake: its state goes into the 4-tuple's set unless the set
+/// holds that 4-tuple already (a retransmitted SYN, or a SYN on an established connection)
+/// or has no room for it.
 #[inline(always)]
 fn on_syn(ctx: &TcContext, segment: &Segment, at: &Place, tfo: bool) {
     let state = Handshake {
@@ -320,28 +348,28 @@ fn on_syn(ctx: &TcContext, segment: &Segment, at: &Place, tfo: bool) {
         state: SYN_SEEN,
         tfo: u16::from(tfo),
     };
-    count(HandshakeCounter::StateLookups);
-    match table::put_new(at, &segment.key, &state) {
-        None => filter_set(segment.tag),
-        Some(held) if held.state == ESTABLISHED => {
+    match table::insert(at, &segment.key, &state, 0, clock_tick) {
+        Insert::Placed(held, evicted) => admitted(segment, at, &held, evicted, 0),
+        Insert::Refused => count(HandshakeCounter::StateRefused),
+        Insert::Held(held) if held.state.state == ESTABLISHED => {
             report(ctx, segment, AnomalyKind::SynOnEstablished, 0, 0);
         }
-        Some(held) if segment.seq != held.client_isn => {
-            let expected = held.client_isn;
+        Insert::Held(held) if segment.seq != held.state.client_isn => {
+            let expected = held.state.client_isn;
             let kind = AnomalyKind::SynRetransmitDifferentIsn;
             report(ctx, segment, kind, expected, 0);
         }
         // The same SYN again.
-        Some(_) => {}
+        Insert::Held(_) => {}
     }
 }
 
 /// Our own SYN-ACK leaving: remember its ISN, or judge a retransmission against the first.
 #[inline(always)]
-fn on_synack_sent(ctx: &TcContext, segment: &Segment, at: &Place) {
-    match lookup(segment, at) {
-        Some(state) if state.state == SYNACK_SENT => {
-            let (seq, ack) = (state.synack_seq, state.synack_ack);
+fn on_synack_sent(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
+    match held {
+        Some(held) if held.state.state == SYNACK_SENT => {
+            let (seq, ack) = (held.state.synack_seq, held.state.synack_ack);
             if segment.ack != ack {
                 let kind = AnomalyKind::SynAckRetransmitDifferentAck;
                 report(ctx, segment, kind, seq, ack);
@@ -350,18 +378,22 @@ fn on_synack_sent(ctx: &TcContext, segment: &Segment, at: &Place) {
                 report(ctx, segment, kind, seq, ack);
             }
         }
-        Some(state) if state.state == SYN_SEEN => {
+        Some(held) if held.state.state == SYN_SEEN => {
             let sent = Handshake {
                 synack_seq: segment.seq,
                 synack_ack: segment.ack,
                 state: SYNACK_SENT,
-                ..state
+                ..held.state
             };
-            table::put(at, &segment.key, &sent);
+            let protected_until = protection(ctx);
+            table::put(at, &held, &segment.key, &sent, protected_until);
+            if !filter_insert(segment.tag, protected_until) {
+                refuse(segment, at, &held);
+            }
         }
         Some(_) => {}
         None => {
-            // The SYN was not seen (the tracker started, or its slot was taken over).
+            // The SYN was not seen (the tracker started, or the SYN found no room).
             let state = Handshake {
                 client_isn: segment.ack.wrapping_sub(1),
                 synack_seq: segment.seq,
@@ -369,10 +401,88 @@ fn on_synack_sent(ctx: &TcContext, segment: &Segment, at: &Place) {
                 state: SYNACK_SENT,
                 tfo: 0,
             };
-            table::put(at, &segment.key, &state);
-            filter_set(segment.tag);
+            let protected_until = protection(ctx);
+            match table::insert(at, &segment.key, &state, protected_until, clock_tick) {
+                Insert::Placed(held, evicted) => {
+                    admitted(segment, at, &held, evicted, protected_until);
+                }
+                Insert::Refused => count(HandshakeCounter::StateRefused),
+                // Another CPU's segment of the handshake came first.
+                Insert::Held(_) => {}
+            }
         }
     }
+}
+
+/// Until when a handshake whose SYN-ACK is leaving is protected (see `table`): for the
+/// kernel's request lifetime (userspace's figure, in ticks) after it left when a request
+/// socket sent it, not at all for a SYN cookie, which the kernel sends without a socket and
+/// keeps nothing for.
+#[inline(always)]
+fn protection(ctx: &TcContext) -> u32 {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: the context of a TC program is a valid __sk_buff; `sk` is read whole, as the
+    // verifier requires, and only compared with null.
+    let sender = unsafe { core::ptr::read_volatile(&raw const (*skb).__bindgen_anon_2.sk) };
+    let ticks = HANDSHAKE_CONFIG.get(1).copied().unwrap_or(0);
+    if sender.is_null() || ticks == 0 {
+        return 0;
+    }
+    // SAFETY: as above; the kernel stamps the SYN-ACKs it builds with CLOCK_MONOTONIC (a
+    // context load), else the clock is read.
+    let (clock, stamp) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*skb).tstamp_type),
+            core::ptr::read_volatile(&raw const (*skb).tstamp),
+        )
+    };
+    let sent = if clock == BPF_SKB_CLOCK_MONOTONIC && stamp != 0 {
+        (stamp >> PROTECTION_TICK_SHIFT) as u32
+    } else {
+        clock_tick()
+    };
+    sent.saturating_add(ticks)
+}
+
+/// The protection clock: `bpf_ktime_get_ns()` in ticks of 2^30 ns.
+#[inline(always)]
+fn clock_tick() -> u32 {
+    // SAFETY: no preconditions.
+    (unsafe { bpf_ktime_get_ns() } >> PROTECTION_TICK_SHIFT) as u32
+}
+
+/// A new handshake's state was written: count what it took the place of (whose filter tag,
+/// if it had one, goes too), then give it its filter tag, or, without room there, take the
+/// state back out.
+#[inline(always)]
+fn admitted(
+    segment: &Segment,
+    at: &Place,
+    held: &Held,
+    evicted: Option<(Eviction, FlowKey)>,
+    protected_until: u32,
+) {
+    if let Some((eviction, key)) = evicted {
+        count(match eviction {
+            Eviction::Cookie => HandshakeCounter::EvictedCookie,
+            Eviction::Unanswered => HandshakeCounter::EvictedUnanswered,
+            Eviction::Completed => HandshakeCounter::EvictedCompleted,
+            Eviction::Expired => HandshakeCounter::EvictedExpired,
+        });
+        if eviction != Eviction::Completed {
+            filter_clear(key_tag(&key));
+        }
+    }
+    if !filter_insert(segment.tag, protected_until) {
+        refuse(segment, at, held);
+    }
+}
+
+/// The handshake's filter set has no room: it is not tracked.
+#[inline(always)]
+fn refuse(segment: &Segment, at: &Place, held: &Held) {
+    table::remove(at, held, &segment.key);
+    count(HandshakeCounter::StateRefused);
 }
 
 /// Our RST. Without ACK it answers a segment that carried one: during the handshake an
@@ -381,10 +491,10 @@ fn on_synack_sent(ctx: &TcContext, segment: &Segment, at: &Place) {
 /// an embryonic reset (a SYN with another ISN in the window drops the request) or an aborted
 /// socket. Otherwise the connection is over.
 #[inline(always)]
-fn on_server_rst(segment: &Segment, at: &Place) {
+fn on_server_rst(segment: &Segment, at: &Place, held: Option<Held>) {
     let answers_a_bad_ack = segment.flags & TCP_ACK == 0;
-    if !answers_a_bad_ack || lookup(segment, at).is_none_or(|state| state.state != SYNACK_SENT) {
-        forget(segment, at);
+    if !answers_a_bad_ack || held.is_none_or(|held| held.state.state != SYNACK_SENT) {
+        forget(segment, at, held);
     }
 }
 
@@ -392,10 +502,11 @@ fn on_server_rst(segment: &Segment, at: &Place) {
 /// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate, and completes
 /// the handshake.
 #[inline(always)]
-fn on_synack_to_us(ctx: &TcContext, segment: &Segment, at: &Place) {
-    let Some(state) = lookup(segment, at) else {
+fn on_synack_to_us(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
+    let Some(held) = held else {
         return; // the answer to our own SYN: we are the client here
     };
+    let state = held.state;
     let simultaneous_open = segment.seq == state.client_isn
         && (state.state == SYN_SEEN || segment.ack == state.synack_seq.wrapping_add(1));
     if !simultaneous_open {
@@ -410,21 +521,21 @@ fn on_synack_to_us(ctx: &TcContext, segment: &Segment, at: &Place) {
         state: ESTABLISHED,
         ..state
     };
-    table::put(at, &segment.key, &established);
+    table::put(at, &held, &segment.key, &established, 0);
     filter_clear(segment.tag);
 }
 
 /// A client RST during the handshake must hit the window at the next expected seq.
 #[inline(always)]
-fn on_rst(ctx: &TcContext, segment: &Segment, at: &Place) {
-    let Some(state) = lookup(segment, at) else {
+fn on_rst(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
+    let Some(held) = held else {
         return;
     };
-    let expected = match state.state {
-        SYN_SEEN => state.client_isn.wrapping_add(1),
-        SYNACK_SENT => state.synack_ack,
+    let expected = match held.state.state {
+        SYN_SEEN => held.state.client_isn.wrapping_add(1),
+        SYNACK_SENT => held.state.synack_ack,
         _ => {
-            table::remove(at, &segment.key);
+            table::remove(at, &held, &segment.key);
             return;
         }
     };
@@ -432,33 +543,33 @@ fn on_rst(ctx: &TcContext, segment: &Segment, at: &Place) {
         // The kernel ignores it, and so does the tracker.
         report(ctx, segment, AnomalyKind::RstOutOfWindow, expected, 0);
     } else {
-        forget(segment, at);
+        forget(segment, at, Some(held));
     }
 }
 
 #[inline(always)]
-fn on_client_fin(ctx: &TcContext, segment: &Segment, at: &Place) {
-    let Some(state) = lookup(segment, at) else {
+fn on_client_fin(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
+    let Some(held) = held else {
         return;
     };
-    match state.state {
+    match held.state.state {
         SYN_SEEN => report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0),
-        SYNACK_SENT if !acks_our_synack(&state, segment) => {
+        SYNACK_SENT if !acks_our_synack(&held.state, segment) => {
             report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0);
         }
-        SYNACK_SENT => forget(segment, at),
-        // Completed: its filter slot was cleared then, so the slot (a cache miss, most
-        // likely) is not read again.
-        _ => table::remove(at, &segment.key),
+        SYNACK_SENT => forget(segment, at, Some(held)),
+        // Completed: its filter slot was cleared then, so the filter is not read again.
+        _ => table::remove(at, &held, &segment.key),
     }
 }
 
 /// A plain ACK on a 4-tuple the filter says has an open handshake: the third packet.
 #[inline(always)]
-fn on_client_ack(ctx: &TcContext, segment: &Segment, at: &Place) {
-    let Some(state) = lookup(segment, at) else {
+fn on_client_ack(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
+    let Some(held) = held else {
         return;
     };
+    let state = held.state;
     match state.state {
         SYN_SEEN if segment.payload_len > 0 => {
             report(ctx, segment, AnomalyKind::DataBeforeHandshake, 0, 0);
@@ -472,7 +583,7 @@ fn on_client_ack(ctx: &TcContext, segment: &Segment, at: &Place) {
                         state: ESTABLISHED,
                         ..state
                     };
-                    table::put(at, &segment.key, &established);
+                    table::put(at, &held, &segment.key, &established, 0);
                     filter_clear(segment.tag);
                     return;
                 }
@@ -494,18 +605,61 @@ fn acks_our_synack(state: &Handshake, segment: &Segment) -> bool {
     segment.flags & TCP_ACK != 0 && (acked == 0 || (state.tfo != 0 && acked < SEQ_WINDOW))
 }
 
-/// The 4-tuple's state, a copy: a change is written back with `table::put`. Two CPUs changing
-/// one 4-tuple's state at once can at worst lose one change.
 #[inline(always)]
-fn lookup(segment: &Segment, at: &Place) -> Option<Handshake> {
-    count(HandshakeCounter::StateLookups);
-    table::get(at, &segment.key)
+fn forget(segment: &Segment, at: &Place, held: Option<Held>) {
+    if let Some(held) = held {
+        table::remove(at, &held, &segment.key);
+    }
+    filter_clear(segment.tag);
+}
+
+/// An ACK-bearing segment (no SYN, no RST) that a listener of the monitored namespace
+/// answered with a reset for its flags: it matched no handshake the kernel keeps, or acked
+/// the wrong ISN. Counted per service (`KERNEL_GUESSES`) unless the tracker judged it — had
+/// its 4-tuple's state and, for a plain ACK, which it looks up only then, its filter tag — so
+/// that a guess is counted once: by the tracker when it could judge it, by the kernel's
+/// verdict when it could not (its state was refused, lost, or never seen).
+pub fn rejected_ack(key: &FlowKey, flags: u8) {
+    if judged(key, flags) {
+        return;
+    }
+    let service = ResetService {
+        addr: address_words(&key.local),
+        port: key.local_port,
+        family: key.family as u8,
+        _pad: 0,
+    };
+    if !tcp_events::count_per_service(&KERNEL_GUESSES, &service) {
+        count(HandshakeCounter::KernelGuessesUnkeyed);
+    }
+}
+
+/// A rejected ACK whose headers could not be read: counted, under service "other".
+pub fn unreadable_rejected_ack() {
+    count(HandshakeCounter::KernelGuessesUnkeyed);
 }
 
 #[inline(always)]
-fn forget(segment: &Segment, at: &Place) {
-    table::remove(at, &segment.key);
-    filter_clear(segment.tag);
+fn judged(key: &FlowKey, flags: u8) -> bool {
+    let Some(seed) = tracking_seed() else {
+        return false;
+    };
+    if is_plain_ack(flags) && !filter_contains(key_tag(key)) {
+        return false;
+    }
+    table::get(&Place::of(key, seed), key).is_some()
+}
+
+/// An address as four words in memory order (network byte order, IPv4 in the first).
+#[inline(always)]
+fn address_words(address: &packet::Address) -> [u32; 4] {
+    let [low, high] = *address;
+    [
+        low as u32,
+        (low >> 32) as u32,
+        high as u32,
+        (high >> 32) as u32,
+    ]
 }
 
 /// A non-zero 32-bit tag of (remote address low word, remote port, local port).
@@ -514,33 +668,91 @@ fn filter_tag(remote_word: u32, ports: u32) -> u32 {
     packet::tuple_mix(remote_word, ports) | 1
 }
 
+/// The filter tag of a 4-tuple's key, as `Segment::tag_of` makes it from its segments.
 #[inline(always)]
-fn filter_slot(tag: u32) -> u32 {
-    (tag >> 8) & (FILTER_SLOTS - 1)
+fn key_tag(key: &FlowKey) -> u32 {
+    let remote_word = if key.family == u32::from(FAMILY_IPV4) {
+        u32::from_be(key.remote[0] as u32)
+    } else {
+        u32::from_be((key.remote[1] >> 32) as u32)
+    };
+    let ports = (u32::from(key.remote_port) << 16) | u32::from(key.local_port);
+    filter_tag(remote_word, ports)
+}
+
+#[inline(always)]
+fn filter_set_of(tag: u32) -> u32 {
+    (tag >> 8) & (FILTER_SETS - 1)
 }
 
 #[inline(always)]
 fn filter_contains(tag: u32) -> bool {
     OPEN_HANDSHAKES
-        .get(filter_slot(tag))
-        .is_some_and(|slot| *slot == tag)
+        .get(filter_set_of(tag))
+        .is_some_and(|ways| ways.iter().any(|&way| way as u32 == tag))
+}
+
+/// Gives `tag` a way of its filter set, with its protection (kept if the way held the tag
+/// already with a longer one): the way that holds it, else a free one, else one of an
+/// unprotected tag, else one whose protection has run out; false if none is left.
+#[inline(always)]
+fn filter_insert(tag: u32, protected_until: u32) -> bool {
+    let Some(ways) = OPEN_HANDSHAKES.get_ptr_mut(filter_set_of(tag)) else {
+        return false;
+    };
+    let ways = ways.cast::<u64>();
+    // Ways by preference, FILTER_WAYS for none (not Options: LLVM leaves a None's payload
+    // undefined, and the verifier refuses to read an undefined register).
+    let (mut free, mut unprotected, mut first_to_expire) = (FILTER_WAYS, FILTER_WAYS, FILTER_WAYS);
+    let mut earliest_end = u32::MAX;
+    for way in 0..FILTER_WAYS {
+        // SAFETY: a word of an array element, valid for the program run; racing writers
+        // replace one whole word by another.
+        let held = unsafe { core::ptr::read_volatile(ways.add(way)) };
+        let (held_tag, held_until) = (held as u32, (held >> 32) as u32);
+        if held_tag == tag {
+            filter_write(ways, way, tag, protected_until.max(held_until));
+            return true;
+        }
+        if held_tag == 0 {
+            free = free.min(way);
+        } else if held_until == 0 {
+            unprotected = unprotected.min(way);
+        } else if held_until < earliest_end {
+            (earliest_end, first_to_expire) = (held_until, way);
+        }
+    }
+    let way = if free < FILTER_WAYS {
+        free
+    } else if unprotected < FILTER_WAYS {
+        unprotected
+    } else if first_to_expire < FILTER_WAYS && clock_tick() >= earliest_end {
+        first_to_expire
+    } else {
+        return false;
+    };
+    filter_write(ways, way, tag, protected_until);
+    true
 }
 
 #[inline(always)]
-fn filter_set(tag: u32) {
-    if let Some(slot) = OPEN_HANDSHAKES.get_ptr_mut(filter_slot(tag)) {
-        // SAFETY: an array slot; a racing writer can only replace one tag by another.
-        unsafe { *slot = tag };
-    }
+fn filter_write(ways: *mut u64, way: usize, tag: u32, protected_until: u32) {
+    let entry = (u64::from(protected_until) << 32) | u64::from(tag);
+    // SAFETY: as in `filter_insert`; one word, written at once.
+    unsafe { core::ptr::write_volatile(ways.add(way), entry) };
 }
 
 #[inline(always)]
 fn filter_clear(tag: u32) {
-    if let Some(slot) = OPEN_HANDSHAKES.get_ptr_mut(filter_slot(tag)) {
-        // SAFETY: as in filter_set; only our own tag is cleared.
+    let Some(ways) = OPEN_HANDSHAKES.get_ptr_mut(filter_set_of(tag)) else {
+        return;
+    };
+    let ways = ways.cast::<u64>();
+    for way in 0..FILTER_WAYS {
+        // SAFETY: as in `filter_insert`; only our own tag is cleared.
         unsafe {
-            if *slot == tag {
-                *slot = 0;
+            if core::ptr::read_volatile(ways.add(way)) as u32 == tag {
+                core::ptr::write_volatile(ways.add(way), 0);
             }
         }
     }
@@ -592,7 +804,8 @@ fn report(
 #[inline(always)]
 fn count(counter: HandshakeCounter) {
     if let Some(slot) = HANDSHAKE_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, and TC programs do not nest on one CPU.
+        // SAFETY: per-CPU slot. TC programs do not nest on one CPU; the reset tracepoint that
+        // counts rejected ACKs may interrupt one, and then an increment can be lost.
         unsafe { *slot += 1 };
     }
 }

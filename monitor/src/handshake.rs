@@ -32,7 +32,7 @@ use crate::{
     lab::monotonic_ns,
     metrics::register,
     netstat::read_tcpext,
-    spoofing::{ChallengeAcks, SpoofingMetrics, SpoofingScores},
+    spoofing::{ChallengeAcks, KernelGuesses, SpoofingMetrics, SpoofingScores},
     top_sources::{SharedTopSources, SourcePrefix, TopSourceMetrics, TopSources},
 };
 
@@ -65,6 +65,9 @@ pub struct HandshakeMetrics {
     pub events_rate_limited: IntCounter,
     pub tfo_syns: IntCounter,
     pub state_lookups: IntCounter,
+    pub state_evicted: IntCounterVec,
+    pub state_refused: IntCounter,
+    pub kernel_guesses: IntCounterVec,
     pub top_sources: TopSourceMetrics,
     pub spoofing: SpoofingMetrics,
 }
@@ -100,6 +103,36 @@ impl HandshakeMetrics {
                 "seqwatch_handshake_state_lookups_total",
                 "Segments that went to the kernel tracker's state table (a lookup, or a new SYN's insert).",
             )?,
+            state_evicted: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "seqwatch_handshake_state_evicted_total",
+                        "Handshake states the kernel tracker dropped to make room for a new \
+                         handshake, by what they were: a SYN-cookie handshake, a SYN not \
+                         answered, a completed handshake, an open one past its protection.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            state_refused: counter(
+                "seqwatch_handshake_state_refused_total",
+                "New handshakes the kernel tracker did not track: their state set (or filter \
+                 set) held only open handshakes still protected from eviction.",
+            )?,
+            kernel_guesses: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "seqwatch_spoofing_kernel_guesses_total",
+                        "ACKs a listener of the service answered with a reset for their flags \
+                         (no handshake of its own, or a wrong ack) that the kernel tracker had \
+                         no state to judge: blind guesses (or ACK scans) counted from the \
+                         kernel's verdict alone (services beyond the cap are \"other\").",
+                    ),
+                    &["service"],
+                )?,
+            )?,
             top_sources: TopSourceMetrics::new(registry)?,
             spoofing: SpoofingMetrics::new(registry)?,
         })
@@ -115,8 +148,24 @@ impl HandshakeMetrics {
             &self.state_lookups,
             counters.read(HandshakeCounter::StateLookups),
         );
+        for (reason, counter) in EVICTION_REASONS {
+            let total = counters.read(counter);
+            advance(&self.state_evicted.with_label_values(&[reason]), total);
+        }
+        advance(
+            &self.state_refused,
+            counters.read(HandshakeCounter::StateRefused),
+        );
     }
 }
+
+/// The `reason` labels of `seqwatch_handshake_state_evicted_total`, and their counters.
+const EVICTION_REASONS: [(&str, HandshakeCounter); 4] = [
+    ("cookie", HandshakeCounter::EvictedCookie),
+    ("unanswered", HandshakeCounter::EvictedUnanswered),
+    ("completed", HandshakeCounter::EvictedCompleted),
+    ("expired", HandshakeCounter::EvictedExpired),
+];
 
 fn advance(mirror: &IntCounter, total: u64) {
     let delta = total.saturating_sub(mirror.get());
@@ -396,6 +445,8 @@ struct Engine {
     source_ranks: HashMap<(AnomalyKind, SourcePrefix), usize>,
     spoofing: SpoofingScores,
     challenge_acks: ChallengeAcks,
+    kernel_guesses: KernelGuesses,
+    kernel_guess_counters: ServiceCounters,
 }
 
 /// An event-log line: the anomaly, and its source's rank among the top sources of its kind.
@@ -441,6 +492,20 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The guesses only the kernel saw since the last refresh, into their services' counters
+    /// and spoofing scores.
+    fn count_kernel_guesses(&mut self, now_ns: u64) {
+        let unkeyed = self.counters.read(HandshakeCounter::KernelGuessesUnkeyed);
+        for (service, guesses) in self.kernel_guesses.read(unkeyed) {
+            let admitted = service.and_then(|service| self.services.admit(service));
+            self.kernel_guess_counters.add(admitted, guesses);
+            self.spoofing
+                .add_guesses(&label_of(admitted), guesses, now_ns);
+        }
+    }
+}
+
 impl EventReader for Engine {
     fn drain(&mut self, events: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         let now_ns = monotonic_ns();
@@ -472,6 +537,7 @@ impl EventReader for Engine {
             .top_sources
             .publish(&lock(&self.top_sources), now_ns);
         self.challenge_acks.observe(read_tcpext().as_ref(), now_ns);
+        self.count_kernel_guesses(now_ns);
         self.metrics
             .spoofing
             .publish(&self.spoofing, &self.challenge_acks, now_ns);
@@ -526,9 +592,11 @@ impl EventLog {
 pub fn start(
     events: RingBuf<MapData>,
     counters: HandshakeCounters,
+    kernel_guesses: KernelGuesses,
     metrics: HandshakeMetrics,
     options: &EngineOptions,
 ) -> anyhow::Result<()> {
+    let kernel_guess_counters = ServiceCounters::new(metrics.kernel_guesses.clone());
     let engine = Engine {
         metrics,
         counters,
@@ -541,6 +609,8 @@ pub fn start(
         source_ranks: HashMap::new(),
         spoofing: SpoofingScores::new(options.anomaly_window),
         challenge_acks: ChallengeAcks::new(options.anomaly_window),
+        kernel_guesses,
+        kernel_guess_counters,
     };
     event_reader::spawn("anomaly", events, engine)
 }
