@@ -158,9 +158,9 @@ impl AnomalyKind {
     pub const COUNT: usize = AnomalyKind::SynOnEstablished as usize + 1;
 }
 
-/// Slots of the tracker's state table (`HANDSHAKE_SLOTS`, 64 bytes each): a power of two;
-/// twice the entries of the 65 536-entry LRU hash it replaced, in 8 MiB (that map locked
-/// 7.5), in sets of [`STATE_WAYS`].
+/// Slots (ways) of the tracker's state table (`HANDSHAKE_SLOTS`, 64 bytes each: a key and a
+/// state, a seal and a protection): a power of two; twice the entries of the 65 536-entry LRU
+/// hash it replaced, in 8 MiB (that map locked 7.5), in sets of [`STATE_WAYS`].
 pub const STATE_SLOTS: u32 = 1 << 17;
 
 /// Ways of each set: a 4-tuple's state is in one of the [`STATE_WAYS`] slots of the set its

@@ -46,7 +46,7 @@ use seqwatch_common::{
     tcp_events::ResetService,
 };
 
-use self::table::{Eviction, Held, Insert, Place};
+use self::table::{Admission, Place, Way};
 use crate::{
     packet::{self, FlowKey, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, TcpPacket},
     ringbuf,
@@ -78,10 +78,16 @@ const ESTABLISHED: u16 = 2;
 #[map]
 static HANDSHAKE_CONFIG: Array<u32> = Array::with_max_entries(2, 0);
 
-/// Each way of each set: the tag of a 4-tuple whose handshake is open (low half, 0 for none)
-/// and the tick its protection ends (high half, 0 for none), one word written at once.
+/// Each way of each set: the tag of a 4-tuple whose handshake is open, 0 for none. What the
+/// per-packet check reads: 16 bytes per set.
 #[map]
-static OPEN_HANDSHAKES: Array<[u64; FILTER_WAYS]> = Array::with_max_entries(FILTER_SETS, 0);
+static OPEN_HANDSHAKES: Array<[u32; FILTER_WAYS]> = Array::with_max_entries(FILTER_SETS, 0);
+
+/// Beside each tag, the tick its protection ends (0: none), read only to decide which tag
+/// gives way to a new one. Written before its tag: a race misplaces an eviction at worst.
+#[map]
+static OPEN_HANDSHAKE_PROTECTION: Array<[u32; FILTER_WAYS]> =
+    Array::with_max_entries(FILTER_SETS, 0);
 
 /// ACKs a listener rejected that the tracker could not judge, per local service (see
 /// [`rejected_ack`]).
@@ -106,6 +112,17 @@ struct Handshake {
     state: u16,
     /// The SYN carried TFO data: the server may send data before the third ACK.
     tfo: u16,
+}
+
+impl Handshake {
+    /// What a way the table did not find holds: nothing to read.
+    const NONE: Handshake = Handshake {
+        client_isn: 0,
+        synack_seq: 0,
+        synack_ack: 0,
+        state: SYN_SEEN,
+        tfo: 0,
+    };
 }
 
 /// One segment, oriented: what the checks need.
@@ -324,15 +341,19 @@ fn track(ctx: &TcContext, segment: &Segment, seed: u32, tfo: bool) {
         on_syn(ctx, segment, at, tfo);
         return;
     }
-    let held = table::get(at, &segment.key);
+    let found = &table::get(at, &segment.key);
     match segment.direction {
-        Direction::Ingress if flags == TCP_SYN | TCP_ACK => on_synack_to_us(ctx, segment, at, held),
-        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment, at, held),
-        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment, at, held),
-        Direction::Ingress => on_client_ack(ctx, segment, at, held),
-        Direction::Egress if flags == TCP_SYN | TCP_ACK => on_synack_sent(ctx, segment, at, held),
-        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment, at, held),
-        Direction::Egress => forget(segment, at, held),
+        Direction::Ingress if flags == TCP_SYN | TCP_ACK => {
+            on_synack_to_us(ctx, segment, at, found);
+        }
+        Direction::Ingress if flags & TCP_RST != 0 => on_rst(ctx, segment, at, found),
+        Direction::Ingress if flags & TCP_FIN != 0 => on_client_fin(ctx, segment, at, found),
+        Direction::Ingress => on_client_ack(ctx, segment, at, found),
+        Direction::Egress if flags == TCP_SYN | TCP_ACK => {
+            on_synack_sent(ctx, segment, at, found);
+        }
+        Direction::Egress if flags & TCP_RST != 0 => on_server_rst(segment, at, found),
+        Direction::Egress => forget(segment, at, found),
     }
 }
 
@@ -341,75 +362,72 @@ fn track(ctx: &TcContext, segment: &Segment, seed: u32, tfo: bool) {
 /// or has no room for it.
 #[inline(always)]
 fn on_syn(ctx: &TcContext, segment: &Segment, at: &Place, tfo: bool) {
-    let state = Handshake {
-        client_isn: segment.seq,
-        synack_seq: 0,
-        synack_ack: 0,
-        state: SYN_SEEN,
-        tfo: u16::from(tfo),
-    };
-    match table::insert(at, &segment.key, &state, 0, clock_tick) {
-        Insert::Placed(held, evicted) => admitted(segment, at, &held, evicted, 0),
-        Insert::Refused => count(HandshakeCounter::StateRefused),
-        Insert::Held(held) if held.state.state == ESTABLISHED => {
+    let (admission, way) = table::admit(at, &segment.key, clock_tick);
+    let held = way.state;
+    match admission {
+        Admission::Held if held.state == ESTABLISHED => {
             report(ctx, segment, AnomalyKind::SynOnEstablished, 0, 0);
         }
-        Insert::Held(held) if segment.seq != held.state.client_isn => {
-            let expected = held.state.client_isn;
+        Admission::Held if segment.seq != held.client_isn => {
+            let expected = held.client_isn;
             let kind = AnomalyKind::SynRetransmitDifferentIsn;
             report(ctx, segment, kind, expected, 0);
         }
         // The same SYN again.
-        Insert::Held(_) => {}
+        Admission::Held => {}
+        _ => {
+            let state = Handshake {
+                client_isn: segment.seq,
+                synack_seq: 0,
+                synack_ack: 0,
+                state: SYN_SEEN,
+                tfo: u16::from(tfo),
+            };
+            place_new(segment, at, admission, &way, &state, 0);
+        }
     }
 }
 
 /// Our own SYN-ACK leaving: remember its ISN, or judge a retransmission against the first.
 #[inline(always)]
-fn on_synack_sent(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
-    match held {
-        Some(held) if held.state.state == SYNACK_SENT => {
-            let (seq, ack) = (held.state.synack_seq, held.state.synack_ack);
-            if segment.ack != ack {
-                let kind = AnomalyKind::SynAckRetransmitDifferentAck;
-                report(ctx, segment, kind, seq, ack);
-            } else if segment.seq != seq {
-                let kind = AnomalyKind::SynAckRetransmitDifferentSeq;
-                report(ctx, segment, kind, seq, ack);
-            }
+fn on_synack_sent(ctx: &TcContext, segment: &Segment, at: &Place, found: &Way) {
+    let state = found.state;
+    if !found.held() {
+        // The SYN was not seen (the tracker started, or the SYN found no room).
+        let state = Handshake {
+            client_isn: segment.ack.wrapping_sub(1),
+            synack_seq: segment.seq,
+            synack_ack: segment.ack,
+            state: SYNACK_SENT,
+            tfo: 0,
+        };
+        let (admission, way) = table::admit(at, &segment.key, clock_tick);
+        // Held: another CPU's segment of the handshake came first.
+        if admission != Admission::Held {
+            place_new(segment, at, admission, &way, &state, protection(ctx));
         }
-        Some(held) if held.state.state == SYN_SEEN => {
-            let sent = Handshake {
-                synack_seq: segment.seq,
-                synack_ack: segment.ack,
-                state: SYNACK_SENT,
-                ..held.state
-            };
-            let protected_until = protection(ctx);
-            table::put(at, &held, &segment.key, &sent, protected_until);
-            if !filter_insert(segment.tag, protected_until) {
-                refuse(segment, at, &held);
-            }
+    } else if state.state == SYNACK_SENT {
+        let (seq, ack) = (state.synack_seq, state.synack_ack);
+        if segment.ack != ack {
+            let kind = AnomalyKind::SynAckRetransmitDifferentAck;
+            report(ctx, segment, kind, seq, ack);
+        } else if segment.seq != seq {
+            let kind = AnomalyKind::SynAckRetransmitDifferentSeq;
+            report(ctx, segment, kind, seq, ack);
         }
-        Some(_) => {}
-        None => {
-            // The SYN was not seen (the tracker started, or the SYN found no room).
-            let state = Handshake {
-                client_isn: segment.ack.wrapping_sub(1),
-                synack_seq: segment.seq,
-                synack_ack: segment.ack,
-                state: SYNACK_SENT,
-                tfo: 0,
-            };
-            let protected_until = protection(ctx);
-            match table::insert(at, &segment.key, &state, protected_until, clock_tick) {
-                Insert::Placed(held, evicted) => {
-                    admitted(segment, at, &held, evicted, protected_until);
-                }
-                Insert::Refused => count(HandshakeCounter::StateRefused),
-                // Another CPU's segment of the handshake came first.
-                Insert::Held(_) => {}
-            }
+    } else if state.state == SYN_SEEN {
+        let sent = Handshake {
+            synack_seq: segment.seq,
+            synack_ack: segment.ack,
+            state: SYNACK_SENT,
+            ..state
+        };
+        let protected_until = protection(ctx);
+        if filter_insert(segment.tag, protected_until) {
+            table::put(at, found, &sent, protected_until);
+        } else {
+            table::remove(at, found, &segment.key);
+            count(HandshakeCounter::StateRefused);
         }
     }
 }
@@ -451,38 +469,46 @@ fn clock_tick() -> u32 {
     (unsafe { bpf_ktime_get_ns() } >> PROTECTION_TICK_SHIFT) as u32
 }
 
-/// A new handshake's state was written: count what it took the place of (whose filter tag,
-/// if it had one, goes too), then give it its filter tag, or, without room there, take the
-/// state back out.
+/// Keeps a new handshake's state where the table admits it, if its filter set has room for
+/// its tag too; counts what it took the place of (whose tag goes), or that it found no room.
 #[inline(always)]
-fn admitted(
+fn place_new(
     segment: &Segment,
     at: &Place,
-    held: &Held,
-    evicted: Option<(Eviction, FlowKey)>,
+    admission: Admission,
+    way: &Way,
+    state: &Handshake,
     protected_until: u32,
 ) {
-    if let Some((eviction, key)) = evicted {
-        count(match eviction {
-            Eviction::Cookie => HandshakeCounter::EvictedCookie,
-            Eviction::Unanswered => HandshakeCounter::EvictedUnanswered,
-            Eviction::Completed => HandshakeCounter::EvictedCompleted,
-            Eviction::Expired => HandshakeCounter::EvictedExpired,
-        });
-        if eviction != Eviction::Completed {
-            filter_clear(key_tag(&key));
+    // What is evicted, and whether it had a filter tag (a completed handshake's went at
+    // completion; an open one's goes with its state).
+    let (evicted, had_tag) = match admission {
+        Admission::Free => (None, false),
+        Admission::EvictCookie => (Some(HandshakeCounter::EvictedCookie), true),
+        Admission::EvictUnanswered => (Some(HandshakeCounter::EvictedUnanswered), true),
+        Admission::EvictCompleted => (Some(HandshakeCounter::EvictedCompleted), false),
+        Admission::EvictExpired => (Some(HandshakeCounter::EvictedExpired), true),
+        Admission::Held | Admission::Refused => {
+            count(HandshakeCounter::StateRefused);
+            return;
         }
-    }
+    };
+    let victim_tag = if had_tag {
+        key_tag(&table::key_at(at, way))
+    } else {
+        0
+    };
     if !filter_insert(segment.tag, protected_until) {
-        refuse(segment, at, held);
+        count(HandshakeCounter::StateRefused);
+        return;
     }
-}
-
-/// The handshake's filter set has no room: it is not tracked.
-#[inline(always)]
-fn refuse(segment: &Segment, at: &Place, held: &Held) {
-    table::remove(at, held, &segment.key);
-    count(HandshakeCounter::StateRefused);
+    if let Some(counter) = evicted {
+        count(counter);
+    }
+    if victim_tag != 0 && victim_tag != segment.tag {
+        filter_clear(victim_tag);
+    }
+    table::write(at, way, &segment.key, state, protected_until);
 }
 
 /// Our RST. Without ACK it answers a segment that carried one: during the handshake an
@@ -491,10 +517,10 @@ fn refuse(segment: &Segment, at: &Place, held: &Held) {
 /// an embryonic reset (a SYN with another ISN in the window drops the request) or an aborted
 /// socket. Otherwise the connection is over.
 #[inline(always)]
-fn on_server_rst(segment: &Segment, at: &Place, held: Option<Held>) {
+fn on_server_rst(segment: &Segment, at: &Place, found: &Way) {
     let answers_a_bad_ack = segment.flags & TCP_ACK == 0;
-    if !answers_a_bad_ack || held.is_none_or(|held| held.state.state != SYNACK_SENT) {
-        forget(segment, at, held);
+    if !answers_a_bad_ack || !found.held() || found.state.state != SYNACK_SENT {
+        forget(segment, at, found);
     }
 }
 
@@ -502,11 +528,11 @@ fn on_server_rst(segment: &Segment, at: &Place, held: Option<Held>) {
 /// peer's SYN-ACK repeats its SYN's ISN and acks ours: that one is legitimate, and completes
 /// the handshake.
 #[inline(always)]
-fn on_synack_to_us(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
-    let Some(held) = held else {
+fn on_synack_to_us(ctx: &TcContext, segment: &Segment, at: &Place, found: &Way) {
+    if !found.held() {
         return; // the answer to our own SYN: we are the client here
-    };
-    let state = held.state;
+    }
+    let state = found.state;
     let simultaneous_open = segment.seq == state.client_isn
         && (state.state == SYN_SEEN || segment.ack == state.synack_seq.wrapping_add(1));
     if !simultaneous_open {
@@ -521,21 +547,22 @@ fn on_synack_to_us(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<
         state: ESTABLISHED,
         ..state
     };
-    table::put(at, &held, &segment.key, &established, 0);
+    table::put(at, found, &established, 0);
     filter_clear(segment.tag);
 }
 
 /// A client RST during the handshake must hit the window at the next expected seq.
 #[inline(always)]
-fn on_rst(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
-    let Some(held) = held else {
+fn on_rst(ctx: &TcContext, segment: &Segment, at: &Place, found: &Way) {
+    if !found.held() {
         return;
-    };
-    let expected = match held.state.state {
-        SYN_SEEN => held.state.client_isn.wrapping_add(1),
-        SYNACK_SENT => held.state.synack_ack,
+    }
+    let state = found.state;
+    let expected = match state.state {
+        SYN_SEEN => state.client_isn.wrapping_add(1),
+        SYNACK_SENT => state.synack_ack,
         _ => {
-            table::remove(at, &held, &segment.key);
+            table::remove(at, found, &segment.key);
             return;
         }
     };
@@ -543,33 +570,34 @@ fn on_rst(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
         // The kernel ignores it, and so does the tracker.
         report(ctx, segment, AnomalyKind::RstOutOfWindow, expected, 0);
     } else {
-        forget(segment, at, Some(held));
+        forget(segment, at, found);
     }
 }
 
 #[inline(always)]
-fn on_client_fin(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
-    let Some(held) = held else {
+fn on_client_fin(ctx: &TcContext, segment: &Segment, at: &Place, found: &Way) {
+    if !found.held() {
         return;
-    };
-    match held.state.state {
+    }
+    let state = found.state;
+    match state.state {
         SYN_SEEN => report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0),
-        SYNACK_SENT if !acks_our_synack(&held.state, segment) => {
+        SYNACK_SENT if !acks_our_synack(&state, segment) => {
             report(ctx, segment, AnomalyKind::FinBeforeHandshake, 0, 0);
         }
-        SYNACK_SENT => forget(segment, at, Some(held)),
+        SYNACK_SENT => forget(segment, at, found),
         // Completed: its filter slot was cleared then, so the filter is not read again.
-        _ => table::remove(at, &held, &segment.key),
+        _ => table::remove(at, found, &segment.key),
     }
 }
 
 /// A plain ACK on a 4-tuple the filter says has an open handshake: the third packet.
 #[inline(always)]
-fn on_client_ack(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<Held>) {
-    let Some(held) = held else {
+fn on_client_ack(ctx: &TcContext, segment: &Segment, at: &Place, found: &Way) {
+    if !found.held() {
         return;
-    };
-    let state = held.state;
+    }
+    let state = found.state;
     match state.state {
         SYN_SEEN if segment.payload_len > 0 => {
             report(ctx, segment, AnomalyKind::DataBeforeHandshake, 0, 0);
@@ -583,7 +611,7 @@ fn on_client_ack(ctx: &TcContext, segment: &Segment, at: &Place, held: Option<He
                         state: ESTABLISHED,
                         ..state
                     };
-                    table::put(at, &held, &segment.key, &established, 0);
+                    table::put(at, found, &established, 0);
                     filter_clear(segment.tag);
                     return;
                 }
@@ -606,9 +634,9 @@ fn acks_our_synack(state: &Handshake, segment: &Segment) -> bool {
 }
 
 #[inline(always)]
-fn forget(segment: &Segment, at: &Place, held: Option<Held>) {
-    if let Some(held) = held {
-        table::remove(at, &held, &segment.key);
+fn forget(segment: &Segment, at: &Place, found: &Way) {
+    if found.held() {
+        table::remove(at, found, &segment.key);
     }
     filter_clear(segment.tag);
 }
@@ -647,7 +675,7 @@ fn judged(key: &FlowKey, flags: u8) -> bool {
     if is_plain_ack(flags) && !filter_contains(key_tag(key)) {
         return false;
     }
-    table::get(&Place::of(key, seed), key).is_some()
+    table::get(&Place::of(key, seed), key).held()
 }
 
 /// An address as four words in memory order (network byte order, IPv4 in the first).
@@ -689,7 +717,7 @@ fn filter_set_of(tag: u32) -> u32 {
 fn filter_contains(tag: u32) -> bool {
     OPEN_HANDSHAKES
         .get(filter_set_of(tag))
-        .is_some_and(|ways| ways.iter().any(|&way| way as u32 == tag))
+        .is_some_and(|ways| ways.contains(&tag))
 }
 
 /// Gives `tag` a way of its filter set, with its protection (kept if the way held the tag
@@ -697,64 +725,93 @@ fn filter_contains(tag: u32) -> bool {
 /// unprotected tag, else one whose protection has run out; false if none is left.
 #[inline(always)]
 fn filter_insert(tag: u32, protected_until: u32) -> bool {
-    let Some(ways) = OPEN_HANDSHAKES.get_ptr_mut(filter_set_of(tag)) else {
+    let set = filter_set_of(tag);
+    let (Some(tags), Some(protection)) = (
+        OPEN_HANDSHAKES.get_ptr_mut(set),
+        OPEN_HANDSHAKE_PROTECTION.get_ptr_mut(set),
+    ) else {
         return false;
     };
-    let ways = ways.cast::<u64>();
-    // Ways by preference, FILTER_WAYS for none (not Options: LLVM leaves a None's payload
-    // undefined, and the verifier refuses to read an undefined register).
-    let (mut free, mut unprotected, mut first_to_expire) = (FILTER_WAYS, FILTER_WAYS, FILTER_WAYS);
-    let mut earliest_end = u32::MAX;
+    let (tags, protection) = (tags.cast::<u32>(), protection.cast::<u32>());
+    // The way holding the tag, else a free one: FILTER_WAYS for none (not Options: LLVM leaves
+    // a None's payload undefined, and the verifier refuses to read an undefined register).
+    let (mut held, mut free) = (FILTER_WAYS, FILTER_WAYS);
     for way in 0..FILTER_WAYS {
-        // SAFETY: a word of an array element, valid for the program run; racing writers
-        // replace one whole word by another.
-        let held = unsafe { core::ptr::read_volatile(ways.add(way)) };
-        let (held_tag, held_until) = (held as u32, (held >> 32) as u32);
+        // SAFETY: words of array elements, valid for the program run; racing writers replace
+        // one whole word by another.
+        let held_tag = unsafe { core::ptr::read_volatile(tags.add(way)) };
         if held_tag == tag {
-            filter_write(ways, way, tag, protected_until.max(held_until));
-            return true;
+            held = way;
+            break;
         }
         if held_tag == 0 {
             free = free.min(way);
-        } else if held_until == 0 {
-            unprotected = unprotected.min(way);
-        } else if held_until < earliest_end {
-            (earliest_end, first_to_expire) = (held_until, way);
         }
+    }
+    if held < FILTER_WAYS {
+        // SAFETY: as above.
+        let until = unsafe { core::ptr::read_volatile(protection.add(held)) };
+        if protected_until > until {
+            filter_write(tags, protection, held, tag, protected_until);
+        }
+        return true;
     }
     let way = if free < FILTER_WAYS {
         free
-    } else if unprotected < FILTER_WAYS {
-        unprotected
-    } else if first_to_expire < FILTER_WAYS && clock_tick() >= earliest_end {
-        first_to_expire
     } else {
-        return false;
+        filter_victim(protection)
     };
-    filter_write(ways, way, tag, protected_until);
+    if way >= FILTER_WAYS {
+        return false;
+    }
+    filter_write(tags, protection, way, tag, protected_until);
     true
 }
 
+/// In a full filter set, the way to give a new tag: one unprotected, else the one whose
+/// protection ended first if it has; FILTER_WAYS for none.
 #[inline(always)]
-fn filter_write(ways: *mut u64, way: usize, tag: u32, protected_until: u32) {
-    let entry = (u64::from(protected_until) << 32) | u64::from(tag);
-    // SAFETY: as in `filter_insert`; one word, written at once.
-    unsafe { core::ptr::write_volatile(ways.add(way), entry) };
+fn filter_victim(protection: *const u32) -> usize {
+    let (mut first_to_expire, mut earliest_end) = (FILTER_WAYS, u32::MAX);
+    for way in 0..FILTER_WAYS {
+        // SAFETY: as in `filter_insert`.
+        let until = unsafe { core::ptr::read_volatile(protection.add(way)) };
+        if until == 0 {
+            return way;
+        }
+        if until < earliest_end {
+            (earliest_end, first_to_expire) = (until, way);
+        }
+    }
+    if first_to_expire < FILTER_WAYS && clock_tick() >= earliest_end {
+        first_to_expire
+    } else {
+        FILTER_WAYS
+    }
 }
 
+/// Writes a way's protection, then its tag.
+#[inline(always)]
+fn filter_write(tags: *mut u32, protection: *mut u32, way: usize, tag: u32, until: u32) {
+    let way = way & (FILTER_WAYS - 1);
+    // SAFETY: as in `filter_insert`.
+    unsafe {
+        core::ptr::write_volatile(protection.add(way), until);
+        core::ptr::write_volatile(tags.add(way), tag);
+    }
+}
+
+/// Frees the way that holds `tag` (its protection word is then unused).
 #[inline(always)]
 fn filter_clear(tag: u32) {
-    let Some(ways) = OPEN_HANDSHAKES.get_ptr_mut(filter_set_of(tag)) else {
+    let Some(tags) = OPEN_HANDSHAKES.get_ptr_mut(filter_set_of(tag)) else {
         return;
     };
-    let ways = ways.cast::<u64>();
-    for way in 0..FILTER_WAYS {
-        // SAFETY: as in `filter_insert`; only our own tag is cleared.
-        unsafe {
-            if core::ptr::read_volatile(ways.add(way)) as u32 == tag {
-                core::ptr::write_volatile(ways.add(way), 0);
-            }
-        }
+    // SAFETY: an array element, valid for the program run; a racing writer can only replace
+    // one tag by another, and only our own tag is cleared.
+    let tags = unsafe { &mut *tags };
+    if let Some(way) = tags.iter_mut().find(|way| **way == tag) {
+        *way = 0;
     }
 }
 

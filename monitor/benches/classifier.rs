@@ -3,9 +3,10 @@
 //! measured by the kernel itself (BPF_PROG_TEST_RUN), runs alternating: on egress as deployed
 //! by default (stateless handshake checks), and in each direction with `--direction both`
 //! (stateful checks on). Each packet runs 2 000 times in a row, so the SYN's row is a
-//! retransmission after the first run; a last row times SYNs of new handshakes, 2 000
-//! distinct ones run once each (each run then starts with cold caches, the empty program's
-//! too). Needs root. Run by `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another
+//! retransmission after the first run; two last rows time SYNs of new handshakes and third
+//! packets (each after its handshake's SYN and SYN-ACK, which are not timed), 2 000 distinct
+//! ones run once each (each run then starts with cold caches, the empty program's too).
+//! Needs root. Run by `./x bench`. With `SEQWATCH_BENCH_REFERENCE=FILE` (another
 //! build's eBPF object, e.g. the one before a change) its classifiers run in the same
 //! alternation, as the `ref ns` column.
 
@@ -14,8 +15,8 @@ use aya::{
     maps::{Array, MapData, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
-use seqwatch_common::listener_counts;
+use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
+use seqwatch_common::{handshake, listener_counts};
 
 /// Runs per measurement: below a CPU's ring buffer capacity (at least 2 300 records), so every
 /// SYN-ACK is recorded.
@@ -80,7 +81,38 @@ fn main() -> anyhow::Result<()> {
     }
     let label = "IPv4 SYNs of new handshakes (each run once)";
     print_row(label, "both: ingress", &mut empty, &mut theirs, &mut ours);
+    let (mut empty, mut theirs, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let empty_program = ["baseline"; 2];
+    let classifiers = ["synack_ingress", "synack_egress"];
+    for trial in 0..TRIALS {
+        let handshakes = handshakes(TRIALS + trial)?;
+        empty.push(time_third_acks(&mut ebpf, empty_program, &handshakes)?);
+        if let Some((reference, reference_rings)) = reference.as_mut() {
+            theirs.push(time_third_acks(reference, classifiers, &handshakes)?);
+            empty_rings(reference_rings);
+        }
+        ours.push(time_third_acks(&mut ebpf, classifiers, &handshakes)?);
+        empty_rings(&mut rings);
+    }
+    let label = "IPv4 third ACKs (each run once)";
+    print_row(label, "both: ingress", &mut empty, &mut theirs, &mut ours);
     Ok(())
+}
+
+/// Runs each handshake's SYN through `ingress` and SYN-ACK through `egress`, then times its
+/// third packet through `ingress`; average ns per third packet.
+fn time_third_acks(
+    ebpf: &mut Ebpf,
+    [ingress, egress]: [&str; 2],
+    handshakes: &[[Vec<u8>; 3]],
+) -> anyhow::Result<u128> {
+    let mut total = 0;
+    for [syn, synack, ack] in handshakes {
+        run_each(ebpf, ingress, std::slice::from_ref(syn))?;
+        run_each(ebpf, egress, std::slice::from_ref(synack))?;
+        total += run_each(ebpf, ingress, std::slice::from_ref(ack))?;
+    }
+    Ok(total / handshakes.len() as u128)
 }
 
 fn print_row(label: &str, setup: &str, empty: &mut [u128], theirs: &mut [u128], ours: &mut [u128]) {
@@ -128,9 +160,15 @@ fn empty_rings(rings: &mut [RingBuf<MapData>]) {
 }
 
 /// Turns the handshake tracker's stateful checks on or off, as the daemon does for
-/// `--direction both` or one direction.
+/// `--direction both` or one direction, with the protection of open handshakes the daemon
+/// gives them by default (an object from before the protection has no room for it).
 fn set_stateful(ebpf: &mut Ebpf, on: u32) -> anyhow::Result<()> {
-    Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?.set(0, &on, 0)?;
+    let mut config = Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?;
+    config.set(0, &on, 0)?;
+    if config.len() > 1 {
+        let ticks = handshake::protection_ticks(handshake::request_lifetime_seconds(5));
+        config.set(1, &(ticks * on), 0)?;
+    }
     Ok(())
 }
 
@@ -194,6 +232,29 @@ fn new_syns(trial: usize) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// Whole handshakes (SYN, SYN-ACK, right third ACK), one per client port, from a client
+/// address of the round's own (no round's SYN finds another's state).
+fn handshakes(round: usize) -> anyhow::Result<Vec<[Vec<u8>; 3]>> {
+    let client = [10, 1, u8::try_from(round)?, 2];
+    let to_server = || PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC).ipv4(client, SERVER_V4, 64);
+    let to_client = || PacketBuilder::ethernet2(SERVER_MAC, CLIENT_MAC).ipv4(SERVER_V4, client, 64);
+    let write = |builder: PacketBuilderStep<TcpHeader>| -> anyhow::Result<Vec<u8>> {
+        let mut frame = Vec::with_capacity(builder.size(0));
+        builder.write(&mut frame, &[])?;
+        Ok(frame)
+    };
+    (0..NEW_SYNS)
+        .map(|i| {
+            let port = 20_000 + i;
+            Ok([
+                write(to_server().tcp(port, SERVER_PORT, 7, 65535).syn())?,
+                write(to_client().tcp(SERVER_PORT, port, 1000, 65535).syn().ack(8))?,
+                write(to_server().tcp(port, SERVER_PORT, 8, 65535).ack(1001))?,
+            ])
+        })
+        .collect()
+}
+
 /// What a busy server sends: data segments (with timestamps) and SYN-ACKs.
 fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
     let payload = [0x5a; 100];
@@ -217,15 +278,13 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
             .ipv4(SERVER_V4, CLIENT_V4, 64)
     };
     let mut frames = Vec::new();
-    let mut push = |label,
-                    builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
-                    payload: &[u8]|
-     -> anyhow::Result<()> {
-        let mut frame = Vec::with_capacity(builder.size(payload.len()));
-        builder.write(&mut frame, payload)?;
-        frames.push((label, frame));
-        Ok(())
-    };
+    let mut push =
+        |label, builder: PacketBuilderStep<TcpHeader>, payload: &[u8]| -> anyhow::Result<()> {
+            let mut frame = Vec::with_capacity(builder.size(payload.len()));
+            builder.write(&mut frame, payload)?;
+            frames.push((label, frame));
+            Ok(())
+        };
     push(
         "IPv4 data segment (100 B, timestamps)",
         v4().tcp(SERVER_PORT, 40000, 1, 65535)

@@ -2,7 +2,7 @@
 //! illegal flag set yields exactly one event of its kind, legitimate segments (TFO included)
 //! yield none, a handshake fed through both programs is judged statefully, a full state set
 //! (or filter set) gives way only to what is unprotected, in order, and state lost to a torn
-//! slot hides an anomaly at worst, never invents one. Needs root.
+//! way hides an anomaly at worst, never invents one. Needs root.
 
 // This crate uses only some of the shared helpers.
 #[allow(dead_code)]
@@ -44,12 +44,19 @@ const SEED: u32 = 1;
 /// test.
 const PROTECTION_TICKS: u32 = 1000;
 
-/// A state-table slot as the tests read and write it: the key (40 bytes), the handshake state
-/// (16), the seal (4) and the protection's end (4); four of them to a set.
-type RawSlot = [u8; 64];
-type RawSet = [RawSlot; STATE_WAYS as usize];
-const SLOT_STATE: Range<usize> = 40..56;
-const SLOT_SEAL: Range<usize> = 56..60;
+/// A state-table set as the tests read and write it: per way a seal (4 bytes) and the
+/// protection's end (4), then per way the key (40) and the handshake state (16).
+type RawSet = [u8; 256];
+
+/// Where a way's seal and state are in its set.
+fn seal_bytes(way: usize) -> Range<usize> {
+    8 * way..8 * way + 4
+}
+
+fn state_bytes(way: usize) -> Range<usize> {
+    let entry = 32 + 56 * way;
+    entry + 40..entry + 56
+}
 
 struct Tracker {
     ebpf: Ebpf,
@@ -524,8 +531,8 @@ fn filter_set_of(client: ([u8; 4], u16)) -> u32 {
     (tag >> 8) & ((1 << 14) - 1)
 }
 
-fn seal(slot: &RawSlot) -> u32 {
-    u32::from_ne_bytes(slot[SLOT_SEAL].try_into().unwrap())
+fn seal(set: &RawSet, way: usize) -> u32 {
+    u32::from_ne_bytes(set[seal_bytes(way)].try_into().unwrap())
 }
 
 /// `count` clients other than `CLIENT` for which `place` says the same as for `CLIENT`.
@@ -700,11 +707,11 @@ fn a_filter_set_of_open_handshakes_refuses_a_new_one() {
     }
 }
 
-/// Two CPUs writing one slot at once can leave one handshake's key beside another's state.
-/// The seal no longer matches, so the slot reads as empty: the right third packet is not
+/// Two CPUs writing one way at once can leave one handshake's key beside another's state.
+/// The seal no longer matches, so the way reads as empty: the right third packet is not
 /// judged against the other handshake's numbers (which would make it a wrong seq and ack).
 #[test]
-fn a_torn_slot_reads_as_empty() {
+fn a_torn_way_reads_as_empty() {
     let mut tracker = Tracker::load(true);
     let other = (CLIENT_V4, CLIENT_PORT + 1);
     assert_ne!(set_of(other), set_of(CLIENT));
@@ -716,9 +723,9 @@ fn a_torn_slot_reads_as_empty() {
     assert_eq!(other_handshake.map(|a| kinds(&a)), [[], []]);
     // Each is in the first way of its own (otherwise empty) set.
     let (ours, theirs) = (tracker.set(set_of(CLIENT)), tracker.set(set_of(other)));
-    assert!(seal(&ours[0]) != 0 && seal(&theirs[0]) != 0);
+    assert!(seal(&ours, 0) != 0 && seal(&theirs, 0) != 0);
     let mut torn = ours;
-    torn[0][SLOT_STATE].copy_from_slice(&theirs[0][SLOT_STATE]);
+    torn[state_bytes(0)].copy_from_slice(&theirs[state_bytes(0)]);
     tracker.write_set(set_of(CLIENT), &torn);
     let lookups = tracker.counter(HandshakeCounter::StateLookups);
     assert_eq!(
@@ -726,7 +733,7 @@ fn a_torn_slot_reads_as_empty() {
         []
     );
     assert_eq!(tracker.counter(HandshakeCounter::StateLookups), lookups + 1);
-    // The slot as it was is read whole again: the torn copy was refused for its seal alone.
+    // The way as it was is read whole again: the torn copy was refused for its seal alone.
     tracker.write_set(set_of(CLIENT), &ours);
     assert_eq!(
         kinds(&tracker.ingress(&to_server(ACK, 1001, 9999, &[], &[]))),

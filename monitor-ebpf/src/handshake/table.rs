@@ -1,4 +1,4 @@
-//! The tracker's state: a 4-way set-associative table of 64-byte slots. A 4-tuple's seeded
+//! The tracker's state: a 4-way set-associative table of 256-byte sets. A 4-tuple's seeded
 //! jhash (lookup3, as the kernel's own hash maps use, so that a remote host cannot choose
 //! 4-tuples that land in a given set) picks one set; its state is in one of the set's ways.
 //! An array element is read and written in place (the verifier inlines the lookup: no helper
@@ -12,10 +12,10 @@
 //! that no flood of new SYNs, whatever its rate, takes its state; every eviction is counted by
 //! what it took.
 //!
-//! Two CPUs may write one slot at once (two 4-tuples of one set, or both ends of one
-//! handshake), and a slot is several words. So each slot carries a seal: a hash of its key and
-//! state, written with them. A slot whose seal does not match what it holds (a write torn by
-//! another) reads as empty: a torn slot can make the tracker miss an anomaly, never report
+//! Two CPUs may write one way at once (two 4-tuples of one set, or both ends of one
+//! handshake), and a way is several words. So each way carries a seal: a hash of its key and
+//! state, written after them. A way whose seal does not match what it holds (a write torn by
+//! another) reads as empty: a torn way can make the tracker miss an anomaly, never report
 //! one against another 4-tuple's state.
 
 use aya_ebpf::{macros::map, maps::Array};
@@ -28,25 +28,29 @@ use crate::packet::FlowKey;
 const KEY_WORDS: usize = 10;
 const WAYS: usize = STATE_WAYS as usize;
 
+/// One set, 256 bytes: the ways' seals first, so that an insert into a set with a free way,
+/// and a lookup that misses, read one cache line; then the ways' keys and states.
 #[repr(C)]
-#[derive(Clone, Copy)]
-struct Slot {
-    key: FlowKey,
-    state: Handshake,
-    /// 0: empty; otherwise `seal(hash of key, state)`.
-    seal: u32,
-    /// The protection clock's tick (`super::clock_tick`) before which no new handshake takes
-    /// this slot; 0: unprotected. Outside the seal: a torn one only misplaces an eviction.
-    protected_until: u32,
+struct Set {
+    /// Per way: 0 when empty, else `seal(hash of key, state)` (low half), and the protection
+    /// clock's tick (`super::clock_tick`) before which no new handshake takes the way, 0 for
+    /// none (high half: outside the seal, a torn one only misplaces an eviction).
+    seals: [u64; WAYS],
+    entries: [Entry; WAYS],
 }
 
-/// As u64 words, the way the slot is copied in and out.
-const SLOT_WORDS: usize = core::mem::size_of::<Slot>() / 8;
-/// The u64 word that holds the seal (low half) and the protection (high half).
-const SEAL_WORD: usize = SLOT_WORDS - 1;
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Entry {
+    key: FlowKey,
+    state: Handshake,
+}
+
+/// As u64 words, the way an entry is copied in and out.
+const ENTRY_WORDS: usize = core::mem::size_of::<Entry>() / 8;
 
 #[map]
-static HANDSHAKE_SLOTS: Array<[Slot; WAYS]> = Array::with_max_entries(STATE_SETS, 0);
+static HANDSHAKE_SLOTS: Array<Set> = Array::with_max_entries(STATE_SETS, 0);
 
 /// Where a 4-tuple's state lives: its set and its key's hash (which the seal covers).
 pub struct Place {
@@ -65,160 +69,203 @@ impl Place {
     }
 }
 
-/// A key's state and the way of its set that holds it.
+/// A way of a key's set, and its state: where the key's state is, or where a new one goes.
+/// A plain value rather than an Option (LLVM leaves a None's payload undefined, and the
+/// verifier refuses to read an undefined register): see [`Way::held`].
 #[derive(Clone, Copy)]
-pub struct Held {
-    way: u32,
+pub struct Way {
+    index: u32,
     pub state: Handshake,
 }
 
-/// What a new handshake's state took the place of.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Eviction {
-    /// SYN-ACK sent as a SYN cookie: no request in the kernel, and a cookie's check is the
-    /// kernel's.
-    Cookie = 0,
-    /// A SYN not answered yet (or dropped by the kernel).
-    Unanswered = 1,
-    /// A completed handshake, kept to spot SYNs on it.
-    Completed = 2,
-    /// An open handshake past its protection: the kernel has most likely dropped its request.
-    Expired = 3,
+impl Way {
+    const NONE: Way = Way {
+        index: STATE_WAYS,
+        state: Handshake::NONE,
+    };
+
+    /// Whether a lookup found the key.
+    #[inline(always)]
+    pub fn held(&self) -> bool {
+        self.index < STATE_WAYS
+    }
 }
 
-/// The outcome of [`insert`].
-pub enum Insert {
-    /// The set already holds the key: nothing was written.
-    Held(Held),
-    /// Written, in a free way or in place of an older entry (its key is returned, so that
-    /// what else refers to it can be cleared).
-    Placed(Held, Option<(Eviction, FlowKey)>),
-    /// Every way holds a protected handshake: nothing was written.
+/// Where a new handshake's state may go (see the module's admission rule); evictions in the
+/// order they are preferred.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Admission {
+    /// A SYN-cookie handshake's way.
+    EvictCookie,
+    /// The way of a SYN not answered yet (or dropped by the kernel).
+    EvictUnanswered,
+    /// A completed handshake's way.
+    EvictCompleted,
+    /// The way of an open handshake past its protection: the kernel has most likely dropped
+    /// its request.
+    EvictExpired,
+    /// A free way.
+    Free,
+    /// The set holds the key already.
+    Held,
+    /// Every way holds a protected handshake.
     Refused,
 }
 
 /// The state of `key`, if a way of its set holds it whole.
 #[inline(always)]
-pub fn get(place: &Place, key: &FlowKey) -> Option<Held> {
-    let set = HANDSHAKE_SLOTS.get_ptr(place.set)?;
+pub fn get(place: &Place, key: &FlowKey) -> Way {
+    let Some(set) = HANDSHAKE_SLOTS.get_ptr(place.set) else {
+        return Way::NONE;
+    };
     for way in 0..STATE_WAYS {
-        // SAFETY: a way of an array element, valid for the program run.
-        let slot = unsafe { set.cast::<Slot>().add(way as usize) };
-        if let Some(slot) = read_occupied(slot)
-            && holds(&slot, place, key)
-        {
-            return Some(Held {
-                way,
-                state: slot.state,
-            });
+        let seal = seal_word(set, way) as u32;
+        if seal != 0 {
+            let entry = read_entry(set, way);
+            if holds(&entry, seal, place, key) {
+                return Way {
+                    index: way,
+                    state: entry.state,
+                };
+            }
         }
     }
-    None
+    Way::NONE
 }
 
-/// Keeps `state` for `key` in the way that held it.
+/// Where `key`'s state is or would go: the way that holds it, else a free one, else the way
+/// of the entry that matters least (`now` gives the protection clock's tick, read only when
+/// every way is protected); nothing is written.
 #[inline(always)]
-pub fn put(place: &Place, held: &Held, key: &FlowKey, state: &Handshake, protected_until: u32) {
-    write(place, held.way, &sealed(place, key, state, protected_until));
-}
-
-/// Keeps `state` for `key` unless its set holds `key` already or has no room (see the
-/// module's admission rule). `now` gives the protection clock's tick; it is read only when
-/// every way is protected.
-#[inline(always)]
-pub fn insert(
-    place: &Place,
-    key: &FlowKey,
-    state: &Handshake,
-    protected_until: u32,
-    now: impl FnOnce() -> u32,
-) -> Insert {
+pub fn admit(place: &Place, key: &FlowKey, now: impl FnOnce() -> u32) -> (Admission, Way) {
     let Some(set) = HANDSHAKE_SLOTS.get_ptr(place.set) else {
-        return Insert::Refused;
+        return (Admission::Refused, Way::NONE);
     };
-    // The way to take: a free one, else the least valuable unprotected entry, else the
-    // protected entry whose protection ends first (if it has). STATE_WAYS for none (not
-    // Options: LLVM leaves a None's payload undefined, and the verifier refuses to read an
-    // undefined register).
-    let (mut free, mut victim, mut first_to_expire) = (STATE_WAYS, STATE_WAYS, STATE_WAYS);
-    let mut victim_eviction = Eviction::Expired;
-    let mut earliest_end = u32::MAX;
+    // Candidates, STATE_WAYS for none: a free way, the least valuable unprotected entry
+    // (`eviction` says what it is), the protected one whose protection ends first.
+    let (mut free, mut victim, mut eviction) = (STATE_WAYS, STATE_WAYS, Admission::Refused);
+    let (mut first_to_expire, mut earliest_end) = (STATE_WAYS, u32::MAX);
     for way in 0..STATE_WAYS {
-        // SAFETY: as in `get`.
-        let slot = unsafe { set.cast::<Slot>().add(way as usize) };
-        let Some(held) = read_occupied(slot) else {
+        let seal_word = seal_word(set, way);
+        if seal_word as u32 == 0 {
             free = free.min(way);
             continue;
-        };
-        if holds(&held, place, key) {
-            return Insert::Held(Held {
-                way,
-                state: held.state,
-            });
         }
-        if held.protected_until != 0 {
-            if held.protected_until < earliest_end {
-                (earliest_end, first_to_expire) = (held.protected_until, way);
+        let entry = read_entry(set, way);
+        if holds(&entry, seal_word as u32, place, key) {
+            let held = Way {
+                index: way,
+                state: entry.state,
+            };
+            return (Admission::Held, held);
+        }
+        let protected_until = (seal_word >> 32) as u32;
+        let kind = match entry.state.state {
+            _ if protected_until != 0 => {
+                if protected_until < earliest_end {
+                    (first_to_expire, earliest_end) = (way, protected_until);
+                }
+                continue;
             }
-            continue;
-        }
-        let eviction = match held.state.state {
-            SYN_SEEN => Eviction::Unanswered,
-            ESTABLISHED => Eviction::Completed,
-            _ => Eviction::Cookie,
+            SYN_SEEN => Admission::EvictUnanswered,
+            ESTABLISHED => Admission::EvictCompleted,
+            _ => Admission::EvictCookie,
         };
-        if eviction < victim_eviction {
-            (victim_eviction, victim) = (eviction, way);
+        if kind < eviction {
+            (victim, eviction) = (way, kind);
         }
     }
-    let (way, eviction) = if free < STATE_WAYS {
-        (free, None)
+    let (admission, index) = if free < STATE_WAYS {
+        (Admission::Free, free)
     } else if victim < STATE_WAYS {
-        (victim, Some(victim_eviction))
+        (eviction, victim)
     } else if first_to_expire < STATE_WAYS && now() >= earliest_end {
-        (first_to_expire, Some(Eviction::Expired))
+        (Admission::EvictExpired, first_to_expire)
     } else {
-        return Insert::Refused;
+        (Admission::Refused, STATE_WAYS)
     };
-    let evicted = eviction.map(|eviction| {
-        // SAFETY: as in `get`: the key of what is about to be overwritten.
-        let key = unsafe { (*set.cast::<Slot>().add(way as usize)).key };
-        (eviction, key)
-    });
-    write(place, way, &sealed(place, key, state, protected_until));
-    let placed = Held { way, state: *state };
-    Insert::Placed(placed, evicted)
+    let way = Way {
+        index,
+        state: Handshake::NONE,
+    };
+    (admission, way)
+}
+
+/// The key a way holds (what an eviction is about to overwrite).
+#[inline(always)]
+pub fn key_at(place: &Place, way: &Way) -> FlowKey {
+    match HANDSHAKE_SLOTS.get_ptr(place.set) {
+        Some(set) => read_entry(set, way.index).key,
+        None => FlowKey {
+            local: [0; 2],
+            remote: [0; 2],
+            local_port: 0,
+            remote_port: 0,
+            family: 0,
+        },
+    }
+}
+
+/// Writes `key` and its `state` into a way.
+#[inline(always)]
+pub fn write(place: &Place, way: &Way, key: &FlowKey, state: &Handshake, protected_until: u32) {
+    let Some(set) = HANDSHAKE_SLOTS.get_ptr_mut(place.set) else {
+        return;
+    };
+    let index = index(way.index);
+    let entry = Entry {
+        key: *key,
+        state: *state,
+    };
+    // SAFETY: Entry is plain words (repr(C), no padding).
+    let words = unsafe { core::mem::transmute::<Entry, [u64; ENTRY_WORDS]>(entry) };
+    // SAFETY: words of an array element, valid for the program run.
+    let to = unsafe { (&raw mut (*set).entries[index]).cast::<u64>() };
+    for (i, word) in words.into_iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(to.add(i), word) };
+    }
+    seal_way(set, index, place, state, protected_until);
+}
+
+/// Keeps a new `state` for the key in the way that held it: the state's words and the seal
+/// (a way another CPU gave a new key meanwhile then reads as torn: empty).
+#[inline(always)]
+pub fn put(place: &Place, way: &Way, state: &Handshake, protected_until: u32) {
+    let Some(set) = HANDSHAKE_SLOTS.get_ptr_mut(place.set) else {
+        return;
+    };
+    let index = index(way.index);
+    // SAFETY: a way of an array element, valid for the program run.
+    let to = unsafe { (&raw mut (*set).entries[index].state).cast::<u64>() };
+    // SAFETY: Handshake is 16 bytes of integers without padding.
+    let words = unsafe { core::mem::transmute::<Handshake, [u64; 2]>(*state) };
+    for (i, word) in words.into_iter().enumerate() {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(to.add(i), word) };
+    }
+    seal_way(set, index, place, state, protected_until);
 }
 
 /// Empties the way if it still holds `key`.
 #[inline(always)]
-pub fn remove(place: &Place, held: &Held, key: &FlowKey) {
+pub fn remove(place: &Place, way: &Way, key: &FlowKey) {
     let Some(set) = HANDSHAKE_SLOTS.get_ptr_mut(place.set) else {
         return;
     };
-    // SAFETY: a way of an array element, valid for the program run; racing writers are what
-    // the seal is for, and emptying one another's slot only loses state.
+    let index = index(way.index);
+    // SAFETY: an array element, valid for the program run; racing writers are what the seal
+    // is for, and emptying one another's way only loses state.
     unsafe {
-        let slot = set.cast::<Slot>().add(held.way as usize);
-        if same_key(&(*slot).key, key) {
-            core::ptr::write_volatile(&raw mut (*slot).seal, 0);
+        if same_key(&(*set).entries[index].key, key) {
+            core::ptr::write_volatile(&raw mut (*set).seals[index], 0);
         }
     }
 }
 
 #[inline(always)]
-fn sealed(place: &Place, key: &FlowKey, state: &Handshake, protected_until: u32) -> Slot {
-    Slot {
-        key: *key,
-        state: *state,
-        seal: seal(place.hash, state),
-        protected_until,
-    }
-}
-
-#[inline(always)]
-fn holds(slot: &Slot, place: &Place, key: &FlowKey) -> bool {
-    same_key(&slot.key, key) && slot.seal == seal(place.hash, &slot.state)
+fn holds(entry: &Entry, seal: u32, place: &Place, key: &FlowKey) -> bool {
+    same_key(&entry.key, key) && seal == self::seal(place.hash, &entry.state)
 }
 
 #[inline(always)]
@@ -226,40 +273,41 @@ fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     key_words(a) == key_words(b)
 }
 
-/// A copy of the slot, read once, word by word (volatile: the copy is what is checked and
-/// then used, so it must not be read again from a slot another CPU may be writing); `None`,
-/// after one word, for an empty slot.
+/// A way's seal (low half; 0: empty) and protection (high half), read once.
 #[inline(always)]
-fn read_occupied(slot: *const Slot) -> Option<Slot> {
-    let slot = slot.cast::<u64>();
-    let mut words = [0u64; SLOT_WORDS];
-    // SAFETY: a word of an array slot, valid for the program run.
-    words[SEAL_WORD] = unsafe { core::ptr::read_volatile(slot.add(SEAL_WORD)) };
-    if words[SEAL_WORD] as u32 == 0 {
-        return None;
-    }
-    for (i, word) in words.iter_mut().take(SEAL_WORD).enumerate() {
-        // SAFETY: as above.
-        *word = unsafe { core::ptr::read_volatile(slot.add(i)) };
-    }
-    // SAFETY: Slot is plain words (repr(C), no padding), any bits valid.
-    Some(unsafe { core::mem::transmute::<[u64; SLOT_WORDS], Slot>(words) })
+fn seal_word(set: *const Set, way: u32) -> u64 {
+    // SAFETY: a word of an array element, valid for the program run.
+    unsafe { core::ptr::read_volatile(&raw const (*set).seals[index(way)]) }
 }
 
-/// Writes the slot word by word, the seal (in the last word) last.
+/// A way's entry, read once, word by word (volatile: the copy is what is checked and then
+/// used, so it must not be read again from a way another CPU may be writing).
 #[inline(always)]
-fn write(place: &Place, way: u32, slot: &Slot) {
-    let Some(set) = HANDSHAKE_SLOTS.get_ptr_mut(place.set) else {
-        return;
-    };
-    // SAFETY: a way of an array element, valid for the program run.
-    let to = unsafe { set.cast::<Slot>().add(way as usize).cast::<u64>() };
-    // SAFETY: as in `read_occupied`.
-    let words = unsafe { core::mem::transmute::<Slot, [u64; SLOT_WORDS]>(*slot) };
-    for (i, word) in words.into_iter().enumerate() {
-        // SAFETY: a word of an array slot, valid for the program run.
-        unsafe { core::ptr::write_volatile(to.add(i), word) };
+fn read_entry(set: *const Set, way: u32) -> Entry {
+    // SAFETY: words of an array element, valid for the program run.
+    let from = unsafe { (&raw const (*set).entries[index(way)]).cast::<u64>() };
+    let mut words = [0u64; ENTRY_WORDS];
+    for (i, word) in words.iter_mut().enumerate() {
+        // SAFETY: as above.
+        *word = unsafe { core::ptr::read_volatile(from.add(i)) };
     }
+    // SAFETY: Entry is plain words (repr(C), no padding), any bits valid.
+    unsafe { core::mem::transmute::<[u64; ENTRY_WORDS], Entry>(words) }
+}
+
+/// Writes a way's seal word, after its entry.
+#[inline(always)]
+fn seal_way(set: *mut Set, index: usize, place: &Place, state: &Handshake, protected_until: u32) {
+    let seal_word = (u64::from(protected_until) << 32) | u64::from(seal(place.hash, state));
+    // SAFETY: a word of an array element, valid for the program run.
+    unsafe { core::ptr::write_volatile(&raw mut (*set).seals[index & (WAYS - 1)], seal_word) };
+}
+
+/// A way's index into a set's arrays, with no bounds check left to fail (a panic path
+/// would leave the verifier a function that does not end in an exit).
+#[inline(always)]
+fn index(way: u32) -> usize {
+    way as usize & (WAYS - 1)
 }
 
 #[inline(always)]
