@@ -54,8 +54,9 @@ use crate::{
     tcp_events,
 };
 
-/// Sets of the open-handshake filter (a power of two), of `FILTER_WAYS` tags each: 65 536 tags.
-const FILTER_SETS: u32 = 1 << 14;
+/// Sets of the open-handshake filter (a power of two), of `FILTER_WAYS` tags each: 131 072
+/// tags, as many as the state table has ways (512 KiB, and as much for their protection).
+const FILTER_SETS: u32 = 1 << 15;
 const FILTER_WAYS: usize = 4;
 /// Slack for "right seq": a window, not an exact match (TFO data, a lost third ACK).
 const SEQ_WINDOW: u32 = 1 << 16;
@@ -720,8 +721,8 @@ fn filter_contains(tag: u32) -> bool {
         .is_some_and(|ways| ways.contains(&tag))
 }
 
-/// Gives `tag` a way of its filter set, with its protection (kept if the way held the tag
-/// already with a longer one): the way that holds it, else a free one, else one of an
+/// Gives `tag` a way of its filter set, with its protection (a tag held already keeps its
+/// own unless one is given): the way that holds it, else a free one, else one of an
 /// unprotected tag, else one whose protection has run out; false if none is left.
 #[inline(always)]
 fn filter_insert(tag: u32, protected_until: u32) -> bool {
@@ -749,9 +750,9 @@ fn filter_insert(tag: u32, protected_until: u32) -> bool {
         }
     }
     if held < FILTER_WAYS {
-        // SAFETY: as above.
-        let until = unsafe { core::ptr::read_volatile(protection.add(held)) };
-        if protected_until > until {
+        // A SYN-ACK's protection for its SYN's tag (a store: the protection array's line is
+        // not read for it). A SYN again leaves its tag's protection as it is.
+        if protected_until != 0 {
             filter_write(tags, protection, held, tag, protected_until);
         }
         return true;

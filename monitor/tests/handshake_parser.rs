@@ -522,13 +522,13 @@ fn set_of(client: ([u8; 4], u16)) -> u32 {
 }
 
 /// The open-handshake filter's set of a client's handshake: its tag (the kernel's
-/// `packet::tuple_mix` of the remote address and both ports, made odd) picks one of 16 384.
+/// `packet::tuple_mix` of the remote address and both ports, made odd) picks one of 32 768.
 fn filter_set_of(client: ([u8; 4], u16)) -> u32 {
     let ports = u32::from(client.1) << 16 | u32::from(SERVER_PORT);
     let hash = u32::from_be_bytes(client.0).wrapping_mul(0x9e37_79b1) ^ ports;
     let hash = hash.wrapping_mul(0x85eb_ca6b);
     let tag = (hash ^ (hash >> 15)) | 1;
-    (tag >> 8) & ((1 << 14) - 1)
+    (tag >> 8) & ((1 << 15) - 1)
 }
 
 fn seal(set: &RawSet, way: usize) -> u32 {

@@ -260,9 +260,11 @@ fn wrong_ack_guesses_behind_a_syn_flood_are_all_counted() {
 /// which the kernel never retransmits) leave it nothing to judge their guesses with: the
 /// listener's resets count them instead, once each. The kernel checks every guess against
 /// its cookie (TcpExt SyncookiesFailed) and resets it for its flags, which the daemon counts
-/// per service: score 20, no double count with SyncookiesFailed.
+/// per service: score 20, no double count with SyncookiesFailed; over IPv6 too (5 guesses
+/// from the client's own address, at an IPv6 listener).
 #[test]
 fn guesses_the_tracker_cannot_judge_are_counted_from_the_kernels_resets() {
+    const V6_GUESSES: u16 = 5;
     let scene = Scene::new();
     write_sysctl(
         &scene.lab,
@@ -270,15 +272,33 @@ fn guesses_the_tracker_cannot_judge_are_counted_from_the_kernels_resets() {
         "net.ipv4.tcp_syncookies",
         "2",
     );
+    let guessed_v6 = SocketAddr::new(scene.lab.server_v6.into(), GUESSED_PORT);
+    listen_and_hold(&scene.lab, guessed_v6);
+    let client_v6 = |port: u16| SocketAddr::new(scene.lab.client_v6.into(), 40_000 + port);
     scene.open_handshakes();
+    for port in 1..=V6_GUESSES {
+        let segment = (client_v6(port), guessed_v6);
+        crafted::send(&scene.crafter, segment, SYN, (CLIENT_ISN, 0), &[]);
+    }
+    let all = u64::from(HANDSHAKES + V6_GUESSES);
     let answered = wait_for(Duration::from_secs(5), || {
-        scene.netstat("SyncookiesSent") >= u64::from(HANDSHAKES)
+        scene.netstat("SyncookiesSent") >= all
     });
     assert!(answered, "the SYNs were not answered");
     let daemon = scene.daemon();
     let failed_before = scene.netstat("SyncookiesFailed");
 
     scene.guess();
+    for port in 1..=V6_GUESSES {
+        let segment = (client_v6(port), guessed_v6);
+        crafted::send(
+            &scene.crafter,
+            segment,
+            ACK,
+            (CLIENT_ISN + 1, WRONG_ACK),
+            &[],
+        );
+    }
     let metrics = scene.scored(&daemon, f64::from(HANDSHAKES));
     let guesses = f64::from(HANDSHAKES);
     assert_eq!(
@@ -291,9 +311,18 @@ fn guesses_the_tracker_cannot_judge_are_counted_from_the_kernels_resets() {
         guesses
     );
     assert_eq!(scene.wrong_acks(&metrics), 0.0, "the tracker had no state");
+    let v6 = |name: &str| {
+        let series = format!("seqwatch_{name}{{service=\"{guessed_v6}\"}}");
+        series_value(&metrics, &series)
+    };
+    assert_eq!(v6("spoofing_attempt_score"), Some(f64::from(V6_GUESSES)));
+    assert_eq!(
+        v6("spoofing_kernel_guesses_total"),
+        Some(f64::from(V6_GUESSES))
+    );
     assert_eq!(
         scene.netstat("SyncookiesFailed") - failed_before,
-        u64::from(HANDSHAKES),
+        all,
         "each guess failed its cookie check"
     );
     daemon.stop();
