@@ -15,6 +15,9 @@
 //! `LISTENING_PORTS` tells which, kept here from the listener events). Retransmits and
 //! listener events are each one `TcpEvent` in a ring buffer; a full buffer drops and counts,
 //! never blocks. Completed handshakes are only counted, per local port (`listener_counts`).
+//! A listener's reset for an ACK's flags (no handshake of its own, or a wrong ack) hands the
+//! segment, read from its headers, to the handshake tracker, which counts the blind guesses
+//! it could not judge itself (`handshake::rejected_ack`).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
