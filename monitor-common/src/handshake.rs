@@ -162,11 +162,43 @@ impl AnomalyKind {
     pub const COUNT: usize = AnomalyKind::UnsolicitedSynAck as usize + 1;
 }
 
-/// Slots of the tracker's state table (`HANDSHAKE_SLOTS`, 64 bytes each): a power of two;
-/// twice the entries of the 65 536-entry LRU hash it replaced, in 8 MiB (that map locked
-/// 7.5). With n 4-tuples tracked, a new handshake takes the slot of one of them with
-/// probability n / 131 072.
+/// Slots (ways) of the tracker's state table (`HANDSHAKE_SLOTS`, 64 bytes each: a key and a
+/// state, a seal and a protection): a power of two; twice the entries of the 65 536-entry LRU
+/// hash it replaced, in 8 MiB (that map locked 7.5), in sets of [`STATE_WAYS`].
 pub const STATE_SLOTS: u32 = 1 << 17;
+
+/// Ways of each set: a 4-tuple's state is in one of the [`STATE_WAYS`] slots of the set its
+/// hash picks ([`state_set`]), 256 bytes side by side.
+pub const STATE_WAYS: u32 = 4;
+pub const STATE_SETS: u32 = STATE_SLOTS / STATE_WAYS;
+
+/// The set of a 4-tuple's state, from its key's seeded [`jhash`].
+#[inline(always)]
+pub const fn state_set(hash: u32) -> u32 {
+    hash & (STATE_SETS - 1)
+}
+
+/// The tracker's protection clock ticks every 2^30 ns (about 1.07 s) of `bpf_ktime_get_ns()`.
+pub const PROTECTION_TICK_SHIFT: u32 = 30;
+
+/// How long the kernel keeps a request socket whose SYN-ACK is never answered, in seconds:
+/// the first SYN-ACK and `synack_retries` retransmissions (`net.ipv4.tcp_synack_retries`),
+/// each after twice the wait of the one before from 1 s (`TCP_TIMEOUT_INIT`) up to at most
+/// 120 s (`TCP_RTO_MAX`), then one last wait: 63 s for the default 5 retries.
+pub fn request_lifetime_seconds(synack_retries: u8) -> u64 {
+    (0..=u32::from(synack_retries))
+        .map(|retry| 1u64.checked_shl(retry).unwrap_or(u64::MAX).min(120))
+        .sum()
+}
+
+/// Protection clock ticks (see [`PROTECTION_TICK_SHIFT`]) that cover at least `seconds`
+/// from any moment within a tick: the tracker protects an open handshake until the tick
+/// after its SYN-ACK's plus this many.
+pub fn protection_ticks(seconds: u64) -> u32 {
+    let tick_ns = 1u64 << PROTECTION_TICK_SHIFT;
+    let ticks = seconds.saturating_mul(1_000_000_000).div_ceil(tick_ns) + 1;
+    u32::try_from(ticks).unwrap_or(u32::MAX)
+}
 
 /// Bob Jenkins' lookup3 `hashword` (the kernel's `jhash2`), for a few words: the state table's
 /// slot of a 4-tuple is its key's hash, seeded, modulo [`STATE_SLOTS`]. Here, not in the
@@ -236,11 +268,30 @@ pub enum HandshakeCounter {
     /// Segments that went to the handshake state table: a lookup, or a new SYN's insert (the
     /// tracker's cost driver).
     StateLookups,
+    /// A new handshake's state took the slot of a SYN-cookie handshake.
+    EvictedCookie,
+    /// ... of a SYN not answered (yet).
+    EvictedUnanswered,
+    /// ... of a completed handshake.
+    EvictedCompleted,
+    /// ... of an open handshake whose protection had run out.
+    EvictedExpired,
+    /// A new handshake not tracked: every way of its state set, or of its filter set, held a
+    /// protected open handshake.
+    StateRefused,
+    /// ACKs a listener rejected that the tracker could not judge, of services
+    /// `KERNEL_GUESSES` had no room for, or whose headers could not be read (counted as
+    /// service "other").
+    KernelGuessesUnkeyed,
 }
 
 impl HandshakeCounter {
-    pub const COUNT: u32 = HandshakeCounter::StateLookups as u32 + 1;
+    pub const COUNT: u32 = HandshakeCounter::KernelGuessesUnkeyed as u32 + 1;
 }
+
+/// Services `KERNEL_GUESSES` keeps apart (keyed by the local address and port the rejected
+/// ACK was sent to); beyond, [`HandshakeCounter::KernelGuessesUnkeyed`].
+pub const KERNEL_GUESS_SERVICES: u32 = 4096;
 
 #[cfg(feature = "user")]
 mod user {
@@ -256,6 +307,31 @@ mod tests {
     fn event_layout_has_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<AnomalyEvent>(), 72);
         assert_eq!(core::mem::align_of::<AnomalyEvent>(), 8);
+    }
+
+    #[test]
+    fn protection_covers_the_kernels_request_lifetime() {
+        assert_eq!(request_lifetime_seconds(5), 63, "the default");
+        assert_eq!(request_lifetime_seconds(0), 1);
+        assert_eq!(
+            request_lifetime_seconds(8),
+            127 + 120 + 120,
+            "waits of at most 120 s"
+        );
+        assert_eq!(
+            request_lifetime_seconds(255),
+            1 + 2 + 4 + 8 + 16 + 32 + 64 + 249 * 120
+        );
+        let tick = 1u64 << PROTECTION_TICK_SHIFT;
+        for seconds in [1, 63, 1000] {
+            let ticks = u64::from(protection_ticks(seconds));
+            // From the last nanosecond of a tick, protected until the start of tick + ticks.
+            assert!((ticks - 1) * tick >= seconds * 1_000_000_000, "{seconds} s");
+            assert!(
+                (ticks - 2) * tick < seconds * 1_000_000_000,
+                "{seconds} s: not more"
+            );
+        }
     }
 
     #[test]

@@ -36,6 +36,16 @@ pub struct TcpEventsConfig {
     pub request_v4: u32,
     /// `struct request_sock` → the local IPv6 address (`__req_common.skc_v6_rcv_saddr`).
     pub request_v6: u32,
+    /// `struct sock` → `__sk_common.skc_state` (u8).
+    pub sock_state: u32,
+    /// `struct sk_buff` → `head` (the buffer's start), `network_header` and
+    /// `transport_header` (u16 offsets from `head`).
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    /// `SK_RST_REASON_TCP_FLAGS` of the kernel's `enum sk_rst_reason` (a listener's answer to
+    /// an ACK that matches nothing of its own); `u32::MAX` when the kernel has no such reason.
+    pub reset_reason_tcp_flags: u32,
 }
 
 impl TcpEventsConfig {
@@ -59,6 +69,11 @@ impl TcpEventsConfig {
         request_port: 0,
         request_v4: 0,
         request_v6: 0,
+        sock_state: 0,
+        skb_head: 0,
+        skb_network_header: 0,
+        skb_transport_header: 0,
+        reset_reason_tcp_flags: u32::MAX,
     };
 }
 
@@ -221,7 +236,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<TcpEvent>(), 48);
         assert_eq!(core::mem::align_of::<TcpEvent>(), 8);
         assert_eq!(core::mem::size_of::<ResetService>(), 20);
-        assert_eq!(core::mem::size_of::<TcpEventsConfig>(), 64);
+        assert_eq!(core::mem::size_of::<TcpEventsConfig>(), 84);
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
 
 /// `__sk_buff::tstamp_type` of a CLOCK_MONOTONIC stamp (uapi `BPF_SKB_CLOCK_MONOTONIC`, an
 /// anonymous enum in the bindings).
-const BPF_SKB_CLOCK_MONOTONIC: u8 = 1;
+pub(crate) const BPF_SKB_CLOCK_MONOTONIC: u8 = 1;
 
 /// When the SYN-ACK left, on CLOCK_MONOTONIC. The kernel stamps every SYN-ACK it builds with
 /// that clock's reading (`skb->tstamp`, typed monotonic) just before it reaches egress, and a

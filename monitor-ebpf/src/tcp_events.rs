@@ -15,10 +15,16 @@
 //! `LISTENING_PORTS` tells which, kept here from the listener events). Retransmits and
 //! listener events are each one `TcpEvent` in a ring buffer; a full buffer drops and counts,
 //! never blocks. Completed handshakes are only counted, per local port (`listener_counts`).
+//! A listener's reset for an ACK's flags (no handshake of its own, or a wrong ack) hands the
+//! segment, read from its headers, to the handshake tracker, which counts the blind guesses
+//! it could not judge itself (`handshake::rejected_ack`).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_get_current_comm,
+    },
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
@@ -32,7 +38,11 @@ use seqwatch_common::{
     },
 };
 
-use crate::{listener_counts, ringbuf};
+use crate::{
+    handshake, listener_counts,
+    packet::{FlowKey, TCP_ACK, TCP_RST, TCP_SYN},
+    ringbuf,
+};
 
 /// The size of `TcpEvent::comm`, as the kernel's helper takes it.
 const TASK_COMM_LEN: u32 = 16;
@@ -161,6 +171,56 @@ pub fn send_reset(ctx: &BtfTracePointContext) {
             *count += 1;
         }
     }
+    if reason == config!(reset_reason_tcp_flags) && sk != 0 && skb != 0 {
+        rejected_by_listener(sk, skb);
+    }
+}
+
+/// A reset for its flags from a listener answers a segment that matched no connection nor
+/// handshake of the listener's, or acked the wrong ISN: the handshake tracker counts the
+/// ACK-bearing ones it could not judge as blind guesses.
+#[inline(always)]
+fn rejected_by_listener(sk: u64, skb: u64) {
+    if load::<u8>(sk, config!(sock_state)) != TCP_LISTEN as u8 {
+        return;
+    }
+    match incoming_segment(skb) {
+        Some((key, flags)) if flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK => {
+            handshake::rejected_ack(&key, flags);
+        }
+        Some(_) => {}
+        None => handshake::unreadable_rejected_ack(),
+    }
+}
+
+/// The 4-tuple (oriented as the tracker keys it: local = the listener's end) and the TCP
+/// flags of the segment a reset answers, from its headers. `skb->head` is a plain pointer to
+/// the verifier, so the headers are copied out with the helper.
+#[inline(always)]
+fn incoming_segment(skb: u64) -> Option<(FlowKey, u8)> {
+    let head = load::<u64>(skb, config!(skb_head));
+    let network = u64::from(load::<u16>(skb, config!(skb_network_header)));
+    let transport = u64::from(load::<u16>(skb, config!(skb_transport_header)));
+    // SAFETY: the helper checks the address; 40 bytes are linear in a TCP segment whichever
+    // the IP version (an IPv4 header and 20 bytes of TCP header at least).
+    let ip = unsafe { bpf_probe_read_kernel((head + network) as *const [u64; 5]) }.ok()?;
+    // SAFETY: as above: ports, seq, ack, offset and flags.
+    let tcp = unsafe { bpf_probe_read_kernel((head + transport) as *const [u32; 4]) }.ok()?;
+    // Addresses as the tracker keeps them: as on the wire, IPv4 in the first four bytes.
+    let (family, remote, local) = match ip[0] as u8 >> 4 {
+        4 => (FAMILY_IPV4, [ip[1] >> 32, 0], [ip[2] & 0xffff_ffff, 0]),
+        6 => (FAMILY_IPV6, [ip[1], ip[2]], [ip[3], ip[4]]),
+        _ => return None,
+    };
+    let [ports, _, _, offset_and_flags] = tcp;
+    let key = FlowKey {
+        local,
+        remote,
+        local_port: u16::from_be((ports >> 16) as u16),
+        remote_port: u16::from_be(ports as u16),
+        family: u32::from(family),
+    };
+    Some((key, (offset_and_flags >> 8) as u8))
 }
 
 /// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`: runs on every
@@ -234,24 +294,34 @@ fn add_listeners(port: u16, delta: u32) {
     }
 }
 
-/// One more reset for `service` on this CPU; a new service's entry holds this CPU's first.
+/// One more reset for `service` on this CPU.
 #[inline(always)]
 fn count_reset_received(service: &ResetService) {
-    if let Some(count) = RESETS_RECEIVED.get_ptr_mut(service) {
+    if !count_per_service(&RESETS_RECEIVED, service) {
+        count(TcpEventCounter::ResetsReceivedUnkeyed);
+    }
+}
+
+/// One more event for `service` in a per-service map, on this CPU; a new service's entry
+/// holds this CPU's first. False when the map has no room for a new service.
+#[inline(always)]
+pub fn count_per_service(map: &PerCpuHashMap<ResetService, u64>, service: &ResetService) -> bool {
+    if let Some(count) = map.get_ptr_mut(service) {
         // SAFETY: this CPU's copy of the entry, valid for the program run.
         unsafe { *count += 1 };
-        return;
+        return true;
     }
-    match RESETS_RECEIVED.insert(service, &1, BPF_NOEXIST.into()) {
-        Ok(()) => {}
+    match map.insert(service, &1, BPF_NOEXIST.into()) {
+        Ok(()) => true,
         // Another CPU made the entry between the lookup and the insert.
         Err(err) if err == -EEXIST => {
-            if let Some(count) = RESETS_RECEIVED.get_ptr_mut(service) {
+            if let Some(count) = map.get_ptr_mut(service) {
                 // SAFETY: as above.
                 unsafe { *count += 1 };
             }
+            true
         }
-        Err(_) => count(TcpEventCounter::ResetsReceivedUnkeyed),
+        Err(_) => false,
     }
 }
 

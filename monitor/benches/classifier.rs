@@ -8,8 +8,11 @@
 //! remote server's answers, one to a SYN the SYN row recorded (its ack is that SYN's ISN + 1)
 //! and one to none. Each packet runs 2 000 times in a row, so the SYN's row is a
 //! retransmission after the first run, the matched SYN-ACK's a retransmitted answer; the last
-//! rows time SYNs of new connections, 2 000 distinct ones run once each (each run then starts
-//! with cold caches, the empty program's too). Needs root. Run by `./x bench`. With
+//! rows time SYNs of new connections, and the SYN-ACKs and third packets of whole handshakes
+//! (each after its handshake's earlier segments), 2 000 distinct ones run once each (each run
+//! then starts with cold caches, the empty program's too). BPF_PROG_TEST_RUN gives a SYN-ACK
+//! no kernel timestamp, so there a protected handshake's SYN-ACK reads the clock, which a real
+//! one does not. Needs root. Run by `./x bench`. With
 //! `SEQWATCH_BENCH_REFERENCE=FILE` (another build's eBPF object, e.g. the one before a change)
 //! its classifiers run in the same alternation, as the `ref ns` column.
 
@@ -18,9 +21,9 @@ use aya::{
     maps::{Array, MapData, RingBuf},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
+use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
 use seqwatch::probes::SYN_RECORDER;
-use seqwatch_common::listener_counts;
+use seqwatch_common::{handshake, listener_counts};
 
 /// Runs per measurement: below a CPU's ring buffer capacity (at least 2 300 records), so every
 /// SYN-ACK is recorded.
@@ -157,7 +160,74 @@ fn main() -> anyhow::Result<()> {
         }
         print_row(label, setup, &mut empty, &mut theirs, &mut times);
     }
+    whole_handshakes(&mut ours, reference.as_mut())
+}
+
+/// Whole handshakes: each SYN-ACK after its SYN, each third ACK after its SYN-ACK.
+fn whole_handshakes(ours: &mut Loaded, mut reference: Option<&mut Loaded>) -> anyhow::Result<()> {
+    let ours = ours.get(true);
+    set_stateful(&mut ours.ebpf, 1)?;
+    let mut reference = reference.as_mut().map(|reference| reference.get(true));
+    if let Some(reference) = reference.as_mut() {
+        set_stateful(&mut reference.ebpf, 1)?;
+    }
+    let [mut empty, mut theirs, mut times]: [[Vec<u128>; 2]; 3] = Default::default();
+    let classifiers = ["synack_ingress", "synack_egress"];
+    for trial in 0..TRIALS {
+        let handshakes = handshakes(2 * TRIALS + trial)?;
+        push_pair(
+            &mut empty,
+            time_handshakes(&mut ours.ebpf, ["baseline"; 2], &handshakes)?,
+        );
+        for ours_now in order(trial) {
+            if ours_now {
+                push_pair(
+                    &mut times,
+                    time_handshakes(&mut ours.ebpf, classifiers, &handshakes)?,
+                );
+                ours.empty_rings();
+            } else if let Some(reference) = reference.as_mut() {
+                push_pair(
+                    &mut theirs,
+                    time_handshakes(&mut reference.ebpf, classifiers, &handshakes)?,
+                );
+                reference.empty_rings();
+            }
+        }
+    }
+    let rows = [
+        (
+            "IPv4 SYN-ACKs of new handshakes (each once)",
+            "both: egress",
+        ),
+        ("IPv4 third ACKs (each run once)", "both: ingress"),
+    ];
+    for (i, (label, setup)) in rows.into_iter().enumerate() {
+        print_row(label, setup, &mut empty[i], &mut theirs[i], &mut times[i]);
+    }
     Ok(())
+}
+
+fn push_pair(columns: &mut [Vec<u128>; 2], (synack, ack): (u128, u128)) {
+    columns[0].push(synack);
+    columns[1].push(ack);
+}
+
+/// Runs each handshake's SYN through `ingress`, then times its SYN-ACK through `egress` and
+/// its third packet through `ingress`; average ns per SYN-ACK and per third packet.
+fn time_handshakes(
+    ebpf: &mut Ebpf,
+    [ingress, egress]: [&str; 2],
+    handshakes: &[[Vec<u8>; 3]],
+) -> anyhow::Result<(u128, u128)> {
+    let (mut synacks, mut acks) = (0, 0);
+    for [syn, synack, ack] in handshakes {
+        run_each(ebpf, ingress, std::slice::from_ref(syn))?;
+        synacks += run_each(ebpf, egress, std::slice::from_ref(synack))?;
+        acks += run_each(ebpf, ingress, std::slice::from_ref(ack))?;
+    }
+    let count = handshakes.len() as u128;
+    Ok((synacks / count, acks / count))
 }
 
 /// Whether ours runs first (then the reference) in a trial: each side goes first in every
@@ -216,9 +286,15 @@ fn load(object: &[u8], origin_seed: u32) -> anyhow::Result<Classifiers> {
 }
 
 /// Turns the handshake tracker's stateful checks on or off, as the daemon does for
-/// `--direction both` or one direction.
+/// `--direction both` or one direction, with the protection of open handshakes the daemon
+/// gives them by default (an object from before the protection has no room for it).
 fn set_stateful(ebpf: &mut Ebpf, on: u32) -> anyhow::Result<()> {
-    Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?.set(0, &on, 0)?;
+    let mut config = Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").expect("map"))?;
+    config.set(0, &on, 0)?;
+    if config.len() > 1 {
+        let ticks = handshake::protection_ticks(handshake::request_lifetime_seconds(5));
+        config.set(1, &(ticks * on), 0)?;
+    }
     Ok(())
 }
 
@@ -266,7 +342,7 @@ const SERVER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const CLIENT_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
 /// SYNs of new handshakes, one per client port, from a client address of the trial's own
-/// (so that no trial's SYN finds another's state or record; 30 x 2 000 fit the tables).
+/// (so that no trial's SYN finds another's state or record).
 fn new_syns(trial: usize) -> anyhow::Result<Vec<Vec<u8>>> {
     let client = [10, 1, u8::try_from(trial)?, 2];
     (0..NEW_SYNS)
@@ -278,6 +354,29 @@ fn new_syns(trial: usize) -> anyhow::Result<Vec<Vec<u8>>> {
             let mut frame = Vec::with_capacity(builder.size(0));
             builder.write(&mut frame, &[])?;
             Ok(frame)
+        })
+        .collect()
+}
+
+/// Whole handshakes (SYN, SYN-ACK, right third ACK), one per client port, from a client
+/// address of the round's own (no round's SYN finds another's state).
+fn handshakes(round: usize) -> anyhow::Result<Vec<[Vec<u8>; 3]>> {
+    let client = [10, 1, u8::try_from(round)?, 2];
+    let to_server = || PacketBuilder::ethernet2(CLIENT_MAC, SERVER_MAC).ipv4(client, SERVER_V4, 64);
+    let to_client = || PacketBuilder::ethernet2(SERVER_MAC, CLIENT_MAC).ipv4(SERVER_V4, client, 64);
+    let write = |builder: PacketBuilderStep<TcpHeader>| -> anyhow::Result<Vec<u8>> {
+        let mut frame = Vec::with_capacity(builder.size(0));
+        builder.write(&mut frame, &[])?;
+        Ok(frame)
+    };
+    (0..NEW_SYNS)
+        .map(|i| {
+            let port = 20_000 + i;
+            Ok([
+                write(to_server().tcp(port, SERVER_PORT, 7, 65535).syn())?,
+                write(to_client().tcp(SERVER_PORT, port, 1000, 65535).syn().ack(8))?,
+                write(to_server().tcp(port, SERVER_PORT, 8, 65535).ack(1001))?,
+            ])
         })
         .collect()
 }
@@ -305,15 +404,13 @@ fn frames() -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
             .ipv4(SERVER_V4, CLIENT_V4, 64)
     };
     let mut frames = Vec::new();
-    let mut push = |label,
-                    builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
-                    payload: &[u8]|
-     -> anyhow::Result<()> {
-        let mut frame = Vec::with_capacity(builder.size(payload.len()));
-        builder.write(&mut frame, payload)?;
-        frames.push((label, frame));
-        Ok(())
-    };
+    let mut push =
+        |label, builder: PacketBuilderStep<TcpHeader>, payload: &[u8]| -> anyhow::Result<()> {
+            let mut frame = Vec::with_capacity(builder.size(payload.len()));
+            builder.write(&mut frame, payload)?;
+            frames.push((label, frame));
+            Ok(())
+        };
     push(
         "IPv4 data segment (100 B, timestamps)",
         v4().tcp(SERVER_PORT, 40000, 1, 65535)

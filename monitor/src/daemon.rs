@@ -362,6 +362,7 @@ fn start_engines(
     handshake::start(
         probes.take_anomaly_events()?,
         probes.take_handshake_counters()?,
+        probes.take_kernel_guesses()?,
         metrics.handshake.clone(),
         &options,
     )?;

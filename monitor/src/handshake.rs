@@ -36,7 +36,7 @@ use crate::{
     lab::monotonic_ns,
     metrics::register,
     netstat::read_tcpext,
-    spoofing::{ChallengeAcks, SpoofingMetrics, SpoofingScores},
+    spoofing::{ChallengeAcks, KernelGuesses, SpoofingMetrics, SpoofingScores},
     top_sources::{SharedTopSources, SourcePrefix, TopSourceMetrics, TopSources},
 };
 
@@ -84,6 +84,9 @@ pub struct HandshakeMetrics {
     pub event_log: EventLogMetrics,
     pub tfo_syns: IntCounter,
     pub state_lookups: IntCounter,
+    pub state_evicted: IntCounterVec,
+    pub state_refused: IntCounter,
+    pub kernel_guesses: IntCounterVec,
     pub top_sources: TopSourceMetrics,
     pub spoofing: SpoofingMetrics,
 }
@@ -117,6 +120,36 @@ impl HandshakeMetrics {
                 "seqwatch_handshake_state_lookups_total",
                 "Segments that went to the kernel tracker's state table (a lookup, or a new SYN's insert).",
             )?,
+            state_evicted: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "seqwatch_handshake_state_evicted_total",
+                        "Handshake states the kernel tracker dropped to make room for a new \
+                         handshake, by what they were: a SYN-cookie handshake, a SYN not \
+                         answered, a completed handshake, an open one past its protection.",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            state_refused: counter(
+                "seqwatch_handshake_state_refused_total",
+                "New handshakes the kernel tracker did not track: their state set (or filter \
+                 set) held only open handshakes still protected from eviction.",
+            )?,
+            kernel_guesses: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "seqwatch_spoofing_kernel_guesses_total",
+                        "ACKs a listener of the service answered with a reset for their flags \
+                         (no handshake of its own, or a wrong ack) that the kernel tracker had \
+                         no state to judge: blind guesses (or ACK scans) counted from the \
+                         kernel's verdict alone (services beyond the cap are \"other\").",
+                    ),
+                    &["service"],
+                )?,
+            )?,
             top_sources: TopSourceMetrics::new(registry)?,
             spoofing: SpoofingMetrics::new(registry)?,
         })
@@ -132,8 +165,24 @@ impl HandshakeMetrics {
             &self.state_lookups,
             counters.read(HandshakeCounter::StateLookups),
         );
+        for (reason, counter) in EVICTION_REASONS {
+            let total = counters.read(counter);
+            advance(&self.state_evicted.with_label_values(&[reason]), total);
+        }
+        advance(
+            &self.state_refused,
+            counters.read(HandshakeCounter::StateRefused),
+        );
     }
 }
+
+/// The `reason` labels of `seqwatch_handshake_state_evicted_total`, and their counters.
+const EVICTION_REASONS: [(&str, HandshakeCounter); 4] = [
+    ("cookie", HandshakeCounter::EvictedCookie),
+    ("unanswered", HandshakeCounter::EvictedUnanswered),
+    ("completed", HandshakeCounter::EvictedCompleted),
+    ("expired", HandshakeCounter::EvictedExpired),
+];
 
 fn advance(mirror: &IntCounter, total: u64) {
     let delta = total.saturating_sub(mirror.get());
@@ -640,6 +689,8 @@ struct Engine {
     source_ranks: HashMap<(AnomalyKind, SourcePrefix), usize>,
     spoofing: SpoofingScores,
     challenge_acks: ChallengeAcks,
+    kernel_guesses: KernelGuesses,
+    kernel_guess_counters: ServiceCounters,
 }
 
 /// An event-log line: the anomaly, and its source's rank among the top sources of its kind.
@@ -677,6 +728,20 @@ impl Engine {
                 source_rank: source_ranks.get(&(kind, SourcePrefix::of(source))).copied(),
             },
         );
+    }
+}
+
+impl Engine {
+    /// The guesses only the kernel saw since the last refresh, into their services' counters
+    /// and spoofing scores.
+    fn count_kernel_guesses(&mut self, now_ns: u64) {
+        let unkeyed = self.counters.read(HandshakeCounter::KernelGuessesUnkeyed);
+        for (service, guesses) in self.kernel_guesses.read(unkeyed) {
+            let admitted = service.and_then(|service| self.services.admit(service));
+            self.kernel_guess_counters.add(admitted, guesses);
+            self.spoofing
+                .add_guesses(&label_of(admitted), guesses, now_ns);
+        }
     }
 }
 
@@ -725,6 +790,7 @@ impl EventReader for Engine {
             .top_sources
             .publish(&lock(&self.top_sources), now_ns);
         self.challenge_acks.observe(read_tcpext().as_ref(), now_ns);
+        self.count_kernel_guesses(now_ns);
         self.metrics
             .spoofing
             .publish(&self.spoofing, &self.challenge_acks, now_ns);
@@ -941,9 +1007,11 @@ impl LogWriter {
 pub fn start(
     events: RingBuf<MapData>,
     counters: HandshakeCounters,
+    kernel_guesses: KernelGuesses,
     metrics: HandshakeMetrics,
     options: &EngineOptions,
 ) -> anyhow::Result<()> {
+    let kernel_guess_counters = ServiceCounters::new(metrics.kernel_guesses.clone());
     let engine = Engine {
         anomalies: AnomalyCounters::new(metrics.anomalies.clone()),
         metrics,
@@ -958,6 +1026,8 @@ pub fn start(
         source_ranks: HashMap::new(),
         spoofing: SpoofingScores::new(options.anomaly_window),
         challenge_acks: ChallengeAcks::new(options.anomaly_window),
+        kernel_guesses,
+        kernel_guess_counters,
     };
     event_reader::spawn("anomaly", events, engine)
 }

@@ -126,8 +126,11 @@ impl ListenerMetrics {
             )?,
             drops: counters(
                 "seqwatch_listener_drops_total",
-                "SYNs and completed handshakes the port's listeners dropped (SYN queue or \
-                 accept queue full), from the kernel's per-socket drop counter.",
+                "Segments the port's listeners dropped, from the kernel's per-socket drop \
+                 counter: SYNs and handshake completions refused (a full SYN or accept queue, \
+                 no route: TcpExt ListenDrops), and segments of handshakes in progress \
+                 discarded (an RST that ends one: TcpExt EmbryonicRsts; a repeated SYN; a \
+                 segment out of window). Forged RSTs raise it as surely as a full queue.",
                 port,
             )?,
             unresponsive: gauges(

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         BtfTracePoint, Program, SchedClassifier, TcAttach, TcAttachType,
         tc::{NlOptions, SchedClassifierLinkId},
@@ -18,12 +18,16 @@ use aya::{
 };
 use seqwatch_common::{
     Direction,
+    handshake::{protection_ticks, request_lifetime_seconds},
     listener_counts::PortCounts,
     synack::{self, Counter, SynAckRecord},
     tcp_events::TcpEventsConfig,
 };
 
-use crate::{clsact::Ownership, handshake::HandshakeCounters, tcp_events::TcpEventCounters};
+use crate::{
+    clsact::Ownership, handshake::HandshakeCounters, spoofing::KernelGuesses,
+    tcp_events::TcpEventCounters,
+};
 
 /// The eBPF object built by aya-build and embedded in this binary.
 pub fn object() -> anyhow::Result<&'static [u8]> {
@@ -301,17 +305,27 @@ impl Probes {
         Ok(HandshakeCounters(PerCpuArray::try_from(map)?))
     }
 
+    /// The per-service counts of guesses only the kernel saw (see [`KernelGuesses`]).
+    pub fn take_kernel_guesses(&mut self) -> anyhow::Result<KernelGuesses> {
+        let map = self.take_map("KERNEL_GUESSES")?;
+        Ok(KernelGuesses::new(PerCpuHashMap::try_from(map)?))
+    }
+
     /// Turns on the handshake tracker's stateful checks: only sound when both directions are
-    /// attached, so that it sees SYNs coming in and SYN-ACKs going out.
+    /// attached, so that it sees SYNs coming in and SYN-ACKs going out. Open handshakes are
+    /// protected from eviction for as long as this namespace's kernel keeps a request.
     pub fn enable_handshake_tracking(&mut self) -> anyhow::Result<()> {
         let map = self
             .ebpf
             .map_mut("HANDSHAKE_CONFIG")
             .context("the eBPF object has no HANDSHAKE_CONFIG map")?;
+        let mut config = Array::<_, u32>::try_from(map)?;
+        let lifetime = request_lifetime_seconds(synack_retries());
+        config.set(1, &protection_ticks(lifetime), 0)?;
         // Non-zero: on; and the seed of the state table's slot hash, secret so that a remote
         // host cannot pick 4-tuples that take a given handshake's slot.
         let seed = rand::random::<u32>() | 1;
-        Array::<_, u32>::try_from(map)?.set(0, &seed, 0)?;
+        config.set(0, &seed, 0)?;
         Ok(())
     }
 
@@ -517,4 +531,18 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
             guard.clear_ready();
         }
     });
+}
+
+/// This namespace's `net.ipv4.tcp_synack_retries`, or the kernel's default (5) if unreadable.
+fn synack_retries() -> u8 {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_synack_retries";
+    match std::fs::read_to_string(PATH).map(|text| text.trim().parse::<u8>()) {
+        Ok(Ok(retries)) => retries,
+        other => {
+            log::warn!(
+                "reading {PATH} ({other:?}): open handshakes are protected as for 5 retries"
+            );
+            5
+        }
+    }
 }

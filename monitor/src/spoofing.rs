@@ -9,18 +9,35 @@
 //! third packet with the right ack but a wrong seq (`handshake_ack_wrong_seq`) is not a guess:
 //! whoever sent it saw our SYN-ACK.
 //!
+//! Guesses the tracker could not judge — their handshake's state was refused for lack of room
+//! (a flood), lost, or opened before the tracker — are counted from the kernel's own verdict:
+//! a listener answers an ACK that matches no handshake it keeps, or acks the wrong ISN, with
+//! a reset of reason `tcp_flags` (under SYN cookies the failed cookie check, TcpExt
+//! `SyncookiesFailed`, leads to that same reset). The kernel programs count those per service
+//! unless the tracker had the 4-tuple's state to judge the segment itself, so that no guess
+//! is counted twice ([`KernelGuesses`], `seqwatch_spoofing_kernel_guesses_total`). ACK scans
+//! and late third packets of handshakes the kernel dropped meet the same reset and are
+//! counted too.
+//!
 //! Host-wide, RFC 5961 challenge ACKs answer in-window RSTs, SYNs on established connections
 //! and out-of-window ACKs: blind reset and injection guesses against *established*
 //! connections. The kernel counts them only per network namespace (TcpExt `TCPChallengeACK`,
 //! and `TCPACKSkippedChallenge` for those its per-socket rate limit held back), so they form a
 //! separate score with no service: `seqwatch_spoofing_challenge_ack_score`.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
+use aya::maps::{MapData, PerCpuHashMap};
 use prometheus::{Gauge, GaugeVec, Opts, Registry};
-use seqwatch_common::handshake::AnomalyKind;
+use seqwatch_common::{handshake::AnomalyKind, tcp_events::ResetService};
 
-use crate::{metrics::register, netstat::TcpExt, sketch::Buckets, top_sources::BUCKETS};
+use crate::{
+    metrics::register,
+    netstat::TcpExt,
+    sketch::Buckets,
+    tcp_events::{socket_address, word_bytes},
+    top_sources::BUCKETS,
+};
 
 /// The anomaly kinds that count as blind guesses.
 pub const GUESS_KINDS: [AnomalyKind; 3] = [
@@ -54,14 +71,18 @@ impl SpoofingScores {
 
     /// Every anomaly gives its service a score (0 until a guess); guesses raise it.
     pub fn observe(&mut self, service: &str, kind: AnomalyKind, now_ns: u64) {
+        let guesses = if GUESS_KINDS.contains(&kind) { 1 } else { 0 };
+        self.add_guesses(service, guesses, now_ns);
+    }
+
+    /// Adds `guesses` to the service's score (which it gets, 0, if it had none).
+    pub fn add_guesses(&mut self, service: &str, guesses: u64, now_ns: u64) {
         if !self.services.contains_key(service) {
             let empty = Buckets::new(self.window, BUCKETS, 0);
             self.services.insert(service.to_owned(), empty);
         }
-        let guesses = self.services.get_mut(service).expect("inserted above");
-        if GUESS_KINDS.contains(&kind) {
-            *guesses.current(now_ns) += 1;
-        }
+        let counts = self.services.get_mut(service).expect("inserted above");
+        *counts.current(now_ns) += guesses;
     }
 
     /// Forgets a service that lost its label.
@@ -75,6 +96,46 @@ impl SpoofingScores {
             let events = guesses.live(now_ns).sum();
             (service.as_str(), per_minute(events, self.window))
         })
+    }
+}
+
+/// The guesses only the kernel saw, from the kernel programs' per-service counts
+/// (`KERNEL_GUESSES`, at most `KERNEL_GUESS_SERVICES` services) and the count of those beyond.
+pub struct KernelGuesses {
+    kernel: PerCpuHashMap<MapData, ResetService, u64>,
+    /// Each service's total at the last read (as many as the kernel map holds), and that of
+    /// the services beyond it.
+    seen: HashMap<ResetService, u64>,
+    unkeyed_seen: u64,
+}
+
+impl KernelGuesses {
+    pub fn new(kernel: PerCpuHashMap<MapData, ResetService, u64>) -> Self {
+        KernelGuesses {
+            kernel,
+            seen: HashMap::new(),
+            unkeyed_seen: 0,
+        }
+    }
+
+    /// What each service gained since the last read (`None`: the services beyond the kernel
+    /// map, whose total is `unkeyed_total`).
+    pub fn read(&mut self, unkeyed_total: u64) -> Vec<(Option<SocketAddr>, u64)> {
+        let mut gained = Vec::new();
+        for (service, per_cpu) in self.kernel.iter().filter_map(Result::ok) {
+            let total = per_cpu.iter().sum();
+            let seen = self.seen.insert(service, total).unwrap_or(0);
+            if total > seen {
+                let address =
+                    socket_address(service.family, word_bytes(service.addr), service.port);
+                gained.push((Some(address), total - seen));
+            }
+        }
+        if unkeyed_total > self.unkeyed_seen {
+            gained.push((None, unkeyed_total - self.unkeyed_seen));
+            self.unkeyed_seen = unkeyed_total;
+        }
+        gained
     }
 }
 
@@ -132,7 +193,9 @@ impl SpoofingMetrics {
                     Opts::new(
                         "seqwatch_spoofing_attempt_score",
                         "Blind spoofing guesses against the service per minute over the anomaly \
-                         window: third packets with a wrong ack and out-of-window handshake RSTs.",
+                         window: third packets with a wrong ack and out-of-window handshake RSTs \
+                         the tracker judged, and ACKs the listener rejected that it could not \
+                         (seqwatch_spoofing_kernel_guesses_total).",
                     ),
                     &["service"],
                 )?,

@@ -232,7 +232,19 @@ fn monitored_netns_config(btf: &KernelBtf) -> anyhow::Result<TcpEventsConfig> {
         request_port: request("skc_num")?,
         request_v4: request("skc_rcv_saddr")?,
         request_v6: request("skc_v6_rcv_saddr")?,
+        sock_state: common("skc_state")?,
+        skb_head: btf.offset_of("sk_buff", &["head"])?,
+        skb_network_header: btf.offset_of("sk_buff", &["network_header"])?,
+        skb_transport_header: btf.offset_of("sk_buff", &["transport_header"])?,
+        reset_reason_tcp_flags: reset_reason(btf, "SK_RST_REASON_TCP_FLAGS").unwrap_or(u32::MAX),
     })
+}
+
+/// The value of a reason of the kernel's `enum sk_rst_reason`, if it has it.
+fn reset_reason(btf: &KernelBtf, name: &str) -> Option<u32> {
+    let values = btf.enum_values("sk_rst_reason").ok()?;
+    let (_, value) = values.iter().find(|(known, _)| known == name)?;
+    u32::try_from(*value).ok()
 }
 
 fn mark_all_unattached(metrics: &Metrics) {
@@ -401,7 +413,7 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
 }
 
 /// An address in the kernel's form (network byte order, IPv4 in the first four bytes).
-fn socket_address(family: u8, bytes: [u8; 16], port: u16) -> SocketAddr {
+pub(crate) fn socket_address(family: u8, bytes: [u8; 16], port: u16) -> SocketAddr {
     let ip = if family == FAMILY_IPV4 {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else {
@@ -454,7 +466,7 @@ impl ResetsReceived {
 }
 
 /// The bytes of an address the kernel stored as four words in memory order.
-fn word_bytes(words: [u32; 4]) -> [u8; 16] {
+pub(crate) fn word_bytes(words: [u32; 4]) -> [u8; 16] {
     let mut bytes = [0; 16];
     for (chunk, word) in bytes.as_chunks_mut::<4>().0.iter_mut().zip(words) {
         *chunk = word.to_ne_bytes();

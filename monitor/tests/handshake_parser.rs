@@ -1,13 +1,14 @@
 //! The handshake tracker in the real kernel, on crafted frames (BPF_PROG_TEST_RUN): every
 //! illegal flag set yields exactly one event of its kind, legitimate segments (TFO included)
-//! yield none, a handshake fed through both programs is judged statefully, and state lost to
-//! a slot collision or a torn slot hides an anomaly at worst, never invents one. Needs root.
+//! yield none, a handshake fed through both programs is judged statefully, a full state set
+//! (or filter set) gives way only to what is unprotected, in order, and state lost to a torn
+//! way hides an anomaly at worst, never invents one. Needs root.
 
 // This crate uses only some of the shared helpers.
 #[allow(dead_code)]
 mod common;
 
-use std::{net::SocketAddr, ops::Range};
+use std::{net::SocketAddr, ops::Range, thread, time::Duration};
 
 use aya::{
     Ebpf,
@@ -17,7 +18,7 @@ use common::test_run::{load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader, TcpOptionElement};
 use seqwatch::handshake::{Anomaly, Clock, decode_event};
 use seqwatch_common::{
-    handshake::{AnomalyKind, HandshakeCounter, STATE_SLOTS, jhash},
+    handshake::{AnomalyKind, HandshakeCounter, STATE_WAYS, jhash, state_set},
     synack::FAMILY_IPV4,
 };
 
@@ -39,12 +40,23 @@ const CLIENT_PORT: u16 = 51_000;
 const CLIENT: ([u8; 4], u16) = (CLIENT_V4, CLIENT_PORT);
 /// The state table's hash seed the tests set (the daemon's is random).
 const SEED: u32 = 1;
+/// The protection the tests give open handshakes, in ticks of about 1.07 s: longer than any
+/// test.
+const PROTECTION_TICKS: u32 = 1000;
 
-/// A state-table slot as the tests read and write it: the key (40 bytes), the handshake state
-/// (16), the seal (4) and padding.
-type RawSlot = [u8; 64];
-const SLOT_STATE: Range<usize> = 40..56;
-const SLOT_SEAL: Range<usize> = 56..60;
+/// A state-table set as the tests read and write it: per way a seal (4 bytes) and the
+/// protection's end (4), then per way the key (40) and the handshake state (16).
+type RawSet = [u8; 256];
+
+/// Where a way's seal and state are in its set.
+fn seal_bytes(way: usize) -> Range<usize> {
+    8 * way..8 * way + 4
+}
+
+fn state_bytes(way: usize) -> Range<usize> {
+    let entry = 32 + 56 * way;
+    entry + 40..entry + 56
+}
 
 struct Tracker {
     ebpf: Ebpf,
@@ -55,11 +67,17 @@ struct Tracker {
 
 impl Tracker {
     fn load(track_state: bool) -> Tracker {
+        Self::load_protecting(track_state, PROTECTION_TICKS)
+    }
+
+    /// With open handshakes protected for `ticks` of the protection clock.
+    fn load_protecting(track_state: bool, ticks: u32) -> Tracker {
         let mut ebpf = load_classifiers();
         if track_state {
             let mut config =
                 Array::<_, u32>::try_from(ebpf.map_mut("HANDSHAKE_CONFIG").unwrap()).unwrap();
             config.set(0, &SEED, 0).unwrap();
+            config.set(1, &ticks, 0).unwrap();
         }
         let events = RingBuf::try_from(ebpf.take_map("ANOMALY_EVENTS").unwrap()).unwrap();
         let counters = PerCpuArray::try_from(ebpf.take_map("HANDSHAKE_COUNTERS").unwrap()).unwrap();
@@ -91,15 +109,15 @@ impl Tracker {
         self.run("synack_egress", frame)
     }
 
-    fn slot(&mut self, index: u32) -> RawSlot {
-        self.slots().get(&index, 0).unwrap()
+    fn set(&mut self, index: u32) -> RawSet {
+        self.sets().get(&index, 0).unwrap()
     }
 
-    fn set_slot(&mut self, index: u32, slot: &RawSlot) {
-        self.slots().set(index, slot, 0).unwrap();
+    fn write_set(&mut self, index: u32, set: &RawSet) {
+        self.sets().set(index, set, 0).unwrap();
     }
 
-    fn slots(&mut self) -> Array<&mut MapData, RawSlot> {
+    fn sets(&mut self) -> Array<&mut MapData, RawSet> {
         Array::try_from(self.ebpf.map_mut("HANDSHAKE_SLOTS").unwrap()).unwrap()
     }
 
@@ -493,96 +511,232 @@ fn stateful_checks_are_off_unless_enabled() {
     assert_eq!(tracker.counter(HandshakeCounter::StateLookups), 0);
 }
 
-/// The state-table slot of a client's handshake with the server: its key's words (local =
+/// The state-table set of a client's handshake with the server: its key's words (local =
 /// the server; addresses as on the wire, ports in host order, then the family) hashed with
 /// the tests' seed.
-fn slot_of(client: ([u8; 4], u16)) -> u32 {
+fn set_of(client: ([u8; 4], u16)) -> u32 {
     let mut words = [0u32; 10];
     words[0] = u32::from_ne_bytes(SERVER_V4);
     words[4] = u32::from_ne_bytes(client.0);
     words[8] = u32::from(SERVER_PORT) | u32::from(client.1) << 16;
     words[9] = u32::from(FAMILY_IPV4);
-    jhash(&words, SEED) & (STATE_SLOTS - 1)
+    state_set(jhash(&words, SEED))
 }
 
-fn seal(slot: &RawSlot) -> u32 {
-    u32::from_ne_bytes(slot[SLOT_SEAL].try_into().unwrap())
+/// The open-handshake filter's set of a client's handshake: its tag (the kernel's
+/// `packet::tuple_mix` of the remote address and both ports, made odd) picks one of 32 768.
+fn filter_set_of(client: ([u8; 4], u16)) -> u32 {
+    let ports = u32::from(client.1) << 16 | u32::from(SERVER_PORT);
+    let hash = u32::from_be_bytes(client.0).wrapping_mul(0x9e37_79b1) ^ ports;
+    let hash = hash.wrapping_mul(0x85eb_ca6b);
+    let tag = (hash ^ (hash >> 15)) | 1;
+    (tag >> 8) & ((1 << 15) - 1)
 }
 
-/// A client other than `CLIENT` whose handshake goes to `CLIENT`'s slot.
-fn client_in_the_same_slot() -> ([u8; 4], u16) {
-    let slot = slot_of(CLIENT);
+fn seal(set: &RawSet, way: usize) -> u32 {
+    u32::from_ne_bytes(set[seal_bytes(way)].try_into().unwrap())
+}
+
+/// `count` clients other than `CLIENT` for which `place` says the same as for `CLIENT`.
+fn clients_sharing(place: fn(([u8; 4], u16)) -> u32, count: usize) -> Vec<([u8; 4], u16)> {
+    let wanted = place(CLIENT);
     (1..=254u8)
         .flat_map(|host| (1024..=u16::MAX).map(move |port| ([198, 51, 100, host], port)))
-        .filter(|&client| client != CLIENT)
-        .find(|&client| slot_of(client) == slot)
-        .expect("about 125 of these 16 million clients share any one of 131 072 slots")
+        .filter(|&client| client != CLIENT && place(client) == wanted)
+        .take(count)
+        .collect()
 }
 
-/// Two 4-tuples whose keys hash to one slot: the newer handshake takes the slot, and the
-/// older one's bad third packet then passes unflagged (a miss), never judged against the
-/// newer one's numbers; the newer handshake is judged as usual.
-#[test]
-fn a_new_handshake_takes_its_slot_from_an_older_one() {
-    let mut tracker = Tracker::load(true);
-    let newer = client_in_the_same_slot();
-    open_handshake(&mut tracker);
-    assert_ne!(
-        seal(&tracker.slot(slot_of(CLIENT))),
-        0,
-        "the handshake is where the test computed"
-    );
-    let newer_handshake = [
-        tracker.ingress(&from_client(newer, SYN, 2000, 0)),
-        tracker.egress(&server_to(newer, SYN | ACK, 7000, 2001)),
+/// A client's handshake opened with client ISN `isn` and our ISN `isn + 4000`: its third
+/// packet is due with seq `isn + 1` and ack `isn + 4001`.
+fn open_from(tracker: &mut Tracker, client: ([u8; 4], u16), isn: u32) {
+    let opened = [
+        tracker.ingress(&from_client(client, SYN, isn, 0)),
+        tracker.egress(&server_to(client, SYN | ACK, isn + 4000, isn + 1)),
     ];
-    assert_eq!(newer_handshake.map(|a| kinds(&a)), [[], []]);
-    let lookups = tracker.counter(HandshakeCounter::StateLookups);
-    assert_eq!(
-        kinds(&tracker.ingress(&to_server(ACK, 1001, 9999, &[], &[]))),
-        [],
-        "the older handshake's state is gone"
-    );
-    assert_eq!(
-        tracker.counter(HandshakeCounter::StateLookups),
-        lookups + 1,
-        "its third packet went to the table"
-    );
-    let anomalies = tracker.ingress(&from_client(newer, ACK, 2001, 9999));
-    assert_eq!(kinds(&anomalies), [AnomalyKind::HandshakeAckWrongAck]);
-    assert_eq!(
-        (anomalies[0].expected_seq, anomalies[0].expected_ack),
-        (Some(2001), Some(7001))
-    );
+    assert_eq!(opened.map(|a| kinds(&a)), [[], []], "{client:?}");
 }
 
-/// Two CPUs writing one slot at once can leave one handshake's key beside another's state.
-/// The seal no longer matches, so the slot reads as empty: the right third packet is not
+/// Whether a wrong-ack third packet from `client` (opened by `open_from` with `isn`) is
+/// flagged, with the numbers its handshake expects.
+fn guess_is_flagged(tracker: &mut Tracker, client: ([u8; 4], u16), isn: u32) -> bool {
+    let anomalies = tracker.ingress(&from_client(client, ACK, isn + 1, 99));
+    match kinds(&anomalies)[..] {
+        [] => false,
+        [AnomalyKind::HandshakeAckWrongAck] => {
+            let expected = (anomalies[0].expected_seq, anomalies[0].expected_ack);
+            assert_eq!(expected, (Some(isn + 1), Some(isn + 4001)), "{client:?}");
+            true
+        }
+        ref other => panic!("{client:?}: {other:?}"),
+    }
+}
+
+/// A flood cannot flush open handshakes: with every way of a set holding one whose SYN-ACK a
+/// socket sent (BPF_PROG_TEST_RUN gives every frame one), a new handshake of that set is
+/// refused and counted, and each open one is still judged with its own numbers.
+#[test]
+fn a_set_of_open_handshakes_refuses_a_new_one() {
+    let mut tracker = Tracker::load(true);
+    let clients = clients_sharing(set_of, STATE_WAYS as usize + 1);
+    let (open, newcomer) = clients.split_at(STATE_WAYS as usize);
+    for (isn, &client) in (1000..).step_by(1000).zip(open) {
+        open_from(&mut tracker, client, isn);
+    }
+    open_from(&mut tracker, newcomer[0], 9000);
+    assert_eq!(
+        tracker.counter(HandshakeCounter::StateRefused),
+        2,
+        "its SYN and SYN-ACK"
+    );
+    assert!(
+        !guess_is_flagged(&mut tracker, newcomer[0], 9000),
+        "not tracked"
+    );
+    for (isn, &client) in (1000..).step_by(1000).zip(open) {
+        assert!(
+            guess_is_flagged(&mut tracker, client, isn),
+            "{client:?} kept"
+        );
+    }
+    let evicted = [
+        HandshakeCounter::EvictedCookie,
+        HandshakeCounter::EvictedUnanswered,
+        HandshakeCounter::EvictedCompleted,
+        HandshakeCounter::EvictedExpired,
+    ];
+    assert!(evicted.iter().all(|&counter| tracker.counter(counter) == 0));
+}
+
+/// In a full set a new handshake takes the way of the entry that matters least: a SYN not
+/// answered before a completed handshake, and open handshakes not at all; each eviction is
+/// counted by what it took.
+#[test]
+fn a_full_set_gives_way_unanswered_then_completed() {
+    let mut tracker = Tracker::load(true);
+    let clients = clients_sharing(set_of, 6);
+    let [completed, unanswered, open_a, open_b, first_new, second_new] = clients[..] else {
+        unreachable!("six clients")
+    };
+    open_from(&mut tracker, completed, 1000);
+    assert_eq!(
+        kinds(&tracker.ingress(&from_client(completed, ACK, 1001, 5001))),
+        []
+    );
+    assert_eq!(
+        kinds(&tracker.ingress(&from_client(unanswered, SYN, 2000, 0))),
+        []
+    );
+    open_from(&mut tracker, open_a, 3000);
+    open_from(&mut tracker, open_b, 4000);
+    open_from(&mut tracker, first_new, 5000);
+    assert_eq!(tracker.counter(HandshakeCounter::EvictedUnanswered), 1);
+    assert_eq!(
+        kinds(&tracker.ingress(&from_client(unanswered, ACK, 2001, 0))),
+        [],
+        "its state is gone: no ack_without_synack"
+    );
+    open_from(&mut tracker, second_new, 6000);
+    assert_eq!(tracker.counter(HandshakeCounter::EvictedCompleted), 1);
+    assert_eq!(
+        kinds(&tracker.ingress(&from_client(completed, SYN, 1000, 0))),
+        [],
+        "its state is gone: no syn_on_established"
+    );
+    assert_eq!(
+        tracker.counter(HandshakeCounter::StateRefused),
+        1,
+        "that SYN"
+    );
+    for (client, isn) in [
+        (open_a, 3000),
+        (open_b, 4000),
+        (first_new, 5000),
+        (second_new, 6000),
+    ] {
+        assert!(guess_is_flagged(&mut tracker, client, isn), "{client:?}");
+    }
+}
+
+/// An open handshake is protected for as long as the kernel may keep its request (here one
+/// tick): after that a new handshake may take its way, counted as expired.
+#[test]
+fn protection_runs_out() {
+    let mut tracker = Tracker::load_protecting(true, 1);
+    let clients = clients_sharing(set_of, STATE_WAYS as usize + 1);
+    let (open, newcomer) = clients.split_at(STATE_WAYS as usize);
+    for (isn, &client) in (1000..).step_by(1000).zip(open) {
+        open_from(&mut tracker, client, isn);
+    }
+    // Two ticks of the protection clock (2^30 ns each).
+    thread::sleep(Duration::from_millis(2200));
+    open_from(&mut tracker, newcomer[0], 9000);
+    assert_eq!(tracker.counter(HandshakeCounter::StateRefused), 0);
+    assert_eq!(tracker.counter(HandshakeCounter::EvictedExpired), 1);
+    assert!(guess_is_flagged(&mut tracker, newcomer[0], 9000));
+    let kept = (1000..)
+        .step_by(1000)
+        .zip(open)
+        .filter(|&(isn, &client)| guess_is_flagged(&mut tracker, client, isn))
+        .count();
+    assert_eq!(kept, STATE_WAYS as usize - 1, "one gave way");
+}
+
+/// The open-handshake filter, which lets a third packet through to the state table, gives way
+/// as the table does: with its set full of protected tags a new handshake is refused (and
+/// its state taken back out), and the open ones' third packets are still judged.
+#[test]
+fn a_filter_set_of_open_handshakes_refuses_a_new_one() {
+    let mut tracker = Tracker::load(true);
+    let mut clients = clients_sharing(filter_set_of, 8);
+    clients.retain(|&client| set_of(client) != set_of(CLIENT));
+    let newcomer = clients[3];
+    open_handshake(&mut tracker);
+    for (isn, &client) in (10_000..).step_by(1000).zip(&clients[..3]) {
+        open_from(&mut tracker, client, isn);
+    }
+    open_from(&mut tracker, newcomer, 90_000);
+    assert_eq!(tracker.counter(HandshakeCounter::StateRefused), 2);
+    assert!(!guess_is_flagged(&mut tracker, newcomer, 90_000));
+    assert_eq!(
+        kinds(&tracker.ingress(&from_client(newcomer, FIN | ACK, 90_001, 99))),
+        [],
+        "its state was taken back out: no fin_before_handshake"
+    );
+    assert!(guess_is_flagged(&mut tracker, CLIENT, 1000));
+    for (isn, &client) in (10_000..).step_by(1000).zip(&clients[..3]) {
+        assert!(guess_is_flagged(&mut tracker, client, isn), "{client:?}");
+    }
+}
+
+/// Two CPUs writing one way at once can leave one handshake's key beside another's state.
+/// The seal no longer matches, so the way reads as empty: the right third packet is not
 /// judged against the other handshake's numbers (which would make it a wrong seq and ack).
 #[test]
-fn a_torn_slot_reads_as_empty() {
+fn a_torn_way_reads_as_empty() {
     let mut tracker = Tracker::load(true);
     let other = (CLIENT_V4, CLIENT_PORT + 1);
-    assert_ne!(slot_of(other), slot_of(CLIENT));
+    assert_ne!(set_of(other), set_of(CLIENT));
     open_handshake(&mut tracker);
     let other_handshake = [
         tracker.ingress(&from_client(other, SYN, 3000, 0)),
         tracker.egress(&server_to(other, SYN | ACK, 8000, 3001)),
     ];
     assert_eq!(other_handshake.map(|a| kinds(&a)), [[], []]);
-    let (ours, theirs) = (tracker.slot(slot_of(CLIENT)), tracker.slot(slot_of(other)));
-    assert!(seal(&ours) != 0 && seal(&theirs) != 0);
+    // Each is in the first way of its own (otherwise empty) set.
+    let (ours, theirs) = (tracker.set(set_of(CLIENT)), tracker.set(set_of(other)));
+    assert!(seal(&ours, 0) != 0 && seal(&theirs, 0) != 0);
     let mut torn = ours;
-    torn[SLOT_STATE].copy_from_slice(&theirs[SLOT_STATE]);
-    tracker.set_slot(slot_of(CLIENT), &torn);
+    torn[state_bytes(0)].copy_from_slice(&theirs[state_bytes(0)]);
+    tracker.write_set(set_of(CLIENT), &torn);
     let lookups = tracker.counter(HandshakeCounter::StateLookups);
     assert_eq!(
         kinds(&tracker.ingress(&to_server(ACK, 1001, 5001, &[], &[]))),
         []
     );
     assert_eq!(tracker.counter(HandshakeCounter::StateLookups), lookups + 1);
-    // The slot as it was is read whole again: the torn copy was refused for its seal alone.
-    tracker.set_slot(slot_of(CLIENT), &ours);
+    // The way as it was is read whole again: the torn copy was refused for its seal alone.
+    tracker.write_set(set_of(CLIENT), &ours);
     assert_eq!(
         kinds(&tracker.ingress(&to_server(ACK, 1001, 9999, &[], &[]))),
         [AnomalyKind::HandshakeAckWrongAck]

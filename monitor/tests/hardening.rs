@@ -1,6 +1,7 @@
 //! The TcpExt counters and the hardening posture against the real kernel: the real daemon in a
 //! lab's server namespace, a listener flooded from the client namespace with that namespace's
-//! own /proc/net/netstat as the referee, and per-namespace sysctls set in the lab only.
+//! own /proc/net/netstat as the referee (the per-listener drop counter too), and
+//! per-namespace sysctls set in the lab only.
 //! Needs root; every lab namespace is removed when its test ends, and no host-wide sysctl is
 //! written.
 
@@ -15,8 +16,11 @@ use std::{
 };
 
 use common::{
-    Daemon, backlog_listener, connect_many, listen, netstat, scrape, series_value,
+    Daemon, backlog_listener, connect_many,
+    crafted::{self, ip},
+    listen, netstat, scrape, series_value,
     sysctl::{read as read_sysctl, write as write_sysctl},
+    wait_for,
 };
 use seqwatch::{
     lab::{Crafter, Lab, LabOptions, Segment, command_in_netns, flags},
@@ -172,6 +176,97 @@ fn forced_syncookies_equal_the_namespaces_netstat() {
     assert_eq!(delta(&before, &after, "SyncookiesFailed"), 0);
     // And the daemon says exactly what the namespace says.
     settled_counters(&lab, &daemon, &COOKIE_HANDSHAKE);
+    daemon.stop();
+}
+
+/// A listener's drop counter, `seqwatch_listener_drops_total`, is the kernel's per-socket
+/// `sk_drops`: SYNs the listener refused (TcpExt `ListenDrops`) and also the segments of its
+/// half-open handshakes the kernel discarded, RSTs among them (`EmbryonicRsts`). Ten SYNs
+/// from the client's own address (its kernel resets each SYN-ACK: ten embryonic resets), then
+/// a SYN flood from 300 forged sources onto a SYN queue of 8 without cookies: the port's
+/// counter is exactly the sum of the two TcpExt counters, and its help says so.
+#[test]
+fn listener_drops_are_listen_drops_plus_embryonic_resets() {
+    const RESET: u16 = 10;
+    const FLOOD: u32 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, daemon) = lab_with_daemon(dir.path());
+    write_sysctl(&lab, &lab.server_ns, "net.ipv4.tcp_syncookies", "0");
+    // The flood's SYN-ACKs leave (towards the client, which drops them): requests are made.
+    let client = lab.client_v4.to_string();
+    ip(
+        &lab,
+        &lab.server_ns,
+        &["route", "add", "default", "via", &client],
+    );
+    let addr = SocketAddrV4::new(lab.server_v4, 9002);
+    let _listener = backlog_listener(&lab, &lab.server_ns, addr, 8);
+    let crafter = Crafter::client_to_server(&lab).unwrap();
+    let counters = |lab: &Lab| {
+        let all = netstat(lab, &lab.server_ns);
+        (all["TcpExtListenDrops"], all["TcpExtEmbryonicRsts"])
+    };
+    let before = counters(&lab);
+
+    for port in 0..RESET {
+        let from = SocketAddr::new(lab.client_v4.into(), 41_000 + port);
+        crafted::send(
+            &crafter,
+            (from, SocketAddr::V4(addr)),
+            flags::SYN,
+            (7, 0),
+            &[],
+        );
+    }
+    let reset = wait_for(Duration::from_secs(5), || {
+        counters(&lab).1 - before.1 == u64::from(RESET)
+    });
+    assert!(
+        reset,
+        "embryonic resets: {:?} then {:?}",
+        before,
+        counters(&lab)
+    );
+    for i in 0..FLOOD {
+        let forged = std::net::Ipv4Addr::from(0x6440_0000 + i); // 100.64.0.0/10
+        let from = SocketAddr::new(forged.into(), 20_000 + (i % 40_000) as u16);
+        crafted::send(
+            &crafter,
+            (from, SocketAddr::V4(addr)),
+            flags::SYN,
+            (i, 0),
+            &[],
+        );
+    }
+
+    let metric = "seqwatch_listener_drops_total{port=\"9002\"}";
+    let mut last = (None, before);
+    let summed = wait_for(Duration::from_secs(10), || {
+        let kernel = counters(&lab);
+        last = (series_value(&daemon.metrics(&lab), metric), kernel);
+        let sum = (kernel.0 - before.0) + (kernel.1 - before.1);
+        kernel.0 > before.0 && last.0 == Some(sum as f64)
+    });
+    assert!(
+        summed,
+        "{metric} {:?}, (ListenDrops, EmbryonicRsts) {:?} from {before:?}",
+        last.0, last.1
+    );
+    let (drops, (listen_drops, embryonic)) = (last.0.unwrap(), last.1);
+    eprintln!(
+        "{drops} listener drops = {} ListenDrops + {} EmbryonicRsts",
+        listen_drops - before.0,
+        embryonic - before.1
+    );
+    let help = daemon
+        .metrics(&lab)
+        .lines()
+        .find(|line| line.starts_with("# HELP seqwatch_listener_drops_total "))
+        .expect("a help line")
+        .to_owned();
+    for counted in ["ListenDrops", "EmbryonicRsts"] {
+        assert!(help.contains(counted), "{help}");
+    }
     daemon.stop();
 }
 
