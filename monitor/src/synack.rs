@@ -140,14 +140,18 @@ struct ServiceState {
 
 /// One scorer per service, least recently seen evicted first once `cap` is reached.
 pub struct ServiceTable {
+    /// Unbounded to lru, capped here: `LruCache::new` would reserve a slot for every service
+    /// of the cap up front.
     services: LruCache<SocketAddr, ServiceState>,
+    cap: NonZeroUsize,
     config: ScorerConfig,
 }
 
 impl ServiceTable {
     pub fn new(cap: NonZeroUsize, config: ScorerConfig) -> Self {
         ServiceTable {
-            services: LruCache::new(cap),
+            services: LruCache::unbounded(),
+            cap,
             config,
         }
     }
@@ -169,9 +173,13 @@ impl ServiceTable {
             rescore_after: RESCORE_AFTER,
             report: None,
         };
-        self.services
-            .push(sample.server, state)
-            .and_then(|(evicted, _)| (evicted != sample.server).then_some(evicted))
+        let evicted = if self.services.len() >= self.cap.get() {
+            self.services.pop_lru().map(|(evicted, _)| evicted)
+        } else {
+            None
+        };
+        self.services.push(sample.server, state);
+        evicted
     }
 
     /// A known service's state, now the most recently seen. A busy service's samples come in
