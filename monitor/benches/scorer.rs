@@ -203,7 +203,10 @@ fn bench_analyze_against_tcpdump() -> anyhow::Result<()> {
     let packets = CAPTURE_CONNECTIONS * PACKETS_PER_CONNECTION;
 
     let start = Instant::now();
-    let mut analysis = Analysis::new(ScorerConfig::default());
+    let mut analysis = Analysis::new(
+        ScorerConfig::default(),
+        seqwatch::config::MAX_SERVICES.default,
+    );
     analysis.add_capture(std::io::BufReader::new(std::fs::File::open(&path)?))?;
     let reports = analysis.reports();
     let ours = start.elapsed();

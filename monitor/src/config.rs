@@ -18,21 +18,141 @@ use crate::{
     daemon::Directions, daemon::RunArgs, probes::AttachMode, tls::PortList, web::WebConfig,
 };
 
-/// Bounds of the numeric keys (and of their flags).
-pub const MAX_SERVICES: RangeInclusive<usize> = 1..=1_048_576;
-pub const MAX_SOURCES: RangeInclusive<usize> = 1..=1_048_576;
-pub const GUESSES: RangeInclusive<u64> = 1..=u64::MAX;
+/// A numeric setting: its key in the file, the range allowed and the default. The flags of
+/// `run` and `analyze` parse with `parse` and the file is checked with `check`, so a flag and
+/// its key accept exactly the same values, and the help shows the range they share.
+pub struct Setting<T: 'static> {
+    /// The dotted key in the configuration file.
+    pub key: &'static str,
+    pub range: RangeInclusive<T>,
+    pub default: T,
+    /// What it sets, for `--help` (the range is added).
+    pub help: &'static str,
+}
+
+/// Services scored at once. Nothing is reserved per service up front: each costs what its
+/// samples take, so the memory bound is this × `WINDOW` × the bytes of one sample.
+pub const MAX_SERVICES: Setting<usize> = Setting {
+    key: "max_services",
+    range: 1..=1_048_576,
+    default: 4096,
+    help: "Services scored at once (beyond it the least recently seen without a label is evicted, and counted), and `service` labels per metric (docs/limits.md)",
+};
+pub const MAX_SOURCES: Setting<usize> = Setting {
+    key: "max_sources",
+    range: 1..=1_048_576,
+    default: 65_536,
+    help: "Sources tracked by the anomaly engine (reserved)",
+};
+/// Up to the largest TOML integer, so that any flag value can be written in the file too.
+pub const GUESSES: Setting<u64> = Setting {
+    key: "guesses",
+    range: 1..=i64::MAX as u64,
+    default: 5000,
+    help: "Guesses a blind attacker may spend on one ISN, for the attack feasibility",
+};
 /// The scorer needs a handful of samples per window; beyond 65 536 a window only costs memory.
-pub const WINDOW: RangeInclusive<usize> = 8..=65_536;
+pub const WINDOW: Setting<usize> = Setting {
+    key: "scorer.window",
+    range: 8..=65_536,
+    default: 2048,
+    help: "ISN samples kept and scored per service",
+};
 /// Seconds between an anomaly and a listener's loss that still correlate them.
-pub const LISTENER_LOSS_WINDOW: RangeInclusive<u64> = 1..=3600;
+pub const LISTENER_LOSS_WINDOW: Setting<u64> = Setting {
+    key: "listener_loss_window",
+    range: 1..=3600,
+    default: crate::crash::DEFAULT_WINDOW.as_secs(),
+    help: "Report a listener that closes (or whose process exits) within this many seconds \
+           after a handshake anomaly to its port",
+};
 /// Sources ranked per anomaly kind; each costs 16 counters per kind and time bucket.
-pub const TOP_SOURCES: RangeInclusive<usize> = 1..=50;
+pub const TOP_SOURCES: Setting<usize> = Setting {
+    key: "top_sources",
+    range: 1..=50,
+    default: crate::top_sources::DEFAULT_K,
+    help: "Sources ranked per anomaly kind: `seqwatch_anomaly_top_source_events` and \
+           /api/v1/anomalies/top-sources",
+};
 /// Seconds of the sliding window of the top sources and spoofing scores (10 buckets).
-pub const ANOMALY_WINDOW: RangeInclusive<u64> = 10..=86_400;
-pub const UNRESPONSIVE_AFTER: RangeInclusive<u64> = 1..=3600;
+pub const ANOMALY_WINDOW: Setting<u64> = Setting {
+    key: "anomaly_window",
+    range: 10..=86_400,
+    default: crate::top_sources::DEFAULT_WINDOW.as_secs(),
+    help: "Sliding window of the top sources and the spoofing scores, in seconds",
+};
+pub const UNRESPONSIVE_AFTER: Setting<u64> = Setting {
+    key: "unresponsive_after",
+    range: 1..=3600,
+    default: crate::listeners::DEFAULT_UNRESPONSIVE_AFTER.as_secs(),
+    help: "Report a listening port as unresponsive once a connection has waited this many \
+           seconds in its accept queue",
+};
 /// Bytes of the event log file before it is rotated: 1 MiB (longer than any line) to 1 TiB.
-pub const EVENT_LOG_MAX_BYTES: RangeInclusive<u64> = 1 << 20..=1 << 40;
+pub const EVENT_LOG_MAX_BYTES: Setting<u64> = Setting {
+    key: "event_log_max_bytes",
+    range: 1 << 20..=1 << 40,
+    default: crate::handshake::DEFAULT_EVENT_LOG_MAX_BYTES,
+    help: "Rename the event log file to FILE.1 (replacing it) before it passes this size; all \
+           writers together get 100 lines/s (a burst of 1000)",
+};
+
+impl<T> Setting<T>
+where
+    T: Copy + PartialOrd + fmt::Display + std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    /// The value if it is in range, or what is allowed.
+    pub fn check(&self, value: T) -> Result<T, String> {
+        if self.range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("{value} is out of range: {}", self.allowed()))
+        }
+    }
+
+    /// A flag's value: a number in range (clap's `value_parser`).
+    pub fn parse(&self, text: &str) -> Result<T, String> {
+        let value = text
+            .parse()
+            .map_err(|err| format!("not a number ({err}): {}", self.allowed()))?;
+        self.check(value)
+    }
+
+    /// `--help` for the flag: what it sets, then its range.
+    pub fn help(&self) -> String {
+        self.help_for(self.help)
+    }
+
+    /// `--help` for a flag that shares the setting's range but means something of its own.
+    pub fn help_for(&self, what: &str) -> String {
+        format!("{what} ({} to {})", self.range.start(), self.range.end())
+    }
+
+    fn allowed(&self) -> String {
+        format!("expected {} to {}", self.range.start(), self.range.end())
+    }
+}
+
+/// The largest configuration, web-config, certificate or key file read: far above any real
+/// one, and a path to `/dev/zero` or a huge file is an error instead of unbounded memory.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A file's bytes, at most [`MAX_FILE_BYTES`] of them.
+pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_FILE_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.
 const IFNAME_MAX: usize = 15;
 
@@ -124,7 +244,8 @@ pub struct LoadedConfig {
 impl LoadedConfig {
     /// Reads, parses and validates a configuration file, and the web config it names.
     pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-        let source = std::fs::read_to_string(path)
+        let source = read_bounded(path)
+            .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
             .map_err(|err| ConfigError(format!("{}: cannot read: {err}", path.display())))?;
         let mut config = LoadedConfig {
             file: FileConfig::default(),
@@ -170,27 +291,15 @@ impl LoadedConfig {
                 ));
             }
         }
-        self.check_range(&["max_services"], file.max_services, MAX_SERVICES)?;
-        self.check_range(&["max_sources"], file.max_sources, MAX_SOURCES)?;
-        self.check_range(&["guesses"], file.guesses, GUESSES)?;
-        self.check_range(&["scorer", "window"], file.scorer.window, WINDOW)?;
-        self.check_range(
-            &["listener_loss_window"],
-            file.listener_loss_window,
-            LISTENER_LOSS_WINDOW,
-        )?;
-        self.check_range(&["top_sources"], file.top_sources, TOP_SOURCES)?;
-        self.check_range(&["anomaly_window"], file.anomaly_window, ANOMALY_WINDOW)?;
-        self.check_range(
-            &["unresponsive_after"],
-            file.unresponsive_after,
-            UNRESPONSIVE_AFTER,
-        )?;
-        self.check_range(
-            &["event_log_max_bytes"],
-            file.event_log_max_bytes,
-            EVENT_LOG_MAX_BYTES,
-        )?;
+        self.check(&MAX_SERVICES, file.max_services)?;
+        self.check(&MAX_SOURCES, file.max_sources)?;
+        self.check(&GUESSES, file.guesses)?;
+        self.check(&WINDOW, file.scorer.window)?;
+        self.check(&LISTENER_LOSS_WINDOW, file.listener_loss_window)?;
+        self.check(&TOP_SOURCES, file.top_sources)?;
+        self.check(&ANOMALY_WINDOW, file.anomaly_window)?;
+        self.check(&UNRESPONSIVE_AFTER, file.unresponsive_after)?;
+        self.check(&EVENT_LOG_MAX_BYTES, file.event_log_max_bytes)?;
         if file.tls.ports.iter().flatten().any(|port| *port == 0) {
             return Err(self.key_error(
                 &["tls", "ports"],
@@ -214,21 +323,16 @@ impl LoadedConfig {
         Ok(())
     }
 
-    fn check_range<T: PartialOrd + fmt::Display>(
-        &self,
-        key: &[&str],
-        value: Option<T>,
-        allowed: RangeInclusive<T>,
-    ) -> Result<(), ConfigError> {
-        match value {
-            Some(value) if !allowed.contains(&value) => Err(self.key_error(
-                key,
-                format!(
-                    "{value} is out of range: expected {} to {}",
-                    allowed.start(),
-                    allowed.end()
-                ),
-            )),
+    fn check<T>(&self, setting: &Setting<T>, value: Option<T>) -> Result<(), ConfigError>
+    where
+        T: Copy + PartialOrd + fmt::Display + std::str::FromStr,
+        T::Err: fmt::Display,
+    {
+        match value.map(|value| setting.check(value)) {
+            Some(Err(message)) => {
+                let key: Vec<&str> = setting.key.split('.').collect();
+                Err(self.key_error(&key, message))
+            }
             _ => Ok(()),
         }
     }

@@ -24,7 +24,7 @@ use crate::{
     admission::{LabelPolicy, SharedPolicy},
     caps::{self, KernelFeatures},
     config::{self, ConfigError},
-    crash::{self, AnomalyHistory},
+    crash::AnomalyHistory,
     handshake::{self, EventLog, ServiceLabels},
     http,
     interfaces::{self, LinkEvents, Selection},
@@ -38,7 +38,7 @@ use crate::{
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
     tcp_events, ticks,
     tls::{self, PortList, TlsOptions},
-    top_sources::{self, SharedTopSources, TopSources},
+    top_sources::{SharedTopSources, TopSources},
     web::WebSecurity,
 };
 
@@ -80,17 +80,15 @@ pub struct RunArgs {
     /// How to attach the classifiers.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     pub attach_mode: AttachMode,
-    /// Services scored at once (beyond it the least recently seen without a label is evicted,
-    /// and counted), and `service` labels per metric (docs/limits.md).
-    #[arg(long, default_value_t = NonZeroUsize::new(4096).expect("non-zero"))]
+    #[arg(long, help = config::MAX_SERVICES.help(),
+          default_value_t = NonZeroUsize::new(config::MAX_SERVICES.default).expect("non-zero"),
+          value_parser = |text: &str| config::MAX_SERVICES.parse(text).and_then(non_zero))]
     pub max_services: NonZeroUsize,
-    /// Guesses a blind attacker is allowed when estimating attack feasibility.
-    #[arg(long, default_value_t = ScorerConfig::default().guesses,
-          value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, help = config::GUESSES.help(), default_value_t = config::GUESSES.default,
+          value_parser = |text: &str| config::GUESSES.parse(text))]
     pub guesses: u64,
-    /// ISN samples kept and scored per service (8 to 65536).
-    #[arg(long, default_value_t = ScorerConfig::default().window,
-          value_parser = window_in_range)]
+    #[arg(long, help = config::WINDOW.help(), default_value_t = config::WINDOW.default,
+          value_parser = |text: &str| config::WINDOW.parse(text))]
     pub window: usize,
     /// Also write every SYN-ACK sample to this file as one JSON line.
     #[arg(long, value_name = "FILE")]
@@ -99,29 +97,25 @@ pub struct RunArgs {
     /// burst of 10 then 1/s per source and kind. Stateful checks need `--direction both`.
     #[arg(long, value_name = "FILE|-")]
     pub event_log: Option<PathBuf>,
-    /// Rename the event log file to FILE.1 (replacing it) before it passes this size
-    /// (1048576 to 1099511627776); all writers together get 100 lines/s (a burst of 1000).
-    #[arg(long, value_name = "BYTES", default_value_t = handshake::DEFAULT_EVENT_LOG_MAX_BYTES,
-          value_parser = clap::value_parser!(u64).range(config::EVENT_LOG_MAX_BYTES))]
+    #[arg(long, value_name = "BYTES", help = config::EVENT_LOG_MAX_BYTES.help(),
+          default_value_t = config::EVENT_LOG_MAX_BYTES.default,
+          value_parser = |text: &str| config::EVENT_LOG_MAX_BYTES.parse(text))]
     pub event_log_max_bytes: u64,
-    /// Report a listener that closes (or whose process exits) within this many seconds
-    /// after a handshake anomaly to its port (1 to 3600).
-    #[arg(long, value_name = "SECONDS", default_value_t = crash::DEFAULT_WINDOW.as_secs(),
-          value_parser = clap::value_parser!(u64).range(config::LISTENER_LOSS_WINDOW))]
+    #[arg(long, value_name = "SECONDS", help = config::LISTENER_LOSS_WINDOW.help(),
+          default_value_t = config::LISTENER_LOSS_WINDOW.default,
+          value_parser = |text: &str| config::LISTENER_LOSS_WINDOW.parse(text))]
     pub listener_loss_window: u64,
-    /// Sources ranked per anomaly kind (1 to 50): `seqwatch_anomaly_top_source_events` and
-    /// /api/v1/anomalies/top-sources.
-    #[arg(long, value_name = "K", default_value_t = top_sources::DEFAULT_K,
-          value_parser = top_sources_in_range)]
+    #[arg(long, value_name = "K", help = config::TOP_SOURCES.help(),
+          default_value_t = config::TOP_SOURCES.default,
+          value_parser = |text: &str| config::TOP_SOURCES.parse(text))]
     pub top_sources: usize,
-    /// Sliding window of the top sources and the spoofing scores, in seconds (10 to 86400).
-    #[arg(long, value_name = "SECONDS", default_value_t = top_sources::DEFAULT_WINDOW.as_secs(),
-          value_parser = clap::value_parser!(u64).range(config::ANOMALY_WINDOW))]
+    #[arg(long, value_name = "SECONDS", help = config::ANOMALY_WINDOW.help(),
+          default_value_t = config::ANOMALY_WINDOW.default,
+          value_parser = |text: &str| config::ANOMALY_WINDOW.parse(text))]
     pub anomaly_window: u64,
-    /// Report a listening port as unresponsive once a connection has waited this many seconds
-    /// in its accept queue (1 to 3600).
-    #[arg(long, value_name = "SECONDS", default_value_t = listeners::DEFAULT_UNRESPONSIVE_AFTER.as_secs(),
-          value_parser = clap::value_parser!(u64).range(config::UNRESPONSIVE_AFTER))]
+    #[arg(long, value_name = "SECONDS", help = config::UNRESPONSIVE_AFTER.help(),
+          default_value_t = config::UNRESPONSIVE_AFTER.default,
+          value_parser = |text: &str| config::UNRESPONSIVE_AFTER.parse(text))]
     pub unresponsive_after: u64,
     /// TCP ports carrying TLS: every record header this host sends on them is checked
     /// (comma-separated; an empty list checks none).
@@ -143,21 +137,8 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
 }
 
-fn window_in_range(text: &str) -> Result<usize, String> {
-    usize_in(text, &config::WINDOW)
-}
-
-fn top_sources_in_range(text: &str) -> Result<usize, String> {
-    usize_in(text, &config::TOP_SOURCES)
-}
-
-fn usize_in(text: &str, allowed: &std::ops::RangeInclusive<usize>) -> Result<usize, String> {
-    let value: usize = text.parse().map_err(|err| format!("{err}"))?;
-    if allowed.contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("expected {} to {}", allowed.start(), allowed.end()))
-    }
+fn non_zero(value: usize) -> Result<NonZeroUsize, String> {
+    NonZeroUsize::new(value).ok_or_else(|| "expected more than 0".to_owned())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -25,7 +25,7 @@ Exit codes:
   0  success
   1  runtime error (no privileges, kernel lacks BTF/tcx, missing interface, I/O)
   2  usage or configuration error (bad flag, bad config or web-config file);
-     `analyze`: a capture was damaged and the results cover only what came before it
+     `analyze`: a capture was damaged (blocks skipped, or reading stopped at the damage)
   3  `posture`: at least one check is not as recommended"
 )]
 struct Cli {

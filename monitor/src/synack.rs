@@ -151,6 +151,8 @@ struct ServiceState {
 /// service labelled for its listener or its handshakes. Only labelled services have gauges;
 /// every service has its report in the JSON API.
 pub struct ServiceTable {
+    /// Unbounded to lru, capped here: `LruCache::new` would reserve a slot for every service
+    /// of the cap up front.
     services: LruCache<SocketAddr, ServiceState>,
     cap: usize,
     labels: ServiceLabels,

@@ -170,7 +170,7 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<FileStamp>> {
     files
         .iter()
         .map(|file| {
-            let bytes = std::fs::read(file).ok()?;
+            let bytes = crate::config::read_bounded(file).ok()?;
             let mut hasher = std::hash::DefaultHasher::new();
             bytes.hash(&mut hasher);
             Some(hasher.finish())
@@ -182,8 +182,9 @@ impl WebConfig {
     /// Reads and checks the file: YAML keys, bcrypt hashes, certificates and keys.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
         let error = |message: String| WebConfigError(format!("{}: {message}", path.display()));
-        let text =
-            std::fs::read_to_string(path).map_err(|err| error(format!("cannot read: {err}")))?;
+        let text = crate::config::read_bounded(path)
+            .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
+            .map_err(|err| error(format!("cannot read: {err}")))?;
         let mut config: WebConfig = if text.trim().is_empty() {
             WebConfig::default()
         } else {
@@ -307,7 +308,10 @@ impl TlsServerConfig {
             }
         };
         let certs = read_certs(&self.cert_file, "cert_file")?;
-        let key = PrivateKeyDer::from_pem_file(&self.key_file).map_err(|err| {
+        let key_pem = crate::config::read_bounded(&self.key_file).map_err(|err| {
+            WebConfigError(format!("key_file {}: {err}", self.key_file.display()))
+        })?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| {
             WebConfigError(format!(
                 "key_file {}: no PEM private key ({err})",
                 self.key_file.display()
@@ -322,8 +326,10 @@ impl TlsServerConfig {
 }
 
 fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let pem = crate::config::read_bounded(path)
+        .map_err(|err| WebConfigError(format!("{key} {}: {err}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|err| WebConfigError(format!("{key} {}: {err}", path.display())))?;
     if certs.is_empty() {
         return Err(WebConfigError(format!(

@@ -286,7 +286,7 @@ fn help_shows_examples_and_exit_codes_and_usage_errors_exit_2() {
     let output = seqwatch(&["run", "--anomaly-window", "9"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains("10..=86400"),
+        stderr(&output).contains("9 is out of range: expected 10 to 86400"),
         "{}",
         stderr(&output)
     );

@@ -89,6 +89,7 @@ fn test() -> anyhow::Result<()> {
     setup::ensure()?;
     // tests/packaging.rs runs the image, tests/chart.rs renders the Helm chart with Go.
     setup::ensure_container_tools()?;
+    setup::ensure_cargo_fuzz()?;
     step("cargo fmt --check");
     cargo(&["fmt", "--all", "--check"])?;
     step("cargo clippy -D warnings");
@@ -115,10 +116,46 @@ fn test() -> anyhow::Result<()> {
         "--exclude",
         "seqwatch-ebpf",
     ])?;
+    step(&format!(
+        "cargo fuzz: the capture reader for {FUZZ_SECONDS} s"
+    ));
+    fuzz_captures()?;
     step("dashboards: promtool checks and rule tests, dashboard lint");
     run_checked(Command::new("bash").arg(workspace_root().join("dashboards/check.sh")))?;
     step("all checks passed");
     Ok(())
+}
+
+/// How long `./x test` fuzzes the capture reader: long enough to pass the formats' magic
+/// numbers and framing from the seeds, short enough for every run.
+const FUZZ_SECONDS: u32 = 60;
+
+/// The capture reader and SYN-ACK parser under libFuzzer (fuzz/fuzz_targets/capture.rs), from
+/// the seed captures in fuzz/seeds/capture. cargo-fuzz needs a nightly: the eBPF crate's. The
+/// build goes beside bpf-linker's, outside the work tree, so a fresh clone rebuilds only
+/// Seqwatch itself.
+fn fuzz_captures() -> anyhow::Result<()> {
+    let nightly = setup::ebpf_toolchain()?;
+    let fuzz = workspace_root().join("fuzz");
+    let corpus = fuzz.join("corpus/capture");
+    std::fs::create_dir_all(&corpus)?;
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", &nightly, "cargo", "fuzz", "run", "capture"])
+        .arg("--target-dir")
+        .arg(setup::tools_dir(&nightly)?.join("fuzz-target"))
+        .arg(&corpus)
+        .arg(fuzz.join("seeds/capture"))
+        .arg("--")
+        .arg(format!("-max_total_time={FUZZ_SECONDS}"))
+        // A slow input is a hang: the reader takes microseconds per input.
+        .arg("-timeout=10")
+        .current_dir(&fuzz)
+        // The target reads captures only: no eBPF object is built (monitor/build.rs).
+        .env("AYA_BUILD_SKIP", "1")
+        .env_remove("RUSTC")
+        .env_remove("CARGO");
+    run_checked(&mut command)
 }
 
 /// The kernel crate only builds for BPF, with its own nightly and `-Z build-std`.

@@ -6,6 +6,8 @@
 //! - bpf-linker, built from source against that nightly's own libLLVM (Debian's LLVM is too
 //!   old, and bpf-linker must speak exactly the LLVM the nightly emits);
 //! - cargo-deb, which builds the Debian package;
+//! - for `./x test` only, cargo-fuzz, which runs the capture reader's fuzz target (on the eBPF
+//!   crate's nightly);
 //! - the bpffs mount;
 //! - for the container image and the Helm chart's test only (`ensure_container_tools`): podman,
 //!   runc, musl-gcc, the host toolchain's musl target, and Go with sprig.
@@ -54,6 +56,7 @@ const CONTAINER_PACKAGES: &[&str] = &[
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_DEB_VERSION: &str = "3.8.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn ensure() -> anyhow::Result<()> {
     ensure_debian_packages(DEBIAN_PACKAGES)?;
@@ -172,7 +175,7 @@ fn sysroot(toolchain: &str) -> anyhow::Result<PathBuf> {
 
 /// bpf-linker and its LLVM link live in a per-nightly cache outside the work tree, so that a
 /// fresh clone on the same machine does not rebuild them.
-fn tools_dir(nightly: &str) -> anyhow::Result<PathBuf> {
+pub fn tools_dir(nightly: &str) -> anyhow::Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;
     Ok(PathBuf::from(home).join(".cache/seqwatch").join(nightly))
 }
@@ -217,29 +220,33 @@ fn ensure_bpf_linker(nightly: &str) -> anyhow::Result<()> {
 
 /// cargo-deb in cargo's own bin directory, at the pinned version (`cargo deb -p seqwatch`).
 fn ensure_cargo_deb() -> anyhow::Result<()> {
-    let installed = Command::new("cargo-deb")
+    ensure_cargo_tool("cargo-deb", CARGO_DEB_VERSION, "a few minutes")
+}
+
+/// cargo-fuzz in cargo's own bin directory, at the pinned version (`cargo fuzz`): for
+/// `./x test` only.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    ensure_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, "about 2 minutes")
+}
+
+/// A cargo subcommand at exactly `version`, installed unless `TOOL --version` says so.
+fn ensure_cargo_tool(tool: &str, version: &str, how_long: &str) -> anyhow::Result<()> {
+    let installed = Command::new(tool)
         .arg("--version")
         .output()
         .is_ok_and(|out| {
             out.status.success()
-                && String::from_utf8_lossy(&out.stdout).trim()
-                    == format!("cargo-deb {CARGO_DEB_VERSION}")
+                && String::from_utf8_lossy(&out.stdout).trim() == format!("{tool} {version}")
         });
     if installed {
         return Ok(());
     }
     step(&format!(
-        "cargo install --locked cargo-deb --version {CARGO_DEB_VERSION} (a few minutes)"
+        "cargo install --locked {tool} --version {version} ({how_long})"
     ));
     run_checked(
         Command::new("cargo")
-            .args([
-                "install",
-                "--locked",
-                "cargo-deb",
-                "--version",
-                CARGO_DEB_VERSION,
-            ])
+            .args(["install", "--locked", tool, "--version", version])
             // A temporary build directory, not the workspace's target/.
             .env_remove("CARGO_TARGET_DIR"),
     )

@@ -7,8 +7,9 @@ pub mod packet;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
+use std::hash::{BuildHasher, RandomState};
 use std::io::{BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,50 +17,89 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::config;
 use crate::scorer::{IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, Verdict};
-use capture::CaptureError;
+use capture::{Capture, CaptureError, Skipped};
+
+/// Servers beyond the cap are told apart up to this many (8 bytes each); past it the count
+/// is a lower bound.
+const UNSCORED_SERVERS_COUNTED: usize = 1 << 16;
 
 /// Arguments of `seqwatch analyze`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status: 0 when every file was read to the end, \
-2 when a file was truncated or corrupt (results up to that point are still printed).")]
+#[command(
+    after_help = "Exit status: 0 when every file was read whole, 2 when a file was \
+damaged: damaged blocks were skipped (each named on stderr), or reading stopped at a truncated \
+or corrupt block. The results still cover every packet read."
+)]
 pub struct AnalyzeArgs {
     /// Print `{"services": [...]}` instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Guesses a blind attacker may spend on one ISN (for attack feasibility).
-    #[arg(long, default_value_t = ScorerConfig::default().guesses)]
+    #[arg(long, help = config::GUESSES.help(), default_value_t = config::GUESSES.default,
+          value_parser = |text: &str| config::GUESSES.parse(text))]
     pub guesses: u64,
-    /// SYN-ACKs kept per service for the tests.
-    #[arg(long, default_value_t = ScorerConfig::default().window)]
+    #[arg(long, help = config::WINDOW.help(), default_value_t = config::WINDOW.default,
+          value_parser = |text: &str| config::WINDOW.parse(text))]
     pub window: usize,
+    #[arg(long, default_value_t = config::MAX_SERVICES.default,
+          help = config::MAX_SERVICES.help_for(
+              "Servers scored; the SYN-ACKs of servers beyond them are counted, not scored"),
+          value_parser = |text: &str| config::MAX_SERVICES.parse(text))]
+    pub max_services: usize,
     /// pcap or pcapng files, read in order as one stream per service.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }
 
-/// SYN-ACKs grouped by the server that sent them.
+/// SYN-ACKs grouped by the server that sent them, for at most `max_services` servers.
 pub struct Analysis {
     config: ScorerConfig,
+    max_services: usize,
     services: BTreeMap<SocketAddr, ServiceScorer>,
+    unscored: Unscored,
+}
+
+/// SYN-ACKs of servers seen once the cap was reached.
+#[derive(Default)]
+struct Unscored {
+    synacks: u64,
+    /// Hashes of the servers, up to `UNSCORED_SERVERS_COUNTED` of them.
+    servers: HashSet<u64>,
+    hasher: RandomState,
 }
 
 impl Analysis {
-    pub fn new(config: ScorerConfig) -> Self {
+    pub fn new(config: ScorerConfig, max_services: usize) -> Self {
         Self {
             config,
+            max_services,
             services: BTreeMap::new(),
+            unscored: Unscored::default(),
         }
     }
 
     /// Feeds every SYN-ACK of one capture; on a bad block, what came before is kept.
-    pub fn add_capture(&mut self, input: impl std::io::Read + Send) -> Result<u64, CaptureError> {
-        read_frames_into(input, |obs| {
-            self.services
-                .entry(obs.server)
-                .or_insert_with(|| ServiceScorer::new(&self.config))
-                .ingest(&obs)
-        })
+    pub fn add_capture(&mut self, input: impl std::io::Read) -> Result<Capture, CaptureError> {
+        read_frames_into(input, |obs| self.ingest(&obs))
+    }
+
+    fn ingest(&mut self, obs: &IsnObservation) {
+        if let Some(scorer) = self.services.get_mut(&obs.server) {
+            scorer.ingest(obs);
+        } else if self.services.len() < self.max_services {
+            let mut scorer = ServiceScorer::new(&self.config);
+            scorer.ingest(obs);
+            self.services.insert(obs.server, scorer);
+        } else {
+            let unscored = &mut self.unscored;
+            unscored.synacks += 1;
+            if unscored.servers.len() < UNSCORED_SERVERS_COUNTED {
+                unscored
+                    .servers
+                    .insert(unscored.hasher.hash_one(obs.server));
+            }
+        }
     }
 
     pub fn reports(&mut self) -> Vec<ServiceReport> {
@@ -68,13 +108,32 @@ impl Analysis {
             .map(|(server, scorer)| scorer.report(&server.to_string()))
             .collect()
     }
+
+    /// What the cap left out, on one line; `None` when every server was scored.
+    pub fn unscored(&self) -> Option<String> {
+        let unscored = &self.unscored;
+        if unscored.synacks == 0 {
+            return None;
+        }
+        let servers = unscored.servers.len();
+        let at_least = if servers == UNSCORED_SERVERS_COUNTED {
+            "at least "
+        } else {
+            ""
+        };
+        Some(format!(
+            "{at_least}{servers} servers beyond the cap of {} (--max-services) were not scored \
+             ({} SYN-ACKs)",
+            self.max_services, unscored.synacks
+        ))
+    }
 }
 
 /// Calls `on_synack` for every SYN-ACK in a capture.
 pub fn read_frames_into(
-    input: impl std::io::Read + Send,
+    input: impl std::io::Read,
     mut on_synack: impl FnMut(IsnObservation),
-) -> Result<u64, CaptureError> {
+) -> Result<Capture, CaptureError> {
     capture::read_frames(input, |frame| {
         if let Some(synack) = packet::parse_synack(frame.linktype, frame.data) {
             on_synack(IsnObservation {
@@ -92,20 +151,31 @@ pub fn read_frames_into(
 }
 
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
-    let mut analysis = Analysis::new(ScorerConfig {
-        guesses: args.guesses,
-        window: args.window,
-        ..ScorerConfig::default()
-    });
+    let mut analysis = Analysis::new(
+        ScorerConfig {
+            guesses: args.guesses,
+            window: args.window,
+            ..ScorerConfig::default()
+        },
+        args.max_services,
+    );
     let mut damaged = false;
     for path in &args.files {
-        if let Err(error) = add_file(&mut analysis, path)? {
+        let (skipped, stopped) = match add_file(&mut analysis, path)? {
+            Ok(capture) => (capture.skipped, None),
+            Err(error) => (error.skipped.clone(), Some(error)),
+        };
+        report_skipped(path, &skipped);
+        if let Some(error) = &stopped {
             eprintln!(
                 "seqwatch analyze: {}: {error}; results include the packets before it",
                 path.display()
             );
-            damaged = true;
         }
+        damaged |= !skipped.is_empty() || stopped.is_some();
+    }
+    if let Some(unscored) = analysis.unscored() {
+        eprintln!("seqwatch analyze: {unscored}");
     }
     let reports = analysis.reports();
     let mut out = std::io::stdout().lock();
@@ -120,6 +190,28 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// One line per skipped block, the first few of them, and one for the rest.
+fn report_skipped(path: &Path, skipped: &Skipped) {
+    let path = path.display();
+    for block in &skipped.described {
+        eprintln!("seqwatch analyze: {path}: {block}");
+    }
+    let undescribed = skipped.blocks - skipped.described.len() as u64;
+    if undescribed > 0 {
+        eprintln!(
+            "seqwatch analyze: {path}: {undescribed} more damaged blocks skipped ({} in all)",
+            skipped.blocks
+        );
+    }
+    if skipped.packets > 0 {
+        eprintln!(
+            "seqwatch analyze: {path}: {} packets on interfaces whose description was skipped \
+             were not read",
+            skipped.packets
+        );
+    }
 }
 
 /// `analyze --json`: exactly `{"services": [ServiceReport...]}`, fields in declaration order.
@@ -137,7 +229,7 @@ fn format_probability(p: f64) -> String {
 }
 
 /// Opening failures are errors; damage inside the capture is returned for reporting.
-fn add_file(analysis: &mut Analysis, path: &Path) -> anyhow::Result<Result<u64, CaptureError>> {
+fn add_file(analysis: &mut Analysis, path: &Path) -> anyhow::Result<Result<Capture, CaptureError>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     Ok(analysis.add_capture(BufReader::new(file)))
 }
