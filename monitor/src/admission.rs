@@ -32,7 +32,7 @@ use std::{
 
 use prometheus::{IntCounter, IntGauge, Registry};
 
-use crate::{handshake::TokenBucket, metrics::register, sock_diag};
+use crate::{host::sock_diag, metrics::register, util::token_bucket::TokenBucket};
 
 /// ISN samples (new 4-tuples: retransmits and reuses excluded) before a service without a
 /// local listener may hold a label.

@@ -15,7 +15,8 @@ use serde::{Deserialize, Deserializer};
 use toml::de::{DeTable, DeValue};
 
 use crate::{
-    daemon::Directions, daemon::RunArgs, probes::AttachMode, tls::PortList, web::WebConfig,
+    daemon::Directions, daemon::RunArgs, probes::AttachMode, tls::PortList,
+    util::files::read_bounded, web::WebConfig,
 };
 
 /// A numeric setting: its key in the file, the range allowed and the default. The flags of
@@ -132,25 +133,6 @@ where
     fn allowed(&self) -> String {
         format!("expected {} to {}", self.range.start(), self.range.end())
     }
-}
-
-/// The largest configuration, web-config, certificate or key file read: far above any real
-/// one, and a path to `/dev/zero` or a huge file is an error instead of unbounded memory.
-pub const MAX_FILE_BYTES: u64 = 1 << 20;
-
-/// A file's bytes, at most [`MAX_FILE_BYTES`] of them.
-pub fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(std::io::Error::other(format!(
-            "larger than {MAX_FILE_BYTES} bytes"
-        )));
-    }
-    Ok(bytes)
 }
 
 /// Linux interface names are at most IFNAMSIZ - 1 bytes.

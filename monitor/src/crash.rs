@@ -137,7 +137,7 @@ impl ListenerLost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::Clock;
+    use crate::util::clock::Clock;
 
     fn anomaly(kind: AnomalyKind, source_port: u16, service_port: u16, ts_ns: u64) -> Anomaly {
         let event = seqwatch_common::handshake::AnomalyEvent {

@@ -26,19 +26,20 @@ use crate::{
     config::{self, ConfigError},
     crash::AnomalyHistory,
     handshake::{self, EventLog, ServiceLabels},
+    host::netstat::SyncookieWatch,
+    host::posture::PostureWatch,
     http,
     interfaces::{self, LinkEvents, Selection},
     listener_counts::{self, PortCounters},
     listeners::{self, ListenerOptions, SharedReport},
     metrics::Metrics,
-    netstat::SyncookieWatch,
-    posture::PostureWatch,
     probes::{self, AttachMode, KernelCounters, Probes},
     scorer::ScorerConfig,
     synack::{Sample, SampleCounter, SampleLog, ServiceTable},
-    tcp_events, ticks,
+    tcp_events,
     tls::{self, PortList, TlsOptions},
     top_sources::{SharedTopSources, TopSources},
+    util::{lock, ticks},
     web::WebSecurity,
 };
 
@@ -613,12 +614,6 @@ fn notify_systemd(states: &[NotifyState<'_>]) {
     if let Err(err) = sd_notify::notify(states) {
         log::warn!("cannot notify systemd: {err}");
     }
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ pub fn spawn(
     let mut events = unsafe { AsyncFd::register(events) }
         .with_context(|| format!("polling the {name} ring buffer"))?;
     tokio::spawn(async move {
-        let mut refresh = crate::ticks::interval(REFRESH);
-        let mut poll = crate::ticks::interval(POLL);
+        let mut refresh = crate::util::ticks::interval(REFRESH);
+        let mut poll = crate::util::ticks::interval(POLL);
         loop {
             let result = tokio::select! {
                 guard = events.readable_mut() => match guard {

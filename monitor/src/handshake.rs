@@ -14,7 +14,7 @@ use std::{
     num::NonZeroUsize,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -31,13 +31,16 @@ use serde::{Serialize, Serializer};
 use crate::{
     admission::{Admitted, Candidate, SharedPolicy},
     crash::SharedHistory,
-    daemon::lock,
     event_reader::{self, EventReader},
-    lab::monotonic_ns,
+    host::netstat::read_tcpext,
     metrics::register,
-    netstat::read_tcpext,
     spoofing::{ChallengeAcks, KernelGuesses, SpoofingMetrics, SpoofingScores},
     top_sources::{SharedTopSources, SourcePrefix, TopSourceMetrics, TopSources},
+    util::{
+        clock::{Clock, WallTime, monotonic_ns},
+        lock,
+        token_bucket::TokenBucket,
+    },
 };
 
 /// The service label of anomalies beyond the service cap.
@@ -302,79 +305,6 @@ impl Serialize for FlagLetters {
     }
 }
 
-/// Turns `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) into wall-clock time.
-pub struct Clock {
-    wall_minus_monotonic_ns: i128,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as i128;
-        let monotonic = crate::lab::monotonic_ns() as i128;
-        Clock {
-            wall_minus_monotonic_ns: wall - monotonic,
-        }
-    }
-
-    pub(crate) fn rfc3339(&self, monotonic_ns: u64) -> String {
-        self.wall_time(monotonic_ns).to_string()
-    }
-
-    /// The wall-clock time of a monotonic timestamp, formatted only when written.
-    pub fn wall_time(&self, monotonic_ns: u64) -> WallTime {
-        WallTime {
-            unix_ns: (monotonic_ns as i128 + self.wall_minus_monotonic_ns).max(0),
-        }
-    }
-}
-
-/// A wall-clock time, written as RFC 3339 in UTC with milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WallTime {
-    unix_ns: i128,
-}
-
-impl fmt::Display for WallTime {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (secs, millis) = (
-            (self.unix_ns / 1_000_000_000) as i64,
-            (self.unix_ns / 1_000_000) % 1000,
-        );
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let (year, month, day) = civil_from_days(days);
-        write!(
-            formatter,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        )
-    }
-}
-
-impl Serialize for WallTime {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// The service labels of one detector's metrics: a service keeps its own label while the
 /// label policy admits it ([`crate::admission`]: a local listener, or its handshakes), at
 /// most `cap` at once; every other service is counted as `other`. The policy's decisions are
@@ -539,51 +469,6 @@ impl ServiceCounters {
                 .other
                 .get_or_insert_with(|| family.with_label_values(&[OTHER_SERVICE])),
         }
-    }
-}
-
-/// A token bucket: `capacity` at once, refilled at `per_second`.
-#[derive(Clone, Debug)]
-pub struct TokenBucket {
-    tokens: f64,
-    capacity: f64,
-    per_second: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    pub fn full(capacity: f64, per_second: f64, now: Instant) -> Self {
-        TokenBucket {
-            tokens: capacity,
-            capacity,
-            per_second,
-            at: now,
-        }
-    }
-
-    /// Whole tokens available at `now`.
-    pub fn available(&mut self, now: Instant) -> f64 {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_second;
-        self.tokens = (self.tokens + refill).min(self.capacity);
-        self.at = self.at.max(now);
-        self.tokens.floor()
-    }
-
-    /// Takes one token if there is one.
-    pub fn take(&mut self, now: Instant) -> bool {
-        self.take_up_to(1.0, now) == 1.0
-    }
-
-    /// Takes as many tokens as there are, up to `wanted`; returns how many.
-    pub fn take_up_to(&mut self, wanted: f64, now: Instant) -> f64 {
-        let taken = self.available(now).min(wanted);
-        self.tokens -= taken;
-        taken
-    }
-
-    /// Returns tokens taken but not used.
-    pub fn give_back(&mut self, tokens: f64) {
-        self.tokens = (self.tokens + tokens).min(self.capacity);
     }
 }
 
@@ -1159,11 +1044,7 @@ mod tests {
     }
 
     #[test]
-    fn times_and_flags_are_readable() {
-        let clock = Clock {
-            wall_minus_monotonic_ns: 1_700_000_000_123_000_000,
-        };
-        assert_eq!(clock.rfc3339(0), "2023-11-14T22:13:20.123Z");
+    fn flags_are_readable() {
         assert_eq!(FlagLetters(0x12).to_string(), "SA");
         assert_eq!(FlagLetters(0x29).to_string(), "FPU");
     }

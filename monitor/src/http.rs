@@ -14,8 +14,8 @@ use axum::{
 };
 
 use crate::{
-    daemon::{Shared, lock},
-    lab::monotonic_ns,
+    daemon::Shared,
+    util::{clock::monotonic_ns, lock},
     web::{self, WebSecurity},
 };
 

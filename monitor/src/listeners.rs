@@ -1,5 +1,5 @@
 //! Listener health and who holds the shared resources, from the kernel's own socket table
-//! (sock_diag, [`crate::sock_diag`]) read every second: per listening port the accept queue,
+//! (sock_diag, [`crate::host::sock_diag`]) read every second: per listening port the accept queue,
 //! its backlog, the SYN queue and the listener's drops; connections waiting in an accept
 //! queue and for how long; per owner (uid and cgroup) the sockets, waiting connections and
 //! ephemeral ports they hold; the ephemeral port range's use; the conntrack table's fill.
@@ -30,11 +30,12 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::{
-    handshake::{Clock, EventLog},
+    handshake::EventLog,
+    host::sock_diag::{self, TcpSocket, state},
     listener_counts::{HandshakeReport, PortCountMetrics, PortCounters},
     metrics::register,
     silence::{SilenceEvent, SilenceMetrics, SilenceWatch},
-    sock_diag::{self, TcpSocket, state},
+    util::clock::Clock,
 };
 
 /// The default `--unresponsive-after`.
@@ -523,7 +524,7 @@ pub fn start(
     };
     let opened = watch.options.listener_opened.clone();
     tokio::spawn(async move {
-        let mut tick = crate::ticks::interval(POLL);
+        let mut tick = crate::util::ticks::interval(POLL);
         let mut last = Instant::now();
         loop {
             tokio::select! {
@@ -566,7 +567,7 @@ impl Watch {
             gauges.entries.set(table.entries as i64);
             gauges.max.set(table.max as i64);
         }
-        *crate::daemon::lock(&self.report) = Report {
+        *crate::util::lock(&self.report) = Report {
             listeners,
             owners,
             ephemeral_ports: ephemeral,
@@ -710,7 +711,7 @@ impl Watch {
         owner: &Owner,
     ) {
         let event = ListenerEvent {
-            time: self.clock.rfc3339(crate::lab::monotonic_ns()),
+            time: self.clock.rfc3339(crate::util::clock::monotonic_ns()),
             kind,
             port: number,
             addresses: port.addresses.iter().copied().collect(),
@@ -743,7 +744,7 @@ impl Watch {
             event.silent_seconds
         );
         let line = Timed {
-            time: self.clock.rfc3339(crate::lab::monotonic_ns()),
+            time: self.clock.rfc3339(crate::util::clock::monotonic_ns()),
             event,
         };
         if let Some(log) = &self.options.event_log {

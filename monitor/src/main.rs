@@ -41,7 +41,7 @@ enum Command {
     /// Score the ISN generators seen in pcap/pcapng captures.
     Analyze(seqwatch::analyze::AnalyzeArgs),
     /// Check the hardening sysctls of this host and network namespace against recommendations.
-    Posture(seqwatch::posture::PostureArgs),
+    Posture(seqwatch::host::posture::PostureArgs),
     /// Validate a configuration file (and the web-config file it names); exit 2 if invalid.
     CheckConfig {
         /// The TOML configuration file.
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_daemon(args, run_matches(&matches)),
         Command::Analyze(args) => seqwatch::analyze::run(args),
-        Command::Posture(args) => seqwatch::posture::run(args),
+        Command::Posture(args) => seqwatch::host::posture::run(args),
         Command::CheckConfig { file } => check_config(file),
         Command::Version => version(),
         Command::Completions { shell } => {

@@ -10,9 +10,9 @@ use prometheus::{
 use seqwatch_common::synack::Counter;
 
 use crate::{
-    admission::LabelMetrics, handshake::HandshakeMetrics, listeners::ListenerMetrics,
-    netstat::TcpExtCollector, probes::KernelCounters, tcp_events::TcpEventMetrics, tls::TlsMetrics,
-    web::HttpMetrics,
+    admission::LabelMetrics, handshake::HandshakeMetrics, host::netstat::TcpExtCollector,
+    listeners::ListenerMetrics, probes::KernelCounters, tcp_events::TcpEventMetrics,
+    tls::TlsMetrics, web::HttpMetrics,
 };
 
 pub struct Metrics {

@@ -32,11 +32,11 @@ use prometheus::{Gauge, GaugeVec, Opts, Registry};
 use seqwatch_common::{handshake::AnomalyKind, tcp_events::ResetService};
 
 use crate::{
+    host::netstat::TcpExt,
     metrics::register,
-    netstat::TcpExt,
-    sketch::Buckets,
     tcp_events::{socket_address, word_bytes},
     top_sources::BUCKETS,
+    util::sketch::Buckets,
 };
 
 /// The anomaly kinds that count as blind guesses.

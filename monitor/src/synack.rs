@@ -20,12 +20,13 @@ use serde::Serialize;
 
 use crate::{
     admission::{Candidate, ranking_decay},
-    handshake::{Clock, EventLog, ServiceLabels},
+    handshake::{EventLog, ServiceLabels},
     metrics::Metrics,
     scorer::{
         Finding, IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, Severity,
         TcpOptionsSummary, Verdict,
     },
+    util::clock::Clock,
 };
 
 /// One SYN-ACK, decoded. Also the line format of `--sample-log`.
@@ -355,7 +356,7 @@ impl ServiceTable {
 
 fn write_weak_event(log: &EventLog, clock: &Clock, report: &ServiceReport) {
     let event = WeakEvent {
-        time: clock.rfc3339(crate::lab::monotonic_ns()),
+        time: clock.rfc3339(crate::util::clock::monotonic_ns()),
         kind: "isn_weak",
         service: &report.service,
         samples: report.samples,

@@ -32,10 +32,11 @@ use tokio::{io::unix::AsyncFd, sync::Notify};
 
 use crate::{
     crash::{ListenerLost, SharedHistory},
-    handshake::{Clock, EventLog, ServiceCounters, ServiceLabels},
+    handshake::{EventLog, ServiceCounters, ServiceLabels},
     kernel_btf::{KernelBtf, VMLINUX_BTF},
     metrics::{Metrics, advance, register},
     probes::{Probes, per_cpu_total},
+    util::clock::Clock,
 };
 
 /// How long a listener's close waits before it is judged, so that anomalies the kernel
@@ -325,8 +326,8 @@ fn spawn_reader(
         .map_err(|err| anyhow::anyhow!("polling the TCP event ring buffer: {err}"))?;
     tokio::spawn(async move {
         // Also the drain when the kernel has not woken us (it does once an eighth is full).
-        let mut tick = crate::ticks::interval(Duration::from_millis(100));
-        let mut services_tick = crate::ticks::interval(RESETS_RECEIVED_READ_EVERY);
+        let mut tick = crate::util::ticks::interval(Duration::from_millis(100));
+        let mut services_tick = crate::util::ticks::interval(RESETS_RECEIVED_READ_EVERY);
         loop {
             let result = tokio::select! {
                 guard = events.readable_mut() => match guard {
@@ -626,7 +627,7 @@ impl Reader {
     /// Reports the close if anomalies to its port came just before it.
     fn judge(&mut self, close: &PendingClose) {
         let port = close.listener.port();
-        let precursors = crate::daemon::lock(&self.history).take_before(port, close.ts_ns);
+        let precursors = crate::util::lock(&self.history).take_before(port, close.ts_ns);
         let Some(precursors) = precursors else {
             return;
         };

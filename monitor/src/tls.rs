@@ -27,9 +27,10 @@ use serde::Serialize;
 
 use crate::{
     event_reader::{self, EventReader},
-    handshake::{Clock, EventLog, ServiceLabels, label_of},
+    handshake::{EventLog, ServiceLabels, label_of},
     metrics::{advance, register},
     probes::{Probes, per_cpu_total},
+    util::clock::Clock,
 };
 
 /// Events handled per drain at most.

@@ -23,7 +23,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     metrics::register,
-    sketch::{Buckets, SpaceSaving},
+    util::sketch::{Buckets, SpaceSaving},
 };
 
 /// Time buckets per window: an event counts for between 9/10 of the window and all of it.

@@ -43,7 +43,7 @@ use tokio::{
 use connections::{ClientAddr, Connections};
 pub use connections::{MAX_CONNECTIONS, connection_cap};
 
-use crate::{daemon::lock, metrics::register};
+use crate::{metrics::register, util::lock};
 
 /// bcrypt costs accepted in `basic_auth_users`: below 10 a stolen hash is cheap to crack;
 /// each step doubles the work, and at 14 one check already takes about a second of CPU.
@@ -170,7 +170,7 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<FileStamp>> {
     files
         .iter()
         .map(|file| {
-            let bytes = crate::config::read_bounded(file).ok()?;
+            let bytes = crate::util::files::read_bounded(file).ok()?;
             let mut hasher = std::hash::DefaultHasher::new();
             bytes.hash(&mut hasher);
             Some(hasher.finish())
@@ -182,7 +182,7 @@ impl WebConfig {
     /// Reads and checks the file: YAML keys, bcrypt hashes, certificates and keys.
     pub fn load(path: &Path) -> Result<WebConfig, WebConfigError> {
         let error = |message: String| WebConfigError(format!("{}: {message}", path.display()));
-        let text = crate::config::read_bounded(path)
+        let text = crate::util::files::read_bounded(path)
             .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
             .map_err(|err| error(format!("cannot read: {err}")))?;
         let mut config: WebConfig = if text.trim().is_empty() {
@@ -308,7 +308,7 @@ impl TlsServerConfig {
             }
         };
         let certs = read_certs(&self.cert_file, "cert_file")?;
-        let key_pem = crate::config::read_bounded(&self.key_file).map_err(|err| {
+        let key_pem = crate::util::files::read_bounded(&self.key_file).map_err(|err| {
             WebConfigError(format!("key_file {}: {err}", self.key_file.display()))
         })?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|err| {
@@ -326,7 +326,7 @@ impl TlsServerConfig {
 }
 
 fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, WebConfigError> {
-    let pem = crate::config::read_bounded(path)
+    let pem = crate::util::files::read_bounded(path)
         .map_err(|err| WebConfigError(format!("{key} {}: {err}", path.display())))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()

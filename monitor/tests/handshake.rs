@@ -22,8 +22,8 @@ use common::{
     listen, netstat, read_json_lines, series_value, wait_for,
 };
 use seqwatch::{
+    host::sock_diag::{self, state},
     lab::{Crafter, Lab, Segment, flags::*},
-    sock_diag::{self, state},
 };
 use seqwatch_common::handshake::AnomalyKind;
 

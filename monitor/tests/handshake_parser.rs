@@ -16,7 +16,10 @@ use aya::{
 };
 use common::test_run::{load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader, TcpOptionElement};
-use seqwatch::handshake::{Anomaly, Clock, decode_event};
+use seqwatch::{
+    handshake::{Anomaly, decode_event},
+    util::clock::Clock,
+};
 use seqwatch_common::{
     handshake::{AnomalyKind, HandshakeCounter, STATE_WAYS, jhash, state_set},
     synack::FAMILY_IPV4,

@@ -23,8 +23,8 @@ use common::{
     wait_for,
 };
 use seqwatch::{
+    host::netstat::TCPEXT_COUNTERS,
     lab::{Crafter, Lab, LabOptions, Segment, command_in_netns, flags},
-    netstat::TCPEXT_COUNTERS,
 };
 
 /// The exported TcpExt counters, by field name.

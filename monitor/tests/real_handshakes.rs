@@ -33,8 +33,8 @@ use nix::{
     },
 };
 use seqwatch::{
+    host::sock_diag::{self, state},
     lab::{Crafter, Lab, LabOptions, flags::SYN},
-    sock_diag::{self, state},
 };
 
 /// Not a TLS port: the echo server speaks plain bytes.

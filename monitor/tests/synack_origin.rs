@@ -17,10 +17,11 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use seqwatch::{
-    handshake::{Clock, decode_event},
+    handshake::decode_event,
     lab::{Lab, LabOptions},
     probes,
     synack::Sample,
+    util::clock::Clock,
 };
 use seqwatch_common::{
     handshake::{AnomalyKind, jhash},

@@ -15,7 +15,10 @@ use std::{
 };
 
 use common::{Daemon, listen, netstat, sysctl::write as write_sysctl};
-use seqwatch::lab::{Crafter, Lab, LabOptions, Segment, flags, monotonic_ns};
+use seqwatch::{
+    lab::{Crafter, Lab, LabOptions, Segment, flags},
+    util::clock::monotonic_ns,
+};
 use serde_json::Value;
 
 const PORT: u16 = 8080;

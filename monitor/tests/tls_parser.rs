@@ -17,9 +17,9 @@ use aya::{
 use common::test_run::{classifier, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader};
 use seqwatch::{
-    handshake::Clock,
     probes,
     tls::{self, Finding, PlaintextSuspected, TlsOptions, decode_event},
+    util::clock::Clock,
 };
 use seqwatch_common::tls::{CONFIG_DETECT_HELLO, CONFIG_LOG_PREFIX, SessionEnd, TlsCounter};
 

@@ -19,7 +19,7 @@ pub use generators::{
     ClibLcg, ClockMix, FourTuple, GeneratorKind, IsnGenerator, Prng, PrngPreset, RandComposition,
 };
 pub use netns::{DEMO_NAME, Lab, LabOptions, NAME_PREFIX, Router, cleanup_stale, command_in_netns};
-pub use responder::{Responder, ResponderConfig, SentSynAck, monotonic_ns};
+pub use responder::{Responder, ResponderConfig, SentSynAck};
 
 /// Arguments of `seqwatch lab`.
 #[derive(Debug, clap::Args)]

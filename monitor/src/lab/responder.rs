@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::generators::{FourTuple, GeneratorKind, IsnGenerator};
 use super::netns::{Lab, ensure_root, enter_netns};
+use crate::util::clock::monotonic_ns;
 
 /// How long the receive loop blocks before it looks at the stop flag again.
 const STOP_POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -547,17 +548,6 @@ fn attach_drop_all_filter(fd: &impl AsFd) -> anyhow::Result<()> {
         return Err(std::io::Error::last_os_error()).context("attaching the socket filter");
     }
     Ok(())
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::{HttpMetrics, WebSecurity};
-use crate::daemon::lock;
+use crate::util::lock;
 
 /// Connections served at once, at most (fewer when descriptors are short: [`connection_cap`]).
 pub const MAX_CONNECTIONS: usize = 256;

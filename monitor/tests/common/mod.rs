@@ -218,7 +218,7 @@ pub fn netstat(lab: &Lab, ns: &str) -> HashMap<String, u64> {
     let text = lab.run_in(ns, || {
         std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat")
     });
-    seqwatch::netstat::parse(&text)
+    seqwatch::host::netstat::parse(&text)
 }
 
 /// `count` complete TCP handshakes from `ns` to `to`, one after another.
