@@ -22,7 +22,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
-use seqwatch::probes::SYN_RECORDER;
+use seqwatch::kernel::SYN_RECORDER;
 use seqwatch_common::{handshake, listener_counts};
 
 /// Runs per measurement: below a CPU's ring buffer capacity (at least 2 300 records), so every
@@ -85,7 +85,7 @@ impl Classifiers {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut ours = Loaded::load(seqwatch::probes::object()?)?;
+    let mut ours = Loaded::load(seqwatch::kernel::object()?)?;
     let reference_object = std::env::var_os("SEQWATCH_BENCH_REFERENCE")
         .map(std::fs::read)
         .transpose()?;
@@ -265,7 +265,10 @@ fn load(object: &[u8], origin_seed: u32) -> anyhow::Result<Classifiers> {
     // The TLS check with its default ports, as the daemon runs it (a reference object from
     // before the check has no such maps).
     if ebpf.map("TLS_CONFIG").is_some() {
-        seqwatch::tls::configure(&mut ebpf, &seqwatch::tls::TlsOptions::default())?;
+        seqwatch::detectors::tls::configure(
+            &mut ebpf,
+            &seqwatch::detectors::tls::TlsOptions::default(),
+        )?;
     }
     // The frames' server port is a counted listening port: the per-port counters' full cost
     // (a reference object from before them has no such map).
@@ -275,7 +278,7 @@ fn load(object: &[u8], origin_seed: u32) -> anyhow::Result<Classifiers> {
     }
     let rings = match ebpf.take_map("SYNACK_RECORDS") {
         Some(single) => vec![RingBuf::try_from(single)?],
-        None => seqwatch::probes::synack_rings(&mut ebpf)?,
+        None => seqwatch::detectors::isn::sample_rings(&mut ebpf)?,
     };
     let anomalies = RingBuf::try_from(ebpf.take_map("ANOMALY_EVENTS").expect("map"))?;
     Ok(Classifiers {

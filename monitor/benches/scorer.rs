@@ -205,7 +205,7 @@ fn bench_analyze_against_tcpdump() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut analysis = Analysis::new(
         ScorerConfig::default(),
-        seqwatch::config::MAX_SERVICES.default,
+        seqwatch::settings::MAX_SERVICES.default,
     );
     analysis.add_capture(std::io::BufReader::new(std::fs::File::open(&path)?))?;
     let reports = analysis.reports();

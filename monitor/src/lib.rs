@@ -1,30 +1,16 @@
-//! Seqwatch: an eBPF network-hardening monitor. The binary (`src/main.rs`) is a thin CLI over
-//! these modules, which tests and benchmarks use directly.
+//! Seqwatch: an eBPF network-hardening monitor. The binary (`src/main.rs`) runs [`cli`]; tests
+//! and benchmarks use the modules directly. The layers, top down (each uses only those below
+//! it; docs/architecture.md): `cli`; `daemon`; `detectors`; `settings`; `kernel`, `export`,
+//! `host`, `scorer`; `util`. `analyze` and `lab` are subcommands beside the daemon.
 
-pub mod admission;
 pub mod analyze;
-pub mod caps;
-pub mod clsact;
-pub mod config;
-pub mod crash;
+pub mod cli;
 pub mod daemon;
-pub mod event_reader;
-pub mod handshake;
+pub mod detectors;
+pub mod export;
 pub mod host;
-pub mod http;
-pub mod interfaces;
-pub mod kernel_btf;
+pub mod kernel;
 pub mod lab;
-pub mod listener_counts;
-pub mod listeners;
-pub mod metrics;
-pub mod probes;
 pub mod scorer;
-pub mod silence;
-pub mod spoofing;
-pub mod synack;
-pub mod tcp_events;
-pub mod tls;
-pub mod top_sources;
+pub mod settings;
 pub mod util;
-pub mod web;

@@ -11,11 +11,12 @@ use std::{
 use axum::{Router, routing::get};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use seqwatch::{
-    caps::KernelFeatures,
-    config,
-    daemon::{Directions, RunArgs},
-    probes::AttachMode,
-    web::{HttpMetrics, WebConfig, WebSecurity},
+    export::{
+        metrics::Registry,
+        web::{HttpMetrics, WebConfig, WebSecurity},
+    },
+    kernel::{AttachMode, caps::KernelFeatures},
+    settings::{self, ConfigError, Directions, RunArgs, Settings},
 };
 
 const SEQWATCH: &str = env!("CARGO_BIN_EXE_seqwatch");
@@ -99,7 +100,7 @@ fn every_config_error_names_line_key_and_what_is_allowed() {
         ),
         (
             "max_sources = 0\n",
-            ":1: key `max_sources`: 0 is out of range: expected 1 to 1048576",
+            ":1: key `max_sources`: unknown field `max_sources`, expected one of",
         ),
         (
             "listener_loss_window = 3601\n",
@@ -166,12 +167,12 @@ struct RunCli {
     run: RunArgs,
 }
 
-fn merged(args: &[&str]) -> Result<RunArgs, config::ConfigError> {
+fn merged(args: &[&str]) -> Result<Settings, ConfigError> {
     let matches = RunCli::command()
         .try_get_matches_from(std::iter::once("run").chain(args.iter().copied()))
         .expect("valid flags");
     let cli = RunCli::from_arg_matches(&matches).expect("valid flags");
-    config::merge(cli.run, &matches)
+    settings::resolve(&cli.run)
 }
 
 #[test]
@@ -203,7 +204,7 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
     assert_eq!(from_file.direction, Directions::Both);
     assert_eq!(from_file.listen.port(), 20000);
     assert_eq!(from_file.attach_mode, AttachMode::Netlink);
-    assert_eq!(from_file.max_services.get(), 10);
+    assert_eq!(from_file.max_services, 10);
     assert_eq!(from_file.guesses, 77);
     assert_eq!(from_file.window, 512);
     assert_eq!(from_file.listener_loss_window, 30);
@@ -357,11 +358,11 @@ fn serve(web_config: &Path) -> (tokio::runtime::Runtime, SocketAddr) {
     let addr = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = HttpMetrics::new(&prometheus::Registry::new()).unwrap();
+        let metrics = HttpMetrics::new(&Registry::new()).unwrap();
         security.serve(
             listener,
             Router::new().route("/metrics", get(|| async { "up 1\n" })),
-            seqwatch::web::MAX_CONNECTIONS,
+            seqwatch::export::web::MAX_CONNECTIONS,
             metrics,
         );
         addr
@@ -734,7 +735,7 @@ fn tls_keys_merge_like_the_others() {
     );
     let config = path.to_str().unwrap();
     let defaults = merged(&[]).unwrap();
-    assert_eq!(defaults.tls_ports.0, seqwatch::tls::DEFAULT_PORTS.to_vec());
+    assert_eq!(defaults.tls_ports.0, settings::DEFAULT_TLS_PORTS.to_vec());
     assert!(defaults.tls_detect_hello && !defaults.tls_log_prefix);
     let from_file = merged(&["--config", config]).unwrap();
     assert_eq!(from_file.tls_ports.0, [8443]);
@@ -767,7 +768,7 @@ fn the_event_log_size_merges_and_is_range_checked() {
     let config = path.to_str().unwrap();
     assert_eq!(
         merged(&[]).unwrap().event_log_max_bytes,
-        seqwatch::handshake::DEFAULT_EVENT_LOG_MAX_BYTES
+        settings::EVENT_LOG_MAX_BYTES.default
     );
     let from_file = merged(&["--config", config]).unwrap();
     assert_eq!(from_file.event_log_max_bytes, 2 << 20);

@@ -17,11 +17,10 @@ use aya::{
 use common::test_run::{load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader, TcpOptionElement};
 use seqwatch::{
-    handshake::{Anomaly, decode_event},
-    util::clock::Clock,
+    detectors::handshake::anomaly::Anomaly, kernel::records::decode, util::clock::Clock,
 };
 use seqwatch_common::{
-    handshake::{AnomalyKind, HandshakeCounter, STATE_WAYS, jhash, state_set},
+    handshake::{AnomalyEvent, AnomalyKind, HandshakeCounter, STATE_WAYS, jhash, state_set},
     synack::FAMILY_IPV4,
 };
 
@@ -98,7 +97,7 @@ impl Tracker {
         run_unchanged(&mut self.ebpf, name, frame);
         let mut anomalies = Vec::new();
         while let Some(item) = self.events.next() {
-            let event = decode_event(&item).expect("a whole event");
+            let event = decode::<AnomalyEvent>(&item).expect("a whole event");
             anomalies.push(Anomaly::from_event(&event, &self.clock).expect("a known kind"));
         }
         anomalies

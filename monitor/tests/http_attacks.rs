@@ -30,10 +30,13 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use prometheus::{Encoder as _, Registry};
+use prometheus::Encoder as _;
 use seqwatch::{
+    export::{
+        metrics::Registry,
+        web::{HttpMetrics, MAX_CONNECTIONS, WebSecurity},
+    },
     lab::{Lab, LabOptions},
-    web::{HttpMetrics, MAX_CONNECTIONS, WebSecurity},
 };
 
 /// What the attacks were reported with.

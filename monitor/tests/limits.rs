@@ -16,8 +16,11 @@ use std::{
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use etherparse::PacketBuilder;
 use seqwatch::{
-    admission::LabelPolicy, analyze::Analysis, config, daemon::RunArgs, handshake::ServiceLabels,
-    scorer::ScorerConfig, synack::ServiceTable,
+    analyze::Analysis,
+    detectors::isn::services::ServiceTable,
+    export::labels::{ServiceLabels, admission::LabelPolicy},
+    scorer::ScorerConfig,
+    settings::{self, RunArgs},
 };
 
 const SEQWATCH: &str = env!("CARGO_BIN_EXE_seqwatch");
@@ -66,7 +69,7 @@ fn allocated_by<T>(build: impl FnOnce() -> T) -> (T, usize) {
 
 #[test]
 fn the_largest_service_cap_reserves_nothing_up_front() {
-    let largest = *config::MAX_SERVICES.range.end();
+    let largest = *settings::MAX_SERVICES.allowed.end();
     let cap = NonZeroUsize::new(largest).unwrap();
     let (_table, table_bytes) = allocated_by(|| {
         let labels = ServiceLabels::new(cap, LabelPolicy::fixed(largest, &[], &[]));
@@ -85,8 +88,8 @@ fn the_largest_service_cap_reserves_nothing_up_front() {
 #[test]
 fn the_scorer_defaults_are_the_settings_defaults() {
     let scorer = ScorerConfig::default();
-    assert_eq!(scorer.guesses, config::GUESSES.default);
-    assert_eq!(scorer.window, config::WINDOW.default);
+    assert_eq!(scorer.guesses, settings::GUESSES.default);
+    assert_eq!(scorer.window, settings::WINDOW.default);
 }
 
 fn seqwatch(args: &[&str]) -> Output {
@@ -193,8 +196,8 @@ fn analyze_scores_at_most_the_cap_of_servers_in_bounded_memory() {
     assert!(baseline.status.success(), "{}", stderr(&baseline));
 
     let (output, peak) = run_measured(&["analyze", capture.to_str().unwrap()]);
-    let cap = config::MAX_SERVICES.default as u64;
-    let window = config::WINDOW.default as u64;
+    let cap = settings::MAX_SERVICES.default as u64;
+    let window = settings::WINDOW.default as u64;
     assert!(output.status.success(), "{}", stderr(&output));
     let bound = cap * (window * BYTES_PER_SAMPLE + BYTES_PER_SERVICE);
     assert!(
@@ -341,18 +344,18 @@ struct Numeric {
 }
 
 fn numerics() -> Vec<Numeric> {
-    let usize_range = |setting: &config::Setting<usize>| {
+    let usize_range = |setting: &settings::Setting<usize>| {
         (
-            *setting.range.start() as u64,
-            *setting.range.end() as u64,
+            *setting.allowed.start() as u64,
+            *setting.allowed.end() as u64,
             setting.default as u64,
             setting.key,
         )
     };
-    let u64_range = |setting: &config::Setting<u64>| {
+    let u64_range = |setting: &settings::Setting<u64>| {
         (
-            *setting.range.start(),
-            *setting.range.end(),
+            *setting.allowed.start(),
+            *setting.allowed.end(),
             setting.default,
             setting.key,
         )
@@ -362,30 +365,29 @@ fn numerics() -> Vec<Numeric> {
     [
         (
             Some("--max-services"),
-            usize_range(&config::MAX_SERVICES),
+            usize_range(&settings::MAX_SERVICES),
             both,
         ),
-        (None, usize_range(&config::MAX_SOURCES), &[][..]),
-        (Some("--guesses"), u64_range(&config::GUESSES), both),
-        (Some("--window"), usize_range(&config::WINDOW), both),
+        (Some("--guesses"), u64_range(&settings::GUESSES), both),
+        (Some("--window"), usize_range(&settings::WINDOW), both),
         (
             Some("--listener-loss-window"),
-            u64_range(&config::LISTENER_LOSS_WINDOW),
+            u64_range(&settings::LISTENER_LOSS_WINDOW),
             run,
         ),
         (
             Some("--top-sources"),
-            usize_range(&config::TOP_SOURCES),
+            usize_range(&settings::TOP_SOURCES),
             run,
         ),
         (
             Some("--anomaly-window"),
-            u64_range(&config::ANOMALY_WINDOW),
+            u64_range(&settings::ANOMALY_WINDOW),
             run,
         ),
         (
             Some("--unresponsive-after"),
-            u64_range(&config::UNRESPONSIVE_AFTER),
+            u64_range(&settings::UNRESPONSIVE_AFTER),
             run,
         ),
     ]

@@ -315,7 +315,7 @@ fn the_daemonset_runs_the_daemon_with_the_units_privileges_only() {
     );
     let granted = strings(&capabilities["add"]);
     let without_prefix = |cap: caps::Capability| cap.to_string().replace("CAP_", "");
-    let required: BTreeSet<String> = seqwatch::caps::REQUIRED
+    let required: BTreeSet<String> = seqwatch::kernel::caps::REQUIRED
         .into_iter()
         .map(without_prefix)
         .collect();
@@ -636,7 +636,7 @@ fn the_image_runs_as_the_daemonset_container() {
     });
     assert!(up, "not attached and served within 60 s:\n{}", logs());
     let metrics = scrape().unwrap();
-    for program in seqwatch::tcp_events::program_names() {
+    for program in seqwatch::detectors::tcp_events::program_names() {
         let series = format!(
             "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
         );

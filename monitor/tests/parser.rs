@@ -12,7 +12,7 @@ use aya::{
 };
 use common::test_run::{load_classifiers, run_unchanged, run_unchanged_times};
 use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
-use seqwatch::{probes, synack::Sample};
+use seqwatch::detectors::isn::{self, sample::Sample};
 use seqwatch_common::synack::{self, Counter, SynAckRecord};
 
 struct Classifier {
@@ -30,7 +30,7 @@ struct Outcome {
 impl Classifier {
     fn load() -> Classifier {
         let mut ebpf = load_classifiers();
-        let rings = probes::synack_rings(&mut ebpf).unwrap();
+        let rings = isn::sample_rings(&mut ebpf).unwrap();
         let counters = PerCpuArray::try_from(ebpf.take_map("SYNACK_COUNTERS").unwrap()).unwrap();
         Classifier {
             ebpf,
@@ -54,7 +54,7 @@ impl Classifier {
             .filter(|&c| after[c as usize] != before[c as usize])
             .collect();
         let mut records = Vec::new();
-        probes::take_synack_records(&mut self.rings, &mut records);
+        isn::take_records(&mut self.rings, &mut records);
         let samples = records.iter().map(Sample::from_record).collect();
         Outcome { samples, moved }
     }
@@ -150,7 +150,7 @@ fn a_full_ring_buffer_drops_and_counts() {
     let after = sampler.counts();
     let moved = |counter: Counter| (after[counter as usize] - before[counter as usize]) as usize;
     let mut records = Vec::new();
-    probes::take_synack_records(&mut sampler.rings, &mut records);
+    isn::take_records(&mut sampler.rings, &mut records);
     assert_eq!(moved(Counter::SynAcks), repeat);
     assert_eq!(records.len() + moved(Counter::RingbufDropped), repeat);
     assert!(

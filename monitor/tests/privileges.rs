@@ -92,7 +92,7 @@ fn runs_then_keeps_only_net_admin(mode: &str) {
     let mut daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), &wrapper, &args);
     daemon.wait_attached(&lab, &lab.server_if, "egress");
     let metrics = daemon.metrics(&lab);
-    for program in seqwatch::tcp_events::program_names() {
+    for program in seqwatch::detectors::tcp_events::program_names() {
         let series = format!(
             "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
         );

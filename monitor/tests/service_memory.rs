@@ -13,11 +13,12 @@ use std::{
 };
 
 use seqwatch::{
-    admission::LabelPolicy,
-    handshake::ServiceLabels,
-    metrics::Metrics,
+    detectors::isn::{metrics::IsnMetrics, sample::Sample, services::ServiceTable},
+    export::{
+        labels::{ServiceLabels, admission::LabelPolicy},
+        metrics::Registry,
+    },
     scorer::ScorerConfig,
-    synack::{Sample, ServiceTable},
 };
 
 /// The system allocator, keeping count of the bytes live.
@@ -80,7 +81,7 @@ fn sample(service: u16, client: u16) -> Sample {
 #[test]
 fn a_service_with_a_few_samples_costs_a_few_kilobytes() {
     let cap = NonZeroUsize::new(SERVICES.into()).unwrap();
-    let metrics = Metrics::new().unwrap();
+    let metrics = IsnMetrics::new(&Registry::default()).unwrap();
     let labels = ServiceLabels::new(cap, LabelPolicy::fixed(cap.get(), &[], &[]));
     let mut table = ServiceTable::new(cap, ScorerConfig::default(), labels);
     let before = LIVE_BYTES.load(Ordering::Relaxed);

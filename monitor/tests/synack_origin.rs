@@ -17,14 +17,16 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use seqwatch::{
-    handshake::decode_event,
+    detectors::{
+        handshake::anomaly::Anomaly,
+        isn::{self, sample::Sample},
+    },
+    kernel::{self, records::decode},
     lab::{Lab, LabOptions},
-    probes,
-    synack::Sample,
     util::clock::Clock,
 };
 use seqwatch_common::{
-    handshake::{AnomalyKind, jhash},
+    handshake::{AnomalyEvent, AnomalyKind, jhash},
     synack::Counter,
     synack_origin::{RECORD_KEY_WORDS, slot_of},
 };
@@ -102,12 +104,12 @@ impl Check {
     fn load(seed: u32) -> Check {
         let mut ebpf = EbpfLoader::new()
             .override_global("SYNACK_ORIGIN_SEED", &seed, true)
-            .load(probes::object().unwrap())
+            .load(kernel::object().unwrap())
             .unwrap();
-        for name in ["synack_egress", "synack_ingress", probes::SYN_RECORDER] {
+        for name in ["synack_egress", "synack_ingress", kernel::SYN_RECORDER] {
             classifier(&mut ebpf, name).load().unwrap();
         }
-        let rings = probes::synack_rings(&mut ebpf).unwrap();
+        let rings = isn::sample_rings(&mut ebpf).unwrap();
         let anomalies = RingBuf::try_from(ebpf.take_map("ANOMALY_EVENTS").unwrap()).unwrap();
         let counters = PerCpuArray::try_from(ebpf.take_map("SYNACK_COUNTERS").unwrap()).unwrap();
         let mut listening = Array::<_, u32>::try_from(ebpf.map_mut("LISTENING").unwrap()).unwrap();
@@ -142,7 +144,7 @@ impl Check {
             .unwrap();
         assert_eq!(result.return_value, u32::MAX, "TC_ACT_UNSPEC, always");
         let mut records = Vec::new();
-        probes::take_synack_records(&mut self.rings, &mut records);
+        isn::take_records(&mut self.rings, &mut records);
         let sampled = records
             .iter()
             .map(Sample::from_record)
@@ -150,8 +152,8 @@ impl Check {
             .collect();
         let mut reported = Vec::new();
         while let Some(item) = self.anomalies.next() {
-            let event = decode_event(&item).unwrap();
-            let anomaly = seqwatch::handshake::Anomaly::from_event(&event, &self.clock).unwrap();
+            let event = decode::<AnomalyEvent>(&item).unwrap();
+            let anomaly = Anomaly::from_event(&event, &self.clock).unwrap();
             reported.push(anomaly.anomaly_kind);
         }
         Outcome { sampled, reported }
@@ -355,11 +357,11 @@ fn a_fast_open_synack_may_ack_the_syns_data() {
 fn the_syn_recorder_records_what_ingress_sampling_needs() {
     let mut check = Check::load(SEED);
     let on_loopback = context(0, LOOPBACK);
-    let recorded = check.run(probes::SYN_RECORDER, &syn(HOST, 1000), &on_loopback);
+    let recorded = check.run(kernel::SYN_RECORDER, &syn(HOST, 1000), &on_loopback);
     assert_eq!(recorded, Outcome::nothing());
     let own_synack = segment((HOST, PEER), SYN | ACK, 1, 2);
     assert_eq!(
-        check.run(probes::SYN_RECORDER, &own_synack, &on_loopback),
+        check.run(kernel::SYN_RECORDER, &own_synack, &on_loopback),
         Outcome::nothing(),
         "it samples nothing"
     );

@@ -30,8 +30,8 @@ use nix::{
     unistd::{ForkResult, Pid, fork},
 };
 use seqwatch::{
+    detectors::tcp_events::program_names,
     lab::{Crafter, Lab, LabOptions, Segment, flags::*},
-    tcp_events::program_names,
 };
 
 /// The listener the scenarios are about.
@@ -378,7 +378,7 @@ fn resets_received_are_counted_under_the_server_for_listeners_older_than_the_dae
     let dir = tempfile::tempdir().unwrap();
     let daemon = start_both_directions(&lab, dir.path(), &dir.path().join("events.jsonl"));
     // A remote server earns its label by handshakes (docs/limits.md).
-    for _ in 0..seqwatch::admission::MIN_HANDSHAKES {
+    for _ in 0..seqwatch::export::labels::admission::MIN_HANDSHAKES {
         let outgoing = lab.run_in(&lab.server_ns, || TcpStream::connect(remote_service));
         drop((outgoing, remote_listener.accept()));
     }

@@ -17,11 +17,13 @@ use aya::{
 use common::test_run::{classifier, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader};
 use seqwatch::{
-    probes,
-    tls::{self, Finding, PlaintextSuspected, TlsOptions, decode_event},
+    detectors::tls::{self, Finding, PlaintextSuspected, TlsOptions},
+    kernel::{self, records::decode},
     util::clock::Clock,
 };
-use seqwatch_common::tls::{CONFIG_DETECT_HELLO, CONFIG_LOG_PREFIX, SessionEnd, TlsCounter};
+use seqwatch_common::tls::{
+    CONFIG_DETECT_HELLO, CONFIG_LOG_PREFIX, SessionEnd, TlsCounter, TlsEvent,
+};
 
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
@@ -64,7 +66,7 @@ impl Check {
         run_unchanged(&mut self.ebpf, name, frame);
         let mut findings = Vec::new();
         while let Some(item) = self.events.next() {
-            let event = decode_event(&item).expect("a whole event");
+            let event = decode::<TlsEvent>(&item).expect("a whole event");
             findings.push(Finding::from_event(&event, &self.clock).expect("a known event"));
         }
         findings
@@ -148,7 +150,7 @@ fn plaintexts(findings: &[Finding]) -> Vec<&PlaintextSuspected> {
 
 #[test]
 fn both_classifiers_load_quickly_with_few_verified_instructions() {
-    let mut ebpf = Ebpf::load(probes::object().unwrap()).unwrap();
+    let mut ebpf = Ebpf::load(kernel::object().unwrap()).unwrap();
     for name in ["synack_egress", "synack_ingress"] {
         let started = Instant::now();
         let program = classifier(&mut ebpf, name);

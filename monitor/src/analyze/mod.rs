@@ -17,8 +17,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::config;
 use crate::scorer::{IsnObservation, ScorerConfig, ServiceReport, ServiceScorer, Verdict};
+use crate::settings;
 use capture::{Capture, CaptureError, Skipped};
 
 /// Servers beyond the cap are told apart up to this many (8 bytes each); past it the count
@@ -36,16 +36,16 @@ pub struct AnalyzeArgs {
     /// Print `{"services": [...]}` instead of a table.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, help = config::GUESSES.help(), default_value_t = config::GUESSES.default,
-          value_parser = |text: &str| config::GUESSES.parse(text))]
+    #[arg(long, help = settings::GUESSES.help(), default_value_t = settings::GUESSES.default,
+          value_parser = |text: &str| settings::GUESSES.parse(text))]
     pub guesses: u64,
-    #[arg(long, help = config::WINDOW.help(), default_value_t = config::WINDOW.default,
-          value_parser = |text: &str| config::WINDOW.parse(text))]
+    #[arg(long, help = settings::WINDOW.help(), default_value_t = settings::WINDOW.default,
+          value_parser = |text: &str| settings::WINDOW.parse(text))]
     pub window: usize,
-    #[arg(long, default_value_t = config::MAX_SERVICES.default,
-          help = config::MAX_SERVICES.help_for(
+    #[arg(long, default_value_t = settings::MAX_SERVICES.default,
+          help = settings::MAX_SERVICES.help_for(
               "Servers scored; the SYN-ACKs of servers beyond them are counted, not scored"),
-          value_parser = |text: &str| config::MAX_SERVICES.parse(text))]
+          value_parser = |text: &str| settings::MAX_SERVICES.parse(text))]
     pub max_services: usize,
     /// pcap or pcapng files, read in order as one stream per service.
     #[arg(required = true)]

@@ -243,7 +243,7 @@ fn counter_traffic(encapsulation: Encapsulation, server: &str, count: u32) -> Ve
 }
 
 fn analyze(bytes: &[u8]) -> (Vec<ServiceReport>, Result<Capture, CaptureError>) {
-    let mut analysis = Analysis::new(ScorerConfig::default(), config::MAX_SERVICES.default);
+    let mut analysis = Analysis::new(ScorerConfig::default(), settings::MAX_SERVICES.default);
     let result = analysis.add_capture(bytes);
     (analysis.reports(), result)
 }

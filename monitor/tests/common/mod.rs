@@ -819,7 +819,7 @@ pub mod test_run {
 
     /// The daemon's own object with both classifiers loaded.
     pub fn load_classifiers() -> Ebpf {
-        let mut ebpf = Ebpf::load(seqwatch::probes::object().unwrap()).unwrap();
+        let mut ebpf = Ebpf::load(seqwatch::kernel::object().unwrap()).unwrap();
         for name in ["synack_ingress", "synack_egress"] {
             classifier(&mut ebpf, name).load().unwrap();
         }

@@ -1,0 +1,57 @@
+//! The `port` label of the listener metrics: a listening port keeps its own while it listens,
+//! at most [`MAX_PORTS`] of them; later ones are [`OTHER`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Listening ports with their own `port` label; beyond it: `other`.
+pub const MAX_PORTS: usize = 32;
+/// The label of everything beyond a cap.
+pub const OTHER: &str = "other";
+
+/// Port labels under [`MAX_PORTS`]: a port keeps its label while it listens.
+#[derive(Default)]
+pub struct PortLabels(BTreeSet<u16>);
+
+impl PortLabels {
+    /// Forgets ports that stopped listening; returns them.
+    pub fn retain<V>(&mut self, listening: &BTreeMap<u16, V>) -> Vec<u16> {
+        let gone: Vec<u16> = self
+            .0
+            .iter()
+            .copied()
+            .filter(|port| !listening.contains_key(port))
+            .collect();
+        for port in &gone {
+            self.0.remove(port);
+        }
+        gone
+    }
+
+    pub fn label(&mut self, port: u16) -> String {
+        if self.0.contains(&port) || self.0.len() < MAX_PORTS {
+            self.0.insert(port);
+            port.to_string()
+        } else {
+            OTHER.to_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_labels_are_capped_and_freed_when_a_port_stops_listening() {
+        let mut labels = PortLabels::default();
+        let mut listening = BTreeMap::new();
+        for port in 0..MAX_PORTS as u16 {
+            assert_eq!(labels.label(port), port.to_string());
+            listening.insert(port, ());
+        }
+        assert_eq!(labels.label(9999), OTHER);
+        listening.remove(&0);
+        assert_eq!(labels.retain(&listening), [0]);
+        assert_eq!(labels.label(9999), "9999");
+    }
+}

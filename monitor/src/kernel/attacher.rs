@@ -1,0 +1,169 @@
+//! Keeps the classifiers' attachments in step with the interfaces of this network namespace:
+//! interfaces that appear later are attached, ones that vanish are forgotten, and (netlink
+//! mode) a filter removed from outside is attached again.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use seqwatch_common::Direction;
+
+use super::{
+    interfaces::{self, Interface, Selection},
+    loader::LoadedObject,
+};
+use crate::util::lock;
+
+/// A classifier to attach to every monitored interface, and where.
+pub type Hook = (Direction, &'static str);
+
+/// The monitored interfaces' names by index, as the attacher last saw them, for the detectors
+/// that label by interface. Each change is a new map, so that a reader sees that it changed by
+/// comparing pointers.
+#[derive(Clone, Default)]
+pub struct InterfaceNames(Arc<Mutex<Arc<HashMap<u32, String>>>>);
+
+impl InterfaceNames {
+    pub fn current(&self) -> Arc<HashMap<u32, String>> {
+        lock(&self.0).clone()
+    }
+
+    pub fn publish(&self, names: &HashMap<u32, String>) {
+        let mut current = lock(&self.0);
+        if **current != *names {
+            *current = Arc::new(names.clone());
+        }
+    }
+}
+
+pub struct Attacher {
+    selection: Selection,
+    hooks: &'static [Hook],
+    names: HashMap<u32, String>,
+    published: InterfaceNames,
+    /// Netlink filters removed from outside, until attached again, with the attempts so far
+    /// (one a second; the first is logged).
+    lost: BTreeMap<(u32, Direction), u32>,
+}
+
+impl Attacher {
+    pub fn new(selection: Selection, hooks: &'static [Hook], published: InterfaceNames) -> Self {
+        Attacher {
+            selection,
+            hooks,
+            names: HashMap::new(),
+            published,
+            lost: BTreeMap::new(),
+        }
+    }
+
+    /// A named interface that does not exist is a configuration error, said at once.
+    pub async fn require_named_interfaces(&self) -> anyhow::Result<()> {
+        let Selection::Named(names) = &self.selection else {
+            return Ok(());
+        };
+        let present = interfaces::list().await?;
+        for name in names {
+            if !present.values().any(|interface| interface.name == *name) {
+                anyhow::bail!(
+                    "interface {name:?} does not exist in this network namespace \
+                     (see `ip link`; run seqwatch with nsenter --net=… for another namespace)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn sync(&mut self, object: &mut LoadedObject) -> anyhow::Result<()> {
+        let present = interfaces::list().await?;
+        let wanted: Vec<&Interface> = present
+            .values()
+            .filter(|i| self.selection.wants(i))
+            .collect();
+        for interface in wanted {
+            self.names.insert(interface.index, interface.name.clone());
+            for &(direction, program) in self.hooks {
+                self.attach(object, interface, direction, program);
+            }
+        }
+        self.forget_vanished(&present, object);
+        self.published.publish(&self.names);
+        Ok(())
+    }
+
+    fn attach(
+        &mut self,
+        object: &mut LoadedObject,
+        interface: &Interface,
+        direction: Direction,
+        program: &'static str,
+    ) {
+        if object.is_attached(interface.index, direction) {
+            return;
+        }
+        let key = (interface.index, direction);
+        let attempts = self.lost.get_mut(&key).map(|attempts| {
+            *attempts += 1;
+            *attempts
+        });
+        if attempts == Some(1) {
+            log::warn!("{program} on {} was removed from outside", interface.name);
+        }
+        let attached = if direction == Direction::Ingress
+            && !object.is_attached(interface.index, Direction::Egress)
+        {
+            Err(anyhow::anyhow!(
+                "left off: the SYNs its SYN-ACKs must answer are recorded on the \
+                 interface's egress, where the classifier is not attached"
+            ))
+        } else {
+            object.attach(interface.index, direction, program)
+        };
+        match attached {
+            Ok(()) => log::info!("attached {program} to {}", interface.name),
+            Err(err) if attempts.is_some_and(|n| n > 1) => {
+                log::debug!("{program} on {}: {err:#}", interface.name)
+            }
+            Err(err) => log::warn!("{program} on {}: {err:#}", interface.name),
+        }
+        let labels = [program, interface.name.as_str(), direction.as_str()];
+        let metrics = object.attach_metrics();
+        let now_attached = object.is_attached(interface.index, direction);
+        if now_attached && attempts.is_some() {
+            self.lost.remove(&key);
+            metrics.reattached(&labels);
+        }
+        metrics.set(&labels, now_attached);
+    }
+
+    /// Netlink mode: attaches again what was removed from under us (reported 0 meanwhile).
+    pub async fn reattach_lost(&mut self, object: &mut LoadedObject) -> anyhow::Result<()> {
+        for key in object.forget_lost_filters() {
+            self.lost.insert(key, 0);
+        }
+        if self.lost.is_empty() {
+            return Ok(());
+        }
+        self.sync(object).await
+    }
+
+    fn forget_vanished(&mut self, present: &BTreeMap<u32, Interface>, object: &mut LoadedObject) {
+        let vanished: Vec<(u32, String)> = self
+            .names
+            .iter()
+            .filter(|(index, name)| present.get(index).is_none_or(|i| i.name != **name))
+            .map(|(index, name)| (*index, name.clone()))
+            .collect();
+        for (index, name) in vanished {
+            self.names.remove(&index);
+            for &(direction, program) in self.hooks {
+                object.detach(index, direction);
+                self.lost.remove(&(index, direction));
+                let labels = [program, name.as_str(), direction.as_str()];
+                object.attach_metrics().remove(&labels);
+            }
+            log::info!("interface {name} is gone");
+        }
+    }
+}
