@@ -6,6 +6,7 @@
 
 pub mod handshake;
 pub mod listener_counts;
+pub mod packet;
 pub mod synack;
 pub mod synack_origin;
 pub mod tcp_events;

@@ -31,7 +31,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, classifier},
     programs::{BtfTracePointContext, TcContext},
 };
-use seqwatch_common::{Direction, synack::Counter};
+use seqwatch_common::{Direction, packet::Counter};
 
 use crate::packet::{Skip, TcpPacket};
 
@@ -54,7 +54,7 @@ pub fn synack_ingress(ctx: TcContext) -> i32 {
 /// and only those a detector wants are parsed — once, for both detectors.
 #[inline(always)]
 fn observe(ctx: &TcContext, direction: Direction) {
-    synack::count(Counter::PacketsSeen);
+    packet::count(Counter::PacketsSeen);
     let plain = match packet::plain_tcp(ctx) {
         Some(None) => return,
         Some(Some(tcp)) => {
@@ -105,7 +105,7 @@ fn parse(ctx: &TcContext, plain: bool, out: &mut MaybeUninit<TcpPacket>) -> bool
         Ok(()) => true,
         Err(Skip::NotTcp) => false,
         Err(Skip::Counted(counter)) => {
-            synack::count(counter);
+            packet::count(counter);
             false
         }
     }

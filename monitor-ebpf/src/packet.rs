@@ -8,10 +8,11 @@
 
 use core::{arch::asm, mem::MaybeUninit};
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
 use seqwatch_common::{
     Direction,
-    synack::{Counter, FAMILY_IPV4, FAMILY_IPV6},
+    packet::Counter,
+    synack::{FAMILY_IPV4, FAMILY_IPV6},
 };
 
 const ETH_HLEN: usize = 14;
@@ -524,4 +525,20 @@ pub fn copy_address(dst: *mut [u8; 16], src: &Address) {
 fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, Skip> {
     ctx.load(offset)
         .map_err(|_| Skip::Counted(Counter::ParseTruncated))
+}
+
+#[map]
+static PACKET_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Adds one to a per-CPU counter and returns the new per-CPU value.
+#[inline(always)]
+pub fn count(counter: Counter) -> u64 {
+    match PACKET_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and TC programs do not nest on one CPU.
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    }
 }

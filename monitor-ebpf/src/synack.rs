@@ -8,14 +8,14 @@ use aya_ebpf::{
         bpf_ktime_get_ns,
         generated::{bpf_get_smp_processor_id, bpf_skb_load_bytes},
     },
-    macros::{btf_map, map},
-    maps::PerCpuArray,
+    macros::btf_map,
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use seqwatch_common::{
     Direction,
-    synack::{Counter, MAX_CPUS, MAX_TCP_OPTIONS, RING_BYTES_MIN, SynAckRecord},
+    packet::Counter,
+    synack::{MAX_CPUS, MAX_TCP_OPTIONS, RING_BYTES_MIN, SynAckRecord},
 };
 
 use crate::{
@@ -32,9 +32,6 @@ static SYNACK_RINGS: ArrayOfMaps<
     { MAX_CPUS as usize },
 > = ArrayOfMaps::new();
 
-#[map]
-static SYNACK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-
 /// Log the first ring-buffer drop on a CPU and then every 2^16th: enough to see it in the
 /// journal without putting logging on the per-packet path.
 const DROP_LOG_EVERY: u64 = 1 << 16;
@@ -50,7 +47,7 @@ pub fn is_synack(flags: u8) -> bool {
 /// verifier's combined stack stays small.
 #[inline(never)]
 pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
-    count(Counter::SynAcks);
+    packet::count(Counter::SynAcks);
     // SAFETY: no preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     // Userspace gives every possible CPU a ring; an object loaded without them (a tool, a test)
@@ -68,7 +65,7 @@ pub fn emit(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     let options_len = tcp.options_len().min(MAX_TCP_OPTIONS);
     if options_len > 0 && !load_options(ctx, tcp, record, options_len) {
         entry.discard(0);
-        count(Counter::ParseTruncated);
+        packet::count(Counter::ParseTruncated);
         return;
     }
     // The context of a TC program is a valid __sk_buff.
@@ -149,24 +146,11 @@ fn load_options(
 
 #[inline(always)]
 fn ringbuf_full(ctx: &TcContext) {
-    let dropped = count(Counter::RingbufDropped);
+    let dropped = packet::count(Counter::RingbufDropped);
     if dropped % DROP_LOG_EVERY == 1 {
         warn!(
             ctx,
             "seqwatch: ring buffer full, SYN-ACK records dropped on this CPU: {}", dropped
         );
-    }
-}
-
-/// Adds one to a per-CPU counter and returns the new per-CPU value.
-#[inline(always)]
-pub fn count(counter: Counter) -> u64 {
-    match SYNACK_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, and TC programs do not nest on one CPU.
-        Some(slot) => unsafe {
-            *slot += 1;
-            *slot
-        },
-        None => 0,
     }
 }

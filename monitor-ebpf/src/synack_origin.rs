@@ -22,14 +22,14 @@ use aya_ebpf::{EbpfContext, bindings::__sk_buff, macros::map, maps::Array, progr
 use seqwatch_common::{
     Direction,
     handshake::{AnomalyKind, jhash},
-    synack::Counter,
+    packet::Counter,
     synack_origin::{RECORD_KEY_WORDS, SYN_RECORD_SLOTS, slot_of},
 };
 
 use crate::{
     handshake,
-    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket},
-    synack, tcp_events,
+    packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpPacket},
+    tcp_events,
 };
 
 /// Set by the daemon at load (`EbpfLoader::override_global`) when it samples ingress
@@ -99,7 +99,7 @@ fn built_here(ctx: &TcContext) -> bool {
     // SAFETY: the context of a TC program is a valid __sk_buff.
     let came_in_by = unsafe { (*skb).ingress_ifindex };
     if came_in_by != 0 {
-        synack::count(Counter::SynAcksForwarded);
+        packet::count(Counter::SynAcksForwarded);
     }
     came_in_by == 0
 }
@@ -114,7 +114,7 @@ fn record(ctx: &TcContext, tcp: &TcpPacket, seed: u32) {
     let Some(record) = SYN_RECORDS.get_ptr_mut(place.slot) else {
         return;
     };
-    synack::count(Counter::SynsRecorded);
+    packet::count(Counter::SynsRecorded);
     // SAFETY: an array slot, valid for the program run. Each word is read and written whole
     // (8-byte aligned): a record torn by another CPU's write can make an answer miss, never
     // match another 4-tuple's or another ISN's.
@@ -160,7 +160,7 @@ fn answers_a_syn(ctx: &TcContext, tcp: &TcpPacket, seed: u32) -> bool {
 /// Counts and reports a SYN-ACK that answers no recorded SYN.
 #[inline(always)]
 fn refuse(ctx: &TcContext, tcp: &TcpPacket) {
-    synack::count(Counter::SynAcksUnsolicited);
+    packet::count(Counter::SynAcksUnsolicited);
     let kind = if tcp_events::listening(tcp.dport) {
         AnomalyKind::SynAckToListener
     } else {

@@ -13,7 +13,10 @@ use aya::{
 use common::test_run::{load_classifiers, run_unchanged, run_unchanged_times};
 use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
 use seqwatch::detectors::isn::{self, sample::Sample};
-use seqwatch_common::synack::{self, Counter, SynAckRecord};
+use seqwatch_common::{
+    packet::Counter,
+    synack::{self, SynAckRecord},
+};
 
 struct Classifier {
     ebpf: Ebpf,
@@ -31,7 +34,7 @@ impl Classifier {
     fn load() -> Classifier {
         let mut ebpf = load_classifiers();
         let rings = isn::sample_rings(&mut ebpf).unwrap();
-        let counters = PerCpuArray::try_from(ebpf.take_map("SYNACK_COUNTERS").unwrap()).unwrap();
+        let counters = PerCpuArray::try_from(ebpf.take_map("PACKET_COUNTERS").unwrap()).unwrap();
         Classifier {
             ebpf,
             rings,

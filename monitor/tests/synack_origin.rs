@@ -27,7 +27,7 @@ use seqwatch::{
 };
 use seqwatch_common::{
     handshake::{AnomalyEvent, AnomalyKind, jhash},
-    synack::Counter,
+    packet::Counter,
     synack_origin::{RECORD_KEY_WORDS, slot_of},
 };
 
@@ -111,7 +111,7 @@ impl Check {
         }
         let rings = isn::sample_rings(&mut ebpf).unwrap();
         let anomalies = RingBuf::try_from(ebpf.take_map("ANOMALY_EVENTS").unwrap()).unwrap();
-        let counters = PerCpuArray::try_from(ebpf.take_map("SYNACK_COUNTERS").unwrap()).unwrap();
+        let counters = PerCpuArray::try_from(ebpf.take_map("PACKET_COUNTERS").unwrap()).unwrap();
         let mut listening = Array::<_, u32>::try_from(ebpf.map_mut("LISTENING").unwrap()).unwrap();
         listening.set(u32::from(LISTENING_PORT), &1, 0).unwrap();
         Check {

@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use prometheus::{IntCounter, IntCounterVec};
-use seqwatch_common::synack::Counter;
+use seqwatch_common::packet::Counter;
 
 use super::counters::{Mirrors, PerCpuCounters};
 use crate::export::metrics::Registry;
 
 /// The map the classifiers count in.
-pub const PACKET_COUNTERS: &str = "SYNACK_COUNTERS";
+pub const PACKET_COUNTERS: &str = "PACKET_COUNTERS";
 
 #[derive(Clone)]
 pub struct PacketMetrics {

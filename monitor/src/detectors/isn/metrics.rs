@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
-use seqwatch_common::synack::Counter;
+use seqwatch_common::packet::Counter;
 
 use crate::{
     export::metrics::Registry,
