@@ -9,17 +9,18 @@
 //! check each of these verdicts flipped. Needs root; every lab namespace is removed when its
 //! test ends.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddr},
     thread,
     time::Duration,
 };
 
-use common::{Daemon, connect_many, crafted, http_get, listen, series_value, wait_for};
+use common::{
+    daemon::{Daemon, http_get},
+    lab::{connect_many, listen, send_crafted},
+    prometheus::series_value,
+    wait_for,
+};
 use seqwatch::lab::{
     Crafter, GeneratorKind, Lab, LabOptions, Responder, ResponderConfig, flags::*,
 };
@@ -87,7 +88,7 @@ fn forge(lab: &Lab, server: SocketAddr, client: Ipv4Addr, count: u16, isn: impl 
     for i in 0..count {
         let to = SocketAddr::new(client.into(), 20_000 + i);
         let ack = u32::from(i).wrapping_mul(2_654_435_761);
-        crafted::send(&crafter, (server, to), SYN | ACK, (isn(i), ack), &[]);
+        send_crafted(&crafter, (server, to), SYN | ACK, (isn(i), ack), &[]);
     }
 }
 

@@ -4,10 +4,6 @@
 //! logged; ordinary connections (IPv4, IPv6, and under packet loss) raise none.
 //! Needs root; every lab namespace is removed when its test ends.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
@@ -17,9 +13,14 @@ use std::{
 };
 
 use common::{
-    Capture, CapturedSegment, backlog_listener, connect_many,
-    crafted::{self, MonitoredLab, listen_and_hold, route_spoofed, sampled_server_isn},
-    listen, netstat, read_json_lines, series_value, wait_for,
+    capture::{Capture, CapturedSegment},
+    daemon::{MonitoredLab, read_json_lines, sampled_server_isn},
+    lab::{
+        backlog_listener, connect_many, listen, listen_and_hold, netstat, route_spoofed,
+        send_crafted,
+    },
+    prometheus::series_value,
+    wait_for,
 };
 use seqwatch::{
     lab::{Crafter, Lab, Segment, flags::*},
@@ -86,7 +87,7 @@ impl Scene {
         ack: u32,
         payload: &[u8],
     ) {
-        crafted::send(&self.crafter, (client, server), flags, (seq, ack), payload);
+        send_crafted(&self.crafter, (client, server), flags, (seq, ack), payload);
     }
 
     /// The ISN of the server's SYN-ACK to `client`, from the daemon's own sample log.

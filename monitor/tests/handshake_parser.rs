@@ -4,10 +4,6 @@
 //! (or filter set) gives way only to what is unprotected, in order, and state lost to a torn
 //! way hides an anomaly at worst, never invents one. Needs root.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{net::SocketAddr, ops::Range, thread, time::Duration};
 
 use aya::{

@@ -2,10 +2,6 @@
 //! real TCP handshakes over a veth, and tcpdump on the same interface as the referee.
 //! Needs root (CI runs as root); every lab namespace is removed when its test ends.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     net::{IpAddr, SocketAddr},
     process::Command,
@@ -13,8 +9,11 @@ use std::{
 };
 
 use common::{
-    Capture, Daemon, attachments, connect_many, http_get, listen, read_json_lines, sample_tuples,
-    series_value, wait_for,
+    capture::{Capture, sample_tuples},
+    daemon::{Daemon, attachments, http_get, read_json_lines, scrape},
+    lab::{connect_many, listen},
+    prometheus::series_value,
+    wait_for,
 };
 use seqwatch::lab::{
     Crafter, GeneratorKind, Lab, LabOptions, PrngPreset, Responder, ResponderConfig,
@@ -271,7 +270,7 @@ fn prng_responders_are_named_weak_through_the_daemon() {
         series_value(metrics, &format!("{name}{{service=\"{service}\"}}"))
     };
     let all_weak = wait_for(Duration::from_secs(15), || {
-        common::scrape(&lab, &lab.server_ns).is_some_and(|metrics| {
+        scrape(&lab, &lab.server_ns).is_some_and(|metrics| {
             services.iter().all(|service| {
                 gauge(&metrics, "seqwatch_isn_weak", service) == Some(1.0)
                     && gauge(&metrics, "seqwatch_isn_samples", service) == Some(SYNACKS as f64)
@@ -353,14 +352,14 @@ fn interfaces_that_appear_later_are_attached_within_two_seconds() {
     ip(&["link", "set", "late0", "up"]);
     let series = "seqwatch_program_attached{direction=\"egress\",interface=\"late0\",program=\"synack_egress\"}";
     let attached = wait_for(Duration::from_secs(2), || {
-        common::scrape(&lab, &lab.server_ns).is_some_and(|m| series_value(&m, series) == Some(1.0))
+        scrape(&lab, &lab.server_ns).is_some_and(|m| series_value(&m, series) == Some(1.0))
     });
     assert!(attached, "late0 not attached within 2 s:\n{}", daemon.log());
     eprintln!("attached {:?} after the link appeared", created.elapsed());
 
     ip(&["link", "del", "late0"]);
     let forgotten = wait_for(Duration::from_secs(2), || {
-        common::scrape(&lab, &lab.server_ns).is_some_and(|m| series_value(&m, series).is_none())
+        scrape(&lab, &lab.server_ns).is_some_and(|m| series_value(&m, series).is_none())
     });
     assert!(forgotten, "late0's series should go with it");
     daemon.stop();

@@ -3,13 +3,14 @@
 //! alone, and a filter or qdisc removed under a daemon is put back (or reported missing).
 //! The real daemon in a lab namespace, `tc` as the referee and as the outside hand.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
-use common::{Daemon, attachments, connect_many, listen, series_value, wait_for};
+use common::{
+    daemon::{Daemon, METRICS_ADDR, attachments},
+    lab::{connect_many, listen},
+    prometheus::series_value,
+    wait_for,
+};
 use seqwatch::lab::{Lab, LabOptions};
 
 const PORT: u16 = 8080;
@@ -87,7 +88,7 @@ fn a_restart_after_kill_9_removes_the_stale_filters_and_its_exit_leaves_nothing(
     );
     let args = netlink_args(&lab, "both");
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut first = start(&lab, first_dir.path(), common::METRICS_ADDR, &args);
+    let mut first = start(&lab, first_dir.path(), METRICS_ADDR, &args);
     first.wait_attached(&lab, &lab.server_if, "egress");
     first.wait_attached(&lab, &lab.server_if, "ingress");
     // Dropping a Daemon is SIGKILL: no chance to clean up.
@@ -96,7 +97,7 @@ fn a_restart_after_kill_9_removes_the_stale_filters_and_its_exit_leaves_nothing(
     assert_eq!(stale.len(), 2, "kill -9 leaves both filters");
     assert!(has_clsact(&lab));
 
-    let mut second = start(&lab, second_dir.path(), common::METRICS_ADDR, &args);
+    let mut second = start(&lab, second_dir.path(), METRICS_ADDR, &args);
     second.wait_attached(&lab, &lab.server_if, "egress");
     second.wait_attached(&lab, &lab.server_if, "ingress");
     let running = our_filters(&lab);
@@ -131,7 +132,7 @@ fn two_daemons_on_one_interface_leave_each_other_attached() {
     );
     let args = netlink_args(&lab, "egress");
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut first = start(&lab, first_dir.path(), common::METRICS_ADDR, &args);
+    let mut first = start(&lab, first_dir.path(), METRICS_ADDR, &args);
     first.wait_attached(&lab, &lab.server_if, "egress");
     let firsts = our_filters(&lab);
     let mut second = start(&lab, second_dir.path(), SECOND_LISTEN, &args);
@@ -161,7 +162,7 @@ fn a_daemon_removes_the_filter_of_one_killed_beside_it() {
     let lab = Lab::create(&LabOptions::default()).unwrap();
     let args = netlink_args(&lab, "egress");
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut first = start(&lab, first_dir.path(), common::METRICS_ADDR, &args);
+    let mut first = start(&lab, first_dir.path(), METRICS_ADDR, &args);
     first.wait_attached(&lab, &lab.server_if, "egress");
     let firsts = our_filters(&lab);
     let mut second = start(&lab, second_dir.path(), SECOND_LISTEN, &args);
@@ -197,7 +198,7 @@ fn a_filter_or_qdisc_removed_under_the_daemon_is_put_back() {
     let mut daemon = start(
         &lab,
         dir.path(),
-        common::METRICS_ADDR,
+        METRICS_ADDR,
         &netlink_args(&lab, "egress"),
     );
     daemon.wait_attached(&lab, &lab.server_if, "egress");

@@ -4,10 +4,6 @@
 //! over the very SYN-ACKs nmap used, and with our verdict.
 //! Needs root and `nmap` (Debian package `nmap`; `./x setup` installs it).
 
-// Shared with kernel.rs; this test uses only part of it.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
@@ -16,7 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Capture, Daemon, http_get, listen, read_json_lines, series_value, wait_for};
+use common::{
+    capture::Capture,
+    daemon::{Daemon, http_get, read_json_lines},
+    lab::listen,
+    prometheus::series_value,
+    wait_for,
+};
 use etherparse::{SlicedPacket, TransportSlice};
 use seqwatch::{
     analyze::capture::read_frames,

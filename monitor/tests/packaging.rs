@@ -3,10 +3,6 @@
 //! its container's restrictions reproduced around the real daemon in a lab namespace; and the
 //! container image (`./x image`) run by podman as the DaemonSet describes.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
@@ -16,7 +12,12 @@ use std::{
     time::Duration,
 };
 
-use common::{connect_many, http_get_from, listen, series_value, wait_for};
+use common::{
+    daemon::{attachments, http_get_from},
+    lab::{connect_many, listen},
+    prometheus::series_value,
+    wait_for,
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -685,7 +686,7 @@ fn the_image_runs_as_the_daemonset_container() {
         "exit status after SIGTERM:\n{}",
         logs()
     );
-    let left = common::attachments(&lab, &lab.server_ns, &lab.server_if);
+    let left = attachments(&lab, &lab.server_ns, &lab.server_if);
     assert!(left.is_empty(), "left attached: {left:?}");
 }
 

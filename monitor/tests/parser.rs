@@ -2,10 +2,6 @@
 //! supported encapsulation yields the right record, and hostile frames are counted under the
 //! right reason, yield no record, and pass through unchanged. Needs root.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},

@@ -6,10 +6,6 @@
 //! origin check must score every answer to its Fast Open SYNs (which ack the data too).
 //! Needs root; every lab namespace is removed when its test ends.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
@@ -19,10 +15,10 @@ use std::{
 };
 
 use common::{
-    Capture, Daemon,
-    crafted::{self, MonitoredLab, ip, set_neighbour},
-    netstat, read_json_lines, series_value,
-    sysctl::write as write_sysctl,
+    capture::Capture,
+    daemon::{Daemon, MonitoredLab, read_json_lines},
+    lab::{ip, netstat, send_crafted, set_neighbour, write_sysctl},
+    prometheus::series_value,
     wait_for,
 };
 use nix::{
@@ -198,7 +194,7 @@ fn a_real_simultaneous_open_is_followed_and_not_flagged() {
 
     // The tracker followed it to the end: a SYN on the same 4-tuple now hits an established
     // connection. (Had it missed the handshake, that SYN would open a new one, silently.)
-    crafted::send(
+    send_crafted(
         &crafter,
         (client_side.into(), server_side.into()),
         SYN,

@@ -7,10 +7,6 @@
 //! and SYNs into an established connection show up in the challenge-ACK score as the kernel
 //! counted them. Needs root; every lab namespace is removed when its test ends.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
@@ -19,11 +15,10 @@ use std::{
 };
 
 use common::{
-    Daemon,
-    crafted::{
-        self, listen_and_hold, route_spoofed, sampled_server_isn, start_both_directions_with,
-    },
-    http_get, netstat, read_json_lines, series_value, wait_for,
+    daemon::{Daemon, http_get, read_json_lines, sampled_server_isn, start_both_directions_with},
+    lab::{listen_and_hold, netstat, route_spoofed, send_crafted},
+    prometheus::series_value,
+    wait_for,
 };
 use seqwatch::lab::{Crafter, Lab, LabOptions, flags::*};
 use serde_json::Value as Json;
@@ -65,7 +60,7 @@ impl Scene {
     }
 
     fn send(&self, from: SocketAddr, to: SocketAddr, flags: u8, seq: u32, ack: u32) {
-        crafted::send(&self.crafter, (from, to), flags, (seq, ack), &[]);
+        send_crafted(&self.crafter, (from, to), flags, (seq, ack), &[]);
     }
 
     /// `count` segments with `flags` from `source` (a new port each) to a closed port.

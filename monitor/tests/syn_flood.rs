@@ -8,10 +8,6 @@
 //! a second and the daemon's memory does not grow. Needs root; every lab namespace is removed
 //! when its test ends.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     net::{Ipv4Addr, SocketAddr},
     process::{Child, Stdio},
@@ -20,10 +16,9 @@ use std::{
 };
 
 use common::{
-    Daemon,
-    crafted::{self, ip, listen_and_hold, route_spoofed, start_both_directions_with},
-    netstat, series_value,
-    sysctl::write as write_sysctl,
+    daemon::{Daemon, start_both_directions_with},
+    lab::{ip, listen_and_hold, netstat, route_spoofed, send_crafted, write_sysctl},
+    prometheus::series_value,
     wait_for,
 };
 use nix::{
@@ -94,7 +89,7 @@ impl Scene {
     fn open_handshakes(&self) {
         for port in 1..=HANDSHAKES {
             let segment = (Self::spoofed(port), self.guessed);
-            crafted::send(&self.crafter, segment, SYN, (CLIENT_ISN, 0), &[]);
+            send_crafted(&self.crafter, segment, SYN, (CLIENT_ISN, 0), &[]);
         }
     }
 
@@ -102,7 +97,7 @@ impl Scene {
     fn guess(&self) {
         for port in 1..=HANDSHAKES {
             let segment = (Self::spoofed(port), self.guessed);
-            crafted::send(
+            send_crafted(
                 &self.crafter,
                 segment,
                 ACK,
@@ -278,7 +273,7 @@ fn guesses_the_tracker_cannot_judge_are_counted_from_the_kernels_resets() {
     scene.open_handshakes();
     for port in 1..=V6_GUESSES {
         let segment = (client_v6(port), guessed_v6);
-        crafted::send(&scene.crafter, segment, SYN, (CLIENT_ISN, 0), &[]);
+        send_crafted(&scene.crafter, segment, SYN, (CLIENT_ISN, 0), &[]);
     }
     let all = u64::from(HANDSHAKES + V6_GUESSES);
     let answered = wait_for(Duration::from_secs(5), || {
@@ -291,7 +286,7 @@ fn guesses_the_tracker_cannot_judge_are_counted_from_the_kernels_resets() {
     scene.guess();
     for port in 1..=V6_GUESSES {
         let segment = (client_v6(port), guessed_v6);
-        crafted::send(
+        send_crafted(
             &scene.crafter,
             segment,
             ACK,

@@ -6,10 +6,6 @@
 //! answer miss, never a forged one match; forwarded SYN-ACKs are not sampled on egress. With
 //! the check off (the default, egress only) the egress path is as before. Needs root.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},

@@ -6,9 +6,6 @@
 //! service and reason; and the same traffic in a namespace the daemon does not monitor counts
 //! nothing. Needs root; every lab namespace is removed when its test ends.
 
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -19,8 +16,10 @@ use std::{
 };
 
 use common::{
-    crafted::{self, MonitoredLab, route_spoofed, sampled_server_isn, start_both_directions},
-    read_json_lines, series_value, wait_for,
+    daemon::{MonitoredLab, read_json_lines, sampled_server_isn, start_both_directions},
+    lab::{route_spoofed, send_crafted},
+    prometheus::series_value,
+    wait_for,
 };
 use nix::{
     sys::{
@@ -85,7 +84,7 @@ impl Scene {
     }
 
     fn send(&self, from: SocketAddr, to: SocketAddr, flags: u8, seq: u32, ack: u32, data: &[u8]) {
-        crafted::send(&self.crafter, (from, to), flags, (seq, ack), data);
+        send_crafted(&self.crafter, (from, to), flags, (seq, ack), data);
     }
 
     /// The ISN of the server's SYN-ACK to `client`, from the daemon's sample log.

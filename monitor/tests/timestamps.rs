@@ -4,17 +4,16 @@
 //! kernels set from their TCP timestamp option instead. Needs root; every lab namespace is
 //! removed when its test ends.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpStream},
     time::Duration,
 };
 
-use common::{Daemon, listen, netstat, sysctl::write as write_sysctl};
+use common::{
+    daemon::Daemon,
+    lab::{listen, netstat, write_sysctl},
+};
 use seqwatch::lab::{Crafter, Lab, LabOptions, Segment, flags, monotonic_ns};
 use serde_json::Value;
 

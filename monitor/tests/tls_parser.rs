@@ -4,10 +4,6 @@
 //! nothing, and bytes that are not a header where one must start raise exactly one event at
 //! the right offset; session ends are classified. Needs root.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{net::SocketAddr, time::Instant};
 
 use aya::{

@@ -1,0 +1,170 @@
+//! Traffic and per-namespace state in a lab: listeners, connections, crafted segments and the
+//! routes that make spoofed ones land, TcpExt counters and sysctls of one namespace.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    thread,
+    time::Duration,
+};
+
+use seqwatch::lab::{Crafter, Lab, Segment};
+
+/// A real listener in `ns` that accepts and closes every connection, until the process ends.
+pub fn listen(lab: &Lab, ns: &str, addr: SocketAddr) {
+    let listener = lab
+        .run_in(ns, || TcpListener::bind(addr))
+        .expect("bind the test listener");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            drop(stream);
+        }
+    });
+}
+
+/// A listener in the lab's server namespace that keeps every accepted connection open until
+/// the process ends, so a completed handshake stays so.
+pub fn listen_and_hold(lab: &Lab, addr: SocketAddr) {
+    let listener = lab
+        .run_in(&lab.server_ns, || TcpListener::bind(addr))
+        .expect("bind the holding listener");
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+}
+
+/// A listener in `ns` whose accept queue holds `backlog` (+1, as Linux counts) connections;
+/// nothing accepts from it until the caller does.
+pub fn backlog_listener(lab: &Lab, ns: &str, addr: SocketAddrV4, backlog: i32) -> TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
+    };
+    lab.run_in(ns, || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        bind(fd.as_raw_fd(), &SockaddrIn::from(addr)).expect("bind the backlog listener");
+        listen(&fd, Backlog::new(backlog).expect("a valid backlog")).expect("listen");
+        fd.into()
+    })
+}
+
+/// `count` complete TCP handshakes from `ns` to `to`, one after another.
+pub fn connect_many(lab: &Lab, ns: &str, to: SocketAddr, count: usize) {
+    lab.run_in(ns, || {
+        for i in 0..count {
+            TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                .unwrap_or_else(|err| panic!("connection {i} to {to}: {err}"));
+        }
+    });
+}
+
+/// One crafted segment, without TCP options.
+pub fn send_crafted(
+    crafter: &Crafter,
+    (from, to): (SocketAddr, SocketAddr),
+    flags: u8,
+    (seq, ack): (u32, u32),
+    payload: &[u8],
+) {
+    let segment = Segment {
+        from,
+        to,
+        flags,
+        seq,
+        ack,
+        options: &[],
+        payload,
+    };
+    crafter.send_segment(&segment).unwrap();
+}
+
+/// Routes `spoofed` out of the server's veth; with `via`, to that MAC address (a permanent
+/// neighbour entry: the client namespace drops what is sent to an address it does not have,
+/// so a spoofed client never answers), without, it stays unresolved and nothing is sent.
+pub fn route_spoofed(lab: &Lab, spoofed: Ipv4Addr, via: Option<[u8; 6]>) {
+    let server_if = lab.server_if.as_str();
+    let route = format!("{spoofed}/32");
+    ip(
+        lab,
+        &lab.server_ns,
+        &["route", "add", &route, "dev", server_if],
+    );
+    if let Some(mac) = via {
+        set_neighbour(lab, &lab.server_ns, (spoofed, mac), server_if);
+    }
+}
+
+/// A permanent neighbour entry in `ns`: frames to the address go to the MAC address at
+/// once, without ARP.
+pub fn set_neighbour(lab: &Lab, ns: &str, (address, mac): (Ipv4Addr, [u8; 6]), dev: &str) {
+    let (address, mac) = (
+        address.to_string(),
+        mac.map(|b| format!("{b:02x}")).join(":"),
+    );
+    ip(
+        lab,
+        ns,
+        &[
+            "neigh",
+            "replace",
+            &address,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ],
+    );
+}
+
+/// `ip ARGS` in `ns`, which must succeed.
+pub fn ip(lab: &Lab, ns: &str, args: &[&str]) {
+    let status = lab.command_in(ns, "ip").args(args).status();
+    assert!(status.unwrap().success(), "ip {args:?} in {ns}");
+}
+
+/// The counters of `ns`'s /proc/net/netstat, named as nstat names them (`TcpExtListenDrops`).
+pub fn netstat(lab: &Lab, ns: &str) -> HashMap<String, u64> {
+    // /proc/net is the namespace of the process's main thread; thread-self is this thread's.
+    let text = lab.run_in(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat")
+    });
+    seqwatch::netstat::parse(&text)
+}
+
+/// A sysctl as `nsenter --net` would see it in `ns` (or in this process's namespace).
+pub fn read_sysctl(ns: Option<(&Lab, &str)>, name: &str) -> String {
+    let path = sysctl_path(name);
+    let read = move || std::fs::read_to_string(&path).expect("read a sysctl");
+    match ns {
+        Some((lab, ns)) => lab.run_in(ns, read),
+        None => read(),
+    }
+}
+
+/// Sets a per-namespace sysctl in `ns` only (the namespace dies with the lab).
+pub fn write_sysctl(lab: &Lab, ns: &str, name: &str, value: &str) {
+    let path = sysctl_path(name);
+    lab.run_in(ns, || std::fs::write(&path, value))
+        .unwrap_or_else(|err| panic!("setting {name} in {ns}: {err}"));
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(
+        words(&read_sysctl(Some((lab, ns)), name)),
+        value,
+        "{name} in {ns}"
+    );
+}
+
+fn sysctl_path(name: &str) -> String {
+    format!("/proc/sys/{}", name.replace('.', "/"))
+}
