@@ -7,7 +7,8 @@
 //! instead. Forged SYN-ACKs (anyone can send a host SYN-ACKs "from" a server with ISNs of their
 //! choosing) answer no SYN that left, so the SYN-ACK origin check refuses them: counted as
 //! `unsolicited_synack` under the server they claim, never scored; before the check each
-//! forgery's verdict flipped. Needs root; every lab namespace is removed when its test ends.
+//! forgery's verdict flipped, while the answers to Fast Open SYNs, which ack the SYN's data
+//! too, are answers all the same: each is scored. Needs root; every lab namespace is removed when its test ends.
 
 use std::{
     collections::HashMap,
@@ -19,7 +20,10 @@ use std::{
 use common::{
     capture::{Capture, sample_tuples},
     daemon::{Daemon, http_get, read_json_lines, scrape},
-    lab::{connect_many, listen, netstat, send_crafted, write_sysctl},
+    lab::{
+        TFO_CONNECTIONS, connect_many, fast_open_exchanges, listen, netstat, send_crafted,
+        write_sysctl,
+    },
     prometheus::series_value,
     wait_for,
 };
@@ -721,4 +725,33 @@ fn a_gateway_sampling_both_directions_scores_forwarded_handshakes_and_refuses_fo
 #[test]
 fn a_gateway_sampling_ingress_scores_forwarded_handshakes_and_refuses_forgeries() {
     a_gateway_scores_forwarded_handshakes_and_refuses_forgeries("ingress");
+}
+
+/// The same seen from the client, sampling ingress: the server's answers to the Fast Open SYNs
+/// ack their data too, and are still answers to SYNs that left: each is scored, none refused.
+#[test]
+fn fast_open_answers_are_scored_on_the_clients_side() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let client_if = lab.client_if.clone();
+    let flags = [
+        "--interface",
+        &client_if,
+        "--direction",
+        "ingress",
+        "--event-log",
+        events.to_str().unwrap(),
+    ];
+    let mut daemon = Daemon::start(&lab, &lab.client_ns, dir.path(), &flags);
+    daemon.wait_attached(&lab, &client_if, "ingress");
+    fast_open_exchanges(&lab);
+    let samples = daemon.samples(TFO_CONNECTIONS);
+    assert_eq!(samples.len(), TFO_CONNECTIONS, "one per connection");
+    // The anomaly reader drains its ring buffer, and mirrors the counters, each second.
+    thread::sleep(Duration::from_millis(1500));
+    let unsolicited = "seqwatch_synacks_not_sampled_total{reason=\"unsolicited\"}";
+    assert_eq!(series_value(&daemon.metrics(&lab), unsolicited), Some(0.0));
+    assert_eq!(read_json_lines(&events), Vec::<serde_json::Value>::new());
+    daemon.stop();
 }

@@ -1,14 +1,20 @@
-//! Traffic and per-namespace state in a lab: listeners, connections, crafted segments and the
-//! routes that make spoofed ones land, TcpExt counters and sysctls of one namespace.
+//! Traffic and per-namespace state in a lab: listeners, connections (TCP Fast Open ones too),
+//! crafted segments and the routes that make spoofed ones land, TcpExt counters and sysctls of
+//! one namespace.
 
 use std::{
     collections::HashMap,
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     thread,
     time::Duration,
 };
 
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket,
+    sockopt::TcpFastOpenConnect,
+};
 use seqwatch::lab::{Crafter, Lab, Segment};
 
 /// A real listener in `ns` that accepts and closes every connection, until the process ends.
@@ -40,9 +46,7 @@ pub fn listen_and_hold(lab: &Lab, addr: SocketAddr) {
 /// A listener in `ns` whose accept queue holds `backlog` (+1, as Linux counts) connections;
 /// nothing accepts from it until the caller does.
 pub fn backlog_listener(lab: &Lab, ns: &str, addr: SocketAddrV4, backlog: i32) -> TcpListener {
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
-    };
+    use nix::sys::socket::{Backlog, bind, listen};
     lab.run_in(ns, || {
         let fd = socket(
             AddressFamily::Inet,
@@ -167,4 +171,82 @@ pub fn write_sysctl(lab: &Lab, ns: &str, name: &str, value: &str) {
 
 fn sysctl_path(name: &str) -> String {
     format!("/proc/sys/{}", name.replace('.', "/"))
+}
+
+/// The port of [`fast_open_exchanges`]'s echo server (not a TLS port: it speaks plain bytes).
+const TFO_PORT: u16 = 8088;
+/// How many Fast Open requests [`fast_open_exchanges`] makes.
+pub const TFO_CONNECTIONS: usize = 20;
+
+/// [`TFO_CONNECTIONS`] Fast Open requests from the client to an echo server (Fast Open on in
+/// both namespaces); returns how many SYNs carried data, which the server took.
+pub fn fast_open_exchanges(lab: &Lab) -> u64 {
+    for ns in [&lab.client_ns, &lab.server_ns] {
+        // Client and server TFO on, in the lab's namespaces only.
+        write_sysctl(lab, ns, "net.ipv4.tcp_fastopen", "3");
+    }
+    let server = SocketAddr::new(lab.server_v4.into(), TFO_PORT);
+    let listener = lab.run_in(&lab.server_ns, || fast_open_listener(server));
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 5];
+            if stream.read_exact(&mut request).is_ok() {
+                let _ = stream.write_all(&request);
+            }
+        }
+    });
+    lab.run_in(&lab.client_ns, || {
+        for i in 0..TFO_CONNECTIONS {
+            let echoed = fast_open_request(server, b"hello")
+                .unwrap_or_else(|err| panic!("TFO connection {i}: {err}"));
+            assert_eq!(&echoed, b"hello");
+        }
+    });
+    let client = netstat(lab, &lab.client_ns);
+    let server_counters = netstat(lab, &lab.server_ns);
+    // The first connection only fetches a cookie; the others carry data in their SYN.
+    let sent_with_data = client["TcpExtTCPFastOpenActive"];
+    assert_eq!(sent_with_data, TFO_CONNECTIONS as u64 - 1, "{client:?}");
+    assert_eq!(server_counters["TcpExtTCPFastOpenPassive"], sent_with_data);
+    sent_with_data
+}
+
+/// A listener that accepts data in SYNs (a Fast Open queue of 16).
+fn fast_open_listener(addr: SocketAddr) -> TcpListener {
+    let listener = TcpListener::bind(addr).expect("bind the TFO listener");
+    let queue: libc::c_int = 16;
+    // SAFETY: a valid socket and a c_int option of the right size.
+    let set = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            (&raw const queue).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "TCP_FASTOPEN: {}", std::io::Error::last_os_error());
+    listener
+}
+
+/// Sends `request` with TCP_FASTOPEN_CONNECT (in the SYN once a cookie is cached) and reads
+/// as many bytes back.
+fn fast_open_request(server: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let SocketAddr::V4(server) = server else {
+        panic!("an IPv4 server")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, TcpFastOpenConnect, &true)?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(server))?;
+    let mut stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(request)?;
+    let mut reply = vec![0u8; request.len()];
+    stream.read_exact(&mut reply)?;
+    Ok(reply)
 }
