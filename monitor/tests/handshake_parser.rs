@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
 };
-use common::test_run::{load_classifiers, run_unchanged};
+use common::test_run::{counter_total, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader, TcpOptionElement};
 use seqwatch::handshake::{Anomaly, Clock, decode_event};
 use seqwatch_common::{
@@ -118,11 +118,7 @@ impl Tracker {
     }
 
     fn counter(&self, counter: HandshakeCounter) -> u64 {
-        self.counters
-            .get(&(counter as u32), 0)
-            .unwrap()
-            .iter()
-            .sum()
+        counter_total(&self.counters, counter as u32)
     }
 }
 

@@ -31,13 +31,7 @@ type Counters = HashMap<&'static str, u64>;
 /// A lab with the daemon attached in its server namespace.
 fn lab_with_daemon(dir: &std::path::Path) -> (Lab, Daemon) {
     let lab = Lab::create(&LabOptions::default()).unwrap();
-    let mut daemon = Daemon::start(
-        &lab,
-        &lab.server_ns,
-        dir,
-        &["--interface", &lab.server_if.clone()],
-    );
-    daemon.wait_attached(&lab, &lab.server_if, "egress");
+    let daemon = Daemon::on_server_egress(&lab, dir, &[]);
     (lab, daemon)
 }
 

@@ -184,13 +184,7 @@ fn weak_responder_isns_come_out_exactly_as_generated() {
     for (generator, verdict) in cases {
         let lab = Lab::create(&LabOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut daemon = Daemon::start(
-            &lab,
-            &lab.server_ns,
-            dir.path(),
-            &["--interface", &lab.server_if],
-        );
-        daemon.wait_attached(&lab, &lab.server_if, "egress");
+        let daemon = Daemon::on_server_egress(&lab, dir.path(), &[]);
         let responder = Responder::spawn_in(
             &lab,
             ResponderConfig {

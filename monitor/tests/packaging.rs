@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::{
-    daemon::{attachments, http_get_from},
+    daemon::{assert_tcp_event_programs_attached, attachments, http_get_from},
     lab::{connect_many, listen},
     prometheus::series_value,
     wait_for,
@@ -637,17 +637,7 @@ fn the_image_runs_as_the_daemonset_container() {
     });
     assert!(up, "not attached and served within 60 s:\n{}", logs());
     let metrics = scrape().unwrap();
-    for program in seqwatch::tcp_events::program_names() {
-        let series = format!(
-            "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
-        );
-        assert_eq!(
-            series_value(&metrics, &series),
-            Some(1.0),
-            "{program}\n{}",
-            logs()
-        );
-    }
+    assert_tcp_event_programs_attached(&metrics, logs);
 
     let pid = podman_inspect(&["container", "inspect"], &podman.0, "{{.State.Pid}}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -6,7 +6,7 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use common::test_run::{load_classifiers, run_unchanged, run_unchanged_times};
+use common::test_run::{counter_total, load_classifiers, run_unchanged, run_unchanged_times};
 use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
 use seqwatch::{probes, synack::Sample};
 use seqwatch_common::synack::{self, Counter, SynAckRecord};
@@ -37,7 +37,7 @@ impl Classifier {
 
     fn counts(&self) -> Vec<u64> {
         (0..Counter::COUNT)
-            .map(|i| self.counters.get(&i, 0).unwrap().iter().sum())
+            .map(|i| counter_total(&self.counters, i))
             .collect()
     }
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::{
-    daemon::{Daemon, METRICS_ADDR, attachments, scrape},
+    daemon::{Daemon, METRICS_ADDR, assert_tcp_event_programs_attached, attachments, scrape},
     lab::{connect_many, listen},
     prometheus::series_value,
     wait_for,
@@ -93,17 +93,7 @@ fn runs_then_keeps_only_net_admin(mode: &str) {
     let mut daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), &wrapper, &args);
     daemon.wait_attached(&lab, &lab.server_if, "egress");
     let metrics = daemon.metrics(&lab);
-    for program in seqwatch::tcp_events::program_names() {
-        let series = format!(
-            "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
-        );
-        assert_eq!(
-            series_value(&metrics, &series),
-            Some(1.0),
-            "{program}\n{}",
-            daemon.log()
-        );
-    }
+    assert_tcp_event_programs_attached(&metrics, || daemon.log());
 
     let pid = daemon.pid();
     assert_eq!(process_uid(pid), NOBODY, "not root");

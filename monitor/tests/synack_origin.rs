@@ -9,8 +9,9 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{TestRun, TestRunOptions},
 };
+use common::test_run::{classifier, counter_total};
 use etherparse::PacketBuilder;
 use seqwatch::{
     handshake::{Clock, decode_event},
@@ -153,16 +154,8 @@ impl Check {
     }
 
     fn counter(&self, counter: Counter) -> u64 {
-        self.counters
-            .get(&(counter as u32), 0)
-            .unwrap()
-            .iter()
-            .sum()
+        counter_total(&self.counters, counter as u32)
     }
-}
-
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
-    ebpf.program_mut(name).unwrap().try_into().unwrap()
 }
 
 /// A test run's `__sk_buff`, up to `ifindex`: the interface a packet came in by (0: built

@@ -16,7 +16,10 @@ use std::{
 };
 
 use common::{
-    daemon::{MonitoredLab, read_json_lines, sampled_server_isn, start_both_directions},
+    daemon::{
+        MonitoredLab, assert_tcp_event_programs_attached, read_json_lines, sampled_server_isn,
+        start_both_directions,
+    },
     lab::{route_spoofed, send_crafted},
     prometheus::series_value,
     wait_for,
@@ -28,10 +31,7 @@ use nix::{
     },
     unistd::{ForkResult, Pid, fork},
 };
-use seqwatch::{
-    lab::{Crafter, Lab, LabOptions, Segment, flags::*},
-    tcp_events::program_names,
-};
+use seqwatch::lab::{Crafter, Lab, LabOptions, Segment, flags::*};
 
 /// The listener the scenarios are about.
 const SERVICE_PORT: u16 = 8080;
@@ -63,17 +63,7 @@ impl Scene {
         let monitored = MonitoredLab::start();
         let (lab, daemon) = (&monitored.lab, &monitored.daemon);
         let metrics = daemon.metrics(lab);
-        for program in program_names() {
-            let series = format!(
-                "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
-            );
-            assert_eq!(
-                series_value(&metrics, &series),
-                Some(1.0),
-                "{program}:\n{}",
-                daemon.log()
-            );
-        }
+        assert_tcp_event_programs_attached(&metrics, || daemon.log());
         let crafter = Crafter::client_to_server(lab).unwrap();
         route_spoofed(lab, SPOOFED, Some(crafter.source_mac()));
         Scene { monitored, crafter }

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use common::test_run::{classifier, load_classifiers, run_unchanged};
+use common::test_run::{classifier, counter_total, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader};
 use seqwatch::{
     handshake::Clock,
@@ -91,11 +91,7 @@ impl Check {
     }
 
     fn counter(&self, counter: TlsCounter) -> u64 {
-        self.counters
-            .get(&(counter as u32), 0)
-            .unwrap()
-            .iter()
-            .sum()
+        counter_total(&self.counters, counter as u32)
     }
 }
 

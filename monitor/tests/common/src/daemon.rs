@@ -2,7 +2,6 @@
 //! HTTP endpoints, its sample and event logs, and what it leaves attached to an interface.
 
 use std::{
-    ffi::OsString,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -17,7 +16,7 @@ use nix::{
 };
 use seqwatch::lab::{Lab, LabOptions};
 
-use crate::wait_for;
+use crate::{cli::seqwatch_binary, prometheus::series_value, wait_for};
 
 /// /metrics inside the daemon's own namespace: every test has its own loopback.
 pub const METRICS_ADDR: &str = "127.0.0.1:10045";
@@ -172,19 +171,20 @@ impl Drop for Daemon {
     }
 }
 
-/// The `seqwatch` binary of this build. Cargo tells an integration test where it is when it
-/// runs one (`CARGO_BIN_EXE_seqwatch`, at run time as at build time); a test binary run by
-/// hand finds it where cargo put both: the test binary in `target/<profile>/deps/`, seqwatch
-/// in `target/<profile>/`.
-fn seqwatch_binary() -> OsString {
-    std::env::var_os("CARGO_BIN_EXE_seqwatch").unwrap_or_else(|| {
-        let test_binary = std::env::current_exe().expect("the test binary's path");
-        let profile_dir = test_binary
-            .parent()
-            .and_then(Path::parent)
-            .expect("a test binary in target/<profile>/deps");
-        profile_dir.join("seqwatch").into_os_string()
-    })
+/// Every kernel TCP event program is attached, as `metrics` says; `log` (read only on failure)
+/// tells why not.
+pub fn assert_tcp_event_programs_attached(metrics: &str, log: impl Fn() -> String) {
+    for program in seqwatch::tcp_events::program_names() {
+        let series = format!(
+            "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
+        );
+        assert_eq!(
+            series_value(metrics, &series),
+            Some(1.0),
+            "{program}\n{}",
+            log()
+        );
+    }
 }
 
 /// A lab whose server veth the daemon monitors in both directions, with an event log.

@@ -1,8 +1,8 @@
 //! Shared parts of seqwatch's integration tests (monitor/tests/*.rs), by role: the real daemon
 //! in a lab namespace ([`daemon`]), reading its /metrics ([`prometheus`]), a tcpdump capture of
 //! the same interface ([`capture`]), traffic and per-namespace state in the lab ([`lab`]), TLS
-//! sessions ([`tls`]) and crafted frames through the classifiers with BPF_PROG_TEST_RUN
-//! ([`test_run`]).
+//! sessions ([`tls`]), crafted frames through the classifiers with BPF_PROG_TEST_RUN
+//! ([`test_run`]), and the `seqwatch` binary as a command ([`cli`]).
 //!
 //! A library crate, not a `mod common;` in each test file: rustc lints each test file as a crate
 //! of its own, so helpers that only some test files use were dead code in all the others; here
@@ -17,6 +17,7 @@ use std::{
 };
 
 pub mod capture;
+pub mod cli;
 pub mod daemon;
 pub mod lab;
 pub mod prometheus;

@@ -2,6 +2,7 @@
 
 use aya::{
     Ebpf,
+    maps::{MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 
@@ -47,4 +48,9 @@ pub fn run_unchanged_times(ebpf: &mut Ebpf, name: &str, frame: &[u8], repeat: u3
         frame,
         "never rewrites"
     );
+}
+
+/// One counter of a per-CPU counter array, summed over the CPUs.
+pub fn counter_total(counters: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    counters.get(&index, 0).unwrap().iter().sum()
 }
