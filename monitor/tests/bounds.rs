@@ -2,9 +2,6 @@
 //! server veth, floods of crafted segments from the client namespace and of real handshakes.
 //! Needs root; every lab namespace is removed when its test ends.
 
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr, TcpStream},
@@ -13,7 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{crafted, series_value, wait_for};
+use common::{
+    daemon::{
+        METRICS_ADDR, read_json_lines, scrape, start_both_directions, start_both_directions_with,
+    },
+    lab::{ip, listen, send_crafted},
+    prometheus::series_value,
+    wait_for,
+};
 use seqwatch::lab::{
     Crafter, Lab, LabOptions,
     flags::{FIN, SYN},
@@ -56,7 +60,7 @@ fn flag_flood(crafter: &Crafter, to: SocketAddr, stop: &AtomicBool, sent: &Atomi
         let bits = (state >> 32) as u32;
         let source = Ipv4Addr::new(10, 200, (bits >> 8) as u8, bits as u8);
         let from = SocketAddr::new(source.into(), 1024 + (bits >> 16) as u16 % 60_000);
-        crafted::send(crafter, (from, to), SYN | FIN, (1, 0), &[]);
+        send_crafted(crafter, (from, to), SYN | FIN, (1, 0), &[]);
         sent.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -73,7 +77,7 @@ fn a_random_source_flag_flood_leaves_the_event_log_cpu_and_scrapes_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let flags = ["--event-log-max-bytes", "1048576"];
-    let daemon = crafted::start_both_directions_with(&lab, dir.path(), &events, &flags);
+    let daemon = start_both_directions_with(&lab, dir.path(), &events, &flags);
     let crafter = Crafter::client_to_server(&lab).unwrap();
     let closed = SocketAddr::new(lab.server_v4.into(), CLOSED_PORT);
     let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
@@ -84,7 +88,7 @@ fn a_random_source_flag_flood_leaves_the_event_log_cpu_and_scrapes_bounded() {
         scope.spawn(|| flag_flood(&crafter, closed, &stop, &sent));
         while started.elapsed() < FLOOD {
             let asked = Instant::now();
-            common::scrape(&lab, &daemon.ns).expect("a scrape during the flood");
+            scrape(&lab, &daemon.ns).expect("a scrape during the flood");
             slowest_scrape = slowest_scrape.max(asked.elapsed());
             thread::sleep(Duration::from_millis(250));
         }
@@ -108,7 +112,7 @@ fn a_random_source_flag_flood_leaves_the_event_log_cpu_and_scrapes_bounded() {
         .filter_map(|path| std::fs::metadata(path).ok())
         .map(|meta| meta.len())
         .sum();
-    let lines = common::read_json_lines(&events);
+    let lines = read_json_lines(&events);
     let written = total(&metrics, "seqwatch_event_log_lines_total");
     let suppressed = total(&metrics, "seqwatch_event_log_lines_suppressed_total");
     let global = series_value(
@@ -189,12 +193,6 @@ fn keep_connecting(lab: &Lab, ns: &str, to: SocketAddr, stop: &AtomicBool) {
     });
 }
 
-/// `ip ARGS` in `ns`, which must succeed.
-fn ip(lab: &Lab, ns: &str, args: &[&str]) {
-    let status = lab.command_in(ns, "ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?} in {ns}");
-}
-
 /// The attack of issue 23's item 5: remote `address:port` services rotated through the
 /// service cap (here 8192 real handshakes, to 8192 servers: a web page can make a host do
 /// that), and anomalies to 4096 closed ports, which used to take every anomaly label for
@@ -207,7 +205,7 @@ fn label_floods_neither_churn_labels_nor_crowd_out_real_services() {
     let lab = Lab::create(&LabOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
-    let daemon = crafted::start_both_directions(&lab, dir.path(), &events);
+    let daemon = start_both_directions(&lab, dir.path(), &events);
     let (server_ns, client_ns) = (lab.server_ns.as_str(), lab.client_ns.as_str());
     // Every address of 10.198.0.0/16 is the client namespace's, where port 80 listens.
     ip(
@@ -221,11 +219,11 @@ fn label_floods_neither_churn_labels_nor_crowd_out_real_services() {
         server_ns,
         &["route", "add", "10.198.0.0/16", "via", &via],
     );
-    common::listen(&lab, client_ns, SocketAddr::from(([0, 0, 0, 0], 80)));
+    listen(&lab, client_ns, SocketAddr::from(([0, 0, 0, 0], 80)));
     let local = SocketAddr::new(lab.server_v4.into(), LOCAL_PORT);
     let remote = SocketAddr::new(lab.client_v4.into(), REMOTE_PORT);
-    common::listen(&lab, server_ns, local);
-    common::listen(&lab, client_ns, remote);
+    listen(&lab, server_ns, local);
+    listen(&lab, client_ns, remote);
     let real = BTreeSet::from([local.to_string(), remote.to_string()]);
     let samples = |metrics: &str, service: &String| {
         series_value(
@@ -255,7 +253,7 @@ fn label_floods_neither_churn_labels_nor_crowd_out_real_services() {
             for port in 1..=FLOOD_PORTS {
                 let from = SocketAddr::from(([10, 200, (port >> 8) as u8, port as u8], 40_000));
                 let to = SocketAddr::new(lab.server_v4.into(), port);
-                crafted::send(&crafter, (from, to), SYN | FIN, (1, 0), &[]);
+                send_crafted(&crafter, (from, to), SYN | FIN, (1, 0), &[]);
             }
             lab.run_in(server_ns, || {
                 for n in 0..FLOOD_SERVICES {
@@ -299,9 +297,9 @@ fn label_floods_neither_churn_labels_nor_crowd_out_real_services() {
 
     // A listener that opens after the floods gets its own label.
     let late = SocketAddr::new(lab.server_v4.into(), LATE_PORT);
-    common::listen(&lab, server_ns, late);
+    listen(&lab, server_ns, late);
     let crafter = Crafter::client_to_server(&lab).unwrap();
-    crafted::send(
+    send_crafted(
         &crafter,
         (SocketAddr::from(([10, 200, 0, 1], 40_000)), late),
         SYN | FIN,
@@ -321,7 +319,7 @@ fn label_floods_neither_churn_labels_nor_crowd_out_real_services() {
     let allowed: BTreeSet<String> = real
         .iter()
         .cloned()
-        .chain([common::METRICS_ADDR.to_owned(), "other".to_owned()])
+        .chain([METRICS_ADDR.to_owned(), "other".to_owned()])
         .collect();
     assert!(seen.is_subset(&allowed), "{seen:?}");
     daemon.stop();

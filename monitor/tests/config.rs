@@ -10,6 +10,7 @@ use std::{
 
 use axum::{Router, routing::get};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use common::cli::{seqwatch, stderr};
 use seqwatch::{
     export::{
         metrics::Registry,
@@ -20,17 +21,6 @@ use seqwatch::{
 };
 
 const SEQWATCH: &str = env!("CARGO_BIN_EXE_seqwatch");
-
-fn seqwatch(args: &[&str]) -> Output {
-    Command::new(SEQWATCH)
-        .args(args)
-        .output()
-        .expect("run seqwatch")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -1,25 +1,36 @@
 //! The handshake anomaly engine against the real kernel: the real daemon (both directions) in
 //! the server namespace of a lab, a real Linux listener there, and crafted segments from the
 //! client namespace. Each anomaly kind is counted exactly once, under the right service, and
-//! logged; ordinary connections (IPv4, IPv6, and under packet loss) raise none.
-//! Needs root; every lab namespace is removed when its test ends.
-
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
+//! logged; ordinary connections (IPv4, IPv6, and under packet loss) raise none. Neither do
+//! unusual but legitimate handshakes made by the kernels' own TCP stacks, not crafted: TCP Fast
+//! Open (data in the SYN, RFC 7413), whose SYNs are counted apart as the kernels' own counters
+//! count them, and a simultaneous open (RFC 9293 3.5, both sides connect and their SYNs cross),
+//! which the tracker follows to its end. Needs root; every lab namespace is removed when its
+//! test ends.
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::Path,
     thread,
     time::{Duration, Instant},
 };
 
 use common::{
-    Capture, CapturedSegment, backlog_listener, connect_many,
-    crafted::{self, MonitoredLab, listen_and_hold, route_spoofed, sampled_server_isn},
-    listen, netstat, read_json_lines, series_value, wait_for,
+    capture::{Capture, CapturedSegment},
+    daemon::{MonitoredLab, read_json_lines, sampled_server_isn},
+    lab::{
+        backlog_listener, connect_many, fast_open_exchanges, ip, listen, listen_and_hold, netstat,
+        route_spoofed, send_crafted, set_neighbour, write_sysctl,
+    },
+    prometheus::series_value,
+    wait_for,
+};
+use nix::{
+    errno::Errno,
+    sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket},
 };
 use seqwatch::{
     host::sock_diag::{self, state},
@@ -34,6 +45,9 @@ const CLOSED_PORT: u16 = 8081;
 /// A spoofed client address the server reaches through a static neighbour entry (the client
 /// namespace drops what is sent to it, so it never answers with RSTs of its own).
 const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 77);
+/// The ports of the simultaneous open: neither side listens.
+const SERVER_SIDE_PORT: u16 = 7001;
+const CLIENT_SIDE_PORT: u16 = 7002;
 /// A spoofed client address with no neighbour entry: the server's SYN-ACKs to it wait for ARP
 /// and never leave, so its handshakes stay at "SYN seen".
 const UNANSWERED: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 88);
@@ -86,7 +100,7 @@ impl Scene {
         ack: u32,
         payload: &[u8],
     ) {
-        crafted::send(&self.crafter, (client, server), flags, (seq, ack), payload);
+        send_crafted(&self.crafter, (client, server), flags, (seq, ack), payload);
     }
 
     /// The ISN of the server's SYN-ACK to `client`, from the daemon's own sample log.
@@ -486,4 +500,202 @@ fn slow_listener(lab: &Lab, addr: SocketAddr, pause: Duration) {
 /// A `TcpExt:` counter of a namespace.
 fn tcp_ext(lab: &Lab, ns: &str, name: &str) -> u64 {
     netstat(lab, ns)[&format!("TcpExt{name}")]
+}
+
+/// Every anomaly series and event-log line: there must be none.
+fn assert_no_anomaly(scene: &MonitoredLab) {
+    // The anomaly reader drains its ring buffer, and mirrors the counters, each second.
+    thread::sleep(Duration::from_millis(1500));
+    let metrics = scene.daemon.metrics(&scene.lab);
+    let anomalies: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("seqwatch_handshake_anomalies_total{"))
+        .collect();
+    assert_eq!(
+        anomalies,
+        Vec::<&str>::new(),
+        "{:#?}",
+        read_json_lines(&scene.events)
+    );
+    assert_eq!(
+        read_json_lines(&scene.events),
+        Vec::<serde_json::Value>::new()
+    );
+}
+
+#[test]
+fn fast_open_syns_with_data_are_counted_apart_and_not_flagged() {
+    let scene = MonitoredLab::start();
+    let lab = &scene.lab;
+    let sent_with_data = fast_open_exchanges(lab);
+    // The kernel counters are mirrored once a second.
+    let tfo_syns =
+        || series_value(&scene.daemon.metrics(lab), "seqwatch_tfo_syns_total").unwrap_or(-1.0);
+    wait_for(Duration::from_secs(5), || {
+        tfo_syns() == sent_with_data as f64
+    });
+    assert_eq!(
+        tfo_syns(),
+        sent_with_data as f64,
+        "every SYN with data and a cookie, and nothing else"
+    );
+    assert_no_anomaly(&scene);
+    scene.stop();
+}
+
+/// Both sides connect() from bound sockets and the SYNs cross on the wire, every time: the
+/// client's frames are held (see [`ClientFramesHeld`]) while both connect, so the server's SYN
+/// finds the client in SYN-SENT, and the client's SYN, released after it, finds the server in
+/// SYN-SENT too. Each side answers with a SYN-ACK of its own ISN, and both end ESTABLISHED.
+#[test]
+fn a_real_simultaneous_open_is_followed_and_not_flagged() {
+    let scene = MonitoredLab::start();
+    let lab = &scene.lab;
+    let server_side = SocketAddrV4::new(lab.server_v4, SERVER_SIDE_PORT);
+    let client_side = SocketAddrV4::new(lab.client_v4, CLIENT_SIDE_PORT);
+    let dir = tempfile::tempdir().unwrap();
+    let filter = format!("tcp port {SERVER_SIDE_PORT}");
+    let capture = Capture::start(
+        lab,
+        &lab.server_ns,
+        &lab.server_if,
+        &filter,
+        dir.path().join("simultaneous-open.pcap"),
+    );
+    let crafter = Crafter::client_to_server(lab).unwrap();
+
+    let held = ClientFramesHeld::start(lab, &crafter);
+    let client = lab.run_in(&lab.client_ns, || start_connect(client_side, server_side));
+    let server = lab.run_in(&lab.server_ns, || start_connect(server_side, client_side));
+    // The server's SYN met the client in SYN-SENT: it answered with a SYN-ACK, held too.
+    wait_for_state(lab, &lab.client_ns, client_side, state::SYN_RECV);
+    held.release();
+    wait_for_state(lab, &lab.client_ns, client_side, state::ESTABLISHED);
+    wait_for_state(lab, &lab.server_ns, server_side, state::ESTABLISHED);
+    let (mut client, mut server) = (blocking_stream(client), blocking_stream(server));
+    exchange(&mut client, &mut server, b"ping");
+    exchange(&mut server, &mut client, b"pong");
+
+    let synacks = capture.stop();
+    let [
+        (from, to, isn, ack),
+        (back_from, back_to, back_isn, back_ack),
+    ] = synacks[..]
+    else {
+        panic!("one SYN-ACK each way, not {synacks:?}");
+    };
+    assert_eq!((from, to), (back_to, back_from), "{synacks:?}");
+    assert_eq!(
+        (ack, back_ack),
+        (back_isn.wrapping_add(1), isn.wrapping_add(1)),
+        "each SYN-ACK acks the other side's SYN: {synacks:?}"
+    );
+    assert_no_anomaly(&scene);
+
+    // The tracker followed it to the end: a SYN on the same 4-tuple now hits an established
+    // connection. (Had it missed the handshake, that SYN would open a new one, silently.)
+    send_crafted(
+        &crafter,
+        (client_side.into(), server_side.into()),
+        SYN,
+        (424_242, 0),
+        &[],
+    );
+    let mut events = Vec::new();
+    wait_for(Duration::from_secs(5), || {
+        events = read_json_lines(&scene.events);
+        !events.is_empty()
+    });
+    let kinds: Vec<_> = events.iter().map(|e| (&e["kind"], &e["source"])).collect();
+    assert_eq!(
+        kinds,
+        [(
+            &serde_json::json!("syn_on_established"),
+            &serde_json::json!(client_side.to_string())
+        )]
+    );
+    drop((client, server));
+    scene.stop();
+}
+
+/// Holds every frame the client namespace sends to the server, in order, until released: the
+/// server ignores ARP, and the client has no entry for it, so the client's frames wait in its
+/// neighbour queue (for up to 3 s of ARP probes; a hold lasts milliseconds). The server keeps
+/// reaching the client through a permanent entry.
+struct ClientFramesHeld<'a> {
+    lab: &'a Lab,
+    server_mac: [u8; 6],
+}
+
+impl<'a> ClientFramesHeld<'a> {
+    fn start(lab: &'a Lab, crafter: &Crafter) -> Self {
+        let arp_ignore = format!("net.ipv4.conf.{}.arp_ignore", lab.server_if);
+        // 8: answer no ARP request at all.
+        write_sysctl(lab, &lab.server_ns, &arp_ignore, "8");
+        let client = (lab.client_v4, crafter.source_mac());
+        set_neighbour(lab, &lab.server_ns, client, &lab.server_if);
+        ip(
+            lab,
+            &lab.client_ns,
+            &["neigh", "flush", "dev", &lab.client_if],
+        );
+        ClientFramesHeld {
+            lab,
+            server_mac: crafter.destination_mac(),
+        }
+    }
+
+    /// The client learns the server's MAC address and sends what it held.
+    fn release(self) {
+        let server = (self.lab.server_v4, self.server_mac);
+        set_neighbour(self.lab, &self.lab.client_ns, server, &self.lab.client_if);
+    }
+}
+
+/// A non-blocking connect() from a bound socket: the SYN is on its way when it returns.
+fn start_connect(local: SocketAddrV4, remote: SocketAddrV4) -> OwnedFd {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .expect("a TCP socket");
+    bind(fd.as_raw_fd(), &SockaddrIn::from(local)).expect("bind");
+    assert_eq!(
+        connect(fd.as_raw_fd(), &SockaddrIn::from(remote)),
+        Err(Errno::EINPROGRESS)
+    );
+    fd
+}
+
+/// Waits (up to 5 s) until the kernel of `ns` reports the socket bound to `local` in `want`.
+fn wait_for_state(lab: &Lab, ns: &str, local: SocketAddrV4, want: u8) {
+    let current = || {
+        let sockets = lab.run_in(ns, sock_diag::dump_tcp).expect("sock_diag dump");
+        let local = SocketAddr::V4(local);
+        sockets
+            .into_iter()
+            .find(|s| s.local == local)
+            .map(|s| s.state)
+    };
+    wait_for(Duration::from_secs(5), || current() == Some(want));
+    assert_eq!(current(), Some(want), "the state of {local} in {ns}");
+}
+
+fn blocking_stream(fd: OwnedFd) -> TcpStream {
+    let stream = TcpStream::from(fd);
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+/// `message` from one end to the other.
+fn exchange(from: &mut TcpStream, to: &mut TcpStream, message: &[u8]) {
+    from.write_all(message).unwrap();
+    let mut received = vec![0u8; message.len()];
+    to.read_exact(&mut received).unwrap();
+    assert_eq!(received, message);
 }

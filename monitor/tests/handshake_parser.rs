@@ -4,17 +4,13 @@
 //! (or filter set) gives way only to what is unprotected, in order, and state lost to a torn
 //! way hides an anomaly at worst, never invents one. Needs root.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{net::SocketAddr, ops::Range, thread, time::Duration};
 
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, RingBuf},
 };
-use common::test_run::{load_classifiers, run_unchanged};
+use common::test_run::{counter_total, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader, TcpOptionElement};
 use seqwatch::{
     detectors::handshake::anomaly::Anomaly, kernel::records::decode, util::clock::Clock,
@@ -124,11 +120,7 @@ impl Tracker {
     }
 
     fn counter(&self, counter: HandshakeCounter) -> u64 {
-        self.counters
-            .get(&(counter as u32), 0)
-            .unwrap()
-            .iter()
-            .sum()
+        counter_total(&self.counters, counter as u32)
     }
 }
 

@@ -5,10 +5,6 @@
 //! Needs root; every lab namespace is removed when its test ends, and no host-wide sysctl is
 //! written.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::HashMap,
     net::{SocketAddr, SocketAddrV4, TcpStream},
@@ -16,10 +12,12 @@ use std::{
 };
 
 use common::{
-    Daemon, backlog_listener, connect_many,
-    crafted::{self, ip},
-    listen, netstat, scrape, series_value,
-    sysctl::{read as read_sysctl, write as write_sysctl},
+    daemon::{Daemon, scrape},
+    lab::{
+        backlog_listener, connect_many, ip, listen, netstat, read_sysctl, send_crafted,
+        write_sysctl,
+    },
+    prometheus::series_value,
     wait_for,
 };
 use seqwatch::{
@@ -33,13 +31,7 @@ type Counters = HashMap<&'static str, u64>;
 /// A lab with the daemon attached in its server namespace.
 fn lab_with_daemon(dir: &std::path::Path) -> (Lab, Daemon) {
     let lab = Lab::create(&LabOptions::default()).unwrap();
-    let mut daemon = Daemon::start(
-        &lab,
-        &lab.server_ns,
-        dir,
-        &["--interface", &lab.server_if.clone()],
-    );
-    daemon.wait_attached(&lab, &lab.server_if, "egress");
+    let daemon = Daemon::on_server_egress(&lab, dir, &[]);
     (lab, daemon)
 }
 
@@ -210,7 +202,7 @@ fn listener_drops_are_listen_drops_plus_embryonic_resets() {
 
     for port in 0..RESET {
         let from = SocketAddr::new(lab.client_v4.into(), 41_000 + port);
-        crafted::send(
+        send_crafted(
             &crafter,
             (from, SocketAddr::V4(addr)),
             flags::SYN,
@@ -230,7 +222,7 @@ fn listener_drops_are_listen_drops_plus_embryonic_resets() {
     for i in 0..FLOOD {
         let forged = std::net::Ipv4Addr::from(0x6440_0000 + i); // 100.64.0.0/10
         let from = SocketAddr::new(forged.into(), 20_000 + (i % 40_000) as u16);
-        crafted::send(
+        send_crafted(
             &crafter,
             (from, SocketAddr::V4(addr)),
             flags::SYN,

@@ -6,10 +6,6 @@
 //! A client that stops reading its responses is cut off.
 //! Needs root; the lab namespaces go with the test.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
@@ -25,7 +21,11 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use common::{Daemon, METRICS_ADDR, series_value, wait_for};
+use common::{
+    daemon::{Daemon, METRICS_ADDR},
+    prometheus::series_value,
+    wait_for,
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,

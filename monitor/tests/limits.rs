@@ -14,6 +14,7 @@ use std::{
 };
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use common::cli::{seqwatch, stderr};
 use etherparse::PacketBuilder;
 use seqwatch::{
     analyze::Analysis,
@@ -90,17 +91,6 @@ fn the_scorer_defaults_are_the_settings_defaults() {
     let scorer = ScorerConfig::default();
     assert_eq!(scorer.guesses, settings::GUESSES.default);
     assert_eq!(scorer.window, settings::WINDOW.default);
-}
-
-fn seqwatch(args: &[&str]) -> Output {
-    Command::new(SEQWATCH)
-        .args(args)
-        .output()
-        .expect("run seqwatch")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A raw-IP pcap of one SYN-ACK from each server, all to one client.

@@ -6,9 +6,6 @@
 //! range is named as their owner. Needs root and a cgroup2 mount; every namespace and cgroup
 //! is removed when its test ends.
 
-#[allow(dead_code)]
-mod common;
-
 use std::{
     ffi::CString,
     net::SocketAddrV4,
@@ -18,7 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, backlog_listener, netstat, read_json_lines, series_value, wait_for};
+use common::{
+    daemon::{Daemon, METRICS_ADDR, read_json_lines},
+    lab::{backlog_listener, connect_many, listen, netstat, write_sysctl},
+    prometheus::series_value,
+    wait_for,
+};
 use nix::{
     sys::{
         signal::{Signal, kill},
@@ -145,7 +147,7 @@ impl Scene {
                     socket.as_raw_fd(),
                     &nix::sys::socket::SockaddrIn::from(local),
                 )?;
-                let daemon: SocketAddrV4 = common::METRICS_ADDR.parse().unwrap();
+                let daemon: SocketAddrV4 = METRICS_ADDR.parse().unwrap();
                 nix::sys::socket::connect(
                     socket.as_raw_fd(),
                     &nix::sys::socket::SockaddrIn::from(daemon),
@@ -617,7 +619,7 @@ fn a_host_that_answers_nobody_is_silent_until_it_answers_again() {
     // Without reverse-path filtering the SYNs are taken in although the way back is gone.
     for interface in ["all", lab.server_if.as_str()] {
         let key = format!("net.ipv4.conf.{interface}.rp_filter");
-        common::sysctl::write(lab, &lab.server_ns, &key, "0");
+        write_sysctl(lab, &lab.server_ns, &key, "0");
     }
     let at = scene.server(8090);
     let _listener = backlog_listener(lab, &lab.server_ns, at, 16);
@@ -698,13 +700,13 @@ fn each_connection_to_a_listener_counts_one_syn_one_synack_and_one_completed_han
         [Some(0.0); 3],
         "a new port starts at 0"
     );
-    common::connect_many(lab, &lab.client_ns, at.into(), 20);
+    connect_many(lab, &lab.client_ns, at.into(), 20);
     let counts = wait_counts(&scene, 8082, [20.0; 3]);
     assert_eq!(counts, [Some(20.0); 3], "{}", scene.daemon.log());
     let v6 = std::net::SocketAddr::new(lab.server_v6.into(), 8085);
-    common::listen(lab, &lab.server_ns, v6);
+    listen(lab, &lab.server_ns, v6);
     scene.wait_counted(8085);
-    common::connect_many(lab, &lab.client_ns, v6, 7);
+    connect_many(lab, &lab.client_ns, v6, 7);
     assert_eq!(wait_counts(&scene, 8085, [7.0; 3]), [Some(7.0); 3], "IPv6");
     let listeners = scene.owners()["listeners"].clone();
     let report = listeners
@@ -742,7 +744,7 @@ fn each_connection_to_a_listener_counts_one_syn_one_synack_and_one_completed_han
         [Some(20.0); 3],
         "back where it was"
     );
-    common::connect_many(lab, &lab.client_ns, at.into(), 5);
+    connect_many(lab, &lab.client_ns, at.into(), 5);
     let counts = wait_counts(&scene, 8082, [25.0; 3]);
     assert_eq!(counts, [Some(25.0); 3], "counted on from 20");
     scene.daemon.stop();

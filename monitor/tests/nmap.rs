@@ -4,10 +4,6 @@
 //! over the very SYN-ACKs nmap used, and with our verdict.
 //! Needs root and `nmap` (Debian package `nmap`; `./x setup` installs it).
 
-// Shared with kernel.rs; this test uses only part of it.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
@@ -16,7 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Capture, Daemon, http_get, listen, read_json_lines, series_value, wait_for};
+use common::{
+    capture::Capture,
+    daemon::{Daemon, http_get, read_json_lines},
+    lab::listen,
+    prometheus::series_value,
+    wait_for,
+};
 use etherparse::{SlicedPacket, TransportSlice};
 use seqwatch::{
     analyze::capture::read_frames,
@@ -373,13 +375,7 @@ fn nmap_seq_indices_agree_and_weak_generators_stay_weak() {
     ];
     let lab = Lab::create(&LabOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = Daemon::start(
-        &lab,
-        &lab.server_ns,
-        dir.path(),
-        &["--interface", &lab.server_if],
-    );
-    daemon.wait_attached(&lab, &lab.server_if, "egress");
+    let daemon = Daemon::on_server_egress(&lab, dir.path(), &[]);
 
     let mut table = vec![
         "| target | nmap SEQ SP/GCD/ISR | nmap Difficulty | ours: nmap's 6 SEQ SYN-ACKs at SYN-ACK times | ours: same ISNs at probe send times | daemon gauges: last 6 (samples) | our verdict: 6 SEQ / daemon | daemon's reasons |".to_owned(),

@@ -3,10 +3,6 @@
 //! its container's restrictions reproduced around the real daemon in a lab namespace; and the
 //! container image (`./x image`) run by podman as the DaemonSet describes.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
@@ -16,7 +12,12 @@ use std::{
     time::Duration,
 };
 
-use common::{connect_many, http_get_from, listen, series_value, wait_for};
+use common::{
+    daemon::{assert_tcp_event_programs_attached, attachments, http_get_from},
+    lab::{connect_many, listen},
+    prometheus::series_value,
+    wait_for,
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -636,17 +637,7 @@ fn the_image_runs_as_the_daemonset_container() {
     });
     assert!(up, "not attached and served within 60 s:\n{}", logs());
     let metrics = scrape().unwrap();
-    for program in seqwatch::detectors::tcp_events::program_names() {
-        let series = format!(
-            "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
-        );
-        assert_eq!(
-            series_value(&metrics, &series),
-            Some(1.0),
-            "{program}\n{}",
-            logs()
-        );
-    }
+    assert_tcp_event_programs_attached(&metrics, logs);
 
     let pid = podman_inspect(&["container", "inspect"], &podman.0, "{{.State.Pid}}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -685,7 +676,7 @@ fn the_image_runs_as_the_daemonset_container() {
         "exit status after SIGTERM:\n{}",
         logs()
     );
-    let left = common::attachments(&lab, &lab.server_ns, &lab.server_if);
+    let left = attachments(&lab, &lab.server_ns, &lab.server_if);
     assert!(left.is_empty(), "left attached: {left:?}");
 }
 

@@ -2,15 +2,11 @@
 //! supported encapsulation yields the right record, and hostile frames are counted under the
 //! right reason, yield no record, and pass through unchanged. Needs root.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use common::test_run::{load_classifiers, run_unchanged, run_unchanged_times};
+use common::test_run::{counter_total, load_classifiers, run_unchanged, run_unchanged_times};
 use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader, TcpOptionElement, VlanId};
 use seqwatch::detectors::isn::{self, sample::Sample};
 use seqwatch_common::{
@@ -44,7 +40,7 @@ impl Classifier {
 
     fn counts(&self) -> Vec<u64> {
         (0..Counter::COUNT)
-            .map(|i| self.counters.get(&i, 0).unwrap().iter().sum())
+            .map(|i| counter_total(&self.counters, i))
             .collect()
     }
 

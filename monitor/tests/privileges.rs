@@ -3,10 +3,6 @@
 //! CAP_NET_ADMIN once attached; a clear failure without them; readiness told to systemd after
 //! the attach; /metrics over TLS with basic auth. Needs root to set up the lab namespaces.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     net::SocketAddr,
     os::unix::{fs::PermissionsExt as _, net::UnixDatagram},
@@ -16,7 +12,12 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, METRICS_ADDR, attachments, connect_many, listen, series_value, wait_for};
+use common::{
+    daemon::{Daemon, METRICS_ADDR, assert_tcp_event_programs_attached, attachments, scrape},
+    lab::{connect_many, listen},
+    prometheus::series_value,
+    wait_for,
+};
 use seqwatch::lab::{Lab, LabOptions};
 
 const NOBODY: &str = "65534";
@@ -92,17 +93,7 @@ fn runs_then_keeps_only_net_admin(mode: &str) {
     let mut daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), &wrapper, &args);
     daemon.wait_attached(&lab, &lab.server_if, "egress");
     let metrics = daemon.metrics(&lab);
-    for program in seqwatch::detectors::tcp_events::program_names() {
-        let series = format!(
-            "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
-        );
-        assert_eq!(
-            series_value(&metrics, &series),
-            Some(1.0),
-            "{program}\n{}",
-            daemon.log()
-        );
-    }
+    assert_tcp_event_programs_attached(&metrics, || daemon.log());
 
     let pid = daemon.pid();
     assert_eq!(process_uid(pid), NOBODY, "not root");
@@ -135,7 +126,7 @@ fn runs_then_keeps_only_net_admin(mode: &str) {
     ip(&["link", "set", "late0", "up"]);
     let series = "seqwatch_program_attached{direction=\"egress\",interface=\"late0\",program=\"synack_egress\"}";
     let attached = wait_for(Duration::from_secs(5), || {
-        common::scrape(&lab, &lab.server_ns).is_some_and(|m| series_value(&m, series) == Some(1.0))
+        scrape(&lab, &lab.server_ns).is_some_and(|m| series_value(&m, series) == Some(1.0))
     });
     assert!(
         attached,
@@ -295,7 +286,7 @@ fn the_daemon_serves_tls_with_basic_auth() {
     let wrong = basic_auth("prometheus", "nope");
     assert_eq!(get(Some(&wrong)).map(|(status, _)| status), Some(401));
     assert!(
-        common::scrape(&lab, &lab.server_ns).is_none(),
+        scrape(&lab, &lab.server_ns).is_none(),
         "plain HTTP must fail"
     );
     assert!(

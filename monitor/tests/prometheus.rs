@@ -9,10 +9,6 @@
 //! plaintext onto its socket gives the TLS panels theirs and fires the plaintext alert. Needs
 //! root; the lab namespaces and Prometheus go with the test.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
@@ -24,9 +20,9 @@ use std::{
 };
 
 use common::{
-    Daemon, METRICS_ADDR, connect_many,
-    crafted::{self, sampled_server_isn},
-    http_get_from, listen, series_value,
+    daemon::{Daemon, METRICS_ADDR, http_get_from, sampled_server_isn, scrape},
+    lab::{connect_many, listen, send_crafted},
+    prometheus::series_value,
     tls::Credentials,
     wait_for,
 };
@@ -171,7 +167,7 @@ impl Scene {
             })
         };
         let settled = wait_for(Duration::from_secs(15), || {
-            common::scrape(&self.lab, &self.daemon.ns).is_some_and(|m| {
+            scrape(&self.lab, &self.daemon.ns).is_some_and(|m| {
                 series_value(&m, &weak) == Some(1.0)
                     && series_value(&m, &prng) == Some(1.0)
                     && counted(&m)
@@ -194,7 +190,7 @@ fn send_illegal_flags(lab: &Lab, service: SocketAddr) {
         for n in 0..CRAFTED_PER_KIND {
             let port = 40_000 + 100 * i as u16 + n;
             let from = SocketAddr::new(lab.client_v4.into(), port);
-            crafted::send(&crafter, (from, service), flags, (1, 0), &[]);
+            send_crafted(&crafter, (from, service), flags, (1, 0), &[]);
         }
     }
 }
@@ -204,7 +200,7 @@ fn send_illegal_flags(lab: &Lab, service: SocketAddr) {
 fn guess_isns(lab: &Lab, daemon: &Daemon, service: SocketAddr) {
     let crafter = Crafter::client_to_server(lab).unwrap();
     let send =
-        |from, flags, seq, ack| crafted::send(&crafter, (from, service), flags, (seq, ack), &[]);
+        |from, flags, seq, ack| send_crafted(&crafter, (from, service), flags, (seq, ack), &[]);
     for port in 0..SPOOFED_HANDSHAKES {
         let from = SocketAddr::from((SPOOFED, 41_000 + port));
         send(from, SYN, 1000, 0);

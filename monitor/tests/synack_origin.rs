@@ -6,15 +6,12 @@
 //! answer miss, never a forged one match; forwarded SYN-ACKs are not sampled on egress. With
 //! the check off (the default, egress only) the egress path is as before. Needs root.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    programs::{TestRun, TestRunOptions},
 };
+use common::test_run::{classifier, counter_total};
 use etherparse::PacketBuilder;
 use seqwatch::{
     detectors::{
@@ -160,16 +157,8 @@ impl Check {
     }
 
     fn counter(&self, counter: Counter) -> u64 {
-        self.counters
-            .get(&(counter as u32), 0)
-            .unwrap()
-            .iter()
-            .sum()
+        counter_total(&self.counters, counter as u32)
     }
-}
-
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
-    ebpf.program_mut(name).unwrap().try_into().unwrap()
 }
 
 /// A test run's `__sk_buff`, up to `ifindex`: the interface a packet came in by (0: built

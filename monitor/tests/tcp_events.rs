@@ -6,9 +6,6 @@
 //! service and reason; and the same traffic in a namespace the daemon does not monitor counts
 //! nothing. Needs root; every lab namespace is removed when its test ends.
 
-#[allow(dead_code)]
-mod common;
-
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -19,8 +16,13 @@ use std::{
 };
 
 use common::{
-    crafted::{self, MonitoredLab, route_spoofed, sampled_server_isn, start_both_directions},
-    read_json_lines, series_value, wait_for,
+    daemon::{
+        MonitoredLab, assert_tcp_event_programs_attached, read_json_lines, sampled_server_isn,
+        start_both_directions,
+    },
+    lab::{route_spoofed, send_crafted},
+    prometheus::series_value,
+    wait_for,
 };
 use nix::{
     sys::{
@@ -29,10 +31,7 @@ use nix::{
     },
     unistd::{ForkResult, Pid, fork},
 };
-use seqwatch::{
-    detectors::tcp_events::program_names,
-    lab::{Crafter, Lab, LabOptions, Segment, flags::*},
-};
+use seqwatch::lab::{Crafter, Lab, LabOptions, Segment, flags::*};
 
 /// The listener the scenarios are about.
 const SERVICE_PORT: u16 = 8080;
@@ -64,17 +63,7 @@ impl Scene {
         let monitored = MonitoredLab::start();
         let (lab, daemon) = (&monitored.lab, &monitored.daemon);
         let metrics = daemon.metrics(lab);
-        for program in program_names() {
-            let series = format!(
-                "seqwatch_program_attached{{direction=\"\",interface=\"\",program=\"{program}\"}}"
-            );
-            assert_eq!(
-                series_value(&metrics, &series),
-                Some(1.0),
-                "{program}:\n{}",
-                daemon.log()
-            );
-        }
+        assert_tcp_event_programs_attached(&metrics, || daemon.log());
         let crafter = Crafter::client_to_server(lab).unwrap();
         route_spoofed(lab, SPOOFED, Some(crafter.source_mac()));
         Scene { monitored, crafter }
@@ -85,7 +74,7 @@ impl Scene {
     }
 
     fn send(&self, from: SocketAddr, to: SocketAddr, flags: u8, seq: u32, ack: u32, data: &[u8]) {
-        crafted::send(&self.crafter, (from, to), flags, (seq, ack), data);
+        send_crafted(&self.crafter, (from, to), flags, (seq, ack), data);
     }
 
     /// The ISN of the server's SYN-ACK to `client`, from the daemon's sample log.

@@ -3,9 +3,6 @@
 //! port, found by its hello), and a rustls server that writes raw bytes onto its socket in the
 //! middle of a session. The daemon watches the server's veth on egress, as deployed.
 
-#[allow(dead_code)]
-mod common;
-
 use std::{
     io::{self, BufRead as _, BufReader, Read, Write},
     net::SocketAddrV4,
@@ -14,7 +11,11 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, read_json_lines, tls::Credentials, wait_for};
+use common::{
+    daemon::{Daemon, read_json_lines},
+    tls::Credentials,
+    wait_for,
+};
 use seqwatch::lab::{Lab, LabOptions};
 
 /// A configured TLS port (in the defaults) and one that is not.

@@ -4,17 +4,13 @@
 //! nothing, and bytes that are not a header where one must start raise exactly one event at
 //! the right offset; session ends are classified. Needs root.
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
 use std::{net::SocketAddr, time::Instant};
 
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use common::test_run::{classifier, load_classifiers, run_unchanged};
+use common::test_run::{classifier, counter_total, load_classifiers, run_unchanged};
 use etherparse::{PacketBuilder, TcpHeader};
 use seqwatch::{
     detectors::tls::{self, Finding, PlaintextSuspected, TlsOptions},
@@ -97,11 +93,7 @@ impl Check {
     }
 
     fn counter(&self, counter: TlsCounter) -> u64 {
-        self.counters
-            .get(&(counter as u32), 0)
-            .unwrap()
-            .iter()
-            .sum()
+        counter_total(&self.counters, counter as u32)
     }
 }
 

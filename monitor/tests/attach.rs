@@ -1,15 +1,24 @@
-//! Netlink attach mode owns its tc state: filters a `kill -9` left behind are removed by the
-//! next daemon, two daemons on one interface leave each other's filters and the clsact qdisc
-//! alone, and a filter or qdisc removed under a daemon is put back (or reported missing).
-//! The real daemon in a lab namespace, `tc` as the referee and as the outside hand.
+//! Attaching the classifiers, and leaving nothing behind, against the real kernel: the real
+//! daemon in a lab namespace. An interface that appears after start is attached within 2 s; after
+//! exit no tcx link, tc filter or clsact qdisc of ours remains (tcx and netlink modes); a missing
+//! interface is a clear error. Netlink attach mode owns its tc state: filters a `kill -9` left
+//! behind are removed by the next daemon, two daemons on one interface leave each other's filters
+//! and the clsact qdisc alone, and a filter or qdisc removed under a daemon is put back (or
+//! reported missing). `tc` and BPF_PROG_QUERY are the referees, `tc` the outside hand too.
+//! Needs root; every lab namespace is removed when its test ends.
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
 
-// This crate uses only some of the shared helpers.
-#[allow(dead_code)]
-mod common;
-
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
-
-use common::{Daemon, attachments, connect_many, listen, series_value, wait_for};
+use common::{
+    daemon::{Daemon, METRICS_ADDR, attachments, scrape},
+    lab::{connect_many, listen},
+    prometheus::series_value,
+    wait_for,
+};
 use seqwatch::lab::{Lab, LabOptions};
 
 const PORT: u16 = 8080;
@@ -87,7 +96,7 @@ fn a_restart_after_kill_9_removes_the_stale_filters_and_its_exit_leaves_nothing(
     );
     let args = netlink_args(&lab, "both");
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut first = start(&lab, first_dir.path(), common::METRICS_ADDR, &args);
+    let mut first = start(&lab, first_dir.path(), METRICS_ADDR, &args);
     first.wait_attached(&lab, &lab.server_if, "egress");
     first.wait_attached(&lab, &lab.server_if, "ingress");
     // Dropping a Daemon is SIGKILL: no chance to clean up.
@@ -96,7 +105,7 @@ fn a_restart_after_kill_9_removes_the_stale_filters_and_its_exit_leaves_nothing(
     assert_eq!(stale.len(), 2, "kill -9 leaves both filters");
     assert!(has_clsact(&lab));
 
-    let mut second = start(&lab, second_dir.path(), common::METRICS_ADDR, &args);
+    let mut second = start(&lab, second_dir.path(), METRICS_ADDR, &args);
     second.wait_attached(&lab, &lab.server_if, "egress");
     second.wait_attached(&lab, &lab.server_if, "ingress");
     let running = our_filters(&lab);
@@ -131,7 +140,7 @@ fn two_daemons_on_one_interface_leave_each_other_attached() {
     );
     let args = netlink_args(&lab, "egress");
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut first = start(&lab, first_dir.path(), common::METRICS_ADDR, &args);
+    let mut first = start(&lab, first_dir.path(), METRICS_ADDR, &args);
     first.wait_attached(&lab, &lab.server_if, "egress");
     let firsts = our_filters(&lab);
     let mut second = start(&lab, second_dir.path(), SECOND_LISTEN, &args);
@@ -161,7 +170,7 @@ fn a_daemon_removes_the_filter_of_one_killed_beside_it() {
     let lab = Lab::create(&LabOptions::default()).unwrap();
     let args = netlink_args(&lab, "egress");
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut first = start(&lab, first_dir.path(), common::METRICS_ADDR, &args);
+    let mut first = start(&lab, first_dir.path(), METRICS_ADDR, &args);
     first.wait_attached(&lab, &lab.server_if, "egress");
     let firsts = our_filters(&lab);
     let mut second = start(&lab, second_dir.path(), SECOND_LISTEN, &args);
@@ -197,7 +206,7 @@ fn a_filter_or_qdisc_removed_under_the_daemon_is_put_back() {
     let mut daemon = start(
         &lab,
         dir.path(),
-        common::METRICS_ADDR,
+        METRICS_ADDR,
         &netlink_args(&lab, "egress"),
     );
     daemon.wait_attached(&lab, &lab.server_if, "egress");
@@ -249,4 +258,100 @@ fn a_filter_or_qdisc_removed_under_the_daemon_is_put_back() {
     daemon.stop();
     let after = attachments(&lab, &lab.server_ns, &lab.server_if);
     assert!(after.is_empty(), "left behind after exit: {after:?}");
+}
+
+/// An interface that appears after start is attached within 2 s; one that vanishes is
+/// forgotten and the daemon carries on.
+#[test]
+fn interfaces_that_appear_later_are_attached_within_two_seconds() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(&lab, &lab.server_ns, dir.path(), &[]);
+    daemon.wait_attached(&lab, &lab.server_if, "egress");
+
+    let ip = |args: &[&str]| {
+        let status = lab.command_in(&lab.server_ns, "ip").args(args).status();
+        assert!(status.unwrap().success(), "ip {args:?}");
+    };
+    ip(&[
+        "link", "add", "dev", "late0", "type", "veth", "peer", "name", "late1",
+    ]);
+    let created = Instant::now();
+    ip(&["link", "set", "late0", "up"]);
+    let series = "seqwatch_program_attached{direction=\"egress\",interface=\"late0\",program=\"synack_egress\"}";
+    let attached = wait_for(Duration::from_secs(2), || {
+        scrape(&lab, &lab.server_ns).is_some_and(|m| series_value(&m, series) == Some(1.0))
+    });
+    assert!(attached, "late0 not attached within 2 s:\n{}", daemon.log());
+    eprintln!("attached {:?} after the link appeared", created.elapsed());
+
+    ip(&["link", "del", "late0"]);
+    let forgotten = wait_for(Duration::from_secs(2), || {
+        scrape(&lab, &lab.server_ns).is_some_and(|m| series_value(&m, series).is_none())
+    });
+    assert!(forgotten, "late0's series should go with it");
+    daemon.stop();
+}
+
+/// After SIGTERM nothing of ours stays on the interface: no tcx link, no tc filter, and no
+/// clsact qdisc that we added.
+fn assert_nothing_left_after_exit(mode: &str) {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server_if = lab.server_if.clone();
+    let mut daemon = Daemon::start(
+        &lab,
+        &lab.server_ns,
+        dir.path(),
+        &[
+            "--interface",
+            &server_if,
+            "--direction",
+            "both",
+            "--attach-mode",
+            mode,
+        ],
+    );
+    daemon.wait_attached(&lab, &server_if, "egress");
+    daemon.wait_attached(&lab, &server_if, "ingress");
+    let during = attachments(&lab, &lab.server_ns, &server_if);
+    assert!(
+        during.iter().filter(|a| a.contains("synack_")).count() >= 2,
+        "both classifiers visible while running: {during:?}"
+    );
+    daemon.stop();
+    let after = attachments(&lab, &lab.server_ns, &server_if);
+    assert!(after.is_empty(), "left behind after exit: {after:?}");
+    let pinned = Command::new("find")
+        .args(["/sys/fs/bpf", "-name", "*synack*"])
+        .output()
+        .unwrap();
+    assert!(pinned.stdout.is_empty(), "pinned objects left behind");
+}
+
+#[test]
+fn nothing_of_ours_remains_after_exit_tcx() {
+    assert_nothing_left_after_exit("tcx");
+}
+
+#[test]
+fn nothing_of_ours_remains_after_exit_netlink() {
+    assert_nothing_left_after_exit("netlink");
+}
+
+/// A named interface that does not exist is a clear error at start, not a silent no-op.
+#[test]
+fn a_missing_interface_is_a_clear_error() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let out = lab
+        .command_in(&lab.server_ns, env!("CARGO_BIN_EXE_seqwatch"))
+        .args(["run", "--interface", "nosuch0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("interface \"nosuch0\" does not exist"),
+        "{stderr}"
+    );
 }

@@ -1,0 +1,9 @@
+//! The daemon's /metrics text as Prometheus's text format: series and their values.
+
+/// The value of one exact series line (`name{labels}`), if present.
+pub fn series_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
