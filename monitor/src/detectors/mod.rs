@@ -4,8 +4,8 @@
 //! set the kernel object's globals it needs, loads the object and starts them in order.
 //!
 //! Detectors do not import each other, but for one correlation: the listener-loss detector's
-//! [`listener_loss::correlator::Correlator`], which the handshake and TCP event detectors feed, handed to
-//! them in the [`detector::Context`] (it is started before them).
+//! [`listener_loss::correlator::Correlator`], which the handshake and TCP event detectors feed,
+//! handed to them in the [`detector::Context`] (it is started before them).
 
 pub mod detector;
 pub mod handshake;

@@ -12,7 +12,8 @@ use super::{btf::VMLINUX_BTF, loader::AttachMode};
 
 /// Loading the classifiers needs CAP_BPF (bpf(), maps) and CAP_NET_ADMIN (networking program
 /// types, tc); CAP_PERFMON lets the verifier accept what privileged programs may do (pointer
-/// arithmetic, speculation checks relaxed), and load and attach the BTF tracepoint programs. CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON.
+/// arithmetic, speculation checks relaxed), and load and attach the BTF tracepoint programs.
+/// CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON.
 pub const REQUIRED: [Capability; 3] = [
     Capability::CAP_BPF,
     Capability::CAP_NET_ADMIN,

@@ -461,8 +461,9 @@ fn start_kernel_log(ebpf: &mut Ebpf) {
 }
 
 /// Creates one ring buffer of `bytes` (given the number of possible CPUs) per possible CPU,
-/// named `ring_name`, and puts it in the object's array of maps `slots`, where the programs find their CPU's: before anything is attached, so that no
-/// record finds its CPU's slot empty. Returns them in CPU order, for reading.
+/// named `ring_name`, and puts it in the object's array of maps `slots`, where the programs find
+/// their CPU's: before anything is attached, so that no record finds its CPU's slot empty. Returns
+/// them in CPU order, for reading.
 pub fn per_cpu_rings(
     ebpf: &mut Ebpf,
     slots: &str,

@@ -123,7 +123,8 @@ mod tests {
         let index = nmap_index(&samples).unwrap();
         assert_eq!(index.gcd, 1000);
         assert_eq!(index.sp, 2);
-        // Diffs 1, 5, 1, 5 (GCD 1): deviations ±2, variance 16/3, sd 2.309 → SP = (int)(8·1.2074+0.5) = 10.
+        // Diffs 1, 5, 1, 5 (GCD 1): deviations ±2, variance 16/3, sd 2.309 → SP =
+        // (int)(8·1.2074+0.5) = 10.
         let isns = [0u32, 1, 6, 7, 12];
         let samples: Vec<(u32, u64)> = isns
             .iter()

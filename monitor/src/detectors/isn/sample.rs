@@ -182,7 +182,8 @@ pub(super) mod tests {
 
     use super::*;
 
-    /// A record from 192.0.2.1:`sport` to 198.51.100.2:40000 (also used by the service table's tests).
+    /// A record from 192.0.2.1:`sport` to 198.51.100.2:40000 (also used by the service table's
+    /// tests).
     pub(in crate::detectors::isn) fn record(
         family: u8,
         sport: u16,

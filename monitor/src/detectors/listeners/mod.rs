@@ -1,6 +1,6 @@
 //! Listener health and who holds the shared resources, from the kernel's own socket table
-//! (sock_diag, [`crate::host::sock_diag`]) read every second: per listening port the accept queue,
-//! its backlog, the SYN queue and the listener's drops; connections waiting in an accept
+//! (sock_diag, [`crate::host::sock_diag`]) read every second: per listening port the accept
+//! queue, its backlog, the SYN queue and the listener's drops; connections waiting in an accept
 //! queue and for how long; per owner (uid and cgroup) the sockets, waiting connections and
 //! ephemeral ports they hold; the ephemeral port range's use; the conntrack table's fill.
 //!
@@ -12,8 +12,8 @@
 //! listening port's SYNs received, SYN-ACKs sent and handshakes completed come from the
 //! kernel programs' per-port counters ([`port_counts`]).
 //!
-//! Labels are bounded: ports keep their label while they listen, at most [`MAX_PORTS`] of
-//! them (later ones are `other`); owners are the top [`MAX_OWNERS`] by sockets, the rest
+//! Labels are bounded: ports keep their label while they listen, at most [`port_labels::MAX_PORTS`]
+//! of them (later ones are `other`); owners are the top [`MAX_OWNERS`] by sockets, the rest
 //! `other`.
 
 pub mod port_counts;

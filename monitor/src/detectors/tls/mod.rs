@@ -1,8 +1,9 @@
 //! The TLS record-framing check's userspace half: tells the kernel which ports carry TLS and
 //! what it may copy, reads its events, and counts plaintext on encrypted sessions and session
-//! ends per service (services labelled by evidence, [`crate::admission`]; the rest `other`). A plaintext event also
-//! becomes one `tls_plaintext_suspected` line in the event log; its payload bytes never do,
-//! unless `--tls-log-prefix` asked for the first 16 in hex.
+//! ends per service (services labelled by evidence, [`crate::export::labels::admission`]; the
+//! rest `other`). A plaintext event also becomes one `tls_plaintext_suspected` line in the
+//! event log; its payload bytes never do, unless `--tls-log-prefix` asked for the first 16 in
+//! hex.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 

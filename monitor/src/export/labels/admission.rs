@@ -21,7 +21,7 @@
 //!
 //! Everything else is counted under `other` in the metrics and keeps its details in the JSON
 //! API. Each detector holds at most `--max-services` labels of its own
-//! ([`crate::handshake::ServiceLabels`]), which ask this policy about each new service.
+//! ([`super::ServiceLabels`]), which ask this policy about each new service.
 
 use std::{
     collections::{HashMap, HashSet},

@@ -21,11 +21,11 @@ use admission::{Admitted, Candidate, SharedPolicy};
 pub const OTHER_SERVICE: &str = "other";
 
 /// The service labels of one detector's metrics: a service keeps its own label while the
-/// label policy admits it ([`crate::admission`]: a local listener, or its handshakes), at
-/// most `cap` at once; every other service is counted as `other`. The policy's decisions are
-/// taken from a snapshot, so asking about a service locks nothing, except once per
-/// [`crate::admission::LISTENERS_READ_GAP`] for a service on a local address whose port is
-/// not known to listen.
+/// label policy admits it ([`crate::export::labels::admission`]: a local listener, or its
+/// handshakes), at most `cap` at once; every other service is counted as `other`. The policy's
+/// decisions are taken from a snapshot, so asking about a service locks nothing, except once per
+/// [`crate::export::labels::admission::LISTENERS_READ_GAP`] for a service on a local address whose
+/// port is not known to listen.
 pub struct ServiceLabels {
     cap: usize,
     policy: SharedPolicy,
@@ -122,7 +122,7 @@ impl ServiceLabels {
     }
 
     /// Offers the scored services to the policy's ranking
-    /// ([`crate::admission::LabelPolicy::rerank`]).
+    /// ([`crate::export::labels::admission::LabelPolicy::rerank`]).
     pub fn rerank(&self, candidates: &[Candidate], now: Instant) {
         lock(&self.policy).rerank(candidates, now);
     }
