@@ -83,11 +83,12 @@ fn start_daemon(lab: &Lab, dir: &Path, wrapper: &[&str], flags: &[&str]) -> Daem
     daemon
 }
 
-/// A line of /proc/PID/status, without its name, such as `VmRSS:` or `Threads:`.
-fn status_field(pid: u32, name: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
-    line.split_whitespace().next().unwrap().parse().unwrap()
+/// A line of /proc/PID/status, without its name, such as `VmRSS:` or `Threads:`; `None` once
+/// the process has exited (a zombie's status has no memory lines).
+fn status_field(pid: u32, name: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 /// CPU seconds the process has used, every thread included.
@@ -286,7 +287,7 @@ fn idle_connections_neither_exhaust_descriptors_nor_lock_out_a_scrape() {
         "evicted {evicted} of {} at a cap of {max}",
         held.len()
     );
-    let rss = status_field(daemon.pid(), "VmRSS:");
+    let rss = status_field(daemon.pid(), "VmRSS:").expect("the daemon runs");
     eprintln!("cap {max}, open {open}, evicted {evicted}, RSS {rss} KiB");
     assert!(rss < RSS_LIMIT_KIB, "RSS {rss} KiB");
 
@@ -471,9 +472,15 @@ fn wrong_password_floods_leave_scrapes_fast_and_users_unknown() {
         });
         let sampler = scope.spawn(|| {
             let (mut threads, mut rss) = (0, 0);
+            // Sampling ends with the flood, or when SIGTERM has ended the daemon.
             while !stop.load(Ordering::Relaxed) {
-                threads = threads.max(status_field(pid, "Threads:"));
-                rss = rss.max(status_field(pid, "VmRSS:"));
+                let (Some(now_threads), Some(now_rss)) =
+                    (status_field(pid, "Threads:"), status_field(pid, "VmRSS:"))
+                else {
+                    break;
+                };
+                threads = threads.max(now_threads);
+                rss = rss.max(now_rss);
                 thread::sleep(Duration::from_millis(50));
             }
             (threads, rss)

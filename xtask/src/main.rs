@@ -109,9 +109,11 @@ fn test() -> anyhow::Result<()> {
     step("container image (tests/packaging.rs runs it)");
     image::build()?;
     step("cargo test (unit tests, and kernel tests in network namespaces)");
+    // Every test file runs even after one fails, so one CI run names every failure.
     cargo(&[
         "test",
         "--release",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "seqwatch-ebpf",
