@@ -26,8 +26,9 @@ use common::{
 };
 use nix::{
     sys::{
+        signal::{Signal, kill},
         socket::{setsockopt, sockopt},
-        wait::waitpid,
+        wait::{WaitPidFlag, WaitStatus, waitpid},
     },
     unistd::{ForkResult, Pid, fork},
 };
@@ -163,7 +164,22 @@ fn serve_once_then_exit(lab: &Lab, addr: SocketAddr) -> Pid {
 /// Waits for the listener's close to be judged (the daemon waits a second for late
 /// anomalies) and reaps the child.
 fn wait_closed(scene: &Scene, child: Pid) {
-    waitpid(child, None).expect("reap the child server");
+    // The child exits once it accepts; a handshake that never completed leaves it waiting, so
+    // it gets a deadline and is killed after it, never waited for without end.
+    let exited = wait_for(Duration::from_secs(10), || {
+        !matches!(
+            waitpid(child, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        )
+    });
+    if !exited {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        panic!(
+            "the child server never accepted a connection:\n{}",
+            scene.daemon.log()
+        );
+    }
     let closed = wait_for(Duration::from_secs(5), || {
         scene.counter("seqwatch_listeners_closed_total") == Some(1.0)
     });
