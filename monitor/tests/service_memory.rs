@@ -2,7 +2,8 @@
 //! with a few samples each, counted by this test binary's own allocator. Per-service state
 //! grows with the samples (a full window's is reserved only once the window fills), so a flood
 //! of services seen a few times each, up to the cap, costs kilobytes each, not the ~135 KB a
-//! full window reserves.
+//! full window reserves. The scorer's lookup tables, built once per process on its first
+//! report, are counted apart: they are not a service's.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -58,6 +59,8 @@ const SERVICES: u16 = 4096;
 const SAMPLES_PER_SERVICE: u16 = 4;
 /// Heap bytes per service with a few samples, scored, at most.
 const MAX_BYTES_PER_SERVICE: isize = 4096;
+/// Heap bytes of the first report of a process, the scorer's lookup tables included, at most.
+const MAX_FIRST_REPORT_BYTES: isize = 8 << 20;
 
 fn sample(service: u16, client: u16) -> Sample {
     Sample {
@@ -78,12 +81,30 @@ fn sample(service: u16, client: u16) -> Sample {
     }
 }
 
+fn table(cap: NonZeroUsize) -> ServiceTable {
+    let labels = ServiceLabels::new(cap, LabelPolicy::fixed(cap.get(), &[], &[]));
+    ServiceTable::new(cap, ScorerConfig::default(), labels)
+}
+
 #[test]
 fn a_service_with_a_few_samples_costs_a_few_kilobytes() {
     let cap = NonZeroUsize::new(SERVICES.into()).unwrap();
     let metrics = IsnMetrics::new(&Registry::default()).unwrap();
-    let labels = ServiceLabels::new(cap, LabelPolicy::fixed(cap.get(), &[], &[]));
-    let mut table = ServiceTable::new(cap, ScorerConfig::default(), labels);
+    let before_first = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut first = table(NonZeroUsize::MIN);
+    for client in 0..SAMPLES_PER_SERVICE {
+        first.ingest(&sample(0, client), false);
+    }
+    while first.score_stalest(&metrics, Instant::now()).is_some() {}
+    drop(first);
+    let first_report = LIVE_BYTES.load(Ordering::Relaxed) - before_first;
+    eprintln!("the first report of the process, tables included: {first_report} bytes");
+    assert!(
+        first_report <= MAX_FIRST_REPORT_BYTES,
+        "{first_report} bytes"
+    );
+
+    let mut table = table(cap);
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     for client in 0..SAMPLES_PER_SERVICE {
         for service in 0..SERVICES {

@@ -100,7 +100,6 @@ pub struct ServiceScorer {
     tuples: TupleTable,
     samples: u64,
     retransmits: u64,
-    cached: Option<ServiceReport>,
 }
 
 impl ServiceScorer {
@@ -112,13 +111,11 @@ impl ServiceScorer {
             tuples: TupleTable::new(window),
             samples: 0,
             retransmits: 0,
-            cached: None,
         }
     }
 
     /// Records one SYN-ACK. O(1), no allocation once the window is full.
     pub fn ingest(&mut self, obs: &IsnObservation) {
-        self.cached = None;
         match self.tuples.classify(obs) {
             TupleVerdict::Retransmit => self.retransmits += 1,
             // Same 4-tuple again: kept for the clock check, not scored as a fresh ISN.
@@ -139,20 +136,17 @@ impl ServiceScorer {
         self.samples
     }
 
-    /// The current assessment; cached until the next `ingest`.
-    pub fn report(&mut self, service: &str) -> ServiceReport {
-        if let Some(cached) = self.cached.as_ref().filter(|r| r.service == service) {
-            return cached.clone();
-        }
-        let report = findings::assess(
+    /// The current assessment, computed afresh: the daemon asks only after new samples and
+    /// keeps the report it publishes, so a cached copy here would double each service's
+    /// memory for nothing.
+    pub fn report(&self, service: &str) -> ServiceReport {
+        findings::assess(
             &self.config,
             service,
             self.samples,
             self.retransmits,
             &self.window.in_order(),
             &self.tuples.reuse_pairs(),
-        );
-        self.cached = Some(report.clone());
-        report
+        )
     }
 }

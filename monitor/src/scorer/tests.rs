@@ -290,6 +290,28 @@ fn weak_verdicts_explain_themselves() {
     assert_eq!(report.nmap.as_ref().map(|n| n.gcd), Some(64_000));
 }
 
+/// With four ISNs the LCG fit has one prediction, on the last ISN: the finding names the
+/// constants that made it, not zeros.
+#[test]
+fn a_fit_confirmed_on_the_last_isn_names_its_constants() {
+    let mut service = Service::new(Generator::FixedStep(64_000), 1);
+    let mut scorer = ServiceScorer::new(&ScorerConfig::default());
+    for _ in 0..4 {
+        scorer.ingest(&service.next_observation());
+    }
+    let report = scorer.report("192.0.2.1:443");
+    let prng = report
+        .findings
+        .iter()
+        .find(|f| f.kind == FindingKind::Prng)
+        .expect("prng finding");
+    assert_eq!(
+        prng.message,
+        "next ISN predicted exactly in 1 of 1 (a counter: x' = x + 64000 mod 2^32, an LCG with \
+         multiplier 1)"
+    );
+}
+
 #[test]
 fn uniform_window_is_strong_with_full_guess_bits() {
     let mut service = Service::new(Generator::Uniform, 3);

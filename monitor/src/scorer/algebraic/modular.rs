@@ -116,6 +116,18 @@ struct UnknownLcg {
     named: Vec<(u32, (u64, u64))>,
 }
 
+impl UnknownLcg {
+    /// The constants of the latest prediction that came true: `confirmed` learns of a hit only
+    /// at the next prediction, so a hit on the last ISN is looked up in what was named.
+    fn constants_after(&self, last: Option<&u32>) -> Option<(u64, u64)> {
+        self.named
+            .iter()
+            .find(|(isn, _)| Some(isn) == last)
+            .map(|&(_, constants)| constants)
+            .or(self.confirmed)
+    }
+}
+
 impl Predictor for UnknownLcg {
     fn predict(&mut self, past: &[u32], out: &mut Candidates) {
         let n = past.len();
@@ -156,22 +168,21 @@ pub fn search_lcg(isns: &[u32], guesses: u64) -> Option<FamilyResult> {
             named: Vec::with_capacity(LCG_CANDIDATES),
         };
         let tally = run(&mut lcg, isns, LCG_CANDIDATES);
-        ((ring, lcg.confirmed), tally)
+        ((ring, lcg.constants_after(isns.last())), tally)
     });
     let ((ring, constants), tally) = best(tallies, isns.len(), LCG_CANDIDATES)?;
-    let (a, c) = constants.unwrap_or((0, 0));
-    let generator = if (a, c) == (1, 0) {
-        "a constant ISN (an LCG with multiplier 1 and increment 0)".to_owned()
-    } else if a == 1 {
-        format!(
+    let generator = match constants {
+        Some((1, 0)) => "a constant ISN (an LCG with multiplier 1 and increment 0)".to_owned(),
+        Some((1, c)) => format!(
             "a counter: x' = x + {c} mod {}, an LCG with multiplier 1",
             ring.name()
-        )
-    } else {
-        format!(
+        ),
+        Some((a, c)) => format!(
             "LCG x' = {a}·x + {c} mod {}, constants recovered from 3 ISNs",
             ring.name()
-        )
+        ),
+        // Only hits outside the window of any one fit: the family, not its constants.
+        None => format!("an LCG mod {} (constants not recovered)", ring.name()),
     };
     let recovered = Recovered {
         multiplier: constants.map(|(a, _)| a),

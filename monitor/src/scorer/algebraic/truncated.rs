@@ -472,7 +472,7 @@ impl Predictor for Truncated {
     }
 }
 
-/// Tables per (LCG, hidden bits, second call), built on first use (about 2.5 MB in all).
+/// Tables per (LCG, hidden bits, second call), built on first use (about 6 MB in all; tests/service_memory.rs bounds it).
 fn table(lcg: &'static Lcg, composition: &Composition) -> &'static Table {
     static TABLES: OnceLock<Vec<(usize, u32, Part, Table)>> = OnceLock::new();
     let key = |lcg: &Lcg, composition: &Composition| {
