@@ -133,6 +133,8 @@ pub(super) struct Found {
 /// The namespaces followed and their state.
 pub(super) struct OtherNamespaces {
     own: NetnsInode,
+    /// [`MAX_FOLLOWED`], but in tests.
+    max_followed: usize,
     metrics: NetnsMetrics,
     dump_failures: IntCounter,
     followed: BTreeMap<NetnsInode, Followed>,
@@ -144,6 +146,7 @@ impl OtherNamespaces {
     pub(super) fn new(metrics: NetnsMetrics, dump_failures: IntCounter) -> anyhow::Result<Self> {
         Ok(OtherNamespaces {
             own: netns::own()?,
+            max_followed: MAX_FOLLOWED,
             metrics,
             dump_failures,
             followed: BTreeMap::new(),
@@ -206,7 +209,7 @@ impl OtherNamespaces {
                 }
                 continue;
             }
-            if self.followed.len() >= MAX_FOLLOWED {
+            if self.followed.len() >= self.max_followed {
                 unfollowed += 1;
                 continue;
             }
@@ -235,8 +238,9 @@ impl OtherNamespaces {
         if unfollowed > 0 && !self.said_unfollowed {
             self.said_unfollowed = true;
             log::warn!(
-                "{unfollowed} network namespaces not followed: {MAX_FOLLOWED} already are \
-                 (seqwatch_netns_unfollowed)"
+                "{unfollowed} network namespaces not followed: {} already are \
+                 (seqwatch_netns_unfollowed)",
+                self.max_followed
             );
         }
         let m = &self.metrics;
@@ -314,5 +318,52 @@ impl Followed {
             merged.listeners += totals.listeners;
             merged.listen_backlog += totals.listen_backlog;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn ip_netns(verb: &str, name: &str) {
+        let status = Command::new("ip").args(["netns", verb, name]).status();
+        assert!(status.unwrap().success(), "ip netns {verb} {name}");
+    }
+
+    /// With three namespaces of its own there are at least three others than the test's: at a
+    /// bound of 2, two are followed (a socket and an info series each) and the rest counted.
+    #[test]
+    fn namespaces_beyond_the_bound_are_counted_not_followed() {
+        let names: Vec<String> = (0..3)
+            .map(|n| format!("sw-bound-{}-{n}", std::process::id()))
+            .collect();
+        for name in &names {
+            ip_netns("add", name);
+        }
+        let registry = Registry::default();
+        let metrics = NetnsMetrics::new(&registry).unwrap();
+        let failures = IntCounter::new("failures", "failures").unwrap();
+        let mut namespaces = OtherNamespaces::new(metrics.clone(), failures).unwrap();
+        namespaces.max_followed = 2;
+        namespaces.rescan();
+        let followed = namespaces.followed.len();
+        for name in &names {
+            ip_netns("del", name);
+        }
+        assert_eq!(followed, 2);
+        assert_eq!(metrics.followed.get(), 2);
+        assert!(
+            metrics.unfollowed.get() >= 1,
+            "{}",
+            metrics.unfollowed.get()
+        );
+        let info = prometheus::core::Collector::collect(&metrics.info);
+        assert_eq!(
+            info[0].get_metric().len(),
+            2,
+            "one info series per namespace followed"
+        );
     }
 }
