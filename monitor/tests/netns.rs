@@ -1,5 +1,6 @@
 //! Other network namespaces (`--netns all`) against the real kernel: the daemon in the lab's
-//! server namespace, a "container" namespace the test makes, with a listener and a process in
+//! server namespace, a "container" namespace the test makes once the daemon serves (and has
+//! dropped the capabilities it does not keep), with a listener and a process in
 //! a cgroup whose path is a podman container's (`libpod-<64 hex>.scope`). The container's
 //! listener is in listener health under the namespace's inode, the namespace is named by the
 //! container's ID, and once the namespace is deleted its series go. Needs root and a cgroup2
@@ -122,7 +123,7 @@ fn series<'a>(metrics: &'a str, name: &str, labels: &[String]) -> Vec<&'a str> {
         .collect()
 }
 
-/// The daemon with `--netns all` (run through `wrapper`) and a container with a listener.
+/// The daemon with `--netns all` (run through `wrapper`), then a container with a listener.
 struct Scene {
     lab: Lab,
     container: Container,
@@ -139,13 +140,16 @@ impl Scene {
         // Writable by the daemon whoever it runs as.
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let args = ["--netns", "all"];
+        let daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), wrapper, &args);
+        // Serving means attached and its capabilities dropped: the container comes later.
+        let serving = wait_for(Duration::from_secs(30), || daemon.scrape(&lab).is_some());
+        assert!(serving, "no /metrics:\n{}", daemon.log());
         let container = Container::create();
         let listener = lab.run_in(&container.ns, || {
             TcpListener::bind(("127.0.0.1", PORT)).unwrap()
         });
         let netns = format!("netns=\"{}\"", container.inode());
-        let args = ["--netns", "all"];
-        let daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), wrapper, &args);
         Scene {
             lab,
             container,
