@@ -42,7 +42,7 @@ use crate::{
         reader::Tasks,
         synack_program,
     },
-    settings::{ConfigError, Directions, Settings},
+    settings::{ConfigError, Directions, NetnsMode, Settings},
     util::{lock, ticks},
 };
 
@@ -175,7 +175,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let url = format!("{}://{}/metrics", security.scheme(), server.local_addr);
     log::info!("serving {url}");
     // Everything that needs privileges (or root's file access) is done: drop them.
-    caps::drop_after_attach()?;
+    caps::drop_after_attach(settings.netns == NetnsMode::All)?;
     notify_systemd(&[
         NotifyState::Ready,
         NotifyState::Status(&format!("attached; serving {url}")),

@@ -1,6 +1,8 @@
 //! What the daemon reads about the host beside its own programs: the kernel's socket table
-//! (sock_diag), the TcpExt counters (/proc/net/netstat) and the hardening sysctls (posture).
+//! (sock_diag), the TcpExt counters (/proc/net/netstat), the hardening sysctls (posture) and
+//! the network namespaces of the host and who they belong to (netns).
 
+pub mod netns;
 pub mod netstat;
 pub mod posture;
 pub mod sock_diag;

@@ -57,9 +57,7 @@ pub struct TcpSocket {
 
 /// Every TCP socket of this process's network namespace, IPv4 then IPv6.
 pub fn dump_tcp() -> anyhow::Result<Vec<TcpSocket>> {
-    dump(StateFlags::from_bits_retain(
-        StateFlags::all().bits() | 1 << TCP_NEW_SYN_RECV,
-    ))
+    DiagSocket::open()?.dump_tcp()
 }
 
 /// The addresses TCP sockets of this namespace listen on (the kernel walks only its
@@ -70,17 +68,40 @@ pub fn dump_listeners() -> anyhow::Result<Vec<SocketAddr>> {
 }
 
 fn dump(states: StateFlags) -> anyhow::Result<Vec<TcpSocket>> {
-    let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG).context("sock_diag socket")?;
-    socket.bind_auto().context("binding the sock_diag socket")?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .context("connecting the sock_diag socket")?;
-    let mut sockets = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        request(&socket, family, states.clone())?;
-        receive(&socket, &mut sockets)?;
+    DiagSocket::open()?.dump(states)
+}
+
+/// A sock_diag socket: it reads the table of the network namespace it was opened in, wherever
+/// the thread that reads it is.
+pub struct DiagSocket(NetlinkSocket);
+
+impl DiagSocket {
+    /// A socket of the calling thread's network namespace.
+    pub fn open() -> anyhow::Result<DiagSocket> {
+        let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG).context("sock_diag socket")?;
+        socket.bind_auto().context("binding the sock_diag socket")?;
+        socket
+            .connect(&NetlinkAddr::new(0, 0))
+            .context("connecting the sock_diag socket")?;
+        Ok(DiagSocket(socket))
     }
-    Ok(sockets)
+
+    /// Every TCP socket of the socket's namespace, as [`dump_tcp`]. After an error, what is
+    /// left of the dump may still be queued: close the socket.
+    pub fn dump_tcp(&self) -> anyhow::Result<Vec<TcpSocket>> {
+        self.dump(StateFlags::from_bits_retain(
+            StateFlags::all().bits() | 1 << TCP_NEW_SYN_RECV,
+        ))
+    }
+
+    fn dump(&self, states: StateFlags) -> anyhow::Result<Vec<TcpSocket>> {
+        let mut sockets = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            request(&self.0, family, states.clone())?;
+            receive(&self.0, &mut sockets)?;
+        }
+        Ok(sockets)
+    }
 }
 
 fn request(socket: &NetlinkSocket, family: u8, states: StateFlags) -> anyhow::Result<()> {

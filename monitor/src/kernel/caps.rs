@@ -25,6 +25,13 @@ pub const REQUIRED: [Capability; 3] = [
 /// CAP_NET_ADMIN and the program's fd; reading maps and the ring buffer needs only their fds.
 pub const KEPT_AFTER_ATTACH: [Capability; 1] = [Capability::CAP_NET_ADMIN];
 
+/// Kept as well with `--netns all`, to follow namespaces as they come: entering one to open a
+/// socket there (setns(2)) needs CAP_SYS_ADMIN; reading which namespace a process is in
+/// (`/proc/PID/ns/net`) needs CAP_SYS_PTRACE if it is another user's or holds a capability the
+/// daemon lacks (most containers' processes do).
+pub const KEPT_FOR_OTHER_NAMESPACES: [Capability; 2] =
+    [Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE];
+
 /// Fails, naming them, if the effective capabilities lack any the loader needs.
 pub fn require_privileges() -> anyhow::Result<()> {
     let effective =
@@ -47,13 +54,30 @@ pub fn require_privileges() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops every capability but [`KEPT_AFTER_ATTACH`] from this thread's effective, permitted
-/// and inheritable sets, clears the ambient set, and shrinks the bounding set when allowed
-/// to (CAP_SETPCAP; under systemd the unit's CapabilityBoundingSet already did). Threads
-/// started afterwards inherit the reduced sets, so call it before any other thread exists.
-pub fn drop_after_attach() -> anyhow::Result<()> {
-    let kept: CapsHashSet = KEPT_AFTER_ATTACH.into_iter().collect();
+/// Drops every capability but [`KEPT_AFTER_ATTACH`] (and, to follow `other_namespaces`,
+/// [`KEPT_FOR_OTHER_NAMESPACES`]) from this thread's effective, permitted and inheritable
+/// sets, clears the ambient set, and shrinks the bounding set when allowed to (CAP_SETPCAP;
+/// under systemd the unit's CapabilityBoundingSet already did). Threads started afterwards
+/// inherit the reduced sets, so call it before any other thread exists.
+pub fn drop_after_attach(other_namespaces: bool) -> anyhow::Result<()> {
+    let mut kept: CapsHashSet = KEPT_AFTER_ATTACH.into_iter().collect();
     let permitted = caps::read(None, CapSet::Permitted)?;
+    if other_namespaces {
+        kept.extend(KEPT_FOR_OTHER_NAMESPACES);
+        let missing: Vec<String> = KEPT_FOR_OTHER_NAMESPACES
+            .iter()
+            .filter(|cap| !permitted.contains(cap))
+            .map(ToString::to_string)
+            .collect();
+        if !missing.is_empty() {
+            log::warn!(
+                "--netns all without {}: other network namespaces cannot be entered without \
+                 CAP_SYS_ADMIN, nor found through most containers' processes without \
+                 CAP_SYS_PTRACE (docs/deploy.md)",
+                missing.join(", ")
+            );
+        }
+    }
     let keep: CapsHashSet = permitted.intersection(&kept).copied().collect();
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
         for cap in caps::read(None, CapSet::Bounding)?.difference(&kept) {

@@ -16,7 +16,7 @@ use std::{
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
 
 pub use file::{ConfigError, ConfigFile};
-pub use value::{Directions, Flag, PortList, Setting, Value, flag};
+pub use value::{Directions, Flag, NetnsMode, PortList, Setting, Value, flag};
 
 use crate::kernel::AttachMode;
 
@@ -201,6 +201,15 @@ pub static TLS_LOG_PREFIX: Setting<bool> = Setting {
     allowed: (),
 };
 
+pub static NETNS: Setting<NetnsMode> = Setting {
+    key: "netns",
+    flag: flag("netns", "MODE"),
+    help: "Network namespaces whose listeners are watched: this one, or every one of the host \
+           as they come and go (needs CAP_SYS_ADMIN and CAP_SYS_PTRACE kept, docs/deploy.md)",
+    default: NetnsMode::Own,
+    allowed: (),
+};
+
 pub static WEB_CONFIG: Setting<Option<PathBuf>> = Setting {
     key: "web_config",
     flag: flag("web-config", "FILE"),
@@ -253,6 +262,7 @@ settings! {
     top_sources: usize = TOP_SOURCES,
     anomaly_window: u64 = ANOMALY_WINDOW,
     unresponsive_after: u64 = UNRESPONSIVE_AFTER,
+    netns: NetnsMode = NETNS,
     tls_ports: PortList = TLS_PORTS,
     tls_detect_hello: bool = TLS_DETECT_HELLO,
     tls_log_prefix: bool = TLS_LOG_PREFIX,

@@ -287,6 +287,16 @@ pub enum Directions {
     Both,
 }
 
+/// Which network namespaces the daemon follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NetnsMode {
+    /// Its own only.
+    #[value(name = "self")]
+    Own,
+    /// Every network namespace of the host, as they come and go.
+    All,
+}
+
 /// A choice among a clap value enum's names, in the file as on the command line.
 macro_rules! choices {
     ($($choice:ty),*) => {$(
@@ -319,7 +329,7 @@ macro_rules! choices {
     )*};
 }
 
-choices!(Directions, AttachMode);
+choices!(Directions, AttachMode, NetnsMode);
 
 fn names<T: ValueEnum>() -> Vec<String> {
     T::value_variants()

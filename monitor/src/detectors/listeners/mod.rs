@@ -16,6 +16,7 @@
 //! of them (later ones are `other`); owners are the top [`MAX_OWNERS`] by sockets, the rest
 //! `other`.
 
+pub mod namespaces;
 pub mod port_counts;
 pub mod port_labels;
 pub mod silence;
@@ -38,12 +39,13 @@ use crate::{
     export::{event_log::EventLog, metrics::Registry},
     host::sock_diag::{self, TcpSocket, state},
     kernel::reader::{Reader, Rings, Schedule, Wakeup},
-    settings::{Directions, Settings},
+    settings::{Directions, NetnsMode, Settings},
     util::{
         clock::{Clock, monotonic_ns},
         lock,
     },
 };
+use namespaces::{NetnsMetrics, NetnsReport, OtherNamespaces};
 use port_counts::{HandshakeReport, PortCountMetrics, PortCounters, Sources};
 use port_labels::{OTHER, PortLabels};
 use silence::{SilenceEvent, SilenceMetrics, SilenceWatch};
@@ -83,15 +85,19 @@ pub struct Listeners {
     unresponsive_after: Duration,
     syns_received: bool,
     synacks_sent: bool,
+    /// `--netns all`: the other namespaces are followed too.
+    other_namespaces: bool,
 }
 
 impl Listeners {
     pub fn new(settings: &Settings, registry: &Registry) -> anyhow::Result<Self> {
+        let other_namespaces = settings.netns == NetnsMode::All;
         Ok(Listeners {
-            metrics: ListenerMetrics::new(registry)?,
+            metrics: ListenerMetrics::new(registry, other_namespaces)?,
             unresponsive_after: Duration::from_secs(settings.unresponsive_after),
             syns_received: settings.direction != Directions::Egress,
             synacks_sent: settings.direction != Directions::Ingress,
+            other_namespaces,
         })
     }
 }
@@ -136,7 +142,15 @@ impl Detector for Listeners {
             log::warn!("listener health and owners off: {err:#}");
             return Ok(());
         }
+        let other_namespaces = match (&self.metrics.netns, self.other_namespaces) {
+            (Some(metrics), true) => Some(OtherNamespaces::new(
+                metrics.clone(),
+                self.metrics.dump_failures.clone(),
+            )?),
+            _ => None,
+        };
         let reader = SocketTableReader {
+            other_namespaces,
             metrics: self.metrics,
             unresponsive_after: self.unresponsive_after,
             log: ctx.shared.event_log.clone(),
@@ -181,10 +195,12 @@ pub struct ListenerMetrics {
     dump_failures: IntCounter,
     silence: SilenceMetrics,
     port_counts: PortCountMetrics,
+    /// None unless other namespaces are followed.
+    netns: Option<NetnsMetrics>,
 }
 
 impl ListenerMetrics {
-    pub fn new(registry: &Registry) -> anyhow::Result<Self> {
+    pub fn new(registry: &Registry, other_namespaces: bool) -> anyhow::Result<Self> {
         let gauges = |name: &str, help: &str, labels: &[&str]| registry.gauges(name, help, labels);
         let counters =
             |name: &str, help: &str, labels: &[&str]| registry.counters(name, help, labels);
@@ -267,6 +283,9 @@ impl ListenerMetrics {
             )?,
             silence: SilenceMetrics::new(registry)?,
             port_counts: PortCountMetrics::new(registry)?,
+            netns: (other_namespaces || registry.documents_all())
+                .then(|| NetnsMetrics::new(registry))
+                .transpose()?,
         })
     }
 }
@@ -318,6 +337,9 @@ pub struct ListenerReport {
     pub owner: Owner,
     #[serde(flatten)]
     pub handshakes: HandshakeReport,
+    /// The listener's network namespace, if not the daemon's (`--netns all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -510,6 +532,8 @@ impl WaitClock {
 
 /// The detector's task.
 struct SocketTableReader {
+    /// `--netns all`.
+    other_namespaces: Option<OtherNamespaces>,
     metrics: ListenerMetrics,
     unresponsive_after: Duration,
     log: Option<EventLog>,
@@ -549,10 +573,24 @@ impl SocketTableReader {
             self.write_silence(&event);
         }
         let range = ephemeral_range();
-        let snapshot = Snapshot::build(&sockets, range);
+        let mut snapshot = Snapshot::build(&sockets, range);
         let oldest = self.waits.update(&snapshot.waiting, now);
         let new_drops = self.count_drops(&snapshot);
-        let listeners = self.publish_ports(&snapshot, &oldest, &new_drops);
+        let mut listeners = self.publish_ports(&snapshot, &oldest, &new_drops);
+        let mut others = match &mut self.other_namespaces {
+            Some(namespaces) => namespaces.poll(now, after, &mut self.names),
+            None => namespaces::Found::default(),
+        };
+        listeners.append(&mut others.listeners);
+        let names = &mut self.names.processes;
+        names
+            .retain(|inode, _| snapshot.drops.contains_key(inode) || others.inodes.contains(inode));
+        for (key, totals) in others.owners {
+            let owner = snapshot.owners.entry(key).or_default();
+            owner.sockets += totals.sockets;
+            owner.listeners += totals.listeners;
+            owner.listen_backlog += totals.listen_backlog;
+        }
         let owners = self.publish_owners(&snapshot);
         let ephemeral = range.map(|range| self.publish_ephemeral(range, &snapshot));
         let conntrack = conntrack();
@@ -659,10 +697,9 @@ impl SocketTableReader {
                 unresponsive,
                 owner,
                 handshakes: handshakes.remove(&number).unwrap_or_default(),
+                netns: None,
             });
         }
-        let names = &mut self.names.processes;
-        names.retain(|inode, _| snapshot.drops.contains_key(inode));
         listeners
     }
 

@@ -8,28 +8,44 @@ pub const MAX_PORTS: usize = 32;
 /// The label of everything beyond a cap.
 pub const OTHER: &str = "other";
 
-/// Port labels under [`MAX_PORTS`]: a port keeps its label while it listens.
-#[derive(Default)]
-pub struct PortLabels(BTreeSet<u16>);
+/// Port labels under a cap ([`MAX_PORTS`] by default): a port keeps its label while it
+/// listens.
+pub struct PortLabels {
+    labelled: BTreeSet<u16>,
+    max: usize,
+}
+
+impl Default for PortLabels {
+    fn default() -> Self {
+        PortLabels::at_most(MAX_PORTS)
+    }
+}
 
 impl PortLabels {
+    pub fn at_most(max: usize) -> Self {
+        PortLabels {
+            labelled: BTreeSet::new(),
+            max,
+        }
+    }
+
     /// Forgets ports that stopped listening; returns them.
     pub fn retain<V>(&mut self, listening: &BTreeMap<u16, V>) -> Vec<u16> {
         let gone: Vec<u16> = self
-            .0
+            .labelled
             .iter()
             .copied()
             .filter(|port| !listening.contains_key(port))
             .collect();
         for port in &gone {
-            self.0.remove(port);
+            self.labelled.remove(port);
         }
         gone
     }
 
     pub fn label(&mut self, port: u16) -> String {
-        if self.0.contains(&port) || self.0.len() < MAX_PORTS {
-            self.0.insert(port);
+        if self.labelled.contains(&port) || self.labelled.len() < self.max {
+            self.labelled.insert(port);
             port.to_string()
         } else {
             OTHER.to_owned()

@@ -1,0 +1,277 @@
+//! Other network namespaces (`--netns all`) against the real kernel: the daemon in the lab's
+//! server namespace, a "container" namespace the test makes once the daemon serves (and has
+//! dropped the capabilities it does not keep), with a listener and a process in
+//! a cgroup whose path is a podman container's (`libpod-<64 hex>.scope`). The container's
+//! listener is in listener health under the namespace's inode, the namespace is named by the
+//! container's ID, and once the namespace is deleted its series go. Needs root and a cgroup2
+//! mount; the namespace, the process and the cgroup are removed even on failure.
+
+use std::{
+    net::TcpListener,
+    os::unix::fs::MetadataExt as _,
+    os::unix::fs::PermissionsExt as _,
+    path::PathBuf,
+    process::{Child, Command},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use common::{
+    daemon::{Daemon, http_get},
+    wait_for,
+};
+use seqwatch::lab::{Lab, LabOptions};
+
+const PORT: u16 = 8443;
+
+/// A network namespace with one process in a podman-like cgroup; all removed on drop.
+struct Container {
+    ns: String,
+    process: Option<Child>,
+    /// The test's cgroup and, inside it, the container's.
+    cgroups: [PathBuf; 2],
+    /// The full container ID.
+    id: String,
+}
+
+impl Container {
+    fn create() -> Container {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("sw-{pid}-{n}-k");
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let id = format!("{:016x}{pid:016x}{nanos:032x}", nanos as u64);
+        let parent = cgroup2_mount().join(format!("seqwatch-netns-{pid}-{n}"));
+        let scope = parent.join(format!("libpod-{id}.scope"));
+        let mut container = Container {
+            ns,
+            process: None,
+            cgroups: [parent, scope],
+            id,
+        };
+        ip(&["netns", "add", &container.ns]);
+        ip(&["-n", &container.ns, "link", "set", "lo", "up"]);
+        for dir in &container.cgroups {
+            std::fs::create_dir(dir).unwrap();
+        }
+        let process = Command::new("nsenter")
+            .arg(format!(
+                "--net={}",
+                Lab::netns_path(&container.ns).display()
+            ))
+            .args(["sleep", "60"])
+            .spawn()
+            .unwrap();
+        let procs = container.cgroups[1].join("cgroup.procs");
+        std::fs::write(procs, process.id().to_string()).unwrap();
+        container.process = Some(process);
+        container
+    }
+
+    fn inode(&self) -> u64 {
+        std::fs::metadata(Lab::netns_path(&self.ns)).unwrap().ino()
+    }
+
+    /// What a container's end looks like to the host: its processes exit, its namespace goes.
+    fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+        if Lab::netns_path(&self.ns).exists() {
+            ip(&["netns", "del", &self.ns]);
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.stop();
+        for dir in self.cgroups.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}: {status}");
+}
+
+fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// The lines of `metrics` that are series of `name` and carry every one of `labels`.
+fn series<'a>(metrics: &'a str, name: &str, labels: &[String]) -> Vec<&'a str> {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| labels.iter().all(|label| line.contains(label.as_str())))
+        .collect()
+}
+
+/// The daemon with `--netns all` (run through `wrapper`), then a container with a listener.
+struct Scene {
+    lab: Lab,
+    container: Container,
+    listener: TcpListener,
+    daemon: Daemon,
+    /// The container's `netns` label.
+    netns: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn start(wrapper: &[&str]) -> Scene {
+        let lab = Lab::create(&LabOptions::default()).unwrap();
+        // Writable by the daemon whoever it runs as.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let args = ["--netns", "all"];
+        let daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), wrapper, &args);
+        // Serving means attached and its capabilities dropped: the container comes later.
+        let serving = wait_for(Duration::from_secs(30), || daemon.scrape(&lab).is_some());
+        assert!(serving, "no /metrics:\n{}", daemon.log());
+        let container = Container::create();
+        let listener = lab.run_in(&container.ns, || {
+            TcpListener::bind(("127.0.0.1", PORT)).unwrap()
+        });
+        let netns = format!("netns=\"{}\"", container.inode());
+        Scene {
+            lab,
+            container,
+            listener,
+            daemon,
+            netns,
+            _dir: dir,
+        }
+    }
+
+    /// `seqwatch_netns_info`'s series naming the container.
+    fn named(&self, metrics: &str) -> Vec<String> {
+        let short_id = format!("container=\"{}\"", &self.container.id[..12]);
+        let labels = [self.netns.clone(), short_id];
+        let lines = series(metrics, "seqwatch_netns_info", &labels);
+        lines.into_iter().map(str::to_owned).collect()
+    }
+
+    /// The container's listener's backlog, as listener health exports it.
+    fn backlog<'a>(&self, metrics: &'a str) -> Vec<&'a str> {
+        let labels = [self.netns.clone(), format!("port=\"{PORT}\"")];
+        series(metrics, "seqwatch_netns_listener_accept_queue_max", &labels)
+    }
+
+    /// Waits until the container's listener and name are exported; returns /metrics.
+    fn wait_for_the_container(&self) -> String {
+        let seen = wait_for(Duration::from_secs(15), || {
+            self.daemon.scrape(&self.lab).is_some_and(|metrics| {
+                self.backlog(&metrics).len() == 1 && self.named(&metrics).len() == 1
+            })
+        });
+        let metrics = self.daemon.metrics(&self.lab);
+        assert!(
+            seen,
+            "the container's listener and name, {} {}:\n{}\n{}",
+            self.netns,
+            self.container.id,
+            metrics
+                .lines()
+                .filter(|line| line.starts_with("seqwatch_netns"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            self.daemon.log()
+        );
+        metrics
+    }
+}
+
+#[test]
+fn a_containers_listener_is_watched_named_by_its_container_and_forgotten_with_it() {
+    let mut scene = Scene::start(&[]);
+    let metrics = scene.wait_for_the_container();
+    let backlog = scene.backlog(&metrics);
+    assert!(backlog[0].ends_with(" 128"), "std's backlog: {backlog:?}");
+    let named = scene.named(&metrics);
+    assert!(named[0].ends_with(" 1"), "{named:?}");
+
+    let (lab, inode) = (&scene.lab, scene.container.inode());
+    let owners = http_get(lab, &lab.server_ns, "/api/v1/owners").unwrap();
+    let owners: serde_json::Value = serde_json::from_str(&owners).unwrap();
+    let listed = owners["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == PORT && l["netns"]["inode"] == inode)
+        .unwrap_or_else(|| panic!("the container's listener in /api/v1/owners: {owners}"));
+    let short_id = &scene.container.id[..12];
+    assert_eq!(listed["netns"]["container"], short_id, "{listed}");
+
+    // The container ends: its processes exit, its namespace goes, and so do its series.
+    drop(scene.listener);
+    scene.container.stop();
+    let forgotten = wait_for(Duration::from_secs(6), || {
+        let metrics = scene.daemon.scrape(&scene.lab);
+        metrics.is_some_and(|metrics| !metrics.contains(&scene.netns))
+    });
+    let metrics = scene.daemon.metrics(&scene.lab);
+    assert!(forgotten, "{} still has series:\n{metrics}", scene.netns);
+    scene.daemon.stop();
+}
+
+/// CAP_NET_ADMIN, CAP_SYS_PTRACE and CAP_SYS_ADMIN (capabilities 12, 19 and 21).
+const KEPT_FOR_ALL: u64 = 1 << 12 | 1 << 19 | 1 << 21;
+
+/// As the unit runs it with `netns = "all"` (not root, its three capabilities and the two its
+/// comments add), the daemon keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE beside CAP_NET_ADMIN and
+/// nothing else, and with them finds and enters a root process's namespace.
+#[test]
+fn as_the_unit_runs_it_all_keeps_sys_admin_and_sys_ptrace_and_follows_the_container() {
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+bpf,+net_admin,+perfmon,+sys_admin,+sys_ptrace",
+        "--ambient-caps=+bpf,+net_admin,+perfmon,+sys_admin,+sys_ptrace",
+    ];
+    let scene = Scene::start(&wrapper);
+    scene.wait_for_the_container();
+    let pid = scene.daemon.pid();
+    for set in ["CapEff", "CapPrm"] {
+        let caps = thread_caps(pid, set);
+        assert!(
+            caps.iter().all(|&c| c == KEPT_FOR_ALL),
+            "{set} of every thread: {caps:x?}\n{}",
+            scene.daemon.log()
+        );
+    }
+    scene.daemon.stop();
+}
+
+/// A capability set line of /proc/PID/task/TID/status, e.g. `CapEff`, for every thread.
+fn thread_caps(pid: u32, set: &str) -> Vec<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's threads");
+    tasks
+        .map(|task| {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+            let line = status
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{set}:")))
+                .expect("a capability line");
+            u64::from_str_radix(line.trim(), 16).unwrap()
+        })
+        .collect()
+}
