@@ -251,9 +251,10 @@ fn the_default_values_render_the_reference_daemonset() {
     );
 }
 
-/// `netns: all` adds hostPID, CAP_SYS_ADMIN and `--netns all`, and changes nothing else.
+/// `netns: all` adds hostPID, CAP_SYS_ADMIN, CAP_SYS_PTRACE and `--netns all`, and changes
+/// nothing else.
 #[test]
-fn netns_all_adds_host_pid_and_sys_admin_and_nothing_else() {
+fn netns_all_adds_host_pid_sys_admin_and_sys_ptrace_and_nothing_else() {
     let default = render(&default_values());
     let all = render(&values_with(json!({"netns": "all"})));
     let pod = pod_spec(&all);
@@ -261,7 +262,7 @@ fn netns_all_adds_host_pid_and_sys_admin_and_nothing_else() {
     let container = &pod["containers"][0];
     assert_eq!(
         strings(&container["securityContext"]["capabilities"]["add"]),
-        ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"]
+        ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
     );
     assert!(strings(&container["args"]).ends_with(&["--netns", "all"]));
 
@@ -269,10 +270,10 @@ fn netns_all_adds_host_pid_and_sys_admin_and_nothing_else() {
     let undone_map = undone.as_mapping_mut().unwrap();
     undone_map.remove("hostPID");
     let undone_container = &mut undone_map["containers"][0];
-    undone_container["securityContext"]["capabilities"]["add"]
+    let added = undone_container["securityContext"]["capabilities"]["add"]
         .as_sequence_mut()
-        .unwrap()
-        .pop();
+        .unwrap();
+    added.truncate(added.len() - 2);
     let args = undone_container["args"].as_sequence_mut().unwrap();
     args.truncate(args.len() - 2);
     assert_eq!(&undone, pod_spec(&default));
