@@ -17,6 +17,7 @@ use std::{
 
 use common::{
     daemon::{Daemon, METRICS_ADDR, read_json_lines},
+    host::cgroup2_mount,
     lab::{backlog_listener, connect_many, listen, netstat, write_sysctl},
     prometheus::series_value,
     wait_for,
@@ -377,18 +378,6 @@ fn sockaddr(at: SocketAddrV4) -> libc::sockaddr_in {
         },
         sin_zero: [0; 8],
     }
-}
-
-fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mounts
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
-        })
-        .expect("a cgroup2 mount")
 }
 
 /// A cgroup of its own for one child: `seqwatch-test-<pid>-<n>` under the cgroup2 mount.

@@ -18,6 +18,7 @@ use std::{
 
 use common::{
     daemon::{Daemon, http_get},
+    host::{cgroup2_mount, thread_caps},
     wait_for,
 };
 use seqwatch::lab::{Lab, LabOptions};
@@ -100,18 +101,6 @@ impl Drop for Container {
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().unwrap();
     assert!(status.success(), "ip {args:?}: {status}");
-}
-
-fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mounts
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
-        })
-        .expect("a cgroup2 mount")
 }
 
 /// The lines of `metrics` that are series of `name` and carry every one of `labels`.
@@ -259,19 +248,4 @@ fn as_the_unit_runs_it_all_keeps_sys_admin_and_sys_ptrace_and_follows_the_contai
         );
     }
     scene.daemon.stop();
-}
-
-/// A capability set line of /proc/PID/task/TID/status, e.g. `CapEff`, for every thread.
-fn thread_caps(pid: u32, set: &str) -> Vec<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's threads");
-    tasks
-        .map(|task| {
-            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
-            let line = status
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("{set}:")))
-                .expect("a capability line");
-            u64::from_str_radix(line.trim(), 16).unwrap()
-        })
-        .collect()
 }

@@ -14,6 +14,7 @@ use std::{
 
 use common::{
     daemon::{Daemon, METRICS_ADDR, assert_tcp_event_programs_attached, attachments, scrape},
+    host::thread_caps,
     lab::{connect_many, listen},
     prometheus::series_value,
     wait_for,
@@ -46,21 +47,6 @@ fn shared_tempdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     dir
-}
-
-/// A capability set line of /proc/PID/task/TID/status, e.g. `CapEff`, for every thread.
-fn thread_caps(pid: u32, set: &str) -> Vec<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's threads");
-    tasks
-        .map(|task| {
-            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
-            let line = status
-                .lines()
-                .find_map(|line| line.strip_prefix(&format!("{set}:")))
-                .expect("a capability line");
-            u64::from_str_radix(line.trim(), 16).unwrap()
-        })
-        .collect()
 }
 
 fn process_uid(pid: u32) -> String {
