@@ -178,12 +178,8 @@ impl Detector for Listeners {
 /// The detector's metrics.
 #[derive(Clone)]
 pub struct ListenerMetrics {
-    accept_queue: IntGaugeVec,
-    accept_queue_max: IntGaugeVec,
-    syn_queue: IntGaugeVec,
-    oldest_wait: IntGaugeVec,
+    queues: QueueGauges,
     drops: IntCounterVec,
-    unresponsive: IntGaugeVec,
     unresponsive_episodes: IntCounterVec,
     owner_sockets: IntGaugeVec,
     owner_waiting: IntGaugeVec,
@@ -207,28 +203,37 @@ impl ListenerMetrics {
         let port = &["port"];
         let owner = &["uid", "cgroup"];
         Ok(ListenerMetrics {
-            accept_queue: gauges(
-                "seqwatch_listener_accept_queue",
-                "Connections waiting in the accept queues of the port's listeners.",
-                port,
-            )?,
-            accept_queue_max: gauges(
-                "seqwatch_listener_accept_queue_max",
-                "The listeners' backlog: the accept queue is full (and overflows) once it \
-                 holds more than this.",
-                port,
-            )?,
-            syn_queue: gauges(
-                "seqwatch_listener_syn_queue",
-                "Handshakes in the port's SYN queue (request sockets, SYN-ACK sent, no ACK yet).",
-                port,
-            )?,
-            oldest_wait: gauges(
-                "seqwatch_listener_oldest_wait_seconds",
-                "How long the oldest connection in the port's accept queues has waited for \
-                 accept(2); 0 when none waits.",
-                port,
-            )?,
+            queues: QueueGauges {
+                accept_queue: gauges(
+                    "seqwatch_listener_accept_queue",
+                    "Connections waiting in the accept queues of the port's listeners.",
+                    port,
+                )?,
+                accept_queue_max: gauges(
+                    "seqwatch_listener_accept_queue_max",
+                    "The listeners' backlog: the accept queue is full (and overflows) once it \
+                     holds more than this.",
+                    port,
+                )?,
+                syn_queue: gauges(
+                    "seqwatch_listener_syn_queue",
+                    "Handshakes in the port's SYN queue (request sockets, SYN-ACK sent, no ACK \
+                     yet).",
+                    port,
+                )?,
+                oldest_wait: gauges(
+                    "seqwatch_listener_oldest_wait_seconds",
+                    "How long the oldest connection in the port's accept queues has waited for \
+                     accept(2); 0 when none waits.",
+                    port,
+                )?,
+                unresponsive: gauges(
+                    "seqwatch_listener_unresponsive",
+                    "1 while a connection has waited longer than --unresponsive-after in the \
+                     port's accept queue.",
+                    port,
+                )?,
+            },
             drops: counters(
                 "seqwatch_listener_drops_total",
                 "Segments the port's listeners dropped, from the kernel's per-socket drop \
@@ -236,12 +241,6 @@ impl ListenerMetrics {
                  no route: TcpExt ListenDrops), and segments of handshakes in progress \
                  discarded (an RST that ends one: TcpExt EmbryonicRsts; a repeated SYN; a \
                  segment out of window). Forged RSTs raise it as surely as a full queue.",
-                port,
-            )?,
-            unresponsive: gauges(
-                "seqwatch_listener_unresponsive",
-                "1 while a connection has waited longer than --unresponsive-after in the \
-                 port's accept queue.",
                 port,
             )?,
             unresponsive_episodes: counters(
@@ -646,15 +645,7 @@ impl SocketTableReader {
             self.unresponsive.remove(&gone);
         }
         let m = self.metrics.clone();
-        for vec in [
-            &m.accept_queue,
-            &m.accept_queue_max,
-            &m.syn_queue,
-            &m.oldest_wait,
-            &m.unresponsive,
-        ] {
-            vec.reset();
-        }
+        m.queues.reset();
         let own_label: BTreeMap<u16, bool> = snapshot
             .ports
             .keys()
@@ -666,15 +657,6 @@ impl SocketTableReader {
             let label = self.labels.label(number);
             let labels = [label.as_str()];
             let waited = oldest.get(&number).copied().unwrap_or_default();
-            add(&m.accept_queue, &labels, i64::from(port.accept_queue));
-            add(
-                &m.accept_queue_max,
-                &labels,
-                i64::from(port.accept_queue_max),
-            );
-            add(&m.syn_queue, &labels, i64::from(port.syn_queue));
-            let gauge = m.oldest_wait.with_label_values(&labels);
-            gauge.set(gauge.get().max(waited.as_secs() as i64));
             m.drops
                 .with_label_values(&labels)
                 .inc_by(new_drops.get(&number).copied().unwrap_or_default());
@@ -684,8 +666,7 @@ impl SocketTableReader {
                 .names
                 .owner(port.uid, port.cgroup_id, &port.inodes, becomes);
             let unresponsive = self.judge(number, port, waited, &owner, &label);
-            let gauge = m.unresponsive.with_label_values(&labels);
-            gauge.set(gauge.get().max(i64::from(unresponsive)));
+            m.queues.add(&labels, port, waited, unresponsive);
             listeners.push(ListenerReport {
                 port: number,
                 addresses: port.addresses.iter().copied().collect(),
@@ -837,6 +818,48 @@ impl SocketTableReader {
 /// Adds to a series (ports and owners beyond the cap add up under `other`).
 fn add(gauges: &IntGaugeVec, labels: &[&str], value: i64) {
     gauges.with_label_values(labels).add(value);
+}
+
+/// The gauges of listening ports' queues, in this namespace (`seqwatch_listener_*`) or in the
+/// others (`seqwatch_netns_listener_*`).
+#[derive(Clone)]
+struct QueueGauges {
+    accept_queue: IntGaugeVec,
+    accept_queue_max: IntGaugeVec,
+    syn_queue: IntGaugeVec,
+    oldest_wait: IntGaugeVec,
+    unresponsive: IntGaugeVec,
+}
+
+impl QueueGauges {
+    /// Before a snapshot's ports are added: ports that closed leave no series.
+    fn reset(&self) {
+        for gauges in [
+            &self.accept_queue,
+            &self.accept_queue_max,
+            &self.syn_queue,
+            &self.oldest_wait,
+            &self.unresponsive,
+        ] {
+            gauges.reset();
+        }
+    }
+
+    /// Adds one port under `labels`: ports that share a label (`other`) sum their queues and
+    /// show the longest wait, and are unresponsive if any one is.
+    fn add(&self, labels: &[&str], port: &Port, waited: Duration, unresponsive: bool) {
+        add(&self.accept_queue, labels, i64::from(port.accept_queue));
+        add(
+            &self.accept_queue_max,
+            labels,
+            i64::from(port.accept_queue_max),
+        );
+        add(&self.syn_queue, labels, i64::from(port.syn_queue));
+        let gauge = self.oldest_wait.with_label_values(labels);
+        gauge.set(gauge.get().max(waited.as_secs() as i64));
+        let gauge = self.unresponsive.with_label_values(labels);
+        gauge.set(gauge.get().max(i64::from(unresponsive)));
+    }
 }
 
 /// `net.ipv4.ip_local_port_range` of this namespace.

@@ -17,7 +17,8 @@ use prometheus::{IntCounter, IntGauge, IntGaugeVec};
 use serde::Serialize;
 
 use super::{
-    ListenerReport, Names, OwnerKey, OwnerTotals, Snapshot, WaitClock, add, port_labels::PortLabels,
+    ListenerReport, Names, OwnerKey, OwnerTotals, QueueGauges, Snapshot, WaitClock,
+    port_labels::PortLabels,
 };
 use crate::{
     export::metrics::Registry,
@@ -40,11 +41,7 @@ pub struct NetnsMetrics {
     info: IntGaugeVec,
     followed: IntGauge,
     unfollowed: IntGauge,
-    accept_queue: IntGaugeVec,
-    accept_queue_max: IntGaugeVec,
-    syn_queue: IntGaugeVec,
-    oldest_wait: IntGaugeVec,
-    unresponsive: IntGaugeVec,
+    queues: QueueGauges,
 }
 
 impl NetnsMetrics {
@@ -67,37 +64,29 @@ impl NetnsMetrics {
                 "seqwatch_netns_unfollowed",
                 "Network namespaces not followed because 256 already are.",
             )?,
-            accept_queue: ports(
-                "seqwatch_netns_listener_accept_queue",
-                "seqwatch_listener_accept_queue in another network namespace.",
-            )?,
-            accept_queue_max: ports(
-                "seqwatch_netns_listener_accept_queue_max",
-                "seqwatch_listener_accept_queue_max in another network namespace.",
-            )?,
-            syn_queue: ports(
-                "seqwatch_netns_listener_syn_queue",
-                "seqwatch_listener_syn_queue in another network namespace.",
-            )?,
-            oldest_wait: ports(
-                "seqwatch_netns_listener_oldest_wait_seconds",
-                "seqwatch_listener_oldest_wait_seconds in another network namespace.",
-            )?,
-            unresponsive: ports(
-                "seqwatch_netns_listener_unresponsive",
-                "seqwatch_listener_unresponsive in another network namespace.",
-            )?,
+            queues: QueueGauges {
+                accept_queue: ports(
+                    "seqwatch_netns_listener_accept_queue",
+                    "seqwatch_listener_accept_queue in another network namespace.",
+                )?,
+                accept_queue_max: ports(
+                    "seqwatch_netns_listener_accept_queue_max",
+                    "seqwatch_listener_accept_queue_max in another network namespace.",
+                )?,
+                syn_queue: ports(
+                    "seqwatch_netns_listener_syn_queue",
+                    "seqwatch_listener_syn_queue in another network namespace.",
+                )?,
+                oldest_wait: ports(
+                    "seqwatch_netns_listener_oldest_wait_seconds",
+                    "seqwatch_listener_oldest_wait_seconds in another network namespace.",
+                )?,
+                unresponsive: ports(
+                    "seqwatch_netns_listener_unresponsive",
+                    "seqwatch_listener_unresponsive in another network namespace.",
+                )?,
+            },
         })
-    }
-
-    fn port_gauges(&self) -> [&IntGaugeVec; 5] {
-        [
-            &self.accept_queue,
-            &self.accept_queue_max,
-            &self.syn_queue,
-            &self.oldest_wait,
-            &self.unresponsive,
-        ]
     }
 }
 
@@ -169,9 +158,7 @@ impl OtherNamespaces {
             self.scanned = Some(now);
             self.rescan();
         }
-        for gauges in self.metrics.port_gauges() {
-            gauges.reset();
-        }
+        self.metrics.queues.reset();
         let mut found = Found::default();
         let mut failed = Vec::new();
         for (inode, followed) in &mut self.followed {
@@ -281,17 +268,7 @@ impl Followed {
             let labels = [self.label.as_str(), port_label.as_str()];
             let waited = oldest.get(&number).copied().unwrap_or_default();
             let unresponsive = waited >= unresponsive_after;
-            add(&m.accept_queue, &labels, i64::from(port.accept_queue));
-            add(
-                &m.accept_queue_max,
-                &labels,
-                i64::from(port.accept_queue_max),
-            );
-            add(&m.syn_queue, &labels, i64::from(port.syn_queue));
-            let gauge = m.oldest_wait.with_label_values(&labels);
-            gauge.set(gauge.get().max(waited.as_secs() as i64));
-            let gauge = m.unresponsive.with_label_values(&labels);
-            gauge.set(gauge.get().max(i64::from(unresponsive)));
+            m.queues.add(&labels, port, waited, unresponsive);
             let drops: u64 = port
                 .inodes
                 .iter()
