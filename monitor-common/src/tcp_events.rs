@@ -9,7 +9,8 @@ pub const TCP_EVENTS_RINGBUF_BYTES: u32 = 256 << 10;
 /// loading it. They are BTF tracepoints, called with the kernel's own pointers (the socket,
 /// the request socket, the packet); these byte offsets, from the running kernel's BTF, say
 /// where in those structs to read, so that no struct layout is compiled in. `netns_inum` 0
-/// keeps every program silent.
+/// keeps every program silent. Events of the other namespaces in `FOLLOWED_NETNS`
+/// (`--netns all`) are kept too when `follow_others` is 1.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpEventsConfig {
@@ -46,6 +47,8 @@ pub struct TcpEventsConfig {
     /// `SK_RST_REASON_TCP_FLAGS` of the kernel's `enum sk_rst_reason` (a listener's answer to
     /// an ACK that matches nothing of its own); `u32::MAX` when the kernel has no such reason.
     pub reset_reason_tcp_flags: u32,
+    /// 1: also keep the events of the namespaces userspace puts in `FOLLOWED_NETNS`.
+    pub follow_others: u32,
 }
 
 impl TcpEventsConfig {
@@ -74,6 +77,7 @@ impl TcpEventsConfig {
         skb_network_header: 0,
         skb_transport_header: 0,
         reset_reason_tcp_flags: u32::MAX,
+        follow_others: 0,
     };
 }
 
@@ -118,8 +122,34 @@ pub struct TcpEvent {
     /// Listener events only (0 otherwise): the current task's process id (tgid) and name;
     /// for a listener closed by a process exit, the process that exited.
     pub pid: u32,
+    /// [`OWN_NETNS`], or the inode number of the followed namespace the socket is in.
+    pub netns: u32,
     pub comm: [u8; 16],
+    pub _pad: u32,
 }
+
+/// The `netns` of an event or a count of the monitored (the daemon's own) namespace.
+pub const OWN_NETNS: u32 = 0;
+
+/// Other network namespaces whose events the programs keep (`--netns all`): the entries of
+/// the hash map `FOLLOWED_NETNS` (key: the namespace's inode number; value: unused, 1), put
+/// there and removed by userspace as it follows and forgets namespaces.
+pub const FOLLOWED_NETNS_MAX: u32 = 256;
+
+/// A local port of a followed namespace: the key of the hash map `NETNS_LISTENING` (value:
+/// its listeners, u32), the other namespaces' `LISTENING_PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetnsPort {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Ports with listeners in the followed namespaces together (64 per namespace on average); a
+/// listener opened beyond it is counted by [`TcpEventCounter::NetnsPortsUnkept`], and resets
+/// to its port are counted as the namespace's outgoing ones.
+pub const NETNS_LISTENING_PORTS: u32 = 16_384;
 
 /// What a [`TcpEvent`] reports. The numbers are the wire values.
 #[repr(u8)]
@@ -180,6 +210,8 @@ pub struct ResetService {
     /// `crate::synack::FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
     pub _pad: u8,
+    /// [`OWN_NETNS`], or the followed namespace's inode number.
+    pub netns: u32,
 }
 
 /// Services `RESETS_RECEIVED` keeps apart; the resets of any beyond are counted by
@@ -201,10 +233,14 @@ pub enum TcpEventCounter {
     NetnsUnreadable,
     /// Resets received for a service `RESETS_RECEIVED` had no room for.
     ResetsReceivedUnkeyed,
+    /// Listeners opened in followed namespaces on a port `NETNS_LISTENING` had no room for.
+    NetnsPortsUnkept,
+    /// Resets sent in a followed namespace `NETNS_RESETS_SENT` had no room for.
+    NetnsResetsSentUnkeyed,
 }
 
 impl TcpEventCounter {
-    pub const COUNT: u32 = TcpEventCounter::ResetsReceivedUnkeyed as u32 + 1;
+    pub const COUNT: u32 = TcpEventCounter::NetnsResetsSentUnkeyed as u32 + 1;
 }
 
 /// `IPPROTO_TCP`, `AF_INET6` and the socket states the programs compare against.
@@ -225,6 +261,8 @@ mod user {
     unsafe impl aya::Pod for super::ResetsSent {}
     // SAFETY: plain old data, every bit pattern valid, the padding byte written as 0.
     unsafe impl aya::Pod for super::ResetService {}
+    // SAFETY: plain old data, every bit pattern valid, the padding written as 0.
+    unsafe impl aya::Pod for super::NetnsPort {}
 }
 
 #[cfg(test)]
@@ -233,10 +271,11 @@ mod tests {
 
     #[test]
     fn event_layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<TcpEvent>(), 48);
+        assert_eq!(core::mem::size_of::<TcpEvent>(), 56);
         assert_eq!(core::mem::align_of::<TcpEvent>(), 8);
-        assert_eq!(core::mem::size_of::<ResetService>(), 20);
-        assert_eq!(core::mem::size_of::<TcpEventsConfig>(), 84);
+        assert_eq!(core::mem::size_of::<ResetService>(), 24);
+        assert_eq!(core::mem::size_of::<NetnsPort>(), 8);
+        assert_eq!(core::mem::size_of::<TcpEventsConfig>(), 88);
     }
 
     #[test]

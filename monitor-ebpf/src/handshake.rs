@@ -43,7 +43,7 @@ use seqwatch_common::{
         PROTECTION_TICK_SHIFT,
     },
     synack::FAMILY_IPV4,
-    tcp_events::ResetService,
+    tcp_events::{OWN_NETNS, ResetService},
 };
 
 use self::table::{Admission, Place, Way};
@@ -654,8 +654,9 @@ pub fn rejected_ack(key: &FlowKey, flags: u8) {
         port: key.local_port,
         family: key.family as u8,
         _pad: 0,
+        netns: OWN_NETNS,
     };
-    if !tcp_events::count_per_service(&KERNEL_GUESSES, &service) {
+    if !tcp_events::count_per_key(&KERNEL_GUESSES, &service) {
         count(HandshakeCounter::KernelGuessesUnkeyed);
     }
 }

@@ -10,6 +10,10 @@
 //! network namespace, so each program first checks that the socket (or, for a reset sent
 //! without one, the incoming packet's device) belongs to the monitored namespace: by its
 //! inode number the first time; by the `struct net` address that matched then, afterwards.
+//! With `--netns all`, an event of another namespace is kept if userspace follows it
+//! (`FOLLOWED_NETNS`, by inode number: read for those events only, so the monitored
+//! namespace's cost is unchanged) and carries that namespace's inode number; its listeners
+//! per port are kept in `NETNS_LISTENING`, its resets sent in `NETNS_RESETS_SENT`.
 //! Resets, which come with every aborted connection, are counted in per-CPU maps: sent ones
 //! by reason, received ones by service (the local listener's, or the remote server's;
 //! `LISTENING_PORTS` tells which, kept here from the listener events). Retransmits and
@@ -26,15 +30,16 @@ use aya_ebpf::{
         generated::bpf_get_current_comm,
     },
     macros::map,
-    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 use seqwatch_common::{
     synack::{FAMILY_IPV4, FAMILY_IPV6},
     tcp_events::{
-        AF_INET6, IPPROTO_TCP, LISTENING_PORTS, RESET_SERVICES, ResetService, ResetsSent,
-        TCP_CLOSE, TCP_ESTABLISHED, TCP_EVENTS_RINGBUF_BYTES, TCP_LISTEN, TCP_SYN_RECV, TcpEvent,
-        TcpEventCounter, TcpEventKind, TcpEventsConfig,
+        AF_INET6, FOLLOWED_NETNS_MAX, IPPROTO_TCP, LISTENING_PORTS, NETNS_LISTENING_PORTS,
+        NetnsPort, OWN_NETNS, RESET_SERVICES, ResetService, ResetsSent, TCP_CLOSE, TCP_ESTABLISHED,
+        TCP_EVENTS_RINGBUF_BYTES, TCP_LISTEN, TCP_SYN_RECV, TcpEvent, TcpEventCounter,
+        TcpEventKind, TcpEventsConfig,
     },
 };
 
@@ -82,15 +87,29 @@ static RESETS_RECEIVED: PerCpuHashMap<ResetService, u64> =
 #[map]
 static LISTENING: Array<u32> = Array::with_max_entries(LISTENING_PORTS, 0);
 
+/// The other namespaces followed, by inode number (`--netns all`; userspace keeps it).
+#[map]
+static FOLLOWED_NETNS: HashMap<u32, u32> = HashMap::with_max_entries(FOLLOWED_NETNS_MAX, 0);
+
+/// Listeners per local port of the followed namespaces.
+#[map]
+static NETNS_LISTENING: HashMap<NetnsPort, u32> =
+    HashMap::with_max_entries(NETNS_LISTENING_PORTS, 0);
+
+/// Resets each followed namespace sent, by inode number.
+#[map]
+static NETNS_RESETS_SENT: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(FOLLOWED_NETNS_MAX, 0);
+
 /// `tcp_retransmit_synack(const struct sock *listener, const struct request_sock *req)`:
 /// reported under the listener's family and the request's local address and port.
 pub fn retransmit_synack(ctx: &BtfTracePointContext) {
     let (listener, request): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    if monitored(sock_netns(listener)) {
+    if let Some(netns) = monitored(sock_netns(listener)) {
         let family = load::<u16>(listener, config!(sock_family));
         let port = load::<u16>(request, config!(request_port));
         let address = address(request, family, config!(request_v4), config!(request_v6));
-        emit(TcpEventKind::SynAckRetransmit, port, address);
+        emit(TcpEventKind::SynAckRetransmit, port, address, netns);
     }
 }
 
@@ -98,40 +117,41 @@ pub fn retransmit_synack(ctx: &BtfTracePointContext) {
 /// listener has the local port, else the remote one.
 pub fn receive_reset(ctx: &BtfTracePointContext) {
     let sk: u64 = ctx.arg(0);
-    if !monitored(sock_netns(sk)) {
+    let Some(netns) = monitored(sock_netns(sk)) else {
         return;
-    }
+    };
     let family = load::<u16>(sk, config!(sock_family));
     let local = service(
         sk,
         family,
         load::<u16>(sk, config!(socket.local_port)),
-        config!(socket.local_v4),
-        config!(socket.local_v6),
+        (config!(socket.local_v4), config!(socket.local_v6)),
+        netns,
     );
-    let server = if listening(local.port) {
+    let server = if listening_in(netns, local.port) {
         local
     } else {
         service(
             sk,
             family,
             u16::from_be(load::<u16>(sk, config!(socket.remote_port))),
-            config!(socket.remote_v4),
-            config!(socket.remote_v6),
+            (config!(socket.remote_v4), config!(socket.remote_v6)),
+            netns,
         )
     };
     count_reset_received(&server);
 }
 
-/// One end of a socket as a service.
+/// One end of a socket (the offsets of its IPv4 and IPv6 address) as a service.
 #[inline(always)]
-fn service(sk: u64, family: u16, port: u16, v4: u32, v6: u32) -> ResetService {
+fn service(sk: u64, family: u16, port: u16, (v4, v6): (u32, u32), netns: u32) -> ResetService {
     let (family, addr) = address(sk, family, v4, v6);
     ResetService {
         addr,
         port,
         family,
         _pad: 0,
+        netns,
     }
 }
 
@@ -160,7 +180,13 @@ pub fn send_reset(ctx: &BtfTracePointContext) {
     } else {
         Netns::Unreadable
     };
-    if !monitored(netns) {
+    let Some(netns) = monitored(netns) else {
+        return;
+    };
+    if netns != OWN_NETNS {
+        if !count_per_key(&NETNS_RESETS_SENT, &netns) {
+            count(TcpEventCounter::NetnsResetsSentUnkeyed);
+        }
         return;
     }
     let slot = ResetsSent::slot(reason);
@@ -239,10 +265,10 @@ pub fn inet_sock_set_state(ctx: &BtfTracePointContext) {
 }
 
 /// A passive open's child socket (or a simultaneous open) completed its handshake: counted
-/// per local port in the kernel, not sent as an event.
+/// per local port in the kernel, not sent as an event; the monitored namespace's only.
 #[inline(always)]
 fn handshake_completed(sk: u64) {
-    if monitored_tcp(sk) {
+    if monitored_tcp(sk) == Some(OWN_NETNS) {
         listener_counts::count_completed(load::<u16>(sk, config!(socket.local_port)));
     }
 }
@@ -250,9 +276,13 @@ fn handshake_completed(sk: u64) {
 /// A listener opened (`delta` 1) or closed (u32::MAX, minus one).
 #[inline(always)]
 fn listener_changed(sk: u64, kind: TcpEventKind, delta: u32) {
-    if monitored_tcp(sk) {
+    if let Some(netns) = monitored_tcp(sk) {
         let port = load::<u16>(sk, config!(socket.local_port));
-        add_listeners(port, delta);
+        if netns == OWN_NETNS {
+            add_listeners(port, delta);
+        } else {
+            add_netns_listeners(netns, port, delta);
+        }
         let family = load::<u16>(sk, config!(sock_family));
         let address = address(
             sk,
@@ -260,14 +290,17 @@ fn listener_changed(sk: u64, kind: TcpEventKind, delta: u32) {
             config!(socket.local_v4),
             config!(socket.local_v6),
         );
-        emit(kind, port, address);
+        emit(kind, port, address, netns);
     }
 }
 
-/// A TCP socket of the monitored namespace (`inet_sock_set_state` also fires for SCTP's).
+/// The namespace of a TCP socket kept (`inet_sock_set_state` also fires for SCTP's).
 #[inline(always)]
-fn monitored_tcp(sk: u64) -> bool {
-    load::<u16>(sk, config!(sock_protocol)) == IPPROTO_TCP && monitored(sock_netns(sk))
+fn monitored_tcp(sk: u64) -> Option<u32> {
+    if load::<u16>(sk, config!(sock_protocol)) != IPPROTO_TCP {
+        return None;
+    }
+    monitored(sock_netns(sk))
 }
 
 /// Whether a listener of the monitored namespace has the local port (host order).
@@ -276,15 +309,63 @@ pub fn listening(port: u16) -> bool {
     LISTENING.get(u32::from(port)).is_some_and(|&n| n > 0)
 }
 
+/// Whether a listener of the namespace `netns` (a kept one) has the local port.
+#[inline(always)]
+fn listening_in(netns: u32, port: u16) -> bool {
+    if netns == OWN_NETNS {
+        return listening(port);
+    }
+    // SAFETY: a hash map value, read at once.
+    unsafe { NETNS_LISTENING.get(&netns_port(netns, port)) }.is_some_and(|&n| n > 0)
+}
+
+#[inline(always)]
+fn netns_port(netns: u32, port: u16) -> NetnsPort {
+    NetnsPort {
+        netns,
+        port,
+        _pad: 0,
+    }
+}
+
+/// [`add_listeners`] for a followed namespace's port; a port the map has no room for is
+/// counted.
+#[inline(always)]
+fn add_netns_listeners(netns: u32, port: u16, delta: u32) {
+    let key = netns_port(netns, port);
+    if let Some(count) = NETNS_LISTENING.get_ptr_mut(&key) {
+        add_atomically(count, delta);
+        return;
+    }
+    if delta != 1 {
+        return; // a close of a listener userspace's seed missed
+    }
+    match NETNS_LISTENING.insert(&key, &1, BPF_NOEXIST.into()) {
+        Ok(()) => {}
+        // Another CPU made the entry between the lookup and the insert.
+        Err(err) if err == -EEXIST => {
+            if let Some(count) = NETNS_LISTENING.get_ptr_mut(&key) {
+                add_atomically(count, delta);
+            }
+        }
+        Err(_) => count(TcpEventCounter::NetnsPortsUnkept),
+    }
+}
+
 /// Adds `delta` (1, or u32::MAX for minus one) to the port's listeners, atomically: two
 /// listeners of one port (SO_REUSEPORT) may open at once on two CPUs. A close of a listener
 /// userspace's seed missed leaves 0 alone.
 #[inline(always)]
 fn add_listeners(port: u16, delta: u32) {
-    let Some(count) = LISTENING.get_ptr_mut(u32::from(port)) else {
-        return;
-    };
-    // SAFETY: an array entry, valid for the program run; the add is one atomic instruction.
+    if let Some(count) = LISTENING.get_ptr_mut(u32::from(port)) {
+        add_atomically(count, delta);
+    }
+}
+
+/// Adds `delta` to a map's count, atomically, unless it would take 0 below zero.
+#[inline(always)]
+fn add_atomically(count: *mut u32, delta: u32) {
+    // SAFETY: a map entry, valid for the program run; the add is one atomic instruction.
     unsafe {
         if delta == 1 || *count > 0 {
             core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
@@ -297,25 +378,25 @@ fn add_listeners(port: u16, delta: u32) {
 /// One more reset for `service` on this CPU.
 #[inline(always)]
 fn count_reset_received(service: &ResetService) {
-    if !count_per_service(&RESETS_RECEIVED, service) {
+    if !count_per_key(&RESETS_RECEIVED, service) {
         count(TcpEventCounter::ResetsReceivedUnkeyed);
     }
 }
 
-/// One more event for `service` in a per-service map, on this CPU; a new service's entry
-/// holds this CPU's first. False when the map has no room for a new service.
+/// One more event for `key` in a per-CPU hash map of counts, on this CPU; a new key's entry
+/// holds this CPU's first. False when the map has no room for a new key.
 #[inline(always)]
-pub fn count_per_service(map: &PerCpuHashMap<ResetService, u64>, service: &ResetService) -> bool {
-    if let Some(count) = map.get_ptr_mut(service) {
+pub fn count_per_key<K>(map: &PerCpuHashMap<K, u64>, key: &K) -> bool {
+    if let Some(count) = map.get_ptr_mut(key) {
         // SAFETY: this CPU's copy of the entry, valid for the program run.
         unsafe { *count += 1 };
         return true;
     }
-    match map.insert(service, &1, BPF_NOEXIST.into()) {
+    match map.insert(key, &1, BPF_NOEXIST.into()) {
         Ok(()) => true,
         // Another CPU made the entry between the lookup and the insert.
         Err(err) if err == -EEXIST => {
-            if let Some(count) = map.get_ptr_mut(service) {
+            if let Some(count) = map.get_ptr_mut(key) {
                 // SAFETY: as above.
                 unsafe { *count += 1 };
             }
@@ -327,9 +408,12 @@ pub fn count_per_service(map: &PerCpuHashMap<ResetService, u64>, service: &Reset
 
 const EEXIST: i32 = 17;
 
-/// Whether a namespace is the monitored one, and whether it could be read at all.
+/// Whether a namespace is the monitored one or a followed one, and whether it could be read
+/// at all.
 enum Netns {
     Monitored,
+    /// A followed namespace, by inode number.
+    Followed(u32),
     Other,
     Unreadable,
 }
@@ -366,13 +450,30 @@ fn net_is_monitored(net: u64) -> Netns {
     if *known != 0 {
         return if net == *known {
             Netns::Monitored
+        } else if config!(follow_others) != 0 {
+            followed(load::<u32>(net, config!(net_inum)))
         } else {
             Netns::Other
         };
     }
-    if load::<u32>(net, config!(net_inum)) == monitored {
+    let inum = load::<u32>(net, config!(net_inum));
+    if inum == monitored {
         *known = net;
         Netns::Monitored
+    } else {
+        followed(inum)
+    }
+}
+
+/// Another namespace, by inode number: followed if userspace put it in `FOLLOWED_NETNS`.
+/// The inode number, not the `struct net` address, is the key: a followed namespace is freed
+/// and its address reused as userspace forgets it, while its inode number, unique while it
+/// lives, names it in the events too.
+#[inline(always)]
+fn followed(inum: u32) -> Netns {
+    // SAFETY: a hash map value, not kept.
+    if config!(follow_others) != 0 && unsafe { FOLLOWED_NETNS.get(&inum) }.is_some() {
+        Netns::Followed(inum)
     } else {
         Netns::Other
     }
@@ -387,15 +488,17 @@ fn load<T>(base: u64, offset: u32) -> T {
     unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) }
 }
 
-/// Whether an event's namespace is the monitored one; an unreadable one is counted.
+/// The `netns` an event is kept under ([`OWN_NETNS`] or a followed namespace's inode
+/// number), `None` if it is not kept; an unreadable namespace is counted.
 #[inline(always)]
-fn monitored(netns: Netns) -> bool {
+fn monitored(netns: Netns) -> Option<u32> {
     match netns {
-        Netns::Monitored => true,
-        Netns::Other => false,
+        Netns::Monitored => Some(OWN_NETNS),
+        Netns::Followed(inum) => Some(inum),
+        Netns::Other => None,
         Netns::Unreadable => {
             count(TcpEventCounter::NetnsUnreadable);
-            false
+            None
         }
     }
 }
@@ -403,7 +506,7 @@ fn monitored(netns: Netns) -> bool {
 /// Sends one event: the local side's address and port; the time and the current process
 /// for listener events only (the daemon uses them to judge a listener's close).
 #[inline(always)]
-fn emit(kind: TcpEventKind, port: u16, (family, local): (u8, [u32; 4])) {
+fn emit(kind: TcpEventKind, port: u16, (family, local): (u8, [u32; 4]), netns: u32) {
     let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
         count(TcpEventCounter::EventsDropped);
         return;
@@ -417,6 +520,8 @@ fn emit(kind: TcpEventKind, port: u16, (family, local): (u8, [u32; 4])) {
         (*event).kind = kind as u8;
         (*event).family = family;
         (*event).local_port = port;
+        (*event).netns = netns;
+        (*event)._pad = 0;
         store_words(&raw mut (*event).local_addr, local);
         let comm = &raw mut (*event).comm;
         if listener {

@@ -12,6 +12,8 @@
 //! CPU time per connection, the summary their cost per run: what the rates alone are too noisy
 //! to show. Not by default: the statistics add two clock reads to every program run (about
 //! 12 runs per connection), which lowers the monitored rates by a few per cent.
+//! `SEQWATCH_BENCH_NETNS_ALL=1` adds egress with `--netns all` (which follows the lab's client
+//! namespace too: its half of each connection's socket events is then kept, not skipped).
 
 use std::{
     collections::BTreeMap,
@@ -116,7 +118,11 @@ fn main() -> anyhow::Result<()> {
 /// (the stateful handshake tracker too), each against no monitor; each by the `before` build
 /// too when one is given.
 fn setups() -> Vec<(String, String, &'static [&'static str])> {
-    let directions: [(&str, &[&str]); 2] = [("egress", &[]), ("both", &["--direction", "both"])];
+    let mut directions: Vec<(&str, &'static [&'static str])> =
+        vec![("egress", &[]), ("both", &["--direction", "both"])];
+    if std::env::var("SEQWATCH_BENCH_NETNS_ALL").is_ok_and(|v| v == "1") {
+        directions.push(("egress-netns-all", &["--netns", "all"]));
+    }
     let mut daemons = vec![("", env!("CARGO_BIN_EXE_seqwatch").to_owned())];
     if let Ok(before) = std::env::var("SEQWATCH_BENCH_BEFORE") {
         daemons.push(("before:", before));
@@ -124,7 +130,11 @@ fn setups() -> Vec<(String, String, &'static [&'static str])> {
     daemons
         .iter()
         .flat_map(|(prefix, daemon)| {
-            directions.map(|(name, args)| (format!("{prefix}{name}"), daemon.clone(), args))
+            let daemon = daemon.clone();
+            let directions = directions.clone();
+            directions
+                .into_iter()
+                .map(move |(name, args)| (format!("{prefix}{name}"), daemon.clone(), args))
         })
         .collect()
 }

@@ -9,29 +9,22 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    sync::Mutex,
+    os::unix::fs::MetadataExt as _,
     thread,
     time::Duration,
 };
 
 use common::{
     daemon::{
-        MonitoredLab, assert_tcp_event_programs_attached, read_json_lines, sampled_server_isn,
-        start_both_directions,
+        Daemon, MonitoredLab, assert_tcp_event_programs_attached, read_json_lines,
+        sampled_server_isn, start_both_directions,
     },
-    lab::{route_spoofed, send_crafted},
+    host::ContainerCgroup,
+    lab::{OnceServer, ip, route_spoofed, send_crafted, serve_once_then_exit, set_neighbour},
     prometheus::series_value,
     wait_for,
 };
-use nix::{
-    sys::{
-        signal::{Signal, kill},
-        socket::{setsockopt, sockopt},
-        wait::{WaitPidFlag, WaitStatus, waitpid},
-    },
-    unistd::{ForkResult, Pid, fork},
-};
+use nix::sys::socket::{setsockopt, sockopt};
 use seqwatch::lab::{Crafter, Lab, LabOptions, Segment, flags::*};
 
 /// The listener the scenarios are about.
@@ -41,9 +34,6 @@ const CLOSED_PORT: u16 = 8081;
 /// A spoofed client the server reaches through a static neighbour entry: the client
 /// namespace drops what is sent to it, so it never completes a handshake or answers.
 const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 77);
-/// Forking copies every open descriptor: a listener of one test must not end up in the
-/// child of another, or it would stay open after its own child exits.
-static FORK: Mutex<()> = Mutex::new(());
 
 /// The monitored lab, with every tracepoint program attached, and a crafter.
 struct Scene {
@@ -61,7 +51,12 @@ impl std::ops::Deref for Scene {
 
 impl Scene {
     fn start() -> Scene {
-        let monitored = MonitoredLab::start();
+        Scene::start_with(&[])
+    }
+
+    /// With more `seqwatch run` flags.
+    fn start_with(flags: &[&str]) -> Scene {
+        let monitored = MonitoredLab::start_with(flags);
         let (lab, daemon) = (&monitored.lab, &monitored.daemon);
         let metrics = daemon.metrics(lab);
         assert_tcp_event_programs_attached(&metrics, || daemon.log());
@@ -140,46 +135,15 @@ impl Scene {
     }
 }
 
-/// A real listener owned by a child process that exits as soon as it accepts a connection
-/// (the only copy of the listener is the child's, so its exit closes it).
-fn serve_once_then_exit(lab: &Lab, addr: SocketAddr) -> Pid {
-    let _fork = FORK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let listener = lab
-        .run_in(&lab.server_ns, || TcpListener::bind(addr))
-        .expect("bind the child's listener");
-    // SAFETY: the child calls only accept(2) and _exit(2), both async-signal-safe.
-    match unsafe { fork() }.expect("fork") {
-        ForkResult::Child => unsafe {
-            libc::accept(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            );
-            libc::_exit(1)
-        },
-        ForkResult::Parent { child } => child,
-    }
-}
-
 /// Waits for the listener's close to be judged (the daemon waits a second for late
 /// anomalies) and reaps the child.
-fn wait_closed(scene: &Scene, child: Pid) {
-    // The child exits once it accepts; a handshake that never completed leaves it waiting, so
-    // it gets a deadline and is killed after it, never waited for without end.
-    let exited = wait_for(Duration::from_secs(10), || {
-        !matches!(
-            waitpid(child, Some(WaitPidFlag::WNOHANG)),
-            Ok(WaitStatus::StillAlive)
-        )
-    });
-    if !exited {
-        let _ = kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        panic!(
-            "the child server never accepted a connection:\n{}",
-            scene.daemon.log()
-        );
-    }
+fn wait_closed(scene: &Scene, mut child: OnceServer) {
+    let exited = child.reap_within(Duration::from_secs(10));
+    assert!(
+        exited,
+        "the child server never accepted a connection:\n{}",
+        scene.daemon.log()
+    );
     let closed = wait_for(Duration::from_secs(5), || {
         scene.counter("seqwatch_listeners_closed_total") == Some(1.0)
     });
@@ -191,13 +155,14 @@ fn wait_closed(scene: &Scene, child: Pid) {
 fn a_listener_lost_right_after_an_anomaly_is_reported_once() {
     let scene = Scene::start();
     let service = scene.service(SERVICE_PORT);
-    let child = serve_once_then_exit(&scene.lab, service);
+    let child = serve_once_then_exit(&scene.lab, &scene.lab.server_ns, service);
     // A SYN carrying data (anomaly `syn_with_data`; Linux ignores the data), then the third
     // ACK for the server's real SYN-ACK: the child accepts that connection and exits.
     let attacker = SocketAddr::new(SPOOFED.into(), 46_001);
     scene.send(attacker, service, SYN, 1000, 0, b"poison");
     let isn = scene.server_isn(attacker);
     scene.send(attacker, service, ACK, 1001, isn.wrapping_add(1), &[]);
+    let pid = child.pid;
     wait_closed(&scene, child);
 
     let lost = scene.lost_events();
@@ -209,7 +174,7 @@ fn a_listener_lost_right_after_an_anomaly_is_reported_once() {
     assert_eq!(lost["anomaly_kinds"], serde_json::json!(["syn_with_data"]));
     assert_eq!(lost["sources"], serde_json::json!([attacker.to_string()]));
     assert_eq!(lost["anomalies"], 1);
-    assert_eq!(lost["pid"], child.as_raw(), "the process that exited");
+    assert_eq!(lost["pid"], pid.as_raw(), "the process that exited");
     assert!(lost["seconds_after_last_anomaly"].as_f64().unwrap() < 10.0);
     assert_eq!(
         scene.series("seqwatch_listener_lost_after_anomaly_total"),
@@ -223,7 +188,7 @@ fn a_listener_lost_right_after_an_anomaly_is_reported_once() {
 fn a_listener_closed_without_an_anomaly_is_not_reported() {
     let scene = Scene::start();
     let service = scene.service(SERVICE_PORT);
-    let child = serve_once_then_exit(&scene.lab, service);
+    let child = serve_once_then_exit(&scene.lab, &scene.lab.server_ns, service);
     scene.lab.run_in(&scene.lab.client_ns, || {
         TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect");
     });
@@ -420,5 +385,196 @@ fn resets_received_are_counted_under_the_server_for_listeners_older_than_the_dae
     wait_for(Duration::from_secs(10), || received() == want);
     assert_eq!(received(), want, "{}", daemon.log());
     drop(old_listener);
+    daemon.stop();
+}
+
+/// The inode number of a lab namespace: its `netns` label under `--netns all`.
+fn netns_label(ns: &str) -> String {
+    let inode = std::fs::metadata(Lab::netns_path(ns)).unwrap().ino();
+    format!("netns=\"{inode}\"")
+}
+
+/// Every series of the other namespaces' reset and retransmit metrics with `netns`.
+fn netns_counts(daemon: &Daemon, lab: &Lab, netns: &str) -> BTreeMap<String, f64> {
+    let metrics = daemon.metrics(lab);
+    let metric_names = [
+        "seqwatch_netns_resets_sent_total",
+        "seqwatch_netns_resets_received_total",
+        "seqwatch_netns_synack_retransmits_total",
+    ];
+    metrics
+        .lines()
+        .filter(|line| metric_names.iter().any(|name| line.starts_with(name)))
+        .filter(|line| line.contains(netns))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `--netns all`: the same traffic in another lab (a "container" host's other namespaces)
+/// counts nothing of the daemon's own, and is counted under the other lab's server
+/// namespace, exactly; once that namespace is gone, so are its series.
+#[test]
+fn resets_and_synack_retransmits_of_a_followed_namespace_are_counted_under_it() {
+    let other = Lab::create(&LabOptions::default()).unwrap();
+    let other_crafter = Crafter::client_to_server(&other).unwrap();
+    route_spoofed(&other, SPOOFED, Some(other_crafter.source_mac()));
+    let netns = netns_label(&other.server_ns);
+    let scene = Scene::start_with(&["--netns", "all"]);
+    let followed = wait_for(Duration::from_secs(10), || {
+        let metrics = scene.daemon.metrics(&scene.lab);
+        metrics
+            .lines()
+            .any(|line| line.starts_with("seqwatch_netns_info") && line.contains(&netns))
+    });
+    assert!(followed, "{netns} never followed:\n{}", scene.daemon.log());
+    let before = scene.settled_reset_and_retransmit_counts();
+
+    reset_and_retransmit_traffic(&other, &other_crafter);
+    let port = format!("port=\"{SERVICE_PORT}\"");
+    let want = BTreeMap::from([
+        (format!("seqwatch_netns_resets_sent_total{{{netns}}}"), 3.0),
+        (
+            format!("seqwatch_netns_resets_received_total{{{netns},{port}}}"),
+            2.0,
+        ),
+        (
+            format!("seqwatch_netns_synack_retransmits_total{{{netns},{port}}}"),
+            1.0,
+        ),
+    ]);
+    // Resets received are read from the kernel once a second.
+    wait_for(Duration::from_secs(5), || {
+        netns_counts(&scene.daemon, &scene.lab, &netns) == want
+    });
+    let counted = netns_counts(&scene.daemon, &scene.lab, &netns);
+    assert_eq!(counted, want, "{}", scene.daemon.log());
+    assert_eq!(
+        scene.reset_and_retransmit_counts(),
+        before,
+        "none of this namespace's"
+    );
+
+    drop(other);
+    let forgotten = wait_for(Duration::from_secs(10), || {
+        netns_counts(&scene.daemon, &scene.lab, &netns).is_empty()
+    });
+    assert!(
+        forgotten,
+        "{:?}",
+        netns_counts(&scene.daemon, &scene.lab, &netns)
+    );
+    scene.monitored.stop();
+}
+
+/// A container behind a gateway: the routed lab's router runs the daemon (`--netns all`, both
+/// directions on both its interfaces), its server namespace is the container, whose listener's
+/// process is in a podman container's cgroup. A listener lost right after an anomalous
+/// handshake forwarded to it is reported once, naming the container's namespace and ID.
+#[test]
+fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
+    let lab = Lab::create(&LabOptions {
+        routed: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let router = lab.router.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let (towards_client, towards_server) = (router.client_if.as_str(), router.server_if.as_str());
+    let args = [
+        "--direction",
+        "both",
+        "--interface",
+        towards_client,
+        "--interface",
+        towards_server,
+        "--event-log",
+        events.to_str().unwrap(),
+        "--netns",
+        "all",
+    ];
+    let mut daemon = Daemon::start(&lab, &router.ns, dir.path(), &args);
+    for interface in [towards_client, towards_server] {
+        daemon.wait_attached(&lab, interface, "ingress");
+    }
+    // The server's answers to the spoofed client leave the router for the client's MAC
+    // address, and the client namespace drops them.
+    let crafter = Crafter::client_to_server(&lab).unwrap();
+    let spoofed = format!("{SPOOFED}/32");
+    ip(
+        &lab,
+        &router.ns,
+        &["route", "add", &spoofed, "dev", towards_client],
+    );
+    set_neighbour(
+        &lab,
+        &router.ns,
+        (SPOOFED, crafter.source_mac()),
+        towards_client,
+    );
+
+    let service = SocketAddr::new(lab.server_v4.into(), SERVICE_PORT);
+    let mut child = serve_once_then_exit(&lab, &lab.server_ns, service);
+    let mut cgroup = ContainerCgroup::create();
+    cgroup.start_process_in(&lab, &lab.server_ns);
+    let (netns, container) = (
+        netns_label(&lab.server_ns),
+        format!("container=\"{}\"", cgroup.short_id()),
+    );
+    let named = wait_for(Duration::from_secs(10), || {
+        daemon.metrics(&lab).lines().any(|line| {
+            line.starts_with("seqwatch_netns_info")
+                && line.contains(&netns)
+                && line.contains(&container)
+        })
+    });
+    assert!(named, "{netns} never named {container}:\n{}", daemon.log());
+
+    let attacker = SocketAddr::new(SPOOFED.into(), 46_002);
+    send_crafted(&crafter, (attacker, service), SYN, (1000, 0), b"poison");
+    let isn = sampled_server_isn(&daemon, attacker)
+        .unwrap_or_else(|| panic!("no SYN-ACK to {attacker}:\n{}", daemon.log()));
+    send_crafted(
+        &crafter,
+        (attacker, service),
+        ACK,
+        (1001, isn.wrapping_add(1)),
+        &[],
+    );
+    let exited = child.reap_within(Duration::from_secs(10));
+    assert!(
+        exited,
+        "the container's server never accepted:\n{}",
+        daemon.log()
+    );
+    let lost = || {
+        read_json_lines(&events)
+            .into_iter()
+            .filter(|line| line["kind"] == "listener_lost_after_anomaly")
+            .collect::<Vec<_>>()
+    };
+    wait_for(Duration::from_secs(5), || !lost().is_empty());
+    let lost = lost();
+    assert_eq!(lost.len(), 1, "{lost:?}\n{}", daemon.log());
+    let inode = std::fs::metadata(Lab::netns_path(&lab.server_ns))
+        .unwrap()
+        .ino();
+    assert_eq!(lost[0]["netns"]["inode"], inode, "{}", lost[0]);
+    assert_eq!(
+        lost[0]["netns"]["container"],
+        cgroup.short_id(),
+        "{}",
+        lost[0]
+    );
+    assert_eq!(lost[0]["service"], service.to_string());
+    assert_eq!(
+        lost[0]["anomaly_kinds"],
+        serde_json::json!(["syn_with_data"])
+    );
+    let closed = format!("seqwatch_netns_listeners_closed_total{{{netns}}}");
+    assert_eq!(series_value(&daemon.metrics(&lab), &closed), Some(1.0));
     daemon.stop();
 }

@@ -150,6 +150,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             interfaces: interfaces.clone(),
             listener_opened: Arc::new(Notify::new()),
             listener_loss: None,
+            namespaces: Default::default(),
         },
     };
     for detector in detectors {

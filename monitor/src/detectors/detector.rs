@@ -17,6 +17,7 @@ use crate::{
         attacher::InterfaceNames,
         counters::PerCpuCounters,
         loader::{Globals, LoadedObject},
+        namespaces::FollowedNamespaces,
         packets::PacketMetrics,
         reader::Tasks,
     },
@@ -59,6 +60,9 @@ pub struct Shared {
     pub listener_opened: Arc<Notify>,
     /// Set by the listener-loss detector when it starts.
     pub listener_loss: Option<Correlator>,
+    /// The other network namespaces followed (`--netns all`): the listener health detector
+    /// follows them, the TCP event detector's programs keep their events.
+    pub namespaces: FollowedNamespaces,
 }
 
 impl Context<'_> {

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
+use serde::Serialize;
 
 use super::sock_diag::DiagSocket;
 
@@ -119,8 +120,16 @@ pub fn open_sock_diag_in(path: &Path, inode: NetnsInode) -> anyhow::Result<DiagS
     })
 }
 
+/// A namespace other than the daemon's, as the JSON API and the event log name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NetnsReport {
+    pub inode: NetnsInode,
+    #[serde(flatten)]
+    pub identity: Identity,
+}
+
 /// Who a namespace belongs to, from its processes' cgroup paths.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Identity {
     /// A container's ID, its first 12 hex digits (as `docker ps` and `podman ps` show it).
     pub container: Option<String>,

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::{
     export::{event_log::EventLog, labels::ServiceLabels},
+    host::netns::NetnsReport,
     util::{clock::Clock, lock},
 };
 /// Ports whose recent anomalies are remembered; the least recently hit is forgotten.
@@ -123,6 +124,9 @@ pub struct ListenerLost {
     pub anomalies: usize,
     pub sources: Vec<SocketAddr>,
     pub seconds_after_last_anomaly: f64,
+    /// The listener's network namespace and who it belongs to, if not the daemon's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsReport>,
 }
 
 impl ListenerLost {
@@ -133,6 +137,8 @@ impl ListenerLost {
 pub struct ClosedListener {
     pub listener: SocketAddr,
     pub ts_ns: u64,
+    /// Its namespace, if not the daemon's (`--netns all`).
+    pub netns: Option<NetnsReport>,
     pub pid: u32,
     pub comm: [u8; 16],
 }
@@ -233,10 +239,12 @@ impl Correlation {
             sources: precursors.sources,
             seconds_after_last_anomaly: close.ts_ns.saturating_sub(precursors.last_ts_ns) as f64
                 / 1e9,
+            netns: close.netns.clone(),
         };
         log::warn!(
-            "listener {} (process {} {}) lost {:.1} s after anomalies {:?} from {:?}",
+            "listener {}{} (process {} {}) lost {:.1} s after anomalies {:?} from {:?}",
             lost.listener,
+            lost.netns.as_ref().map(in_namespace).unwrap_or_default(),
             lost.pid,
             lost.process,
             lost.seconds_after_last_anomaly,
@@ -254,6 +262,19 @@ impl Correlation {
             let _ = self.lost.remove_label_values(&[&service.to_string()]);
         }
     }
+}
+
+/// ` in network namespace N (container C, pod P)`, for the log.
+fn in_namespace(netns: &NetnsReport) -> String {
+    let identity = &netns.identity;
+    let mut text = format!(" in network namespace {}", netns.inode);
+    if let Some(container) = &identity.container {
+        text += &format!(" (container {container})");
+    }
+    if let Some(pod) = &identity.pod {
+        text += &format!(" (pod {pod})");
+    }
+    text
 }
 
 fn comm_name(comm: &[u8; 16]) -> String {

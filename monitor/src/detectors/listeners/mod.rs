@@ -12,13 +12,12 @@
 //! listening port's SYNs received, SYN-ACKs sent and handshakes completed come from the
 //! kernel programs' per-port counters ([`port_counts`]).
 //!
-//! Labels are bounded: ports keep their label while they listen, at most [`port_labels::MAX_PORTS`]
+//! Labels are bounded: ports keep their label while they listen, at most [`crate::export::labels::ports::MAX_PORTS`]
 //! of them (later ones are `other`); owners are the top [`MAX_OWNERS`] by sockets, the rest
 //! `other`.
 
 pub mod namespaces;
 pub mod port_counts;
-pub mod port_labels;
 pub mod silence;
 
 use std::{
@@ -34,10 +33,14 @@ use axum::{Json, routing::get};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use serde::Serialize;
 
+use crate::export::labels::ports::{OTHER, PortLabels};
 use crate::{
     detectors::detector::{Context, Detector},
     export::{event_log::EventLog, metrics::Registry},
-    host::sock_diag::{self, TcpSocket, state},
+    host::{
+        netns::NetnsReport,
+        sock_diag::{self, TcpSocket, state},
+    },
     kernel::reader::{Reader, Rings, Schedule, Wakeup},
     settings::{Directions, NetnsMode, Settings},
     util::{
@@ -45,9 +48,8 @@ use crate::{
         lock,
     },
 };
-use namespaces::{NetnsMetrics, NetnsReport, OtherNamespaces};
+use namespaces::{NetnsMetrics, OtherNamespaces};
 use port_counts::{HandshakeReport, PortCountMetrics, PortCounters, Sources};
-use port_labels::{OTHER, PortLabels};
 use silence::{SilenceEvent, SilenceMetrics, SilenceWatch};
 
 /// The socket table is read every second (refresh: nothing is due apart).
@@ -146,6 +148,7 @@ impl Detector for Listeners {
             (Some(metrics), true) => Some(OtherNamespaces::new(
                 metrics.clone(),
                 self.metrics.dump_failures.clone(),
+                ctx.shared.namespaces.clone(),
             )?),
             _ => None,
         };

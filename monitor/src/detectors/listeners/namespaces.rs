@@ -3,7 +3,9 @@
 //! its table read at each poll like this namespace's, its listeners exported under
 //! `seqwatch_netns_listener_*{netns, port}` and listed in `/api/v1/owners` with the container
 //! or pod the namespace belongs to; its owners are counted with this namespace's. A namespace
-//! that disappears is forgotten at the next rescan: its socket closed, its series gone.
+//! that disappears is forgotten at the next rescan: its socket closed, its series gone. The
+//! namespaces followed are shared ([`FollowedNamespaces`]): the TCP event detector's programs
+//! keep their events, and name them with it.
 //!
 //! Bounded: at most [`MAX_FOLLOWED`] namespaces (the rest are counted in
 //! `seqwatch_netns_unfollowed`), [`MAX_PORTS_PER_NAMESPACE`] port labels in each.
@@ -14,18 +16,15 @@ use std::{
 };
 
 use prometheus::{IntCounter, IntGauge, IntGaugeVec};
-use serde::Serialize;
 
-use super::{
-    ListenerReport, Names, OwnerKey, OwnerTotals, QueueGauges, Snapshot, WaitClock,
-    port_labels::PortLabels,
-};
+use super::{ListenerReport, Names, OwnerKey, OwnerTotals, QueueGauges, Snapshot, WaitClock};
 use crate::{
-    export::metrics::Registry,
+    export::{labels::ports::PortLabels, metrics::Registry},
     host::{
-        netns::{self, Identity, NetnsInode},
+        netns::{self, Identity, NetnsInode, NetnsReport},
         sock_diag::DiagSocket,
     },
+    kernel::namespaces::FollowedNamespaces,
 };
 
 /// Network namespaces followed at once.
@@ -90,14 +89,6 @@ impl NetnsMetrics {
     }
 }
 
-/// Which namespace a listener of `/api/v1/owners` is in, when it is not the daemon's.
-#[derive(Clone, Debug, Serialize)]
-pub struct NetnsReport {
-    pub inode: NetnsInode,
-    pub container: Option<String>,
-    pub pod: Option<String>,
-}
-
 /// One namespace followed.
 struct Followed {
     inode: NetnsInode,
@@ -108,6 +99,8 @@ struct Followed {
     identity: Identity,
     waits: WaitClock,
     ports: PortLabels,
+    /// Whether the kernel's count of its listeners per port was given the first dump's.
+    seeded: bool,
 }
 
 /// What the other namespaces add to a poll.
@@ -126,18 +119,24 @@ pub(super) struct OtherNamespaces {
     max_followed: usize,
     metrics: NetnsMetrics,
     dump_failures: IntCounter,
+    shared: FollowedNamespaces,
     followed: BTreeMap<NetnsInode, Followed>,
     scanned: Option<Instant>,
     said_unfollowed: bool,
 }
 
 impl OtherNamespaces {
-    pub(super) fn new(metrics: NetnsMetrics, dump_failures: IntCounter) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        metrics: NetnsMetrics,
+        dump_failures: IntCounter,
+        shared: FollowedNamespaces,
+    ) -> anyhow::Result<Self> {
         Ok(OtherNamespaces {
             own: netns::own()?,
             max_followed: MAX_FOLLOWED,
             metrics,
             dump_failures,
+            shared,
             followed: BTreeMap::new(),
             scanned: None,
             said_unfollowed: false,
@@ -165,6 +164,11 @@ impl OtherNamespaces {
             match followed.socket.dump_tcp() {
                 Ok(sockets) => {
                     let snapshot = Snapshot::build(&sockets, None);
+                    if !std::mem::replace(&mut followed.seeded, true) {
+                        let listeners = snapshot.ports.iter();
+                        let counts = listeners.map(|(&port, p)| (port, p.inodes.len() as u32));
+                        self.shared.seed_listeners(*inode, counts);
+                    }
                     let m = &self.metrics;
                     followed.publish(&snapshot, now, unresponsive_after, names, m, &mut found);
                 }
@@ -177,7 +181,7 @@ impl OtherNamespaces {
             }
         }
         for inode in failed {
-            self.followed.remove(&inode);
+            self.forget(inode);
         }
         found
     }
@@ -186,13 +190,22 @@ impl OtherNamespaces {
     /// and names the ones still unnamed.
     fn rescan(&mut self) {
         let mut seen = netns::scan(self.own);
-        self.followed.retain(|inode, _| seen.contains_key(inode));
+        let gone: Vec<NetnsInode> = self
+            .followed
+            .keys()
+            .filter(|inode| !seen.contains_key(inode))
+            .copied()
+            .collect();
+        for inode in gone {
+            self.forget(inode);
+        }
         let mut unfollowed = 0;
         for (inode, seen) in &mut seen {
             if let Some(followed) = self.followed.get_mut(inode) {
                 followed.pids = std::mem::take(&mut seen.pids);
                 if followed.identity == Identity::default() {
                     followed.identity = netns::identify(&followed.pids);
+                    self.shared.follow(*inode, &followed.identity);
                 }
                 continue;
             }
@@ -205,6 +218,7 @@ impl OtherNamespaces {
                     let pids = std::mem::take(&mut seen.pids);
                     let identity = netns::identify(&pids);
                     log::info!("following network namespace {inode}: {identity:?}");
+                    self.shared.follow(*inode, &identity);
                     self.followed.insert(
                         *inode,
                         Followed {
@@ -215,6 +229,7 @@ impl OtherNamespaces {
                             identity,
                             waits: WaitClock::default(),
                             ports: PortLabels::at_most(MAX_PORTS_PER_NAMESPACE),
+                            seeded: false,
                         },
                     );
                 }
@@ -245,6 +260,15 @@ impl OtherNamespaces {
     }
 }
 
+impl OtherNamespaces {
+    /// Out of the shared set (and the kernel's) first, then its socket closed: the socket
+    /// keeps the namespace, and so its inode number, alive until then.
+    fn forget(&mut self, inode: NetnsInode) {
+        self.shared.forget(inode);
+        self.followed.remove(&inode);
+    }
+}
+
 impl Followed {
     /// Exports one namespace's listeners and adds them and its owners to `found`.
     fn publish(
@@ -258,8 +282,7 @@ impl Followed {
     ) {
         let netns = NetnsReport {
             inode: self.inode,
-            container: self.identity.container.clone(),
-            pod: self.identity.pod.clone(),
+            identity: self.identity.clone(),
         };
         self.ports.retain(&snapshot.ports);
         let oldest = self.waits.update(&snapshot.waiting, now);
@@ -322,7 +345,8 @@ mod tests {
         let registry = Registry::default();
         let metrics = NetnsMetrics::new(&registry).unwrap();
         let failures = IntCounter::new("failures", "failures").unwrap();
-        let mut namespaces = OtherNamespaces::new(metrics.clone(), failures).unwrap();
+        let shared = FollowedNamespaces::default();
+        let mut namespaces = OtherNamespaces::new(metrics.clone(), failures, shared).unwrap();
         namespaces.max_followed = 2;
         namespaces.rescan();
         let followed = namespaces.followed.len();

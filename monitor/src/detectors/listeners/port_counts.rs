@@ -23,7 +23,7 @@ use prometheus::IntCounterVec;
 use seqwatch_common::listener_counts::{PortCounts, SLOTS, slot_word, with_slot};
 use serde::Serialize;
 
-use super::port_labels::{MAX_PORTS, OTHER};
+use crate::export::labels::ports::{MAX_PORTS, OTHER};
 use crate::export::metrics::Registry;
 
 /// Slots 1..=`OWN_SLOTS` are each one labelled port's. A slot rests for one read after its

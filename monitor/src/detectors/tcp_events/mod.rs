@@ -6,6 +6,10 @@
 //! the labels hear of them) and closed (the listener-loss detector judges them); and mirrors
 //! the resets the kernel counts: received per service, sent per kernel reason. It seeds the
 //! kernel's count of listeners per port, which tells a reset's service, from /proc/net/tcp{,6}.
+//! With `--netns all` it lends the programs' set of followed namespaces to
+//! [`FollowedNamespaces`] and counts their events apart ([`namespaces`]).
+
+mod namespaces;
 
 use std::{
     collections::HashMap, net::SocketAddr, os::unix::fs::MetadataExt as _, sync::Arc,
@@ -15,11 +19,11 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Btf, Endianness,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as KernelHashMap, MapData, PerCpuArray, PerCpuHashMap},
 };
 use prometheus::{IntCounter, IntCounterVec};
 use seqwatch_common::tcp_events::{
-    RESET_REASON_SLOTS, ResetService, ResetsSent, SocketEnds, TcpEvent, TcpEventCounter,
+    OWN_NETNS, RESET_REASON_SLOTS, ResetService, ResetsSent, SocketEnds, TcpEvent, TcpEventCounter,
     TcpEventKind, TcpEventsConfig,
 };
 use tokio::sync::Notify;
@@ -37,11 +41,13 @@ use crate::{
         btf::{KernelBtf, VMLINUX_BTF},
         counters::{Mirrors, PerCpuCounters, advance},
         loader::{Globals, LoadedObject},
+        namespaces::FollowedNamespaces,
         reader::{Reader, Rings, Schedule},
         records::{decode, socket_address, word_bytes},
     },
-    settings::Settings,
+    settings::{NetnsMode, Settings},
 };
+use namespaces::{NetnsDropMetrics, NetnsTcpMetrics, OtherNamespaceCounts};
 
 /// The reader reads its events, and the resets sent, every 100 ms; the per-service reset
 /// counts once a second (two system calls per service).
@@ -70,14 +76,28 @@ pub fn program_names() -> Vec<&'static str> {
 /// The detector, before it starts.
 pub struct TcpEvents {
     metrics: TcpEventMetrics,
+    /// `--netns all`: the other namespaces' metrics (registered to document them otherwise).
+    other_namespaces: Option<(NetnsTcpMetrics, NetnsDropMetrics)>,
+    follow_others: bool,
     /// The kernel's layout, once read (at `configure`).
     layout: Option<anyhow::Result<KernelLayout>>,
 }
 
 impl TcpEvents {
-    pub fn new(_settings: &Settings, registry: &Registry) -> anyhow::Result<Self> {
+    pub fn new(settings: &Settings, registry: &Registry) -> anyhow::Result<Self> {
+        let follow_others = settings.netns == NetnsMode::All;
+        let other_namespaces = (follow_others || registry.documents_all())
+            .then(|| {
+                anyhow::Ok((
+                    NetnsTcpMetrics::new(registry)?,
+                    NetnsDropMetrics::new(registry)?,
+                ))
+            })
+            .transpose()?;
         Ok(TcpEvents {
             metrics: TcpEventMetrics::new(registry)?,
+            other_namespaces,
+            follow_others,
             layout: None,
         })
     }
@@ -91,9 +111,10 @@ impl Detector for TcpEvents {
     /// Tells the programs where this kernel keeps what they read; silent without a layout.
     fn configure(&mut self, globals: &mut Globals) -> anyhow::Result<()> {
         let layout = KernelLayout::read();
-        let config = layout
+        let mut config = layout
             .as_ref()
             .map_or(TcpEventsConfig::SILENT, |layout| layout.config);
+        config.follow_others = self.follow_others.into();
         globals.set("TCP_EVENTS_CONFIG", &config);
         self.layout = Some(layout);
         Ok(())
@@ -129,7 +150,15 @@ impl Detector for TcpEvents {
         };
         let counters = Arc::new(ctx.object.take::<PerCpuCounters>("TCP_EVENT_COUNTERS")?);
         self.metrics.mirror(counters.clone(), ctx.registry);
+        let other_namespaces = match self.other_namespaces.filter(|_| self.follow_others) {
+            Some((metrics, drops)) => {
+                drops.mirror(counters.clone(), ctx.registry);
+                Some(follow_other_namespaces(ctx, metrics)?)
+            }
+            None => None,
+        };
         let reader = TcpEventReader {
+            other_namespaces,
             synack_retransmits: ServiceCounters::new(self.metrics.synack_retransmits.clone()),
             resets_received: ResetsReceived::new(ctx.object, self.metrics.resets_received.clone())?,
             resets_sent: ResetCounters::new(ctx.object, &self.metrics.resets_sent, &reasons)?,
@@ -144,6 +173,20 @@ impl Detector for TcpEvents {
         ctx.tasks.spawn(name, events, SCHEDULE, None, reader);
         Ok(())
     }
+}
+
+/// Lends the programs' set of followed namespaces to the detectors' shared
+/// [`FollowedNamespaces`], and takes their resets sent.
+fn follow_other_namespaces(
+    ctx: &mut Context<'_>,
+    metrics: NetnsTcpMetrics,
+) -> anyhow::Result<OtherNamespaceCounts> {
+    let followed: KernelHashMap<MapData, u32, u32> = ctx.object.take("FOLLOWED_NETNS")?;
+    let listening = ctx.object.take("NETNS_LISTENING")?;
+    let namespaces: FollowedNamespaces = ctx.shared.namespaces.clone();
+    namespaces.attach_kernel(followed, listening);
+    let resets_sent = ctx.object.take("NETNS_RESETS_SENT")?;
+    Ok(OtherNamespaceCounts::new(metrics, namespaces, resets_sent))
 }
 
 /// The detector's metrics.
@@ -257,6 +300,7 @@ fn monitored_netns_config(btf: &KernelBtf) -> anyhow::Result<TcpEventsConfig> {
         skb_network_header: btf.offset_of("sk_buff", &["network_header"])?,
         skb_transport_header: btf.offset_of("sk_buff", &["transport_header"])?,
         reset_reason_tcp_flags: reset_reason(btf, "SK_RST_REASON_TCP_FLAGS").unwrap_or(u32::MAX),
+        follow_others: 0,
     })
 }
 
@@ -355,7 +399,12 @@ impl ResetsReceived {
         })
     }
 
-    fn refresh(&mut self, labels: &mut ServiceLabels, counters: &PerCpuCounters) {
+    fn refresh(
+        &mut self,
+        labels: &mut ServiceLabels,
+        counters: &PerCpuCounters,
+        mut others: Option<&mut OtherNamespaceCounts>,
+    ) {
         let totals: Vec<(ResetService, u64)> = self
             .kernel
             .iter()
@@ -364,7 +413,11 @@ impl ResetsReceived {
             .collect();
         for (service, total) in totals {
             let seen = self.seen.insert(service, total).unwrap_or(0);
-            if total > seen {
+            if service.netns != OWN_NETNS {
+                if let Some(others) = others.as_deref_mut().filter(|_| total > seen) {
+                    others.resets_received(service.netns, service.port, total - seen);
+                }
+            } else if total > seen {
                 let address =
                     socket_address(service.family, word_bytes(service.addr), service.port);
                 self.counters.add(labels.admit(address), total - seen);
@@ -374,6 +427,20 @@ impl ResetsReceived {
         if unkeyed > self.unkeyed_seen {
             self.counters.add(None, unkeyed - self.unkeyed_seen);
             self.unkeyed_seen = unkeyed;
+        }
+    }
+
+    /// Removes a forgotten namespace's counts, here and in the kernel.
+    fn forget_namespace(&mut self, netns: u32) {
+        let services: Vec<ResetService> = self
+            .seen
+            .keys()
+            .filter(|service| service.netns == netns)
+            .copied()
+            .collect();
+        for service in services {
+            self.seen.remove(&service);
+            let _ = self.kernel.remove(&service);
         }
     }
 }
@@ -442,6 +509,8 @@ fn named_slot(reason: u32) -> Option<usize> {
 /// The detector's task.
 struct TcpEventReader {
     metrics: TcpEventMetrics,
+    /// `--netns all`.
+    other_namespaces: Option<OtherNamespaceCounts>,
     counters: Arc<PerCpuCounters>,
     services: ServiceLabels,
     synack_retransmits: ServiceCounters,
@@ -454,6 +523,10 @@ struct TcpEventReader {
 impl TcpEventReader {
     fn handle(&mut self, decoded: &Decoded) {
         let Decoded { kind, local, event } = decoded;
+        if event.netns != OWN_NETNS {
+            self.handle_other_namespace(decoded);
+            return;
+        }
         match kind {
             TcpEventKind::SynAckRetransmit => {
                 self.synack_retransmits.inc(&mut self.services, *local);
@@ -470,6 +543,34 @@ impl TcpEventReader {
                         ts_ns: event.ts_ns,
                         pid: event.pid,
                         comm: event.comm,
+                        netns: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// An event of a followed namespace: its listeners opening are not this namespace's
+    /// services, so only retransmits and closes count.
+    fn handle_other_namespace(&mut self, decoded: &Decoded) {
+        let Decoded { kind, local, event } = decoded;
+        let Some(others) = &mut self.other_namespaces else {
+            return;
+        };
+        match kind {
+            TcpEventKind::SynAckRetransmit => {
+                others.synack_retransmitted(event.netns, local.port());
+            }
+            TcpEventKind::ListenerOpened => {}
+            TcpEventKind::ListenerClosed => {
+                let netns = others.listener_closed(event.netns);
+                if let (Some(listener_loss), Some(netns)) = (&self.listener_loss, netns) {
+                    listener_loss.listener_closed(ClosedListener {
+                        listener: *local,
+                        ts_ns: event.ts_ns,
+                        pid: event.pid,
+                        comm: event.comm,
+                        netns: Some(netns),
                     });
                 }
             }
@@ -499,8 +600,13 @@ impl Reader for TcpEventReader {
             self.synack_retransmits.forget(service);
             self.resets_received.counters.forget(service);
         }
+        let others = self.other_namespaces.as_mut();
         self.resets_received
-            .refresh(&mut self.services, &self.counters);
+            .refresh(&mut self.services, &self.counters, others);
+        if let Some(others) = &mut self.other_namespaces {
+            let received = &mut self.resets_received;
+            others.refresh(|netns| received.forget_namespace(netns));
+        }
         Ok(())
     }
 }

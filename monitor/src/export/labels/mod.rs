@@ -3,6 +3,7 @@
 //! its own ([`ServiceLabels`]) and counts everything else as [`OTHER_SERVICE`].
 
 pub mod admission;
+pub mod ports;
 
 use std::{
     collections::{HashMap, HashSet},

@@ -197,10 +197,15 @@ pub struct MonitoredLab {
 
 impl MonitoredLab {
     pub fn start() -> MonitoredLab {
+        MonitoredLab::start_with(&[])
+    }
+
+    /// With more `seqwatch run` flags.
+    pub fn start_with(flags: &[&str]) -> MonitoredLab {
         let lab = Lab::create(&LabOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let events = dir.path().join("events.jsonl");
-        let daemon = start_both_directions(&lab, dir.path(), &events);
+        let daemon = start_both_directions_with(&lab, dir.path(), &events, flags);
         MonitoredLab {
             lab,
             daemon,

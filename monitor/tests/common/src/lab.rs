@@ -1,21 +1,93 @@
-//! Traffic and per-namespace state in a lab: listeners, connections (TCP Fast Open ones too),
-//! crafted segments and the routes that make spoofed ones land, TcpExt counters and sysctls of
-//! one namespace.
+//! Traffic and per-namespace state in a lab: listeners (one whose process exits once it
+//! accepts too), connections (TCP Fast Open ones too), crafted segments and the routes that
+//! make spoofed ones land, TcpExt counters and sysctls of one namespace.
 
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
+    sync::Mutex,
     thread,
     time::Duration,
 };
 
-use nix::sys::socket::{
-    AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket,
-    sockopt::TcpFastOpenConnect,
+use nix::{
+    sys::{
+        signal::{Signal, kill},
+        socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket,
+            sockopt::TcpFastOpenConnect,
+        },
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::{ForkResult, Pid, fork},
 };
 use seqwatch::lab::{Crafter, Lab, Segment};
+
+/// Forking copies every open descriptor: a listener of one test must not end up in the child
+/// of another, or it would stay open after its own child exits.
+static FORK: Mutex<()> = Mutex::new(());
+
+/// A real listener in `ns` owned by a child process that exits as soon as it accepts a
+/// connection (the only copy of the listener is the child's, so its exit closes it).
+pub fn serve_once_then_exit(lab: &Lab, ns: &str, addr: SocketAddr) -> OnceServer {
+    let _fork = FORK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let listener = lab
+        .run_in(ns, || TcpListener::bind(addr))
+        .expect("bind the child's listener");
+    // SAFETY: the child calls only accept(2) and _exit(2), both async-signal-safe.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => unsafe {
+            libc::accept(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            libc::_exit(1)
+        },
+        ForkResult::Parent { child } => OnceServer {
+            pid: child,
+            reaped: false,
+        },
+    }
+}
+
+/// The child of [`serve_once_then_exit`]; killed and reaped on drop if it has not exited.
+pub struct OnceServer {
+    pub pid: Pid,
+    reaped: bool,
+}
+
+impl OnceServer {
+    /// Reaps the child once it exits, within `limit`; after it, kills and reaps it and
+    /// returns false (a handshake that never completed leaves it waiting).
+    pub fn reap_within(&mut self, limit: Duration) -> bool {
+        let exited = crate::wait_for(limit, || {
+            !matches!(
+                waitpid(self.pid, Some(WaitPidFlag::WNOHANG)),
+                Ok(WaitStatus::StillAlive)
+            )
+        });
+        // Reaped by the wait if it exited: its pid may be another process's by now.
+        self.reaped |= exited;
+        self.kill();
+        exited
+    }
+
+    fn kill(&mut self) {
+        if !std::mem::replace(&mut self.reaped, true) {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}
+
+impl Drop for OnceServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
 
 /// A real listener in `ns` that accepts and closes every connection, until the process ends.
 pub fn listen(lab: &Lab, ns: &str, addr: SocketAddr) {

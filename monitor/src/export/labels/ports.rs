@@ -1,5 +1,6 @@
-//! The `port` label of the listener metrics: a listening port keeps its own while it listens,
-//! at most [`MAX_PORTS`] of them; later ones are [`OTHER`].
+//! The `port` label of the listener metrics and the other namespaces' TCP events: a port
+//! keeps its own while it listens, at most [`MAX_PORTS`] of them (or a cap of the caller's);
+//! later ones are [`OTHER`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,6 +42,11 @@ impl PortLabels {
             self.labelled.remove(port);
         }
         gone
+    }
+
+    /// The ports with a label of their own.
+    pub fn labelled(&self) -> impl Iterator<Item = u16> + '_ {
+        self.labelled.iter().copied()
     }
 
     pub fn label(&mut self, port: u16) -> String {
