@@ -16,11 +16,14 @@ use std::{
 
 use common::{
     daemon::{
-        Daemon, MonitoredLab, assert_tcp_event_programs_attached, read_json_lines,
+        Daemon, MonitoredLab, assert_tcp_event_programs_attached, http_get, read_json_lines,
         sampled_server_isn, start_both_directions,
     },
     host::ContainerCgroup,
-    lab::{OnceServer, ip, route_spoofed, send_crafted, serve_once_then_exit, set_neighbour},
+    lab::{
+        OnceServer, connect_many, ip, listen, route_spoofed, send_crafted, serve_once_then_exit,
+        set_neighbour,
+    },
     prometheus::series_value,
     wait_for,
 };
@@ -576,5 +579,32 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
     );
     let closed = format!("seqwatch_netns_listeners_closed_total{{{netns}}}");
     assert_eq!(series_value(&daemon.metrics(&lab), &closed), Some(1.0));
+    // The anomaly's line names the container serving the service too. (The router's egress
+    // hook towards the server sees the forwarded SYN as well, as a SYN of its own.)
+    let anomalies: Vec<_> = read_json_lines(&events)
+        .into_iter()
+        .filter(|line| line["kind"] == "syn_with_data" && line["service"] == service.to_string())
+        .collect();
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+    assert_eq!(anomalies[0]["netns"]["container"], cgroup.short_id());
+
+    // So does its ISN report, for another of its services.
+    let other = SocketAddr::new(lab.server_v4.into(), CLOSED_PORT);
+    listen(&lab, &lab.server_ns, other);
+    connect_many(&lab, &lab.client_ns, other, 4);
+    let mut report = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), || {
+        let services = http_get(&lab, &router.ns, "/api/v1/services").unwrap_or_default();
+        let services: serde_json::Value = serde_json::from_str(&services).unwrap_or_default();
+        let found = services["services"].as_array().and_then(|all| {
+            all.iter()
+                .find(|s| s["service"] == other.to_string())
+                .cloned()
+        });
+        report = found.unwrap_or_default();
+        !report.is_null()
+    });
+    assert_eq!(report["netns"]["inode"], inode, "{report}");
+    assert_eq!(report["netns"]["container"], cgroup.short_id(), "{report}");
     daemon.stop();
 }

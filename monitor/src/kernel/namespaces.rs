@@ -1,15 +1,19 @@
 //! The other network namespaces followed (`--netns all`), as the detectors share them: who
-//! each is (its [`NetnsReport`], for the events and the JSON API), and the tracepoint
-//! programs' set of them (`FOLLOWED_NETNS`, with their listeners per port in
-//! `NETNS_LISTENING`). The listener health detector follows and forgets namespaces; the TCP
-//! event detector gives it the kernel maps and names its events' namespaces with it.
+//! each is (its [`NetnsReport`], for the events and the JSON API), the addresses its sockets
+//! were seen on (so that a service or an anomaly seen on this host's interfaces is named by the
+//! namespace that serves it), and the tracepoint programs' set of them (`FOLLOWED_NETNS`, with
+//! their listeners per port in `NETNS_LISTENING`). The listener health detector follows and
+//! forgets namespaces and notes their addresses; the TCP event detector gives it the kernel
+//! maps and names its events' namespaces with it; the ISN and handshake detectors name their
+//! services' and anomalies' namespaces with it.
 //!
 //! A namespace is put in the kernel's set as it is followed and taken out before its socket
 //! (which keeps it alive) is closed: its inode number, which the kernel may give to a new
 //! namespace once it is freed, is never in the set of a namespace it does not name.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
+    net::IpAddr,
     sync::{Arc, Mutex},
 };
 
@@ -25,10 +29,20 @@ use crate::{
 #[derive(Clone, Default)]
 pub struct FollowedNamespaces(Arc<Mutex<Directory>>);
 
+/// Addresses remembered per namespace; beyond it, later ones are not.
+pub const MAX_ADDRESSES_PER_NAMESPACE: usize = 16;
+
 #[derive(Default)]
 struct Directory {
-    identities: BTreeMap<u32, Identity>,
+    namespaces: BTreeMap<u32, Followed>,
+    /// Every followed namespace's addresses; an address two namespaces use is the latest's.
+    addresses: StdHashMap<IpAddr, u32>,
     kernel: Option<KernelSet>,
+}
+
+struct Followed {
+    identity: Identity,
+    addresses: BTreeSet<IpAddr>,
 }
 
 /// The tracepoint programs' maps.
@@ -49,7 +63,7 @@ impl FollowedNamespaces {
             followed,
             listening,
         };
-        for &inode in directory.identities.keys() {
+        for &inode in directory.namespaces.keys() {
             kernel.follow(inode);
         }
         directory.kernel = Some(kernel);
@@ -63,14 +77,49 @@ impl FollowedNamespaces {
             return;
         };
         let mut directory = lock(&self.0);
-        if directory
-            .identities
-            .insert(inode, identity.clone())
-            .is_none()
-            && let Some(kernel) = &mut directory.kernel
-        {
+        if let Some(followed) = directory.namespaces.get_mut(&inode) {
+            followed.identity = identity.clone();
+            return;
+        }
+        let followed = Followed {
+            identity: identity.clone(),
+            addresses: BTreeSet::new(),
+        };
+        directory.namespaces.insert(inode, followed);
+        if let Some(kernel) = &mut directory.kernel {
             kernel.follow(inode);
         }
+    }
+
+    /// Notes addresses a followed namespace's sockets are bound to, up to
+    /// [`MAX_ADDRESSES_PER_NAMESPACE`]; loopback and link-local ones, which every namespace
+    /// may have, name none.
+    pub fn note_addresses(&self, inode: NetnsInode, addresses: impl IntoIterator<Item = IpAddr>) {
+        let Ok(inode) = u32::try_from(inode) else {
+            return;
+        };
+        let directory = &mut *lock(&self.0);
+        let Some(followed) = directory.namespaces.get_mut(&inode) else {
+            return;
+        };
+        for address in addresses.into_iter().filter(|a| names_a_namespace(*a)) {
+            let full = followed.addresses.len() >= MAX_ADDRESSES_PER_NAMESPACE;
+            if !followed.addresses.contains(&address) && !full {
+                followed.addresses.insert(address);
+                directory.addresses.insert(address, inode);
+            }
+        }
+    }
+
+    /// Who the followed namespace with `address` is, if one has it.
+    pub fn netns_of(&self, address: IpAddr) -> Option<NetnsReport> {
+        let directory = lock(&self.0);
+        let inode = *directory.addresses.get(&address)?;
+        let identity = directory.namespaces.get(&inode)?.identity.clone();
+        Some(NetnsReport {
+            inode: inode.into(),
+            identity,
+        })
     }
 
     /// Gives the kernel's count of a followed namespace's listeners per port the listeners
@@ -102,8 +151,14 @@ impl FollowedNamespaces {
         let Ok(inode) = u32::try_from(inode) else {
             return;
         };
-        let mut directory = lock(&self.0);
-        directory.identities.remove(&inode);
+        let directory = &mut *lock(&self.0);
+        if let Some(followed) = directory.namespaces.remove(&inode) {
+            for address in followed.addresses {
+                if directory.addresses.get(&address) == Some(&inode) {
+                    directory.addresses.remove(&address);
+                }
+            }
+        }
         if let Some(kernel) = &mut directory.kernel {
             kernel.forget(inode);
         }
@@ -111,7 +166,7 @@ impl FollowedNamespaces {
 
     /// Who a followed namespace is; `None` once forgotten.
     pub fn report(&self, inode: u32) -> Option<NetnsReport> {
-        let identity = lock(&self.0).identities.get(&inode)?.clone();
+        let identity = lock(&self.0).namespaces.get(&inode)?.identity.clone();
         Some(NetnsReport {
             inode: inode.into(),
             identity,
@@ -120,8 +175,17 @@ impl FollowedNamespaces {
 
     /// Whether a namespace is followed.
     pub fn is_followed(&self, inode: u32) -> bool {
-        lock(&self.0).identities.contains_key(&inode)
+        lock(&self.0).namespaces.contains_key(&inode)
     }
+}
+
+/// Not loopback, unspecified nor IPv6 link-local: an address that may be one namespace's.
+fn names_a_namespace(address: IpAddr) -> bool {
+    let link_local = match address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    !(address.is_loopback() || address.is_unspecified() || link_local)
 }
 
 impl KernelSet {
@@ -143,5 +207,60 @@ impl KernelSet {
         for key in ports {
             let _ = self.listening.remove(&key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(container: &str) -> Identity {
+        Identity {
+            container: Some(container.to_owned()),
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn a_namespaces_addresses_name_it_until_it_is_forgotten() {
+        let namespaces = FollowedNamespaces::default();
+        namespaces.follow(7, &identity("aaaaaaaaaaaa"));
+        let own: [IpAddr; 4] = [
+            "127.0.0.1".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "0.0.0.0".parse().unwrap(),
+            "fe80::1".parse().unwrap(),
+        ];
+        let served: IpAddr = "10.88.0.2".parse().unwrap();
+        namespaces.note_addresses(7, own.into_iter().chain([served]));
+        assert_eq!(namespaces.netns_of(served).unwrap().inode, 7);
+        for address in own {
+            assert_eq!(
+                namespaces.netns_of(address),
+                None,
+                "{address}: every namespace's"
+            );
+        }
+        namespaces.note_addresses(8, [served]);
+        assert_eq!(
+            namespaces.netns_of(served).unwrap().inode,
+            7,
+            "8 is not followed"
+        );
+        namespaces.forget(7);
+        assert_eq!(namespaces.netns_of(served), None);
+        assert_eq!(namespaces.report(7), None);
+    }
+
+    #[test]
+    fn addresses_per_namespace_are_bounded() {
+        let namespaces = FollowedNamespaces::default();
+        namespaces.follow(7, &Identity::default());
+        let many = (0..=255u8).map(|n| IpAddr::from([10, 0, 0, n]));
+        namespaces.note_addresses(7, many);
+        let named = (0..=255u8)
+            .filter(|n| namespaces.netns_of(IpAddr::from([10, 0, 0, *n])).is_some())
+            .count();
+        assert_eq!(named, MAX_ADDRESSES_PER_NAMESPACE);
     }
 }

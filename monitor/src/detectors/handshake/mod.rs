@@ -36,9 +36,10 @@ use crate::{
         labels::{OTHER_SERVICE, ServiceCounters, ServiceLabels, label_of},
         metrics::Registry,
     },
-    host::netstat::read_tcpext,
+    host::{netns::NetnsReport, netstat::read_tcpext},
     kernel::{
         counters::{Mirrors, PerCpuCounters},
+        namespaces::FollowedNamespaces,
         reader::{RING_SCHEDULE, Reader, Rings},
         records::decode,
     },
@@ -120,6 +121,7 @@ impl Detector for Handshake {
             reads: TokenBucket::full(MAX_EVENTS_BURST, MAX_EVENTS_PER_SECOND, Instant::now()),
             limiter: RateLimiter::default(),
             log: ctx.shared.event_log.clone(),
+            namespaces: ctx.shared.namespaces.clone(),
             listener_loss: ctx.shared.listener_loss.clone(),
             clock: Clock::now(),
             top_sources,
@@ -351,6 +353,7 @@ struct AnomalyReader {
     reads: TokenBucket,
     limiter: RateLimiter,
     log: Option<EventLog>,
+    namespaces: FollowedNamespaces,
     listener_loss: Option<Correlator>,
     clock: Clock,
     top_sources: SharedTopSources,
@@ -369,6 +372,9 @@ struct LogLine<'a> {
     anomaly: &'a Anomaly,
     #[serde(skip_serializing_if = "Option::is_none")]
     source_rank: Option<usize>,
+    /// The followed namespace (`--netns all`) serving the service, if one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<NetnsReport>,
 }
 
 impl AnomalyReader {
@@ -395,13 +401,14 @@ impl AnomalyReader {
             return;
         };
         let limiter = &mut self.limiter;
-        let source_ranks = &self.source_ranks;
+        let (source_ranks, namespaces) = (&self.source_ranks, &self.namespaces);
         log.write_limited(
             now,
             || limiter.allow(source, kind, now),
             || LogLine {
                 anomaly,
                 source_rank: source_ranks.get(&(kind, SourcePrefix::of(source))).copied(),
+                netns: namespaces.netns_of(anomaly.service.ip()),
             },
         );
     }

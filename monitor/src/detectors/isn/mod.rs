@@ -90,13 +90,14 @@ impl Detector for Isn {
         if let Some(log) = &ctx.shared.event_log {
             table.log_events_to(log.clone());
         }
+        table.name_namespaces_with(ctx.shared.namespaces.clone());
         let table = Arc::new(Mutex::new(table));
         let served = table.clone();
         ctx.api.add(
             "/api/v1/services",
             "per-service ISN scores, JSON",
             get(move || {
-                let services = lock(&served).reports();
+                let services = lock(&served).served_reports();
                 async move { Json(serde_json::json!({ "services": services })) }
             }),
         );

@@ -19,6 +19,8 @@ use crate::{
             admission::{Candidate, ranking_decay},
         },
     },
+    host::netns::NetnsReport,
+    kernel::namespaces::FollowedNamespaces,
     scorer::{Finding, ScorerConfig, ServiceReport, ServiceScorer, Severity, Verdict},
     util::clock::{Clock, monotonic_ns},
 };
@@ -60,6 +62,7 @@ pub struct ServiceTable {
     ranked_at: Option<Instant>,
     /// Where an `isn_weak` line goes when a service's verdict turns weak.
     event_log: Option<(EventLog, Clock)>,
+    namespaces: FollowedNamespaces,
 }
 
 /// The event-log line written when a service's ISN generator is first judged weak (again
@@ -73,6 +76,19 @@ struct WeakEvent<'a> {
     guess_bits: Option<f64>,
     attack_feasibility: Option<f64>,
     findings: Vec<&'a Finding>,
+    /// The followed namespace (`--netns all`) serving it, if one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<NetnsReport>,
+}
+
+/// A service's report as `/api/v1/services` serves it.
+#[derive(Serialize)]
+pub struct ServedReport {
+    #[serde(flatten)]
+    pub report: ServiceReport,
+    /// The followed namespace (`--netns all`) with the service's address, if one has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsReport>,
 }
 
 impl ServiceTable {
@@ -84,11 +100,17 @@ impl ServiceTable {
             config,
             ranked_at: None,
             event_log: None,
+            namespaces: FollowedNamespaces::default(),
         }
     }
 
     pub fn log_events_to(&mut self, log: EventLog) {
         self.event_log = Some((log, Clock::now()));
+    }
+
+    /// Names the services of the other namespaces followed (`--netns all`).
+    pub fn name_namespaces_with(&mut self, namespaces: FollowedNamespaces) {
+        self.namespaces = namespaces;
     }
 
     /// Feeds one sample to its service's scorer; returns the service evicted to make room.
@@ -223,7 +245,8 @@ impl ServiceTable {
             && !was_weak
             && let Some((log, clock)) = &self.event_log
         {
-            write_weak_event(log, clock, &report);
+            let netns = self.namespaces.netns_of(service.ip());
+            write_weak_event(log, clock, &report, netns);
         }
         state.report = Some(report);
         Some(service)
@@ -251,9 +274,30 @@ impl ServiceTable {
         reports.sort_by(|a, b| a.service.cmp(&b.service));
         reports
     }
+
+    /// [`Self::reports`], each with the followed namespace serving it.
+    pub fn served_reports(&self) -> Vec<ServedReport> {
+        let mut served: Vec<_> = self
+            .services
+            .iter()
+            .filter_map(|(service, state)| {
+                Some(ServedReport {
+                    report: state.report.clone()?,
+                    netns: self.namespaces.netns_of(service.ip()),
+                })
+            })
+            .collect();
+        served.sort_by(|a, b| a.report.service.cmp(&b.report.service));
+        served
+    }
 }
 
-fn write_weak_event(log: &EventLog, clock: &Clock, report: &ServiceReport) {
+fn write_weak_event(
+    log: &EventLog,
+    clock: &Clock,
+    report: &ServiceReport,
+    netns: Option<NetnsReport>,
+) {
     let event = WeakEvent {
         time: clock.rfc3339(monotonic_ns()),
         kind: "isn_weak",
@@ -266,6 +310,7 @@ fn write_weak_event(log: &EventLog, clock: &Clock, report: &ServiceReport) {
             .iter()
             .filter(|f| f.severity == Severity::Weakness)
             .collect(),
+        netns,
     };
     log.write_line(&event);
 }

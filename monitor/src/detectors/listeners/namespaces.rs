@@ -163,6 +163,8 @@ impl OtherNamespaces {
         for (inode, followed) in &mut self.followed {
             match followed.socket.dump_tcp() {
                 Ok(sockets) => {
+                    let addresses = sockets.iter().map(|socket| socket.local.ip());
+                    self.shared.note_addresses(*inode, addresses);
                     let snapshot = Snapshot::build(&sockets, None);
                     if !std::mem::replace(&mut followed.seeded, true) {
                         let listeners = snapshot.ports.iter();
