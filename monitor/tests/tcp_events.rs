@@ -519,7 +519,22 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
         towards_client,
     );
 
-    let service = SocketAddr::new(lab.server_v4.into(), SERVICE_PORT);
+    // The container's services on an address of its own: labs run side by side share the lab's
+    // addresses, and an address two followed namespaces use names neither.
+    let pid = std::process::id();
+    let own = Ipv4Addr::new(10, 213, (pid >> 8) as u8, pid as u8);
+    let own_route = format!("{own}/32");
+    ip(
+        &lab,
+        &lab.server_ns,
+        &["addr", "add", &own_route, "dev", &lab.server_if],
+    );
+    ip(
+        &lab,
+        &router.ns,
+        &["route", "add", &own_route, "dev", towards_server],
+    );
+    let service = SocketAddr::new(own.into(), SERVICE_PORT);
     let mut child = serve_once_then_exit(&lab, &lab.server_ns, service);
     let mut cgroup = ContainerCgroup::create();
     cgroup.start_process_in(&lab, &lab.server_ns);
@@ -588,9 +603,22 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
     assert_eq!(anomalies.len(), 1, "{anomalies:?}");
     assert_eq!(anomalies[0]["netns"]["container"], cgroup.short_id());
 
-    // So does its ISN report, for another of its services.
-    let other = SocketAddr::new(lab.server_v4.into(), CLOSED_PORT);
-    listen(&lab, &lab.server_ns, other);
+    // So does its ISN report, for another of its services, on the wildcard address; whose
+    // listener earns it a label at once, as this namespace's listeners do (a service without
+    // one needs 16 handshakes and a ranked label).
+    let wildcard = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), CLOSED_PORT);
+    listen(&lab, &lab.server_ns, wildcard);
+    let seen = wait_for(Duration::from_secs(5), || {
+        let owners = http_get(&lab, &router.ns, "/api/v1/owners").unwrap_or_default();
+        let owners: serde_json::Value = serde_json::from_str(&owners).unwrap_or_default();
+        owners["listeners"].as_array().is_some_and(|listeners| {
+            listeners
+                .iter()
+                .any(|l| l["port"] == CLOSED_PORT && l["netns"]["inode"] == inode)
+        })
+    });
+    assert!(seen, "the container's second listener:\n{}", daemon.log());
+    let other = SocketAddr::new(own.into(), CLOSED_PORT);
     connect_many(&lab, &lab.client_ns, other, 4);
     let mut report = serde_json::Value::Null;
     wait_for(Duration::from_secs(10), || {
@@ -606,5 +634,12 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
     });
     assert_eq!(report["netns"]["inode"], inode, "{report}");
     assert_eq!(report["netns"]["container"], cgroup.short_id(), "{report}");
+    // Labels are published at the detector's next ranking, once a second.
+    let labelled = format!("seqwatch_isn_samples{{service=\"{other}\"}}");
+    wait_for(Duration::from_secs(5), || {
+        series_value(&daemon.metrics(&lab), &labelled).is_some()
+    });
+    let metrics = daemon.metrics(&lab);
+    assert_eq!(series_value(&metrics, &labelled), Some(4.0), "{metrics}");
     daemon.stop();
 }

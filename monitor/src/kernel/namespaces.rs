@@ -35,8 +35,8 @@ pub const MAX_ADDRESSES_PER_NAMESPACE: usize = 16;
 #[derive(Default)]
 struct Directory {
     namespaces: BTreeMap<u32, Followed>,
-    /// Every followed namespace's addresses; an address two namespaces use is the latest's.
-    addresses: StdHashMap<IpAddr, u32>,
+    /// Every followed namespace's addresses, and the namespaces using each.
+    addresses: StdHashMap<IpAddr, BTreeSet<u32>>,
     kernel: Option<KernelSet>,
 }
 
@@ -106,15 +106,32 @@ impl FollowedNamespaces {
             let full = followed.addresses.len() >= MAX_ADDRESSES_PER_NAMESPACE;
             if !followed.addresses.contains(&address) && !full {
                 followed.addresses.insert(address);
-                directory.addresses.insert(address, inode);
+                directory
+                    .addresses
+                    .entry(address)
+                    .or_default()
+                    .insert(inode);
             }
         }
     }
 
-    /// Who the followed namespace with `address` is, if one has it.
+    /// The addresses noted for a followed namespace.
+    pub fn addresses(&self, inode: NetnsInode) -> Vec<IpAddr> {
+        let directory = lock(&self.0);
+        let followed = u32::try_from(inode)
+            .ok()
+            .and_then(|inode| directory.namespaces.get(&inode));
+        followed.map_or_else(Vec::new, |f| f.addresses.iter().copied().collect())
+    }
+
+    /// Who the followed namespace with `address` is, if exactly one has it: isolated
+    /// namespaces may number themselves alike, and a service is then none's for sure.
     pub fn netns_of(&self, address: IpAddr) -> Option<NetnsReport> {
         let directory = lock(&self.0);
-        let inode = *directory.addresses.get(&address)?;
+        let users = directory.addresses.get(&address)?;
+        let (Some(&inode), 1) = (users.first(), users.len()) else {
+            return None;
+        };
         let identity = directory.namespaces.get(&inode)?.identity.clone();
         Some(NetnsReport {
             inode: inode.into(),
@@ -154,8 +171,11 @@ impl FollowedNamespaces {
         let directory = &mut *lock(&self.0);
         if let Some(followed) = directory.namespaces.remove(&inode) {
             for address in followed.addresses {
-                if directory.addresses.get(&address) == Some(&inode) {
-                    directory.addresses.remove(&address);
+                if let Some(users) = directory.addresses.get_mut(&address) {
+                    users.remove(&inode);
+                    if users.is_empty() {
+                        directory.addresses.remove(&address);
+                    }
                 }
             }
         }
@@ -247,6 +267,11 @@ mod tests {
             7,
             "8 is not followed"
         );
+        namespaces.follow(8, &identity("bbbbbbbbbbbb"));
+        namespaces.note_addresses(8, [served]);
+        assert_eq!(namespaces.netns_of(served), None, "7's or 8's");
+        namespaces.forget(8);
+        assert_eq!(namespaces.netns_of(served).unwrap().inode, 7);
         namespaces.forget(7);
         assert_eq!(namespaces.netns_of(served), None);
         assert_eq!(namespaces.report(7), None);

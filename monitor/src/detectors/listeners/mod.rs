@@ -149,6 +149,7 @@ impl Detector for Listeners {
                 metrics.clone(),
                 self.metrics.dump_failures.clone(),
                 ctx.shared.namespaces.clone(),
+                ctx.shared.policy.clone(),
             )?),
             _ => None,
         };

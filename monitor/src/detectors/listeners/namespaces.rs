@@ -12,6 +12,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -19,12 +20,19 @@ use prometheus::{IntCounter, IntGauge, IntGaugeVec};
 
 use super::{ListenerReport, Names, OwnerKey, OwnerTotals, QueueGauges, Snapshot, WaitClock};
 use crate::{
-    export::{labels::ports::PortLabels, metrics::Registry},
+    export::{
+        labels::{
+            admission::{MAX_OTHER_LISTENERS, SharedPolicy},
+            ports::PortLabels,
+        },
+        metrics::Registry,
+    },
     host::{
         netns::{self, Identity, NetnsInode, NetnsReport},
         sock_diag::DiagSocket,
     },
     kernel::namespaces::FollowedNamespaces,
+    util::lock,
 };
 
 /// Network namespaces followed at once.
@@ -120,6 +128,8 @@ pub(super) struct OtherNamespaces {
     metrics: NetnsMetrics,
     dump_failures: IntCounter,
     shared: FollowedNamespaces,
+    /// Their listeners earn their services labels, as this namespace's do.
+    policy: SharedPolicy,
     followed: BTreeMap<NetnsInode, Followed>,
     scanned: Option<Instant>,
     said_unfollowed: bool,
@@ -130,6 +140,7 @@ impl OtherNamespaces {
         metrics: NetnsMetrics,
         dump_failures: IntCounter,
         shared: FollowedNamespaces,
+        policy: SharedPolicy,
     ) -> anyhow::Result<Self> {
         Ok(OtherNamespaces {
             own: netns::own()?,
@@ -137,6 +148,7 @@ impl OtherNamespaces {
             metrics,
             dump_failures,
             shared,
+            policy,
             followed: BTreeMap::new(),
             scanned: None,
             said_unfollowed: false,
@@ -160,12 +172,15 @@ impl OtherNamespaces {
         self.metrics.queues.reset();
         let mut found = Found::default();
         let mut failed = Vec::new();
+        let mut services = Vec::new();
         for (inode, followed) in &mut self.followed {
             match followed.socket.dump_tcp() {
                 Ok(sockets) => {
                     let addresses = sockets.iter().map(|socket| socket.local.ip());
                     self.shared.note_addresses(*inode, addresses);
                     let snapshot = Snapshot::build(&sockets, None);
+                    let addresses = self.shared.addresses(*inode);
+                    services.extend(listening_services(&snapshot, &addresses));
                     if !std::mem::replace(&mut followed.seeded, true) {
                         let listeners = snapshot.ports.iter();
                         let counts = listeners.map(|(&port, p)| (port, p.inodes.len() as u32));
@@ -185,6 +200,7 @@ impl OtherNamespaces {
         for inode in failed {
             self.forget(inode);
         }
+        lock(&self.policy).note_other_listeners(services);
         found
     }
 
@@ -262,6 +278,29 @@ impl OtherNamespaces {
     }
 }
 
+/// The services a namespace's listeners serve, at most [`MAX_OTHER_LISTENERS`]: each listening
+/// address, a wildcard one standing for each of `addresses` (the namespace's own) of its
+/// family (IPv6's for both: a dual-stack socket).
+fn listening_services(snapshot: &Snapshot, addresses: &[IpAddr]) -> Vec<SocketAddr> {
+    let listening = snapshot.ports.values().flat_map(|port| &port.addresses);
+    listening
+        .flat_map(|listener| {
+            let ip = listener.ip();
+            let served: Vec<IpAddr> = if ip.is_unspecified() {
+                let dual_stack = ip.is_ipv6();
+                let same_family = |a: &&IpAddr| dual_stack || a.is_ipv4();
+                addresses.iter().filter(same_family).copied().collect()
+            } else {
+                vec![ip]
+            };
+            served
+                .into_iter()
+                .map(move |ip| SocketAddr::new(ip, listener.port()))
+        })
+        .take(MAX_OTHER_LISTENERS)
+        .collect()
+}
+
 impl OtherNamespaces {
     /// Out of the shared set (and the kernel's) first, then its socket closed: the socket
     /// keeps the namespace, and so its inode number, alive until then.
@@ -328,6 +367,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
+    use crate::export::labels::admission::LabelPolicy;
 
     fn ip_netns(verb: &str, name: &str) {
         let status = Command::new("ip").args(["netns", verb, name]).status();
@@ -348,7 +388,9 @@ mod tests {
         let metrics = NetnsMetrics::new(&registry).unwrap();
         let failures = IntCounter::new("failures", "failures").unwrap();
         let shared = FollowedNamespaces::default();
-        let mut namespaces = OtherNamespaces::new(metrics.clone(), failures, shared).unwrap();
+        let policy = LabelPolicy::fixed(16, &[], &[]);
+        let mut namespaces =
+            OtherNamespaces::new(metrics.clone(), failures, shared, policy).unwrap();
         namespaces.max_followed = 2;
         namespaces.rescan();
         let followed = namespaces.followed.len();

@@ -9,7 +9,8 @@
 //!   [`LISTENERS_READ_GAP`], when a detector meets a service on a local address whose port is
 //!   not known to listen (a listener opened since the last read). A SYN-ACK this host sent
 //!   from a local address (an egress ISN sample, a TLS session it served) shows its listener
-//!   too, however briefly it listened.
+//!   too, however briefly it listened. With `--netns all`, a listener of a followed namespace
+//!   counts for the addresses that namespace's sockets use ([`MAX_OTHER_LISTENERS`] of each).
 //! - **Genuine handshakes.** Any other service (a remote server this host connects to, or a
 //!   server behind it) with at least [`MIN_HANDSHAKES`] ISN samples competes for one of
 //!   [`RANKED_LABELS`] labels, ranked once a second by its handshakes over about the last hour
@@ -50,6 +51,8 @@ const RANKING_MEMORY: Duration = Duration::from_secs(3600);
 pub const LISTENER_GRACE: Duration = Duration::from_secs(3600);
 /// Closed listeners remembered for the grace; the longest closed are forgotten first.
 const CLOSED_LISTENERS_KEPT: usize = 4096;
+/// Services of one followed namespace's listeners that count as local ones.
+pub const MAX_OTHER_LISTENERS: usize = 64;
 /// How often listeners and addresses are read in any case.
 const READ_EVERY: Duration = Duration::from_secs(1);
 /// The shortest gap between two reads of the listeners that detectors asked for.
@@ -216,6 +219,19 @@ impl LabelPolicy {
             self.read_listeners(now);
         }
         self.admitted()
+    }
+
+    /// Services another namespace followed listens on (at most [`MAX_OTHER_LISTENERS`] of
+    /// each: the caller's bound): they count as listeners read now, kept for the grace.
+    pub fn note_other_listeners(&mut self, listening: impl IntoIterator<Item = SocketAddr>) {
+        let now = Instant::now();
+        let mut new = false;
+        for listener in listening {
+            new |= self.listeners.insert(listener, now).is_none();
+        }
+        if new {
+            self.publish();
+        }
     }
 
     /// This host showed that `listener` listens (its own stack answered a SYN from it): it
