@@ -5,6 +5,13 @@
 //! or pod the namespace belongs to; its owners are counted with this namespace's. A namespace
 //! that disappears is forgotten at the next rescan: its socket closed, its series gone.
 //!
+//! Each poll reads a namespace's listeners only; its request sockets and connections waiting
+//! in accept queues are read with them when a listener's accept queue holds any, its drop
+//! counter rose or its listeners changed, and otherwise every [`HANDSHAKES_AGAIN`]: that read
+//! makes the kernel walk the host's whole established table (shared by the namespaces), about
+//! a millisecond here whatever the namespace holds. So an idle namespace's SYN queue is at most
+//! that old, and its owners count its listeners only.
+//!
 //! Bounded: at most [`MAX_FOLLOWED`] namespaces (the rest are counted in
 //! `seqwatch_netns_unfollowed`), [`MAX_PORTS_PER_NAMESPACE`] port labels in each.
 
@@ -24,7 +31,7 @@ use crate::{
     export::metrics::Registry,
     host::{
         netns::{self, Identity, NetnsInode},
-        sock_diag::DiagSocket,
+        sock_diag::{DiagSocket, TcpSocket, state},
     },
 };
 
@@ -34,6 +41,9 @@ pub const MAX_FOLLOWED: usize = 256;
 pub const MAX_PORTS_PER_NAMESPACE: usize = 8;
 /// How often the host's namespaces are looked for again.
 const RESCAN: Duration = Duration::from_secs(2);
+/// How often an idle namespace's request sockets are read (its SYN queues), give or take a
+/// second.
+const HANDSHAKES_AGAIN: Duration = Duration::from_secs(10);
 
 /// The other namespaces' metrics.
 #[derive(Clone)]
@@ -108,6 +118,12 @@ struct Followed {
     identity: Identity,
     waits: WaitClock,
     ports: PortLabels,
+    /// Its request sockets (and, while an accept queue holds any, its waiting connections)
+    /// as last read, and when they are read again unless something calls for it sooner.
+    handshakes: Vec<TcpSocket>,
+    handshakes_due: Instant,
+    /// Its listeners' inodes and drops at the last poll, to see them change.
+    listening: (Vec<u32>, u64),
 }
 
 /// What the other namespaces add to a poll.
@@ -162,7 +178,7 @@ impl OtherNamespaces {
         let mut found = Found::default();
         let mut failed = Vec::new();
         for (inode, followed) in &mut self.followed {
-            match followed.socket.dump_tcp() {
+            match followed.read(now) {
                 Ok(sockets) => {
                     let snapshot = Snapshot::build(&sockets, None);
                     let m = &self.metrics;
@@ -205,18 +221,8 @@ impl OtherNamespaces {
                     let pids = std::mem::take(&mut seen.pids);
                     let identity = netns::identify(&pids);
                     log::info!("following network namespace {inode}: {identity:?}");
-                    self.followed.insert(
-                        *inode,
-                        Followed {
-                            inode: *inode,
-                            label: inode.to_string(),
-                            socket,
-                            pids,
-                            identity,
-                            waits: WaitClock::default(),
-                            ports: PortLabels::at_most(MAX_PORTS_PER_NAMESPACE),
-                        },
-                    );
+                    let followed = Followed::new(*inode, socket, pids, identity);
+                    self.followed.insert(*inode, followed);
                 }
                 // Its last process exited since the scan, most likely.
                 Err(err) => log::debug!("network namespace {inode} not followed: {err:#}"),
@@ -246,6 +252,51 @@ impl OtherNamespaces {
 }
 
 impl Followed {
+    fn new(inode: NetnsInode, socket: DiagSocket, pids: Vec<u32>, identity: Identity) -> Self {
+        Followed {
+            inode,
+            label: inode.to_string(),
+            socket,
+            pids,
+            identity,
+            waits: WaitClock::default(),
+            ports: PortLabels::at_most(MAX_PORTS_PER_NAMESPACE),
+            handshakes: Vec::new(),
+            handshakes_due: Instant::now(),
+            listening: (Vec::new(), 0),
+        }
+    }
+
+    /// Its listeners, then what waits on them: read again when one of them calls for it or
+    /// it is due, otherwise the last read's request sockets.
+    fn read(&mut self, now: Instant) -> anyhow::Result<Vec<TcpSocket>> {
+        let mut sockets = self.socket.dump_listening()?;
+        let inodes: Vec<u32> = sockets.iter().map(|socket| socket.inode).collect();
+        let drops = sockets
+            .iter()
+            .map(|socket| u64::from(socket.drops.unwrap_or_default()))
+            .sum();
+        let listening = (inodes, drops);
+        let changed = listening != self.listening;
+        self.listening = listening;
+        let queued = sockets.iter().any(|socket| socket.rqueue > 0);
+        if sockets.is_empty() {
+            self.handshakes.clear();
+        } else if queued || changed || now >= self.handshakes_due {
+            self.handshakes = self.socket.dump_handshakes()?;
+            // Up to a second later by inode, so that namespaces followed together drift apart
+            // and their reads stop falling on the same poll.
+            let spread = Duration::from_millis(self.inode % 1000);
+            self.handshakes_due = now + HANDSHAKES_AGAIN + spread;
+        } else {
+            // No accept queue holds a connection: none waits.
+            self.handshakes
+                .retain(|socket| socket.state == state::SYN_RECV);
+        }
+        sockets.extend_from_slice(&self.handshakes);
+        Ok(sockets)
+    }
+
     /// Exports one namespace's listeners and adds them and its owners to `found`.
     fn publish(
         &mut self,
@@ -289,9 +340,10 @@ impl Followed {
                 netns: Some(netns.clone()),
             });
         }
-        for (key, totals) in &snapshot.owners {
+        // Its other sockets are not read: its owners hold its listeners.
+        for (key, totals) in snapshot.owners.iter().filter(|(_, t)| t.listeners > 0) {
             let merged = found.owners.entry(*key).or_default();
-            merged.sockets += totals.sockets;
+            merged.sockets += totals.listeners;
             merged.listeners += totals.listeners;
             merged.listen_backlog += totals.listen_backlog;
         }
@@ -300,7 +352,12 @@ impl Followed {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
+    use std::{
+        net::{TcpListener, TcpStream},
+        os::unix::fs::MetadataExt as _,
+        path::Path,
+        process::Command,
+    };
 
     use super::*;
 
@@ -342,5 +399,57 @@ mod tests {
             2,
             "one info series per namespace followed"
         );
+    }
+
+    /// A namespace made by `ip netns add`, deleted on drop (a failed assertion too).
+    struct Named(String);
+
+    impl Drop for Named {
+        fn drop(&mut self) {
+            ip_netns("del", &self.0);
+        }
+    }
+
+    /// Runs `f` on a thread inside the namespace at `path`.
+    fn in_namespace<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(path).unwrap();
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            });
+            thread.join().unwrap()
+        })
+    }
+
+    /// Between two due reads of what waits on its listeners, a namespace's listener whose
+    /// accept queue fills has that connection read at the next poll, and it waits from then.
+    #[test]
+    fn a_connection_in_another_namespaces_accept_queue_is_read_at_the_next_poll() {
+        let name = Named(format!("sw-queued-{}", std::process::id()));
+        ip_netns("add", &name.0);
+        let path = Path::new("/run/netns").join(&name.0);
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        let up = Command::new("ip")
+            .args(["-n", &name.0, "link", "set", "lo", "up"])
+            .status();
+        assert!(up.unwrap().success());
+        let socket = netns::open_sock_diag_in(&path, inode).unwrap();
+        let listener = in_namespace(&path, || TcpListener::bind("127.0.0.1:0")).unwrap();
+        let mut followed = Followed::new(inode, socket, Vec::new(), Identity::default());
+        let start = Instant::now();
+        let first = Snapshot::build(&followed.read(start).unwrap(), None);
+        assert_eq!(first.ports.len(), 1);
+        assert!(first.waiting.is_empty());
+
+        let address = listener.local_addr().unwrap();
+        let _client = in_namespace(&path, || TcpStream::connect(address)).unwrap();
+        let next = start + Duration::from_secs(1);
+        assert!(next < followed.handshakes_due, "not due on its own");
+        let second = Snapshot::build(&followed.read(next).unwrap(), None);
+        assert_eq!(second.ports[&address.port()].accept_queue, 1);
+        let waiting = &second.waiting;
+        assert_eq!(waiting.len(), 1, "the queued connection, read at once");
+        assert_eq!(waiting[0].0, address);
     }
 }
