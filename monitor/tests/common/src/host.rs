@@ -1,7 +1,7 @@
-//! What the tests read about processes and the host: a process's capabilities per thread, and
-//! where cgroup v2 is mounted.
+//! What the tests read about processes and the host: a process's capabilities per thread, its
+//! resident memory and CPU time, and where cgroup v2 is mounted.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 /// A capability set line of /proc/PID/task/TID/status, e.g. `CapEff`, for every thread.
 pub fn thread_caps(pid: u32, set: &str) -> Vec<u64> {
@@ -29,4 +29,28 @@ pub fn cgroup2_mount() -> PathBuf {
             (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
         })
         .expect("a cgroup2 mount")
+}
+
+/// The resident set size of process `pid` (VmRSS).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib << 10
+}
+
+/// CPU time process `pid`'s threads have used so far, to the nanosecond: the first field of
+/// each thread's /proc/PID/task/TID/schedstat (/proc/PID/stat counts 10 ms ticks, too coarse
+/// for a few percent of a CPU over seconds).
+pub fn cpu_time(pid: u32) -> std::io::Result<Duration> {
+    let mut total_ns = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let schedstat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        let on_cpu = schedstat.split_whitespace().next().unwrap_or_default();
+        total_ns += on_cpu.parse::<u64>().map_err(std::io::Error::other)?;
+    }
+    Ok(Duration::from_nanos(total_ns))
 }
