@@ -85,7 +85,8 @@ impl NetnsMetrics {
                 )?,
                 syn_queue: ports(
                     "seqwatch_netns_listener_syn_queue",
-                    "seqwatch_listener_syn_queue in another network namespace.",
+                    "seqwatch_listener_syn_queue in another network namespace: up to 11 s \
+                     old while its accept queues are empty and its listeners drop nothing.",
                 )?,
                 oldest_wait: ports(
                     "seqwatch_netns_listener_oldest_wait_seconds",
