@@ -30,12 +30,16 @@ RUNBOOKS = HERE.parent / "docs" / "alerts.md"
 # What an end-to-end test substitutes; "[...]" checks that IPv6 services,
 # regex-escaped by Grafana, still parse.
 SUBSTITUTIONS = [
-    {"instance": ".*", "service": ".*"},
-    {"instance": "127.0.0.1:10045", "service": "10.0.0.1:22"},
-    {"instance": "127.0.0.1:10045", "service": r"\\[2001:db8::1\\]:443"},
+    {"instance": ".*", "service": ".*", "container": ".*", "pod": ".*"},
+    {"instance": "127.0.0.1:10045", "service": "10.0.0.1:22",
+     "container": "0123456789ab", "pod": ""},
+    {"instance": "127.0.0.1:10045", "service": r"\\[2001:db8::1\\]:443",
+     "container": "", "pod": "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718"},
 ]
 VARIABLES = {"datasource", "instance", "service"}
-EXPR_VARIABLES = {"instance", "service"}
+# In the dashboards with panels of the other network namespaces only.
+NETNS_VARIABLES = ("container", "pod")
+EXPR_VARIABLES = {"instance", "service", *NETNS_VARIABLES}
 
 problems = []
 
@@ -75,7 +79,10 @@ def check_dashboards(out_path):
         variables = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
         for missing in sorted(VARIABLES - variables.keys()):
             problem(f"{name}: no variable {missing!r}")
-        for var in ("instance", "service"):
+        present = [var for var in NETNS_VARIABLES if var in variables]
+        if present and len(present) != len(NETNS_VARIABLES):
+            problem(f"{name}: variables {present} without the others of {NETNS_VARIABLES}")
+        for var in ("instance", "service", *present):
             v = variables.get(var, {})
             q = v.get("query")
             q = q.get("query") if isinstance(q, dict) else q
@@ -111,6 +118,10 @@ def check_dashboards(out_path):
                     problem(f"{where}: duplicate refId {t.get('refId')}")
                 refs.add(t.get("refId"))
                 used = set(re.findall(r"\$\{?(\w+)", expr))
+                if used & set(NETNS_VARIABLES) and not present:
+                    problem(f"{where}: expr uses {sorted(used & set(NETNS_VARIABLES))}, "
+                            "which this dashboard does not define")
+                    continue
                 if used - EXPR_VARIABLES:
                     problem(f"{where}: expr uses {sorted(used - EXPR_VARIABLES)}; "
                             f"only ${', $'.join(sorted(EXPR_VARIABLES))} are substituted")

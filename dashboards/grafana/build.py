@@ -10,7 +10,9 @@ here, run it, and commit both. Standard library only.
 Query conventions (an end-to-end test runs every `expr` against Prometheus
 after replacing the variables, e.g. $instance -> .* and $service -> a value):
   * only the variables $instance and $service appear in expressions, always
-    as `instance=~"$instance"` / `service=~"$service"`;
+    as `instance=~"$instance"` / `service=~"$service"`, and in the overview's
+    panels of the other network namespaces $container and $pod, always as
+    `container=~"$container", pod=~"$pod"` on seqwatch_netns_info;
   * no Grafana macros ($__rate_interval, $__interval, ...): ranges are fixed;
   * panels read the raw seqwatch_* metrics, not recording rules, so they work
     without the rule file loaded.
@@ -26,6 +28,9 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 INST = 'instance=~"$instance"'
 SVC = 'instance=~"$instance", service=~"$service"'
 LEGEND_SVC = "{{service}} ({{instance}})"
+# The other network namespaces followed (--netns all) of the chosen containers and pods.
+NETNS_INFO = ('seqwatch_netns_info{instance=~"$instance", '
+              'container=~"$container", pod=~"$pod"}')
 
 
 # ---------------------------------------------------------------- building blocks
@@ -229,7 +234,7 @@ def spoofing_score_panel():
 
 # ---------------------------------------------------------------- variables
 
-def variables(service_multi):
+def variables(service_multi, netns=False):
     def query_var(name, label, query, multi):
         return {
             "name": name, "label": label, "type": "query",
@@ -253,10 +258,15 @@ def variables(service_multi):
         query_var("service", "Service",
                   'label_values(seqwatch_isn_samples{instance=~"$instance"}, service)',
                   service_multi),
-    ]}
+    ] + ([
+        query_var("container", "Container",
+                  'label_values(seqwatch_netns_info{instance=~"$instance"}, container)', True),
+        query_var("pod", "Pod",
+                  'label_values(seqwatch_netns_info{instance=~"$instance"}, pod)', True),
+    ] if netns else [])}
 
 
-def dashboard(uid, title, description, panels, service_multi):
+def dashboard(uid, title, description, panels, service_multi, netns=False):
     return {
         "uid": uid, "title": title, "description": description,
         "tags": ["seqwatch", "ebpf", "tcp"],
@@ -274,7 +284,7 @@ def dashboard(uid, title, description, panels, service_multi):
                    "asDropdown": False, "includeVars": True, "keepTime": True,
                    "icon": "external link", "targetBlank": False,
                    "tooltip": "", "url": ""}],
-        "templating": variables(service_multi),
+        "templating": variables(service_multi, netns),
         "panels": panels,
     }
 
@@ -579,9 +589,38 @@ def overview():
                      "without a SYN on the monitored interfaces and can lift it above 1.",
                      unit="percentunit", min_=0), 12, 8)
 
+    L.row("Listeners in other network namespaces (--netns all)")
+    legend_netns = "{{container}}{{pod}} {{netns}}:{{port}} ({{instance}})"
+
+    def joined(metric):
+        """A listener metric of the other namespaces, with the container and pod of its
+        namespace (seqwatch_netns_info), of the chosen containers and pods only."""
+        return (f"{metric}{{{INST}}} * on(instance, netns) group_left(container, pod) "
+                f"{NETNS_INFO}")
+
+    L.add(stat("Namespaces followed",
+               [target(f"sum(seqwatch_netns_followed{{{INST}}})", instant=True)],
+               "Other network namespaces whose listeners are read; those beyond the "
+               "bound (256): seqwatch_netns_unfollowed."), 4, 8)
+    L.add(timeseries("Oldest accept-queue wait by container and port",
+                     [target(joined("seqwatch_netns_listener_oldest_wait_seconds"),
+                             legend_netns)],
+                     "As above, for the listeners of the other network namespaces, named by "
+                     "the container or pod their namespace belongs to (empty for neither).",
+                     unit="s", min_=0), 10, 8)
+    L.add(timeseries("Accept and SYN queue by container and port (dashed: backlog)",
+                     [target(joined("seqwatch_netns_listener_accept_queue"), legend_netns),
+                      target(joined("seqwatch_netns_listener_accept_queue_max"),
+                             "backlog " + legend_netns, ref="B"),
+                      target(joined("seqwatch_netns_listener_syn_queue"),
+                             "SYN queue " + legend_netns, ref="C")],
+                     "Connections waiting for accept(2) against the backlog, and half-open "
+                     "handshakes (read at most every 10 s in an idle namespace), in the other "
+                     "network namespaces.", min_=0), 10, 8)
+
     return dashboard("seqwatch-overview", "Seqwatch / Overview",
                      "TCP ISN predictability of every service, and the health of the "
-                     "Seqwatch eBPF pipeline.", L.panels, service_multi=True)
+                     "Seqwatch eBPF pipeline.", L.panels, service_multi=True, netns=True)
 
 
 # ---------------------------------------------------------------- per service

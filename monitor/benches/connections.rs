@@ -381,17 +381,9 @@ impl<'a> Monitor<'a> {
             .ok()
     }
 
-    /// CPU time the daemon's threads have used so far, to the nanosecond: the first field of
-    /// each thread's /proc/PID/task/TID/schedstat (/proc/PID/stat counts 10 ms ticks, too
-    /// coarse for a few percent of a CPU over seconds).
+    /// CPU time the daemon's threads have used so far.
     fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let mut total_ns = 0;
-        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
-            let schedstat = std::fs::read_to_string(task?.path().join("schedstat"))?;
-            let on_cpu = schedstat.split_whitespace().next().unwrap_or_default();
-            total_ns += on_cpu.parse::<u64>()?;
-        }
-        Ok(Duration::from_nanos(total_ns))
+        Ok(common::host::cpu_time(self.child.id())?)
     }
 
     /// Stops the daemon once the round's records are read, and reports its CPU use since

@@ -14,6 +14,7 @@ use common::{
     daemon::{
         METRICS_ADDR, read_json_lines, scrape, start_both_directions, start_both_directions_with,
     },
+    host::rss_bytes,
     lab::{ip, listen, send_crafted},
     prometheus::series_value,
     wait_for,
@@ -169,17 +170,6 @@ fn service_labels(metrics: &str) -> BTreeSet<String> {
         .skip(1)
         .filter_map(|rest| rest.split_once('"').map(|(value, _)| value.to_owned()))
         .collect()
-}
-
-/// The daemon's resident set size.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib << 10
 }
 
 /// Connects from `ns` to `to` over and over (closing each), until `stop`.

@@ -6,13 +6,16 @@
 //! every Grafana panel's query and fire the weak-generator alert for both weak responders. Blind
 //! ISN guesses (wrong-ack third packets from a spoofed address) against the weak service give the
 //! spoofing panels their data and fire the spoofing alert. A TLS session whose server writes
-//! plaintext onto its socket gives the TLS panels theirs and fires the plaintext alert. Needs
-//! root; the lab namespaces and Prometheus go with the test.
+//! plaintext onto its socket gives the TLS panels theirs and fires the plaintext alert. The
+//! daemon follows the host's other network namespaces (`--netns all`), among them a podman-like
+//! container's with a listener: Prometheus joins that listener's series to the container's ID
+//! (seqwatch_netns_info), as the panels filtered by $container do. Needs root and a cgroup2
+//! mount; the lab namespaces, the container and Prometheus go with the test.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
-    net::{SocketAddr, SocketAddrV4},
+    net::{SocketAddr, SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Mutex, PoisonError},
@@ -20,6 +23,7 @@ use std::{
 };
 
 use common::{
+    container::Container,
     daemon::{Daemon, METRICS_ADDR, http_get_from, sampled_server_isn, scrape},
     lab::{connect_many, listen, send_crafted},
     prometheus::series_value,
@@ -41,6 +45,10 @@ const LINUX_PORT: u16 = 8081;
 const PRNG_PORT: u16 = 8082;
 /// A TLS server (a default TLS port) that leaks plaintext once.
 const TLS_PORT: u16 = 8443;
+/// The container's listener, in its own namespace.
+const CONTAINER_PORT: u16 = 9443;
+/// What Grafana puts for an include-all variable's All: written as is, not regex-escaped.
+const ALL: &str = ".*";
 const CONNECTIONS: usize = 40;
 /// Crafted segments per illegal flag set, sent to the weak service.
 const CRAFTED_PER_KIND: u16 = 5;
@@ -78,6 +86,8 @@ struct Scene {
     prng: SocketAddr,
     linux: SocketAddr,
     tls: SocketAddrV4,
+    container: Container,
+    _container_listener: TcpListener,
     lab: Lab,
     dir: tempfile::TempDir,
 }
@@ -94,7 +104,14 @@ impl Scene {
             &lab,
             &lab.server_ns,
             dir.path(),
-            &["--interface", &server_if, "--direction", "both"],
+            &[
+                "--interface",
+                &server_if,
+                "--direction",
+                "both",
+                "--netns",
+                "all",
+            ],
         );
         daemon.wait_attached(&lab, &server_if, "egress");
         daemon.wait_attached(&lab, &server_if, "ingress");
@@ -132,6 +149,10 @@ impl Scene {
         guess_isns(&lab, &daemon, weak);
         let tls = SocketAddrV4::new(lab.server_v4, TLS_PORT);
         Credentials::for_server(&lab).leak_once(&lab, tls, 50_000);
+        let container = Container::create();
+        let container_listener = lab.run_in(&container.ns, || {
+            TcpListener::bind(("127.0.0.1", CONTAINER_PORT)).unwrap()
+        });
         let scene = Scene {
             daemon,
             _responder: responder,
@@ -140,6 +161,8 @@ impl Scene {
             prng,
             linux,
             tls,
+            container,
+            _container_listener: container_listener,
             lab,
             dir,
         };
@@ -257,8 +280,17 @@ fn prometheus_has_data_for_every_panel_and_fires_the_weak_generator_spoofing_and
         .into();
     assert_eq!(services, want, "the $service variable's values");
 
+    let container = prometheus.resolve_container_variable(&scene.lab, &instance, &scene.container);
+    prometheus.assert_the_container_is_joined(&scene.lab, &scene.container);
+
     let weak = scene.weak.to_string();
-    let variables = [("instance", instance.as_str()), ("service", weak.as_str())];
+    let variables = [
+        ("instance", instance.as_str()),
+        ("service", weak.as_str()),
+        ("container", container.as_str()),
+        // A podman container is in no pod: Grafana offers All only.
+        ("pod", ALL),
+    ];
     let panels = dashboard_panels();
     let (allowed, asserted): (Vec<&Panel>, Vec<&Panel>) =
         panels.iter().partition(|p| p.reads_only_unexported());
@@ -419,7 +451,12 @@ fn collect_panels(list: &Json, dashboard: &str, out: &mut Vec<Panel>) {
 fn substitute(expr: &str, variables: &[(&str, &str)]) -> String {
     let mut out = expr.to_owned();
     for (name, value) in variables {
-        out = out.replace(&format!("${name}"), &escape_regex_in_promql(value));
+        let value = if *value == ALL {
+            ALL.to_owned()
+        } else {
+            escape_regex_in_promql(value)
+        };
+        out = out.replace(&format!("${name}"), &value);
     }
     assert!(
         !out.contains('$'),
@@ -579,6 +616,47 @@ impl Prometheus {
 
     fn resolve_service_variable(&self, lab: &Lab, instance: &str) -> BTreeSet<String> {
         self.label_values(lab, "service", &[("instance", instance)])
+    }
+
+    /// `$container` offers the container's short ID (once the daemon follows its namespace):
+    /// the value the test chooses.
+    fn resolve_container_variable(
+        &self,
+        lab: &Lab,
+        instance: &str,
+        container: &Container,
+    ) -> String {
+        let short_id = container.id[..12].to_owned();
+        let mut values = BTreeSet::new();
+        let offered = wait_for(Duration::from_secs(30), || {
+            values = self.label_values(lab, "container", &[("instance", instance)]);
+            values.contains(&short_id)
+        });
+        assert!(offered, "$container offers {values:?}, not {short_id}");
+        short_id
+    }
+
+    /// The container's listener's series, joined on their namespace to seqwatch_netns_info,
+    /// carry the container's ID.
+    fn assert_the_container_is_joined(&self, lab: &Lab, container: &Container) {
+        let join = "seqwatch_netns_listener_accept_queue_max \
+                    * on(netns) group_left(container) seqwatch_netns_info";
+        let short_id = &container.id[..12];
+        let netns = container.inode().to_string();
+        let mut series = Json::Null;
+        let joined = wait_for(Duration::from_secs(30), || {
+            series = self.query(lab, join);
+            series.as_array().unwrap().iter().any(|s| {
+                s["metric"]["container"] == short_id
+                    && s["metric"]["netns"] == netns.as_str()
+                    && s["metric"]["port"] == CONTAINER_PORT.to_string().as_str()
+                    && s["value"][1] == "128"
+            })
+        });
+        assert!(
+            joined,
+            "{join}: no series of {short_id}, netns {netns}: {series}"
+        );
     }
 
     /// Waits until `alert` fires for `service`; returns every alert as (name, service, state).

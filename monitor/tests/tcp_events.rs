@@ -15,11 +15,11 @@ use std::{
 };
 
 use common::{
+    container::ContainerCgroup,
     daemon::{
         Daemon, MonitoredLab, assert_tcp_event_programs_attached, http_get, read_json_lines,
         sampled_server_isn, start_both_directions,
     },
-    host::ContainerCgroup,
     lab::{
         OnceServer, connect_many, ip, listen, route_spoofed, send_crafted, serve_once_then_exit,
         set_neighbour,
@@ -537,7 +537,7 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
     let service = SocketAddr::new(own.into(), SERVICE_PORT);
     let mut child = serve_once_then_exit(&lab, &lab.server_ns, service);
     let mut cgroup = ContainerCgroup::create();
-    cgroup.start_process_in(&lab, &lab.server_ns);
+    cgroup.start_process_in(&lab.server_ns);
     let (netns, container) = (
         netns_label(&lab.server_ns),
         format!("container=\"{}\"", cgroup.short_id()),

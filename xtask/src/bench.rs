@@ -30,6 +30,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "connection rate through the veth lab, with and without the monitor",
         ),
         ("scorer", "scorer ingest rate, and analyze against tcpdump"),
+        (
+            "netns",
+            "CPU and memory beside 100 namespaces, --netns all against self",
+        ),
     ] {
         step(what);
         cargo(&["bench", "--package", "seqwatch", "--bench", bench])?;

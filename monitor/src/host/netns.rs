@@ -1,7 +1,7 @@
 //! The host's network namespaces, from the kernel only (no container runtime's API): the
 //! namespace of every process (`/proc/PID/ns/net`) and the bind mounts of `/run/netns`, each
 //! known by its nsfs inode number, which is unique while the namespace lives. Per namespace: a
-//! socket opened inside it ([`open_sock_diag_in`]), and who it belongs to, from the cgroup of a
+//! socket opened inside it ([`open_sockets_in`]), and who it belongs to, from the cgroup of a
 //! process in it ([`identify`]).
 
 use std::{
@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
-use super::sock_diag::DiagSocket;
+use super::{interface_addresses::AddressSocket, sock_diag::DiagSocket};
 
 /// Processes whose namespace is read in one scan; beyond it the rest of /proc is not looked at.
 const MAX_PROCESSES: usize = 65_536;
@@ -99,11 +99,34 @@ fn named_namespaces() -> Vec<(NetnsInode, PathBuf)> {
         .collect()
 }
 
-/// A sock_diag socket of the namespace `inode`, opened at `path`: a short-lived thread enters
-/// the namespace (setns(2): CAP_SYS_ADMIN), opens the socket and ends; the socket keeps reading
-/// that namespace's table for as long as it is open (and keeps the namespace alive: close it
-/// once the namespace is gone). Fails if `path` is now another namespace (a pid reused).
-pub fn open_sock_diag_in(path: &Path, inode: NetnsInode) -> anyhow::Result<DiagSocket> {
+/// What the daemon keeps of a namespace it follows: sockets opened inside it.
+/// They keep reading that namespace for as long as they are open (and keep it alive: close
+/// them once the namespace is gone).
+pub struct NamespaceSockets {
+    /// Its socket table (sock_diag).
+    pub diag: DiagSocket,
+    /// Its interfaces' addresses (route netlink).
+    pub addresses: AddressSocket,
+}
+
+/// The sockets of the namespace `inode`, opened at `path`: a short-lived thread enters the
+/// namespace (setns(2): CAP_SYS_ADMIN), opens them and ends. Fails if `path` is now another
+/// namespace (a pid reused).
+pub fn open_sockets_in(path: &Path, inode: NetnsInode) -> anyhow::Result<NamespaceSockets> {
+    open_in(path, inode, || {
+        Ok(NamespaceSockets {
+            diag: DiagSocket::open()?,
+            addresses: AddressSocket::open()?,
+        })
+    })
+}
+
+/// What `open` makes on a short-lived thread inside the namespace `inode`, opened at `path`.
+fn open_in<T: Send>(
+    path: &Path,
+    inode: NetnsInode,
+    open: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     if file.metadata()?.ino() != inode {
         bail!("{} is no longer network namespace {inode}", path.display());
@@ -113,7 +136,7 @@ pub fn open_sock_diag_in(path: &Path, inode: NetnsInode) -> anyhow::Result<DiagS
             .spawn(|| {
                 setns(&file, CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("entering network namespace {inode}"))?;
-                DiagSocket::open()
+                open()
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -261,16 +284,18 @@ mod tests {
         let path = Path::new(NAMED_NAMESPACES).join(&name);
         let inode = std::fs::metadata(&path).unwrap().ino();
         let found = scan(own);
-        let socket = open_sock_diag_in(&path, inode).map(|socket| socket.dump_tcp());
-        let wrong = open_sock_diag_in(&path, own).is_err();
+        let opened = open_sockets_in(&path, inode).map(|s| (s.diag.dump_tcp(), s.addresses.dump()));
+        let wrong = open_sockets_in(&path, own).is_err();
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &name])
             .status();
         assert_eq!(found.get(&inode).map(|seen| &seen.path), Some(&path));
         assert!(!found.contains_key(&own));
         assert!(wrong, "a path that is another namespace is refused");
-        // A fresh namespace has no TCP socket at all.
-        assert_eq!(socket.unwrap().unwrap(), []);
+        // A fresh namespace has no TCP socket at all, and its loopback is down: no address.
+        let (socket, addresses) = opened.unwrap();
+        assert_eq!(socket.unwrap(), []);
+        assert_eq!(addresses.unwrap(), Vec::<std::net::IpAddr>::new());
         assert!(!scan(own).contains_key(&inode), "gone once deleted");
     }
 }

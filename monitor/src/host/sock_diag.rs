@@ -94,11 +94,31 @@ impl DiagSocket {
         ))
     }
 
+    /// The listeners only: the kernel then walks its listening hash table alone, not the
+    /// established one (a table of the whole host, as large as its memory allows, unless the
+    /// namespace was made with its own: `net.ipv4.tcp_child_ehash_entries`), which it walks
+    /// bucket by bucket for any other state, whatever the namespace holds.
+    pub fn dump_listening(&self) -> anyhow::Result<Vec<TcpSocket>> {
+        self.dump(StateFlags::LISTEN)
+    }
+
+    /// What waits on listeners: request sockets (SYN queues) and the connections established
+    /// or closing but not accepted yet (which have no inode), among every other connection in
+    /// those states.
+    pub fn dump_handshakes(&self) -> anyhow::Result<Vec<TcpSocket>> {
+        self.dump(StateFlags::from_bits_retain(
+            (StateFlags::SYN_RECV | StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT).bits()
+                | 1 << TCP_NEW_SYN_RECV,
+        ))
+    }
+
     fn dump(&self, states: StateFlags) -> anyhow::Result<Vec<TcpSocket>> {
         let mut sockets = Vec::new();
+        // Received into without being zeroed first (its spare capacity).
+        let mut buffer = Vec::with_capacity(64 << 10);
         for family in [AF_INET, AF_INET6] {
             request(&self.0, family, states.clone())?;
-            receive(&self.0, &mut sockets)?;
+            receive(&self.0, &mut buffer, &mut sockets)?;
         }
         Ok(sockets)
     }
@@ -132,12 +152,17 @@ fn request(socket: &NetlinkSocket, family: u8, states: StateFlags) -> anyhow::Re
 }
 
 /// Reads the dump's messages up to NLMSG_DONE.
-fn receive(socket: &NetlinkSocket, sockets: &mut Vec<TcpSocket>) -> anyhow::Result<()> {
-    let mut buffer = vec![0; 64 << 10];
+fn receive(
+    socket: &NetlinkSocket,
+    buffer: &mut Vec<u8>,
+    sockets: &mut Vec<TcpSocket>,
+) -> anyhow::Result<()> {
     loop {
+        buffer.clear();
         let size = socket
-            .recv(&mut &mut buffer[..], 0)
-            .context("reading the sock_diag dump")?;
+            .recv(buffer, 0)
+            .context("reading the sock_diag dump")?
+            .min(buffer.len());
         let mut offset = 0;
         while offset < size {
             let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&buffer[offset..size])

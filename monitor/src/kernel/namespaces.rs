@@ -1,7 +1,7 @@
 //! The other network namespaces followed (`--netns all`), as the detectors share them: who
-//! each is (its [`NetnsReport`], for the events and the JSON API), the addresses its sockets
-//! were seen on (so that a service or an anomaly seen on this host's interfaces is named by the
-//! namespace that serves it), and the tracepoint programs' set of them (`FOLLOWED_NETNS`, with
+//! each is (its [`NetnsReport`], for the events and the JSON API), its interfaces' addresses
+//! (so that a service or an anomaly seen on this host's interfaces is named by the namespace
+//! that serves it), and the tracepoint programs' set of them (`FOLLOWED_NETNS`, with
 //! their listeners per port in `NETNS_LISTENING`). The listener health detector follows and
 //! forgets namespaces and notes their addresses; the TCP event detector gives it the kernel
 //! maps and names its events' namespaces with it; the ISN and handshake detectors name their
@@ -91,10 +91,10 @@ impl FollowedNamespaces {
         }
     }
 
-    /// Notes addresses a followed namespace's sockets are bound to, up to
-    /// [`MAX_ADDRESSES_PER_NAMESPACE`]; loopback and link-local ones, which every namespace
-    /// may have, name none.
-    pub fn note_addresses(&self, inode: NetnsInode, addresses: impl IntoIterator<Item = IpAddr>) {
+    /// A followed namespace's interface addresses now, the first
+    /// [`MAX_ADDRESSES_PER_NAMESPACE`] of them; loopback and link-local ones, which every
+    /// namespace may have, name none.
+    pub fn set_addresses(&self, inode: NetnsInode, addresses: impl IntoIterator<Item = IpAddr>) {
         let Ok(inode) = u32::try_from(inode) else {
             return;
         };
@@ -102,16 +102,21 @@ impl FollowedNamespaces {
         let Some(followed) = directory.namespaces.get_mut(&inode) else {
             return;
         };
-        for address in addresses.into_iter().filter(|a| names_a_namespace(*a)) {
-            let full = followed.addresses.len() >= MAX_ADDRESSES_PER_NAMESPACE;
-            if !followed.addresses.contains(&address) && !full {
-                followed.addresses.insert(address);
-                directory
-                    .addresses
-                    .entry(address)
-                    .or_default()
-                    .insert(inode);
-            }
+        let now: BTreeSet<IpAddr> = addresses
+            .into_iter()
+            .filter(|a| names_a_namespace(*a))
+            .take(MAX_ADDRESSES_PER_NAMESPACE)
+            .collect();
+        let before = std::mem::replace(&mut followed.addresses, now.clone());
+        for gone in before.difference(&now) {
+            unclaim(&mut directory.addresses, *gone, inode);
+        }
+        for address in now {
+            directory
+                .addresses
+                .entry(address)
+                .or_default()
+                .insert(inode);
         }
     }
 
@@ -171,12 +176,7 @@ impl FollowedNamespaces {
         let directory = &mut *lock(&self.0);
         if let Some(followed) = directory.namespaces.remove(&inode) {
             for address in followed.addresses {
-                if let Some(users) = directory.addresses.get_mut(&address) {
-                    users.remove(&inode);
-                    if users.is_empty() {
-                        directory.addresses.remove(&address);
-                    }
-                }
+                unclaim(&mut directory.addresses, address, inode);
             }
         }
         if let Some(kernel) = &mut directory.kernel {
@@ -196,6 +196,16 @@ impl FollowedNamespaces {
     /// Whether a namespace is followed.
     pub fn is_followed(&self, inode: u32) -> bool {
         lock(&self.0).namespaces.contains_key(&inode)
+    }
+}
+
+/// Takes `inode` off the namespaces using `address`.
+fn unclaim(addresses: &mut StdHashMap<IpAddr, BTreeSet<u32>>, address: IpAddr, inode: u32) {
+    if let Some(users) = addresses.get_mut(&address) {
+        users.remove(&inode);
+        if users.is_empty() {
+            addresses.remove(&address);
+        }
     }
 }
 
@@ -252,7 +262,7 @@ mod tests {
             "fe80::1".parse().unwrap(),
         ];
         let served: IpAddr = "10.88.0.2".parse().unwrap();
-        namespaces.note_addresses(7, own.into_iter().chain([served]));
+        namespaces.set_addresses(7, own.into_iter().chain([served]));
         assert_eq!(namespaces.netns_of(served).unwrap().inode, 7);
         for address in own {
             assert_eq!(
@@ -261,14 +271,14 @@ mod tests {
                 "{address}: every namespace's"
             );
         }
-        namespaces.note_addresses(8, [served]);
+        namespaces.set_addresses(8, [served]);
         assert_eq!(
             namespaces.netns_of(served).unwrap().inode,
             7,
             "8 is not followed"
         );
         namespaces.follow(8, &identity("bbbbbbbbbbbb"));
-        namespaces.note_addresses(8, [served]);
+        namespaces.set_addresses(8, [served]);
         assert_eq!(namespaces.netns_of(served), None, "7's or 8's");
         namespaces.forget(8);
         assert_eq!(namespaces.netns_of(served).unwrap().inode, 7);
@@ -282,7 +292,7 @@ mod tests {
         let namespaces = FollowedNamespaces::default();
         namespaces.follow(7, &Identity::default());
         let many = (0..=255u8).map(|n| IpAddr::from([10, 0, 0, n]));
-        namespaces.note_addresses(7, many);
+        namespaces.set_addresses(7, many);
         let named = (0..=255u8)
             .filter(|n| namespaces.netns_of(IpAddr::from([10, 0, 0, *n])).is_some())
             .count();

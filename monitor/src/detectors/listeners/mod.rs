@@ -255,7 +255,8 @@ impl ListenerMetrics {
             owner_sockets: gauges(
                 "seqwatch_owner_sockets",
                 "TCP sockets (not TIME_WAIT, not half-open) by owner: the top owners by \
-                 sockets, the rest summed as uid=\"other\".",
+                 sockets, the rest summed as uid=\"other\". With --netns all, the other \
+                 namespaces' listeners only.",
                 owner,
             )?,
             owner_waiting: gauges(

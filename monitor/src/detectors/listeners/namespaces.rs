@@ -7,6 +7,13 @@
 //! namespaces followed are shared ([`FollowedNamespaces`]): the TCP event detector's programs
 //! keep their events, and name them with it.
 //!
+//! Each poll reads a namespace's listeners only; its request sockets and connections waiting
+//! in accept queues are read with them when a listener's accept queue holds any, its drop
+//! counter rose or its listeners changed, and otherwise every [`HANDSHAKES_AGAIN`]: that read
+//! makes the kernel walk the host's whole established table (shared by the namespaces), about
+//! a millisecond here whatever the namespace holds. So an idle namespace's SYN queue is at most
+//! that old, and its owners count its listeners only.
+//!
 //! Bounded: at most [`MAX_FOLLOWED`] namespaces (the rest are counted in
 //! `seqwatch_netns_unfollowed`), [`MAX_PORTS_PER_NAMESPACE`] port labels in each.
 
@@ -28,8 +35,9 @@ use crate::{
         metrics::Registry,
     },
     host::{
-        netns::{self, Identity, NetnsInode, NetnsReport},
-        sock_diag::DiagSocket,
+        interface_addresses::AddressSocket,
+        netns::{self, Identity, NamespaceSockets, NetnsInode, NetnsReport},
+        sock_diag::{DiagSocket, TcpSocket, state},
     },
     kernel::namespaces::FollowedNamespaces,
     util::lock,
@@ -41,6 +49,9 @@ pub const MAX_FOLLOWED: usize = 256;
 pub const MAX_PORTS_PER_NAMESPACE: usize = 8;
 /// How often the host's namespaces are looked for again.
 const RESCAN: Duration = Duration::from_secs(2);
+/// How often an idle namespace's request sockets are read (its SYN queues), give or take a
+/// second.
+const HANDSHAKES_AGAIN: Duration = Duration::from_secs(10);
 
 /// The other namespaces' metrics.
 #[derive(Clone)]
@@ -82,7 +93,8 @@ impl NetnsMetrics {
                 )?,
                 syn_queue: ports(
                     "seqwatch_netns_listener_syn_queue",
-                    "seqwatch_listener_syn_queue in another network namespace.",
+                    "seqwatch_listener_syn_queue in another network namespace: up to 11 s \
+                     old while its accept queues are empty and its listeners drop nothing.",
                 )?,
                 oldest_wait: ports(
                     "seqwatch_netns_listener_oldest_wait_seconds",
@@ -103,12 +115,20 @@ struct Followed {
     /// The `netns` label: the inode in decimal.
     label: String,
     socket: DiagSocket,
+    /// Reads its interfaces' addresses.
+    addresses: AddressSocket,
     pids: Vec<u32>,
     identity: Identity,
     waits: WaitClock,
     ports: PortLabels,
     /// Whether the kernel's count of its listeners per port was given the first dump's.
     seeded: bool,
+    /// Its request sockets (and, while an accept queue holds any, its waiting connections)
+    /// as last read, and when they are read again unless something calls for it sooner.
+    handshakes: Vec<TcpSocket>,
+    handshakes_due: Instant,
+    /// Its listeners' inodes and drops at the last poll, to see them change.
+    listening: (Vec<u32>, u64),
 }
 
 /// What the other namespaces add to a poll.
@@ -174,10 +194,8 @@ impl OtherNamespaces {
         let mut failed = Vec::new();
         let mut services = Vec::new();
         for (inode, followed) in &mut self.followed {
-            match followed.socket.dump_tcp() {
+            match followed.read(now) {
                 Ok(sockets) => {
-                    let addresses = sockets.iter().map(|socket| socket.local.ip());
-                    self.shared.note_addresses(*inode, addresses);
                     let snapshot = Snapshot::build(&sockets, None);
                     let addresses = self.shared.addresses(*inode);
                     services.extend(listening_services(&snapshot, &addresses));
@@ -220,6 +238,7 @@ impl OtherNamespaces {
         let mut unfollowed = 0;
         for (inode, seen) in &mut seen {
             if let Some(followed) = self.followed.get_mut(inode) {
+                followed.read_addresses(&self.shared);
                 followed.pids = std::mem::take(&mut seen.pids);
                 if followed.identity == Identity::default() {
                     followed.identity = netns::identify(&followed.pids);
@@ -231,25 +250,15 @@ impl OtherNamespaces {
                 unfollowed += 1;
                 continue;
             }
-            match netns::open_sock_diag_in(&seen.path, *inode) {
-                Ok(socket) => {
+            match netns::open_sockets_in(&seen.path, *inode) {
+                Ok(sockets) => {
                     let pids = std::mem::take(&mut seen.pids);
                     let identity = netns::identify(&pids);
                     log::info!("following network namespace {inode}: {identity:?}");
                     self.shared.follow(*inode, &identity);
-                    self.followed.insert(
-                        *inode,
-                        Followed {
-                            inode: *inode,
-                            label: inode.to_string(),
-                            socket,
-                            pids,
-                            identity,
-                            waits: WaitClock::default(),
-                            ports: PortLabels::at_most(MAX_PORTS_PER_NAMESPACE),
-                            seeded: false,
-                        },
-                    );
+                    let followed = Followed::new(*inode, sockets, pids, identity);
+                    followed.read_addresses(&self.shared);
+                    self.followed.insert(*inode, followed);
                 }
                 // Its last process exited since the scan, most likely.
                 Err(err) => log::debug!("network namespace {inode} not followed: {err:#}"),
@@ -311,6 +320,67 @@ impl OtherNamespaces {
 }
 
 impl Followed {
+    fn new(
+        inode: NetnsInode,
+        sockets: NamespaceSockets,
+        pids: Vec<u32>,
+        identity: Identity,
+    ) -> Self {
+        Followed {
+            inode,
+            label: inode.to_string(),
+            socket: sockets.diag,
+            addresses: sockets.addresses,
+            pids,
+            identity,
+            waits: WaitClock::default(),
+            ports: PortLabels::at_most(MAX_PORTS_PER_NAMESPACE),
+            seeded: false,
+            handshakes: Vec::new(),
+            handshakes_due: Instant::now(),
+            listening: (Vec::new(), 0),
+        }
+    }
+
+    /// Its interfaces' addresses, for the shared set to name its services by (kept as they
+    /// were if the read fails).
+    fn read_addresses(&self, shared: &FollowedNamespaces) {
+        match self.addresses.dump() {
+            Ok(addresses) => shared.set_addresses(self.inode, addresses),
+            Err(err) => log::debug!("network namespace {}: addresses: {err:#}", self.inode),
+        }
+    }
+
+    /// Its listeners, then what waits on them: read again when one of them calls for it or
+    /// it is due, otherwise the last read's request sockets.
+    fn read(&mut self, now: Instant) -> anyhow::Result<Vec<TcpSocket>> {
+        let mut sockets = self.socket.dump_listening()?;
+        let inodes: Vec<u32> = sockets.iter().map(|socket| socket.inode).collect();
+        let drops = sockets
+            .iter()
+            .map(|socket| u64::from(socket.drops.unwrap_or_default()))
+            .sum();
+        let listening = (inodes, drops);
+        let changed = listening != self.listening;
+        self.listening = listening;
+        let queued = sockets.iter().any(|socket| socket.rqueue > 0);
+        if sockets.is_empty() {
+            self.handshakes.clear();
+        } else if queued || changed || now >= self.handshakes_due {
+            self.handshakes = self.socket.dump_handshakes()?;
+            // Up to a second later by inode, so that namespaces followed together drift apart
+            // and their reads stop falling on the same poll.
+            let spread = Duration::from_millis(self.inode % 1000);
+            self.handshakes_due = now + HANDSHAKES_AGAIN + spread;
+        } else {
+            // No accept queue holds a connection: none waits.
+            self.handshakes
+                .retain(|socket| socket.state == state::SYN_RECV);
+        }
+        sockets.extend_from_slice(&self.handshakes);
+        Ok(sockets)
+    }
+
     /// Exports one namespace's listeners and adds them and its owners to `found`.
     fn publish(
         &mut self,
@@ -353,9 +423,10 @@ impl Followed {
                 netns: Some(netns.clone()),
             });
         }
-        for (key, totals) in &snapshot.owners {
+        // Its other sockets are not read: its owners hold its listeners.
+        for (key, totals) in snapshot.owners.iter().filter(|(_, t)| t.listeners > 0) {
             let merged = found.owners.entry(*key).or_default();
-            merged.sockets += totals.sockets;
+            merged.sockets += totals.listeners;
             merged.listeners += totals.listeners;
             merged.listen_backlog += totals.listen_backlog;
         }
@@ -364,7 +435,12 @@ impl Followed {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
+    use std::{
+        net::{TcpListener, TcpStream},
+        os::unix::fs::MetadataExt as _,
+        path::Path,
+        process::Command,
+    };
 
     use super::*;
     use crate::export::labels::admission::LabelPolicy;
@@ -410,5 +486,57 @@ mod tests {
             2,
             "one info series per namespace followed"
         );
+    }
+
+    /// A namespace made by `ip netns add`, deleted on drop (a failed assertion too).
+    struct Named(String);
+
+    impl Drop for Named {
+        fn drop(&mut self) {
+            ip_netns("del", &self.0);
+        }
+    }
+
+    /// Runs `f` on a thread inside the namespace at `path`.
+    fn in_namespace<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(path).unwrap();
+        std::thread::scope(|scope| {
+            let thread = scope.spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            });
+            thread.join().unwrap()
+        })
+    }
+
+    /// Between two due reads of what waits on its listeners, a namespace's listener whose
+    /// accept queue fills has that connection read at the next poll, and it waits from then.
+    #[test]
+    fn a_connection_in_another_namespaces_accept_queue_is_read_at_the_next_poll() {
+        let name = Named(format!("sw-queued-{}", std::process::id()));
+        ip_netns("add", &name.0);
+        let path = Path::new("/run/netns").join(&name.0);
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        let up = Command::new("ip")
+            .args(["-n", &name.0, "link", "set", "lo", "up"])
+            .status();
+        assert!(up.unwrap().success());
+        let sockets = netns::open_sockets_in(&path, inode).unwrap();
+        let listener = in_namespace(&path, || TcpListener::bind("127.0.0.1:0")).unwrap();
+        let mut followed = Followed::new(inode, sockets, Vec::new(), Identity::default());
+        let start = Instant::now();
+        let first = Snapshot::build(&followed.read(start).unwrap(), None);
+        assert_eq!(first.ports.len(), 1);
+        assert!(first.waiting.is_empty());
+
+        let address = listener.local_addr().unwrap();
+        let _client = in_namespace(&path, || TcpStream::connect(address)).unwrap();
+        let next = start + Duration::from_secs(1);
+        assert!(next < followed.handshakes_due, "not due on its own");
+        let second = Snapshot::build(&followed.read(next).unwrap(), None);
+        assert_eq!(second.ports[&address.port()].accept_queue, 1);
+        let waiting = &second.waiting;
+        assert_eq!(waiting.len(), 1, "the queued connection, read at once");
+        assert_eq!(waiting[0].0, address);
     }
 }

@@ -1,13 +1,7 @@
-//! What the tests read about processes and the host: a process's capabilities per thread,
-//! where cgroup v2 is mounted, and a cgroup that looks like a container's.
+//! What the tests read about processes and the host: a process's capabilities per thread, its
+//! resident memory and CPU time, and where cgroup v2 is mounted.
 
-use seqwatch::lab::Lab;
-use std::{
-    path::PathBuf,
-    process::Child,
-    sync::atomic::{AtomicU32, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{path::PathBuf, time::Duration};
 
 /// A capability set line of /proc/PID/task/TID/status, e.g. `CapEff`, for every thread.
 pub fn thread_caps(pid: u32, set: &str) -> Vec<u64> {
@@ -37,67 +31,26 @@ pub fn cgroup2_mount() -> PathBuf {
         .expect("a cgroup2 mount")
 }
 
-/// A cgroup whose path is a podman container's (`…/libpod-<64 hex>.scope`), under a parent of
-/// the test's own, and the processes put in it; on drop, the processes it started are killed
-/// and both cgroups removed.
-pub struct ContainerCgroup {
-    /// The test's cgroup and, inside it, the container's.
-    dirs: [PathBuf; 2],
-    /// The full container ID.
-    pub id: String,
-    started: Vec<Child>,
+/// The resident set size of process `pid` (VmRSS).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib << 10
 }
 
-impl ContainerCgroup {
-    pub fn create() -> ContainerCgroup {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let pid = std::process::id();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let id = format!("{:016x}{pid:016x}{nanos:032x}", nanos as u64);
-        let parent = cgroup2_mount().join(format!("seqwatch-test-{pid}-{n}"));
-        let scope = parent.join(format!("libpod-{id}.scope"));
-        let cgroup = ContainerCgroup {
-            dirs: [parent, scope],
-            id,
-            started: Vec::new(),
-        };
-        for dir in &cgroup.dirs {
-            std::fs::create_dir(dir).unwrap();
-        }
-        cgroup
+/// CPU time process `pid`'s threads have used so far, to the nanosecond: the first field of
+/// each thread's /proc/PID/task/TID/schedstat (/proc/PID/stat counts 10 ms ticks, too coarse
+/// for a few percent of a CPU over seconds).
+pub fn cpu_time(pid: u32) -> std::io::Result<Duration> {
+    let mut total_ns = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let schedstat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        let on_cpu = schedstat.split_whitespace().next().unwrap_or_default();
+        total_ns += on_cpu.parse::<u64>().map_err(std::io::Error::other)?;
     }
-
-    /// Moves a process into the container's cgroup.
-    pub fn enter(&self, pid: u32) {
-        std::fs::write(self.dirs[1].join("cgroup.procs"), pid.to_string()).unwrap();
-    }
-
-    /// Starts the container's process (a `sleep`) in the lab namespace `ns`: what a runtime's
-    /// container init is to the host.
-    pub fn start_process_in(&mut self, lab: &Lab, ns: &str) {
-        let process = lab.command_in(ns, "sleep").arg("120").spawn().unwrap();
-        self.enter(process.id());
-        self.started.push(process);
-    }
-
-    /// The ID as `podman ps` shows it, and `seqwatch_netns_info` names the container by.
-    pub fn short_id(&self) -> &str {
-        &self.id[..12]
-    }
-}
-
-impl Drop for ContainerCgroup {
-    fn drop(&mut self) {
-        for process in &mut self.started {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-        for dir in self.dirs.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
+    Ok(Duration::from_nanos(total_ns))
 }

@@ -2,8 +2,8 @@
 //! in a lab namespace ([`daemon`]), reading its /metrics ([`prometheus`]), a tcpdump capture of
 //! the same interface ([`capture`]), traffic and per-namespace state in the lab ([`lab`]), TLS
 //! sessions ([`tls`]), crafted frames through the classifiers with BPF_PROG_TEST_RUN
-//! ([`test_run`]), the `seqwatch` binary as a command ([`cli`]), and what /proc tells of
-//! processes and cgroups ([`host`]).
+//! ([`test_run`]), the `seqwatch` binary as a command ([`cli`]), what /proc tells of processes
+//! and cgroups ([`host`]), and a container as the host sees one ([`container`]).
 //!
 //! A library crate, not a `mod common;` in each test file: rustc lints each test file as a crate
 //! of its own, so helpers that only some test files use were dead code in all the others; here
@@ -19,6 +19,7 @@ use std::{
 
 pub mod capture;
 pub mod cli;
+pub mod container;
 pub mod daemon;
 pub mod host;
 pub mod lab;
