@@ -1,8 +1,9 @@
 //! What the daemon reads about the host beside its own programs: the kernel's socket table
 //! (sock_diag), the TcpExt counters (/proc/net/netstat), the hardening sysctls (posture) and
-//! the network namespaces of the host and who they belong to (netns).
+//! the network namespaces of the host and who they belong to (netns, runtime_names).
 
 pub mod netns;
 pub mod netstat;
 pub mod posture;
+pub mod runtime_names;
 pub mod sock_diag;

@@ -2,7 +2,8 @@
 //! kernel shows ([`crate::host::netns`]) is followed with a sock_diag socket opened inside it,
 //! its table read at each poll like this namespace's, its listeners exported under
 //! `seqwatch_netns_listener_*{netns, port}` and listed in `/api/v1/owners` with the container
-//! or pod the namespace belongs to; its owners are counted with this namespace's. A namespace
+//! or pod the namespace belongs to (IDs from its cgroups, names from the runtimes' state files,
+//! looked up while unnamed: [`crate::host::runtime_names`]); its owners are counted with this namespace's. A namespace
 //! that disappears is forgotten at the next rescan: its socket closed, its series gone.
 //!
 //! Bounded: at most [`MAX_FOLLOWED`] namespaces (the rest are counted in
@@ -24,6 +25,7 @@ use crate::{
     export::metrics::Registry,
     host::{
         netns::{self, Identity, NetnsInode},
+        runtime_names::{RuntimeNames, StateRoots},
         sock_diag::DiagSocket,
     },
 };
@@ -50,10 +52,10 @@ impl NetnsMetrics {
         Ok(NetnsMetrics {
             info: registry.gauges(
                 "seqwatch_netns_info",
-                "1 for each network namespace followed (--netns all): its inode (netns), and \
-                 the short ID of the container (container) and the UID of the Kubernetes pod \
-                 (pod) its cgroup names, empty if none; namespace (Kubernetes) is not read yet \
-                 and always empty. Join on netns.",
+                "1 for each network namespace followed (--netns all): its inode (netns), the \
+                 container (its name from Docker's, podman's or kubelet's state files, else \
+                 the short ID its cgroup names), the Kubernetes pod (its name, else its UID) \
+                 and the pod's Kubernetes namespace; empty where none. Join on netns.",
                 &["netns", "container", "pod", "namespace"],
             )?,
             followed: registry.gauge(
@@ -94,8 +96,28 @@ impl NetnsMetrics {
 #[derive(Clone, Debug, Serialize)]
 pub struct NetnsReport {
     pub inode: NetnsInode,
+    /// The container's short ID.
     pub container: Option<String>,
+    pub container_name: Option<String>,
+    /// The Kubernetes pod's UID.
     pub pod: Option<String>,
+    pub pod_name: Option<String>,
+    /// The pod's Kubernetes namespace.
+    pub namespace: Option<String>,
+}
+
+impl NetnsReport {
+    pub fn new(inode: NetnsInode, identity: &Identity) -> NetnsReport {
+        let identity = identity.clone();
+        NetnsReport {
+            inode,
+            container: identity.container,
+            container_name: identity.container_name,
+            pod: identity.pod,
+            pod_name: identity.pod_name,
+            namespace: identity.namespace,
+        }
+    }
 }
 
 /// One namespace followed.
@@ -127,6 +149,7 @@ pub(super) struct OtherNamespaces {
     metrics: NetnsMetrics,
     dump_failures: IntCounter,
     followed: BTreeMap<NetnsInode, Followed>,
+    runtime_names: RuntimeNames,
     scanned: Option<Instant>,
     said_unfollowed: bool,
 }
@@ -139,6 +162,7 @@ impl OtherNamespaces {
             metrics,
             dump_failures,
             followed: BTreeMap::new(),
+            runtime_names: RuntimeNames::new(StateRoots::host()),
             scanned: None,
             said_unfollowed: false,
         })
@@ -191,8 +215,11 @@ impl OtherNamespaces {
         for (inode, seen) in &mut seen {
             if let Some(followed) = self.followed.get_mut(inode) {
                 followed.pids = std::mem::take(&mut seen.pids);
-                if followed.identity == Identity::default() {
+                if followed.identity.is_unknown() {
                     followed.identity = netns::identify(&followed.pids);
+                }
+                if RuntimeNames::unnamed(&followed.identity) {
+                    self.runtime_names.name(&mut followed.identity);
                 }
                 continue;
             }
@@ -203,7 +230,8 @@ impl OtherNamespaces {
             match netns::open_sock_diag_in(&seen.path, *inode) {
                 Ok(socket) => {
                     let pids = std::mem::take(&mut seen.pids);
-                    let identity = netns::identify(&pids);
+                    let mut identity = netns::identify(&pids);
+                    self.runtime_names.name(&mut identity);
                     log::info!("following network namespace {inode}: {identity:?}");
                     self.followed.insert(
                         *inode,
@@ -233,13 +261,16 @@ impl OtherNamespaces {
         let m = &self.metrics;
         m.unfollowed.set(unfollowed);
         m.followed.set(self.followed.len() as i64);
+        let followed = &self.followed;
+        self.runtime_names.retain_containers(|id| {
+            let of = |f: &Followed| f.identity.full_container_id.as_deref() == Some(id);
+            followed.values().any(of)
+        });
         m.info.reset();
         for followed in self.followed.values() {
-            let identity = &followed.identity;
-            let container = identity.container.as_deref().unwrap_or_default();
-            let pod = identity.pod.as_deref().unwrap_or_default();
+            let [container, pod, namespace] = followed.identity.label_values();
             m.info
-                .with_label_values(&[followed.label.as_str(), container, pod, ""])
+                .with_label_values(&[followed.label.as_str(), container, pod, namespace])
                 .set(1);
         }
     }
@@ -256,11 +287,7 @@ impl Followed {
         m: &NetnsMetrics,
         found: &mut Found,
     ) {
-        let netns = NetnsReport {
-            inode: self.inode,
-            container: self.identity.container.clone(),
-            pod: self.identity.pod.clone(),
-        };
+        let netns = NetnsReport::new(self.inode, &self.identity);
         self.ports.retain(&snapshot.ports);
         let oldest = self.waits.update(&snapshot.waiting, now);
         for (&number, port) in &snapshot.ports {
