@@ -3,8 +3,9 @@
 //! its table read at each poll like this namespace's, its listeners exported under
 //! `seqwatch_netns_listener_*{netns, port}` and listed in `/api/v1/owners` with the container
 //! or pod the namespace belongs to (IDs from its cgroups, names from the runtimes' state files,
-//! looked up while unnamed: [`crate::host::runtime_names`]); its owners are counted with this namespace's. A namespace
-//! that disappears is forgotten at the next rescan: its socket closed, its series gone.
+//! looked up while unnamed: [`crate::host::runtime_names`]); its owners are counted with this
+//! namespace's. A namespace that disappears is forgotten at the next rescan: its socket closed,
+//! its series gone.
 //!
 //! Bounded: at most [`MAX_FOLLOWED`] namespaces (the rest are counted in
 //! `seqwatch_netns_unfollowed`), [`MAX_PORTS_PER_NAMESPACE`] port labels in each.
@@ -108,14 +109,13 @@ pub struct NetnsReport {
 
 impl NetnsReport {
     pub fn new(inode: NetnsInode, identity: &Identity) -> NetnsReport {
-        let identity = identity.clone();
         NetnsReport {
             inode,
-            container: identity.container,
-            container_name: identity.container_name,
-            pod: identity.pod,
-            pod_name: identity.pod_name,
-            namespace: identity.namespace,
+            container: identity.container.clone(),
+            container_name: identity.container_name.clone(),
+            pod: identity.pod.clone(),
+            pod_name: identity.pod_name.clone(),
+            namespace: identity.namespace.clone(),
         }
     }
 }
