@@ -3,11 +3,18 @@
 //! dropped the capabilities it does not keep), with a listener and a process in
 //! a cgroup whose path is a podman container's (`libpod-<64 hex>.scope`). The container's
 //! listener is in listener health under the namespace's inode, the namespace is named by the
-//! container's ID, and once the namespace is deleted its series go. Beside 100 namespaces with
-//! a listener each, the daemon's memory stays bounded. Needs root and a cgroup2 mount; the
-//! namespaces, the process and the cgroup are removed even on failure.
+//! container's ID, and once the namespace is deleted its series go. Then a real podman
+//! container (`--network=none`, a Perl listener from the host's /usr), named by podman's name.
+//! Beside 100 namespaces with a listener each, the daemon's memory stays bounded. Needs root, a
+//! cgroup2 mount and podman with runc (`./x test` installs them); the namespaces, the process,
+//! the cgroup and the podman container are removed even on failure.
 
-use std::{net::TcpListener, os::unix::fs::PermissionsExt as _, time::Duration};
+use std::{
+    net::TcpListener,
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use common::{
     container::{Container, ListeningNamespaces},
@@ -43,17 +50,31 @@ struct Scene {
     _dir: tempfile::TempDir,
 }
 
+/// The daemon with `--netns all` (run through `wrapper`) in a lab, serving; its directory.
+fn start_daemon(wrapper: &[&str]) -> (Lab, Daemon, tempfile::TempDir) {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    // Writable by the daemon whoever it runs as.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let args = ["--netns", "all"];
+    let daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), wrapper, &args);
+    // Serving means attached and its capabilities dropped: the container comes later.
+    let serving = wait_for(Duration::from_secs(30), || daemon.scrape(&lab).is_some());
+    assert!(serving, "no /metrics:\n{}", daemon.log());
+    (lab, daemon, dir)
+}
+
+/// The `seqwatch_netns*` lines of `metrics`.
+fn netns_series(metrics: &str) -> String {
+    let lines = metrics
+        .lines()
+        .filter(|line| line.starts_with("seqwatch_netns"));
+    lines.collect::<Vec<_>>().join("\n")
+}
+
 impl Scene {
     fn start(wrapper: &[&str]) -> Scene {
-        let lab = Lab::create(&LabOptions::default()).unwrap();
-        // Writable by the daemon whoever it runs as.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let args = ["--netns", "all"];
-        let daemon = Daemon::start_wrapped(&lab, &lab.server_ns, dir.path(), wrapper, &args);
-        // Serving means attached and its capabilities dropped: the container comes later.
-        let serving = wait_for(Duration::from_secs(30), || daemon.scrape(&lab).is_some());
-        assert!(serving, "no /metrics:\n{}", daemon.log());
+        let (lab, daemon, dir) = start_daemon(wrapper);
         let container = Container::create();
         let listener = lab.run_in(&container.ns, || {
             TcpListener::bind(("127.0.0.1", PORT)).unwrap()
@@ -96,11 +117,7 @@ impl Scene {
             "the container's listener and name, {} {}:\n{}\n{}",
             self.netns,
             self.container.id,
-            metrics
-                .lines()
-                .filter(|line| line.starts_with("seqwatch_netns"))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            netns_series(&metrics),
             self.daemon.log()
         );
         metrics
@@ -200,4 +217,138 @@ fn following_a_hundred_namespaces_with_a_listener_each_keeps_memory_bounded() {
     );
     daemon.stop();
     drop(namespaces);
+}
+
+/// A podman container, removed (killed at once) on drop.
+struct PodmanContainer {
+    name: String,
+    /// The full ID `podman run` printed.
+    id: String,
+}
+
+impl PodmanContainer {
+    /// `podman run --detach` of `command` in a namespace of its own (`--network=none`), on a
+    /// root of symlinks into the host's /usr (mounted read-only): nothing to pull, no network.
+    /// The host workarounds are tests/packaging.rs's: runc (Debian 12's crun refuses this
+    /// hybrid cgroup host) and explicit ulimits.
+    fn run(rootfs: &std::path::Path, command: &[&str]) -> PodmanContainer {
+        for dir in ["usr", "proc", "dev", "sys", "etc", "tmp", "run"] {
+            std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+        }
+        for link in ["bin", "lib", "lib64", "sbin"] {
+            if std::path::Path::new("/usr").join(link).is_dir() {
+                std::os::unix::fs::symlink(format!("usr/{link}"), rootfs.join(link)).unwrap();
+            }
+        }
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let name = format!("sw-netns-{}-{}", std::process::id(), nanos.as_nanos());
+        let mut container = PodmanContainer {
+            name,
+            id: String::new(),
+        };
+        let out = Command::new("podman")
+            .args(["run", "--detach", "--name", &container.name])
+            .args([
+                "--runtime=runc",
+                "--ulimit=nofile=4096:4096",
+                "--ulimit=nproc=4096:4096",
+            ])
+            .args(["--network=none", "--volume=/usr:/usr:ro", "--rootfs"])
+            .arg(rootfs)
+            .args(command)
+            .output()
+            .expect("podman (./x test installs it)");
+        assert!(out.status.success(), "podman run: {out:?}");
+        container.id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        container
+    }
+
+    /// The inode of the container's network namespace.
+    fn netns_inode(&self) -> u64 {
+        let out = Command::new("podman")
+            .args(["inspect", "--format", "{{.State.Pid}}", &self.name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "podman inspect: {out:?}");
+        let pid = String::from_utf8(out.stdout).unwrap();
+        std::fs::metadata(format!("/proc/{}/ns/net", pid.trim()))
+            .unwrap()
+            .ino()
+    }
+
+    fn remove(&self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time=0", &self.name])
+            .output();
+    }
+}
+
+impl Drop for PodmanContainer {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A real podman container with a listener: its listener is watched under its namespace's
+/// inode, `seqwatch_netns_info` names it by podman's name (from podman's containers.json) and
+/// /api/v1/owners gives its short ID and name; once `podman rm` removes it, its series go.
+#[test]
+fn a_podman_containers_listener_is_named_by_its_podman_name_and_forgotten_with_it() {
+    let (lab, daemon, _dir) = start_daemon(&[]);
+    let rootfs = tempfile::tempdir().unwrap();
+    let listen = format!(
+        "my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => {PORT}, \
+         Listen => 128) or die $!; sleep 120"
+    );
+    let command = ["perl", "-MIO::Socket::INET", "-e", &listen];
+    let container = PodmanContainer::run(rootfs.path(), &command);
+    let inode = container.netns_inode();
+    let netns = format!("netns=\"{inode}\"");
+    let info = format!(
+        "seqwatch_netns_info{{container=\"{}\",namespace=\"\",{netns},pod=\"\"}} 1",
+        container.name
+    );
+    let backlog = |metrics: &str| {
+        let labels = [netns.clone(), format!("port=\"{PORT}\"")];
+        let name = "seqwatch_netns_listener_accept_queue_max";
+        series(metrics, name, &labels).len() == 1
+    };
+    let seen = wait_for(Duration::from_secs(15), || {
+        let metrics = daemon.scrape(&lab).unwrap_or_default();
+        backlog(&metrics) && metrics.lines().any(|line| line == info)
+    });
+    let metrics = daemon.metrics(&lab);
+    assert!(
+        seen,
+        "{info} and its listener:\n{}\n{}",
+        netns_series(&metrics),
+        daemon.log()
+    );
+
+    let owners = http_get(&lab, &lab.server_ns, "/api/v1/owners").unwrap();
+    let owners: serde_json::Value = serde_json::from_str(&owners).unwrap();
+    let listed = owners["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == PORT && l["netns"]["inode"] == inode)
+        .unwrap_or_else(|| panic!("the container's listener in /api/v1/owners: {owners}"));
+    assert_eq!(listed["netns"]["container"], container.id[..12], "{listed}");
+    assert_eq!(
+        listed["netns"]["container_name"], container.name,
+        "{listed}"
+    );
+
+    container.remove();
+    let forgotten = wait_for(Duration::from_secs(6), || {
+        let metrics = daemon.scrape(&lab);
+        metrics.is_some_and(|metrics| !metrics.contains(&netns))
+    });
+    let metrics = daemon.metrics(&lab);
+    assert!(
+        forgotten,
+        "{netns} still has series:\n{}",
+        netns_series(&metrics)
+    );
+    daemon.stop();
 }

@@ -147,17 +147,64 @@ fn open_in<T: Send>(
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NetnsReport {
     pub inode: NetnsInode,
-    #[serde(flatten)]
-    pub identity: Identity,
+    /// The container's short ID.
+    pub container: Option<String>,
+    pub container_name: Option<String>,
+    /// The Kubernetes pod's UID.
+    pub pod: Option<String>,
+    pub pod_name: Option<String>,
+    /// The pod's Kubernetes namespace.
+    pub namespace: Option<String>,
 }
 
-/// Who a namespace belongs to, from its processes' cgroup paths.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+impl NetnsReport {
+    pub fn new(inode: NetnsInode, identity: &Identity) -> NetnsReport {
+        NetnsReport {
+            inode,
+            container: identity.container.clone(),
+            container_name: identity.container_name.clone(),
+            pod: identity.pod.clone(),
+            pod_name: identity.pod_name.clone(),
+            namespace: identity.namespace.clone(),
+        }
+    }
+}
+
+/// Who a namespace belongs to: IDs from its processes' cgroup paths ([`identify`]), names from
+/// the container runtimes' state files ([`super::runtime_names`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
     /// A container's ID, its first 12 hex digits (as `docker ps` and `podman ps` show it).
     pub container: Option<String>,
+    /// The same ID in full (64 hex digits), as the runtimes' state files key it.
+    pub full_container_id: Option<String>,
+    /// The container's name (Docker's, podman's, or a pod's only container's).
+    pub container_name: Option<String>,
     /// A Kubernetes pod's UID.
     pub pod: Option<String>,
+    /// The pod's name.
+    pub pod_name: Option<String>,
+    /// The pod's Kubernetes namespace.
+    pub namespace: Option<String>,
+}
+
+impl Identity {
+    /// Whether the cgroups named neither a container nor a pod.
+    pub fn is_unknown(&self) -> bool {
+        self.container.is_none() && self.pod.is_none()
+    }
+
+    /// The values of `seqwatch_netns_info`'s `container`, `pod` and `namespace` labels: the
+    /// names where known, else the IDs, else empty.
+    pub fn label_values(&self) -> [&str; 3] {
+        let container = self.container_name.as_deref().or(self.container.as_deref());
+        let pod = self.pod_name.as_deref().or(self.pod.as_deref());
+        [
+            container.unwrap_or_default(),
+            pod.unwrap_or_default(),
+            self.namespace.as_deref().unwrap_or_default(),
+        ]
+    }
 }
 
 /// Length of a short container ID.
@@ -175,29 +222,33 @@ pub fn identify(pids: &[u32]) -> Identity {
                 .map(identity_of_cgroup)
                 .collect::<Vec<_>>()
         })
-        .find(|identity| identity != &Identity::default())
+        .find(|identity| !identity.is_unknown())
         .unwrap_or_default()
 }
 
-/// Recognises the container runtimes' cgroup paths: podman (`libpod-<id>.scope`), Docker
-/// (`docker-<id>.scope`, `/docker/<id>`), containerd and CRI-O (`cri-containerd-<id>.scope`,
-/// `crio-<id>.scope`), and Kubernetes pods (`kubepods…pod<uid>…`, the systemd driver writing
-/// the UID's dashes as underscores).
+/// Recognises the container runtimes' cgroup paths: podman (`libpod-<id>.scope`, and
+/// `libpod-<id>` with its cgroupfs manager), Docker (`docker-<id>.scope`, `/docker/<id>`),
+/// containerd and CRI-O (`cri-containerd-<id>.scope`, `crio-<id>.scope`, `<id>` in a pod's
+/// cgroup), and Kubernetes pods (`kubepods…pod<uid>…`, the systemd driver writing the UID's
+/// dashes as underscores).
 pub fn identity_of_cgroup(path: &str) -> Identity {
     let mut identity = Identity::default();
-    let mut after_docker = false;
+    let mut after_docker_or_pod = false;
     for segment in path.split('/') {
-        let scoped = ["libpod-", "docker-", "cri-containerd-", "crio-"]
+        let prefixed = ["libpod-", "docker-", "cri-containerd-", "crio-"]
             .iter()
-            .find_map(|prefix| segment.strip_prefix(prefix)?.strip_suffix(".scope"));
-        let id = scoped.or(after_docker.then_some(segment));
+            .find_map(|prefix| segment.strip_prefix(prefix));
+        let prefixed = prefixed.map(|rest| rest.strip_suffix(".scope").unwrap_or(rest));
+        let id = prefixed.or(after_docker_or_pod.then_some(segment));
         if let Some(id) = id.filter(|id| is_container_id(id)) {
             identity.container = Some(id[..SHORT_ID].to_owned());
+            identity.full_container_id = Some(id.to_owned());
         }
-        after_docker = segment == "docker";
         let pod_segment = segment.starts_with("kubepods")
             || (path.contains("/kubepods") && segment.starts_with("pod"));
-        if let Some(uid) = pod_segment.then(|| pod_uid(segment)).flatten() {
+        let uid = pod_segment.then(|| pod_uid(segment)).flatten();
+        after_docker_or_pod = segment == "docker" || uid.is_some();
+        if let Some(uid) = uid {
             identity.pod = Some(uid);
         }
     }
@@ -239,6 +290,7 @@ mod tests {
     fn container_runtimes_cgroup_paths_give_the_short_container_id() {
         for path in [
             format!("/machine.slice/libpod-{ID}.scope/container"),
+            format!("/libpod_parent/libpod-{ID}"),
             format!("/system.slice/docker-{ID}.scope"),
             format!("/docker/{ID}"),
             format!("/system.slice/cri-containerd-{ID}.scope"),
@@ -265,10 +317,16 @@ mod tests {
             POD.replace('-', "_")
         );
         let cgroupfs = format!("/kubepods/burstable/pod{POD}/{ID}");
-        let identity = identity_of_cgroup(&systemd);
-        assert_eq!(identity.pod.as_deref(), Some(POD));
-        assert_eq!(identity.container.as_deref(), Some("0123456789ab"));
-        assert_eq!(identity_of_cgroup(&cgroupfs).pod.as_deref(), Some(POD));
+        for path in [systemd, cgroupfs] {
+            let identity = identity_of_cgroup(&path);
+            assert_eq!(identity.pod.as_deref(), Some(POD), "{path}");
+            assert_eq!(
+                identity.container.as_deref(),
+                Some("0123456789ab"),
+                "{path}"
+            );
+            assert_eq!(identity.full_container_id.as_deref(), Some(ID), "{path}");
+        }
         assert_eq!(identity_of_cgroup("/podman.slice/pod-x").pod, None);
     }
 

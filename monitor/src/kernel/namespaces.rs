@@ -137,11 +137,8 @@ impl FollowedNamespaces {
         let (Some(&inode), 1) = (users.first(), users.len()) else {
             return None;
         };
-        let identity = directory.namespaces.get(&inode)?.identity.clone();
-        Some(NetnsReport {
-            inode: inode.into(),
-            identity,
-        })
+        let identity = &directory.namespaces.get(&inode)?.identity;
+        Some(NetnsReport::new(inode.into(), identity))
     }
 
     /// Gives the kernel's count of a followed namespace's listeners per port the listeners
@@ -186,11 +183,9 @@ impl FollowedNamespaces {
 
     /// Who a followed namespace is; `None` once forgotten.
     pub fn report(&self, inode: u32) -> Option<NetnsReport> {
-        let identity = lock(&self.0).namespaces.get(&inode)?.identity.clone();
-        Some(NetnsReport {
-            inode: inode.into(),
-            identity,
-        })
+        let directory = lock(&self.0);
+        let identity = &directory.namespaces.get(&inode)?.identity;
+        Some(NetnsReport::new(inode.into(), identity))
     }
 
     /// Whether a namespace is followed.

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::{
     export::{event_log::EventLog, labels::ServiceLabels},
     host::netns::NetnsReport,
+    kernel::namespaces::FollowedNamespaces,
     util::{clock::Clock, lock},
 };
 /// Ports whose recent anomalies are remembered; the least recently hit is forgotten.
@@ -78,11 +79,23 @@ impl AnomalyHistory {
         seen.push_back(anomaly);
     }
 
-    /// The anomalies to `port` in the window before `closed_ns`, if any. The port's history
-    /// is cleared either way, so that one loss is reported once (a process with IPv4 and IPv6
-    /// listeners on the port closes both).
-    pub fn take_before(&mut self, port: u16, closed_ns: u64) -> Option<Precursors> {
-        let seen = self.ports.pop(&port)?;
+    /// The anomalies to `port` of the services `served` accepts (the closed listener's
+    /// namespace's) in the window before `closed_ns`, if any. Those are cleared from the port's
+    /// history either way, so that one loss is reported once (a process with IPv4 and IPv6
+    /// listeners on the port closes both); another namespace's stay.
+    pub fn take_before(
+        &mut self,
+        port: u16,
+        closed_ns: u64,
+        mut served: impl FnMut(SocketAddr) -> bool,
+    ) -> Option<Precursors> {
+        let history = self.ports.peek_mut(&port)?;
+        let (seen, others): (VecDeque<AnomalySeen>, VecDeque<AnomalySeen>) =
+            history.drain(..).partition(|s| served(s.service));
+        *history = others;
+        if history.is_empty() {
+            self.ports.pop(&port);
+        }
         let since = closed_ns.saturating_sub(self.window_ns);
         let recent: Vec<&AnomalySeen> = seen
             .iter()
@@ -152,6 +165,8 @@ struct PendingClose {
 /// What the correlator holds: the history, the closes waiting, and what a judged loss is
 /// counted and written with.
 struct Correlation {
+    /// Which followed namespace (`--netns all`) an anomaly's service is in.
+    namespaces: FollowedNamespaces,
     history: AnomalyHistory,
     pending: VecDeque<PendingClose>,
     services: ServiceLabels,
@@ -170,8 +185,10 @@ impl Correlator {
         services: ServiceLabels,
         lost: IntCounterVec,
         log: Option<EventLog>,
+        namespaces: FollowedNamespaces,
     ) -> Self {
         Correlator(Arc::new(Mutex::new(Correlation {
+            namespaces,
             history: AnomalyHistory::new(window),
             pending: VecDeque::new(),
             services,
@@ -221,7 +238,14 @@ impl Correlation {
     /// Reports the close if anomalies to its port came just before it.
     fn judge(&mut self, close: &ClosedListener) {
         let port = close.listener.port();
-        let Some(precursors) = self.history.take_before(port, close.ts_ns) else {
+        // Anomalies to the closing listener's namespace: to one followed (`--netns all`) if it
+        // is that one's, to none followed if it is the daemon's.
+        let namespaces = &self.namespaces;
+        let inode = close.netns.as_ref().map(|netns| netns.inode);
+        let served = |service: SocketAddr| {
+            namespaces.netns_of(service.ip()).map(|netns| netns.inode) == inode
+        };
+        let Some(precursors) = self.history.take_before(port, close.ts_ns, served) else {
             return;
         };
         let service = self.services.label(precursors.service);
@@ -264,14 +288,13 @@ impl Correlation {
     }
 }
 
-/// ` in network namespace N (container C, pod P)`, for the log.
+/// ` in network namespace N (container C, pod P)`, for the log: names where known, else IDs.
 fn in_namespace(netns: &NetnsReport) -> String {
-    let identity = &netns.identity;
     let mut text = format!(" in network namespace {}", netns.inode);
-    if let Some(container) = &identity.container {
+    if let Some(container) = netns.container_name.as_ref().or(netns.container.as_ref()) {
         text += &format!(" (container {container})");
     }
-    if let Some(pod) = &identity.pod {
+    if let Some(pod) = netns.pod_name.as_ref().or(netns.pod.as_ref()) {
         text += &format!(" (pod {pod})");
     }
     text
@@ -284,6 +307,8 @@ fn comm_name(comm: &[u8; 16]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn anomaly(kind: AnomalyKind, source_port: u16, service_port: u16, ts_ns: u64) -> AnomalySeen {
@@ -303,7 +328,7 @@ mod tests {
         history.record(anomaly(AnomalyKind::SynFin, 4000, 22, 100 * SECOND));
         history.record(anomaly(AnomalyKind::NullFlags, 4001, 22, 101 * SECOND));
         history.record(anomaly(AnomalyKind::SynFin, 4000, 80, 101 * SECOND));
-        let found = history.take_before(22, 105 * SECOND).unwrap();
+        let found = history.take_before(22, 105 * SECOND, |_| true).unwrap();
         assert_eq!(found.kinds, ["null_flags", "syn_fin"]);
         assert_eq!(
             found.sources,
@@ -314,21 +339,48 @@ mod tests {
         );
         assert_eq!(found.anomalies, 2);
         assert_eq!(found.service, "10.0.0.1:22".parse().unwrap());
-        assert_eq!(history.take_before(22, 105 * SECOND), None, "reported once");
+        assert_eq!(
+            history.take_before(22, 105 * SECOND, |_| true),
+            None,
+            "reported once"
+        );
         assert!(
-            history.take_before(80, 105 * SECOND).is_some(),
+            history.take_before(80, 105 * SECOND, |_| true).is_some(),
             "ports apart"
         );
+    }
+
+    #[test]
+    fn a_close_takes_its_own_namespaces_anomalies_and_leaves_the_others() {
+        let mut history = AnomalyHistory::new(Duration::from_secs(10));
+        let mut elsewhere = anomaly(AnomalyKind::SynFin, 4000, 22, 100 * SECOND);
+        elsewhere.service = "10.88.0.2:22".parse().unwrap();
+        history.record(elsewhere);
+        history.record(anomaly(AnomalyKind::NullFlags, 4001, 22, 101 * SECOND));
+        let own = |service: SocketAddr| service.ip() != "10.88.0.2".parse::<IpAddr>().unwrap();
+        let found = history.take_before(22, 105 * SECOND, own).unwrap();
+        assert_eq!(found.kinds, ["null_flags"]);
+        assert_eq!(
+            history.take_before(22, 105 * SECOND, own),
+            None,
+            "reported once"
+        );
+        let other = history.take_before(22, 105 * SECOND, |_| true).unwrap();
+        assert_eq!(other.service, "10.88.0.2:22".parse().unwrap());
     }
 
     #[test]
     fn old_or_later_anomalies_do_not_count() {
         let mut history = AnomalyHistory::new(Duration::from_secs(10));
         history.record(anomaly(AnomalyKind::SynFin, 4000, 22, 100 * SECOND));
-        assert_eq!(history.take_before(22, 111 * SECOND), None, "too old");
+        assert_eq!(
+            history.take_before(22, 111 * SECOND, |_| true),
+            None,
+            "too old"
+        );
         history.record(anomaly(AnomalyKind::SynFin, 4000, 22, 200 * SECOND));
         assert_eq!(
-            history.take_before(22, 199 * SECOND),
+            history.take_before(22, 199 * SECOND, |_| true),
             None,
             "after the close"
         );
@@ -349,9 +401,13 @@ mod tests {
                 .iter()
                 .all(|(_, seen)| seen.len() == MAX_PER_PORT)
         );
-        assert_eq!(history.take_before(0, SECOND), None, "the oldest port went");
+        assert_eq!(
+            history.take_before(0, SECOND, |_| true),
+            None,
+            "the oldest port went"
+        );
         let last = MAX_PORTS as u16 + 9;
-        let found = history.take_before(last, SECOND).unwrap();
+        let found = history.take_before(last, SECOND, |_| true).unwrap();
         assert_eq!(found.anomalies, MAX_PER_PORT);
         assert_eq!(found.sources.len(), MAX_SOURCES);
     }

@@ -58,6 +58,7 @@ impl Detector for ListenerLoss {
             ctx.service_labels(),
             self.lost,
             ctx.shared.event_log.clone(),
+            ctx.shared.namespaces.clone(),
         );
         ctx.shared.listener_loss = Some(correlator.clone());
         ctx.tasks

@@ -2,10 +2,11 @@
 //! kernel shows ([`crate::host::netns`]) is followed with a sock_diag socket opened inside it,
 //! its table read at each poll like this namespace's, its listeners exported under
 //! `seqwatch_netns_listener_*{netns, port}` and listed in `/api/v1/owners` with the container
-//! or pod the namespace belongs to; its owners are counted with this namespace's. A namespace
-//! that disappears is forgotten at the next rescan: its socket closed, its series gone. The
-//! namespaces followed are shared ([`FollowedNamespaces`]): the TCP event detector's programs
-//! keep their events, and name them with it.
+//! or pod the namespace belongs to (IDs from its cgroups, names from the runtimes' state files,
+//! looked up while unnamed: [`crate::host::runtime_names`]); its owners are counted with this
+//! namespace's. A namespace that disappears is forgotten at the next rescan: its socket closed,
+//! its series gone. The namespaces followed are shared ([`FollowedNamespaces`]): the TCP event
+//! detector's programs keep their events, and name them with it.
 //!
 //! Each poll reads a namespace's listeners only; its request sockets and connections waiting
 //! in accept queues are read with them when a listener's accept queue holds any, its drop
@@ -37,6 +38,7 @@ use crate::{
     host::{
         interface_addresses::AddressSocket,
         netns::{self, Identity, NamespaceSockets, NetnsInode, NetnsReport},
+        runtime_names::{RuntimeNames, StateRoots},
         sock_diag::{DiagSocket, TcpSocket, state},
     },
     kernel::namespaces::FollowedNamespaces,
@@ -68,10 +70,10 @@ impl NetnsMetrics {
         Ok(NetnsMetrics {
             info: registry.gauges(
                 "seqwatch_netns_info",
-                "1 for each network namespace followed (--netns all): its inode (netns), and \
-                 the short ID of the container (container) and the UID of the Kubernetes pod \
-                 (pod) its cgroup names, empty if none; namespace (Kubernetes) is not read yet \
-                 and always empty. Join on netns.",
+                "1 for each network namespace followed (--netns all): its inode (netns), the \
+                 container (its name from Docker's, podman's or kubelet's state files, else \
+                 the short ID its cgroup names), the Kubernetes pod (its name, else its UID) \
+                 and the pod's Kubernetes namespace; empty where none. Join on netns.",
                 &["netns", "container", "pod", "namespace"],
             )?,
             followed: registry.gauge(
@@ -151,6 +153,7 @@ pub(super) struct OtherNamespaces {
     /// Their listeners earn their services labels, as this namespace's do.
     policy: SharedPolicy,
     followed: BTreeMap<NetnsInode, Followed>,
+    runtime_names: RuntimeNames,
     scanned: Option<Instant>,
     said_unfollowed: bool,
 }
@@ -170,6 +173,7 @@ impl OtherNamespaces {
             shared,
             policy,
             followed: BTreeMap::new(),
+            runtime_names: RuntimeNames::new(StateRoots::host()),
             scanned: None,
             said_unfollowed: false,
         })
@@ -240,8 +244,14 @@ impl OtherNamespaces {
             if let Some(followed) = self.followed.get_mut(inode) {
                 followed.read_addresses(&self.shared);
                 followed.pids = std::mem::take(&mut seen.pids);
-                if followed.identity == Identity::default() {
+                let known = followed.identity.clone();
+                if followed.identity.is_unknown() {
                     followed.identity = netns::identify(&followed.pids);
+                }
+                if RuntimeNames::unnamed(&followed.identity) {
+                    self.runtime_names.name(&mut followed.identity);
+                }
+                if followed.identity != known {
                     self.shared.follow(*inode, &followed.identity);
                 }
                 continue;
@@ -253,7 +263,8 @@ impl OtherNamespaces {
             match netns::open_sockets_in(&seen.path, *inode) {
                 Ok(sockets) => {
                     let pids = std::mem::take(&mut seen.pids);
-                    let identity = netns::identify(&pids);
+                    let mut identity = netns::identify(&pids);
+                    self.runtime_names.name(&mut identity);
                     log::info!("following network namespace {inode}: {identity:?}");
                     self.shared.follow(*inode, &identity);
                     let followed = Followed::new(*inode, sockets, pids, identity);
@@ -275,13 +286,16 @@ impl OtherNamespaces {
         let m = &self.metrics;
         m.unfollowed.set(unfollowed);
         m.followed.set(self.followed.len() as i64);
+        let followed = &self.followed;
+        self.runtime_names.retain_containers(|id| {
+            let of = |f: &Followed| f.identity.full_container_id.as_deref() == Some(id);
+            followed.values().any(of)
+        });
         m.info.reset();
         for followed in self.followed.values() {
-            let identity = &followed.identity;
-            let container = identity.container.as_deref().unwrap_or_default();
-            let pod = identity.pod.as_deref().unwrap_or_default();
+            let [container, pod, namespace] = followed.identity.label_values();
             m.info
-                .with_label_values(&[followed.label.as_str(), container, pod, ""])
+                .with_label_values(&[followed.label.as_str(), container, pod, namespace])
                 .set(1);
         }
     }
@@ -391,10 +405,7 @@ impl Followed {
         m: &NetnsMetrics,
         found: &mut Found,
     ) {
-        let netns = NetnsReport {
-            inode: self.inode,
-            identity: self.identity.clone(),
-        };
+        let netns = NetnsReport::new(self.inode, &self.identity);
         self.ports.retain(&snapshot.ports);
         let oldest = self.waits.update(&snapshot.waiting, now);
         for (&number, port) in &snapshot.ports {
