@@ -1,7 +1,7 @@
 //! The host's network namespaces, from the kernel only (no container runtime's API): the
 //! namespace of every process (`/proc/PID/ns/net`) and the bind mounts of `/run/netns`, each
 //! known by its nsfs inode number, which is unique while the namespace lives. Per namespace: a
-//! socket opened inside it ([`open_sock_diag_in`]), and who it belongs to, from the cgroup of a
+//! socket opened inside it ([`run_in`]), and who it belongs to, from the cgroup of a
 //! process in it ([`identify`]).
 
 use std::{
@@ -13,8 +13,6 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
-
-use super::sock_diag::DiagSocket;
 
 /// Processes whose namespace is read in one scan; beyond it the rest of /proc is not looked at.
 const MAX_PROCESSES: usize = 65_536;
@@ -98,21 +96,31 @@ fn named_namespaces() -> Vec<(NetnsInode, PathBuf)> {
         .collect()
 }
 
-/// A sock_diag socket of the namespace `inode`, opened at `path`: a short-lived thread enters
-/// the namespace (setns(2): CAP_SYS_ADMIN), opens the socket and ends; the socket keeps reading
-/// that namespace's table for as long as it is open (and keeps the namespace alive: close it
-/// once the namespace is gone). Fails if `path` is now another namespace (a pid reused).
-pub fn open_sock_diag_in(path: &Path, inode: NetnsInode) -> anyhow::Result<DiagSocket> {
+/// A handle on the network namespace `inode`, opened at `path`; it keeps the namespace alive
+/// while open. Fails if `path` is now another namespace (a pid reused).
+pub fn open(path: &Path, inode: NetnsInode) -> anyhow::Result<File> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     if file.metadata()?.ino() != inode {
         bail!("{} is no longer network namespace {inode}", path.display());
     }
+    Ok(file)
+}
+
+/// Runs `f` on a short-lived thread that enters `namespace` (setns(2): CAP_SYS_ADMIN) and ends.
+/// What `f` opens there (a sock_diag socket, a file of /proc/thread-self/net) keeps reading
+/// that namespace for as long as it is open, and keeps the namespace alive: close it once the
+/// namespace is gone.
+pub fn run_in<T: Send>(
+    namespace: &File,
+    inode: NetnsInode,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                setns(&file, CloneFlags::CLONE_NEWNET)
+                setns(namespace, CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("entering network namespace {inode}"))?;
-                DiagSocket::open()
+                f()
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -195,6 +203,7 @@ fn pod_uid(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::sock_diag::DiagSocket;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const POD: &str = "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718";
@@ -252,8 +261,10 @@ mod tests {
         let path = Path::new(NAMED_NAMESPACES).join(&name);
         let inode = std::fs::metadata(&path).unwrap().ino();
         let found = scan(own);
-        let socket = open_sock_diag_in(&path, inode).map(|socket| socket.dump_tcp());
-        let wrong = open_sock_diag_in(&path, own).is_err();
+        let socket = open(&path, inode)
+            .and_then(|namespace| run_in(&namespace, inode, DiagSocket::open))
+            .map(|socket| socket.dump_tcp());
+        let wrong = open(&path, own).is_err();
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &name])
             .status();

@@ -4,12 +4,17 @@
 //! `seqwatch_netns_listener_*{netns, port}` and listed in `/api/v1/owners` with the container
 //! or pod the namespace belongs to; its owners are counted with this namespace's. A namespace
 //! that disappears is forgotten at the next rescan: its socket closed, its series gone.
+//! Each namespace's TcpExt counters and hardening posture are exported too, as this
+//! namespace's are: `seqwatch_netns_tcpext_*{netns}` (its netstat, kept open like the socket,
+//! read at each scrape) and `seqwatch_netns_posture_check{netns, check, scope}` (its sysctls,
+//! read every minute by a thread that enters it).
 //!
 //! Bounded: at most [`MAX_FOLLOWED`] namespaces (the rest are counted in
 //! `seqwatch_netns_unfollowed`), [`MAX_PORTS_PER_NAMESPACE`] port labels in each.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
     time::{Duration, Instant},
 };
 
@@ -21,9 +26,11 @@ use super::{
     port_labels::PortLabels,
 };
 use crate::{
-    export::metrics::Registry,
+    export::metrics::{Kind, Registry},
     host::{
         netns::{self, Identity, NetnsInode},
+        netstat::{NetnsNetstat, NetnsNetstats, NetstatFile, TcpExtCollector},
+        posture::{self, NetnsPosture},
         sock_diag::DiagSocket,
     },
 };
@@ -42,11 +49,16 @@ pub struct NetnsMetrics {
     followed: IntGauge,
     unfollowed: IntGauge,
     queues: QueueGauges,
+    posture: IntGaugeVec,
+    netstats: NetnsNetstats,
 }
 
 impl NetnsMetrics {
     pub fn new(registry: &Registry) -> anyhow::Result<Self> {
         let ports = |name: &str, help: &str| registry.gauges(name, help, &["netns", "port"]);
+        let netstats = NetnsNetstats::default();
+        let tcpext = TcpExtCollector::for_namespaces(netstats.clone())?;
+        registry.register_collector(tcpext, Kind::Counter)?;
         Ok(NetnsMetrics {
             info: registry.gauges(
                 "seqwatch_netns_info",
@@ -86,6 +98,13 @@ impl NetnsMetrics {
                     "seqwatch_listener_unresponsive in another network namespace.",
                 )?,
             },
+            posture: registry.gauges(
+                "seqwatch_netns_posture_check",
+                "seqwatch_posture_check of the per-namespace checks (scope netns) in another \
+                 network namespace.",
+                &["netns", "check", "scope"],
+            )?,
+            netstats,
         })
     }
 }
@@ -103,7 +122,12 @@ struct Followed {
     inode: NetnsInode,
     /// The `netns` label: the inode in decimal.
     label: String,
+    /// Kept to enter the namespace again, for its posture.
+    namespace: File,
     socket: DiagSocket,
+    /// Its TcpExt counters' entry: dropped with the rest, the file closed, the series gone.
+    _netstat: NetnsNetstat,
+    posture: NetnsPosture,
     pids: Vec<u32>,
     identity: Identity,
     waits: WaitClock,
@@ -162,6 +186,17 @@ impl OtherNamespaces {
         let mut found = Found::default();
         let mut failed = Vec::new();
         for (inode, followed) in &mut self.followed {
+            if followed.posture.due(now) {
+                let assessed = netns::run_in(&followed.namespace, *inode, || {
+                    Ok(posture::assess_namespace_here())
+                });
+                // Entering fails only without CAP_SYS_ADMIN: the last values stay.
+                let assessments = assessed.unwrap_or_else(|err| {
+                    log::debug!("posture of network namespace {inode}: {err:#}");
+                    Vec::new()
+                });
+                followed.posture.refresh(now, &assessments);
+            }
             match followed.socket.dump_tcp() {
                 Ok(sockets) => {
                     let snapshot = Snapshot::build(&sockets, None);
@@ -200,16 +235,21 @@ impl OtherNamespaces {
                 unfollowed += 1;
                 continue;
             }
-            match netns::open_sock_diag_in(&seen.path, *inode) {
-                Ok(socket) => {
+            match open_in(&seen.path, *inode) {
+                Ok((namespace, socket, netstat)) => {
                     let pids = std::mem::take(&mut seen.pids);
                     let identity = netns::identify(&pids);
                     log::info!("following network namespace {inode}: {identity:?}");
+                    let label = inode.to_string();
+                    let m = &self.metrics;
                     self.followed.insert(
                         *inode,
                         Followed {
                             inode: *inode,
-                            label: inode.to_string(),
+                            _netstat: m.netstats.add(label.clone(), netstat),
+                            posture: NetnsPosture::new(label.clone(), m.posture.clone()),
+                            label,
+                            namespace,
                             socket,
                             pids,
                             identity,
@@ -243,6 +283,18 @@ impl OtherNamespaces {
                 .set(1);
         }
     }
+}
+
+/// A handle on the namespace at `path`, and its socket and netstat, opened inside it.
+fn open_in(
+    path: &std::path::Path,
+    inode: NetnsInode,
+) -> anyhow::Result<(File, DiagSocket, NetstatFile)> {
+    let namespace = netns::open(path, inode)?;
+    let (socket, netstat) = netns::run_in(&namespace, inode, || {
+        Ok((DiagSocket::open()?, NetstatFile::open_here()?))
+    })?;
+    Ok((namespace, socket, netstat))
 }
 
 impl Followed {
