@@ -256,11 +256,20 @@ fn as_the_unit_runs_it_all_keeps_sys_admin_and_sys_ptrace_and_follows_the_contai
 
 /// What the daemon has open, from /proc/PID/fd: its handles on network namespaces (by inode),
 /// its netstat files, and all its descriptors.
-#[derive(Debug)]
 struct Descriptors {
     namespaces: Vec<u64>,
     netstats: usize,
     all: usize,
+}
+
+impl std::fmt::Debug for Descriptors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (handles, netstats, all) = (self.namespaces.len(), self.netstats, self.all);
+        write!(
+            f,
+            "{handles} namespace handles, {netstats} netstats, {all} descriptors"
+        )
+    }
 }
 
 fn descriptors(pid: u32) -> Descriptors {
@@ -396,9 +405,9 @@ fn a_containers_tcpext_counters_and_posture_are_its_own_and_go_with_it() {
     let open_after = descriptors(pid);
     assert!(
         forgotten,
-        "{netns} still has series {series_left:?}, is alive ({}), or the daemon holds it: \
-         {open_after:?}",
-        probe_alive()
+        "{netns}: series left {series_left:?}; still alive: {}; a handle on it: {}; {open_after:?}",
+        probe_alive(),
+        open_after.namespaces.contains(&inode)
     );
     assert!(
         wait_for(Duration::from_secs(10), one_each),
