@@ -3,15 +3,18 @@
 //! dropped the capabilities it does not keep), with a listener and a process in
 //! a cgroup whose path is a podman container's (`libpod-<64 hex>.scope`). The container's
 //! listener is in listener health under the namespace's inode, the namespace is named by the
-//! container's ID, and once the namespace is deleted its series go. Then a real podman
-//! container (`--network=none`, a Perl listener from the host's /usr), named by podman's name.
-//! Beside 100 namespaces with a listener each, the daemon's memory stays bounded. Needs root, a
-//! cgroup2 mount and podman with runc (`./x test` installs them); the namespaces, the process,
-//! the cgroup and the podman container are removed even on failure.
+//! container's ID, and once the namespace is deleted its series go. Its TcpExt counters and
+//! posture are its own, not the daemon's namespace's, and go with it too, leaving the daemon
+//! nothing open in it. Then a real podman container (`--network=none`, a Perl listener from
+//! the host's /usr), named by podman's name. Beside 100 namespaces with a listener each, the
+//! daemon's memory stays bounded. Needs root, a cgroup2 mount and podman with runc (`./x test`
+//! installs them); the namespaces, the process, the cgroup and the podman container are
+//! removed even on failure.
 
 use std::{
-    net::TcpListener,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::PathBuf,
     process::Command,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -20,6 +23,8 @@ use common::{
     container::{Container, ListeningNamespaces},
     daemon::{Daemon, http_get},
     host::{rss_bytes, thread_caps},
+    lab::{backlog_listener, netstat, read_sysctl, write_sysctl},
+    prometheus::series_value,
     wait_for,
 };
 use seqwatch::lab::{Lab, LabOptions};
@@ -351,4 +356,175 @@ fn a_podman_containers_listener_is_named_by_its_podman_name_and_forgotten_with_i
         netns_series(&metrics)
     );
     daemon.stop();
+}
+
+/// What the daemon has open, from /proc/PID/fd: its handles on network namespaces (by inode),
+/// its netstat files, and all its descriptors.
+struct Descriptors {
+    namespaces: Vec<u64>,
+    netstats: usize,
+    all: usize,
+}
+
+impl std::fmt::Debug for Descriptors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (handles, netstats, all) = (self.namespaces.len(), self.netstats, self.all);
+        write!(
+            f,
+            "{handles} namespace handles, {netstats} netstats, {all} descriptors"
+        )
+    }
+}
+
+fn descriptors(pid: u32) -> Descriptors {
+    let nsfs = std::fs::metadata("/proc/self/ns/net").unwrap().dev();
+    let paths: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default();
+    // A handle opened at /run/netns/NAME links there: what it is open on tells.
+    let namespaces = paths
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .filter(|meta| meta.dev() == nsfs)
+        .map(|meta| meta.ino())
+        .collect();
+    let netstats = paths
+        .iter()
+        .filter_map(|path| std::fs::read_link(path).ok())
+        .filter(|target| target.ends_with("net/netstat"))
+        .count();
+    Descriptors {
+        namespaces,
+        netstats,
+        all: paths.len(),
+    }
+}
+
+/// The container's own TcpExt counters and posture, not the daemon's namespace's: SYN cookies
+/// off and listen overflows provoked in the container only. Once it is deleted its series go,
+/// the daemon keeps nothing open in it, and the kernel frees it (a veth end it had in the
+/// lab's client namespace goes with it).
+#[test]
+fn a_containers_tcpext_counters_and_posture_are_its_own_and_go_with_it() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let mut container = Container::create();
+    // Set before the daemon starts, so that its first reading has it.
+    let ns = container.ns.clone();
+    write_sysctl(&lab, &ns, "net.ipv4.tcp_syncookies", "0");
+    let probe = format!("swp{}", std::process::id());
+    let (peer, client_ns) = (&probe, &lab.client_ns);
+    ip(&[
+        "-n", &ns, "link", "add", &probe, "type", "veth", "peer", peer, "netns", client_ns,
+    ]);
+    // An accept queue of two that nothing accepts from: the SYNs after it are dropped there.
+    let queue = SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT + 1);
+    let listener = backlog_listener(&lab, &ns, queue, 1);
+    let clients: Vec<TcpStream> = lab.run_in(&ns, || {
+        (0..6)
+            .filter_map(|_| {
+                let timeout = Duration::from_millis(200);
+                TcpStream::connect_timeout(&SocketAddr::V4(queue), timeout).ok()
+            })
+            .collect()
+    });
+    let overflows = netstat(&lab, &ns)["TcpExtListenOverflows"];
+    let own_overflows = netstat(&lab, &lab.server_ns)["TcpExtListenOverflows"];
+    assert!(
+        overflows >= 3,
+        "{overflows} overflows, {} clients",
+        clients.len()
+    );
+    assert_eq!(
+        read_sysctl(Some((&lab, &lab.server_ns)), "net.ipv4.tcp_syncookies"),
+        "1\n"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&lab, &lab.server_ns, dir.path(), &["--netns", "all"]);
+    let netns = format!("netns=\"{}\"", container.inode());
+    let tcpext = format!("seqwatch_netns_tcpext_listen_overflows_total{{{netns}}}");
+    // One series, and 0: not as recommended.
+    let syncookies_off = |metrics: &str| {
+        let labels = [netns.clone(), "check=\"tcp_syncookies\"".into()];
+        let lines = series(metrics, "seqwatch_netns_posture_check", &labels);
+        lines.len() == 1 && lines[0].ends_with(" 0")
+    };
+    let exported = wait_for(Duration::from_secs(20), || {
+        daemon.scrape(&lab).is_some_and(|metrics| {
+            series_value(&metrics, &tcpext) == Some(overflows as f64) && syncookies_off(&metrics)
+        })
+    });
+    let metrics = daemon.metrics(&lab);
+    let shown = |prefix: &str| {
+        let lines = metrics.lines().filter(|line| line.starts_with(prefix));
+        lines.collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        exported,
+        "{overflows} overflows and syncookies 0 under {netns}:\n{}\n{}",
+        shown("seqwatch_netns_tcpext_listen_overflows"),
+        shown("seqwatch_netns_posture_check{check=\"tcp_syncookies\""),
+    );
+    // The daemon's own namespace still shows its own.
+    let own = "seqwatch_tcpext_listen_overflows_total";
+    assert_eq!(series_value(&metrics, own), Some(own_overflows as f64));
+    let own_posture = "seqwatch_posture_check{check=\"tcp_syncookies\",scope=\"netns\"}";
+    assert_eq!(series_value(&metrics, own_posture), Some(1.0));
+
+    // One handle and one netstat per namespace followed, the container's among them: compared
+    // until a scrape and the count agree (other namespaces on the host come and go).
+    let pid = daemon.pid();
+    let inode = container.inode();
+    let one_each = || {
+        let metrics = daemon.scrape(&lab);
+        let followed = metrics.and_then(|m| series_value(&m, "seqwatch_netns_followed"));
+        let open = descriptors(pid);
+        let count = open.namespaces.len() as f64;
+        followed.is_some_and(|n| count == n && open.netstats as f64 == n)
+    };
+    let consistent = wait_for(Duration::from_secs(10), || {
+        one_each() && descriptors(pid).namespaces.contains(&inode)
+    });
+    let open_following = descriptors(pid);
+    assert!(consistent, "{open_following:?}");
+
+    drop(clients);
+    drop(listener);
+    container.stop();
+    // The veth end outlives the container's namespace only while something holds that.
+    let probe_alive = || {
+        let mut show = lab.command_in(&lab.client_ns, "ip");
+        show.args(["link", "show", &probe]);
+        show.output().unwrap().status.success()
+    };
+    let forgotten = wait_for(Duration::from_secs(10), || {
+        let gone = daemon
+            .scrape(&lab)
+            .is_some_and(|metrics| !metrics.contains(&netns));
+        let freed = !probe_alive();
+        gone && freed && !descriptors(pid).namespaces.contains(&inode)
+    });
+    let metrics = daemon.metrics(&lab);
+    let series_left: Vec<_> = metrics.lines().filter(|l| l.contains(&netns)).collect();
+    let open_after = descriptors(pid);
+    assert!(
+        forgotten,
+        "{netns}: series left {series_left:?}; still alive: {}; a handle on it: {}; {open_after:?}",
+        probe_alive(),
+        open_after.namespaces.contains(&inode)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), one_each),
+        "{open_after:?}"
+    );
+    eprintln!(
+        "descriptors: {} while following the container, {} after",
+        open_following.all, open_after.all
+    );
+    daemon.stop();
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}: {status}");
 }

@@ -30,7 +30,10 @@ use crate::{
         metrics::{Kind, Registry},
         web::{HttpMetrics, WebSecurity},
     },
-    host::{netstat::TcpExtCollector, posture::PostureWatch},
+    host::{
+        netstat::TcpExtCollector,
+        posture::{self, PostureWatch},
+    },
     kernel::{
         SYN_RECORDER,
         attacher::{Attacher, Hook, InterfaceNames},
@@ -45,9 +48,6 @@ use crate::{
     settings::{ConfigError, Directions, NetnsMode, Settings},
     util::{lock, ticks},
 };
-
-/// How often the hardening sysctls are read again (cheap: a few dozen small files).
-const POSTURE_REFRESH: Duration = Duration::from_secs(60);
 
 /// The metrics that are the daemon's own rather than a detector's.
 struct DaemonMetrics {
@@ -183,7 +183,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ]);
     let mut each_second = ticks::interval(Duration::from_secs(1));
     // Its first tick is immediate: the posture is exported from the start.
-    let mut posture_refresh = ticks::interval(POSTURE_REFRESH);
+    let mut posture_refresh = ticks::interval(posture::REFRESH);
     let mut posture = PostureWatch::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

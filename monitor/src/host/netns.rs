@@ -1,7 +1,7 @@
 //! The host's network namespaces, from the kernel only (no container runtime's API): the
 //! namespace of every process (`/proc/PID/ns/net`) and the bind mounts of `/run/netns`, each
 //! known by its nsfs inode number, which is unique while the namespace lives. Per namespace: a
-//! socket opened inside it ([`open_sockets_in`]), and who it belongs to, from the cgroup of a
+//! socket opened inside it ([`run_in`]), and who it belongs to, from the cgroup of a
 //! process in it ([`identify`]).
 
 use std::{
@@ -14,8 +14,6 @@ use std::{
 use anyhow::{Context as _, bail};
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
-
-use super::{interface_addresses::AddressSocket, sock_diag::DiagSocket};
 
 /// Processes whose namespace is read in one scan; beyond it the rest of /proc is not looked at.
 const MAX_PROCESSES: usize = 65_536;
@@ -99,44 +97,31 @@ fn named_namespaces() -> Vec<(NetnsInode, PathBuf)> {
         .collect()
 }
 
-/// What the daemon keeps of a namespace it follows: sockets opened inside it.
-/// They keep reading that namespace for as long as they are open (and keep it alive: close
-/// them once the namespace is gone).
-pub struct NamespaceSockets {
-    /// Its socket table (sock_diag).
-    pub diag: DiagSocket,
-    /// Its interfaces' addresses (route netlink).
-    pub addresses: AddressSocket,
-}
-
-/// The sockets of the namespace `inode`, opened at `path`: a short-lived thread enters the
-/// namespace (setns(2): CAP_SYS_ADMIN), opens them and ends. Fails if `path` is now another
-/// namespace (a pid reused).
-pub fn open_sockets_in(path: &Path, inode: NetnsInode) -> anyhow::Result<NamespaceSockets> {
-    open_in(path, inode, || {
-        Ok(NamespaceSockets {
-            diag: DiagSocket::open()?,
-            addresses: AddressSocket::open()?,
-        })
-    })
-}
-
-/// What `open` makes on a short-lived thread inside the namespace `inode`, opened at `path`.
-fn open_in<T: Send>(
-    path: &Path,
-    inode: NetnsInode,
-    open: impl FnOnce() -> anyhow::Result<T> + Send,
-) -> anyhow::Result<T> {
+/// A handle on the network namespace `inode`, opened at `path`; it keeps the namespace alive
+/// while open. Fails if `path` is now another namespace (a pid reused).
+pub fn open(path: &Path, inode: NetnsInode) -> anyhow::Result<File> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     if file.metadata()?.ino() != inode {
         bail!("{} is no longer network namespace {inode}", path.display());
     }
+    Ok(file)
+}
+
+/// Runs `f` on a short-lived thread that enters `namespace` (setns(2): CAP_SYS_ADMIN) and ends.
+/// What `f` opens there (a sock_diag socket, a file of /proc/thread-self/net) keeps reading
+/// that namespace for as long as it is open, and keeps the namespace alive: close it once the
+/// namespace is gone.
+pub fn run_in<T: Send>(
+    namespace: &File,
+    inode: NetnsInode,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                setns(&file, CloneFlags::CLONE_NEWNET)
+                setns(namespace, CloneFlags::CLONE_NEWNET)
                     .with_context(|| format!("entering network namespace {inode}"))?;
-                open()
+                f()
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -278,6 +263,7 @@ fn pod_uid(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{interface_addresses::AddressSocket, sock_diag::DiagSocket};
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const POD: &str = "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718";
@@ -342,8 +328,13 @@ mod tests {
         let path = Path::new(NAMED_NAMESPACES).join(&name);
         let inode = std::fs::metadata(&path).unwrap().ino();
         let found = scan(own);
-        let opened = open_sockets_in(&path, inode).map(|s| (s.diag.dump_tcp(), s.addresses.dump()));
-        let wrong = open_sockets_in(&path, own).is_err();
+        let socket = open(&path, inode)
+            .and_then(|namespace| {
+                let open_both = || Ok((DiagSocket::open()?, AddressSocket::open()?));
+                run_in(&namespace, inode, open_both)
+            })
+            .map(|(socket, addresses)| (socket.dump_tcp(), addresses.dump()));
+        let wrong = open(&path, own).is_err();
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &name])
             .status();
@@ -351,7 +342,7 @@ mod tests {
         assert!(!found.contains_key(&own));
         assert!(wrong, "a path that is another namespace is refused");
         // A fresh namespace has no TCP socket at all, and its loopback is down: no address.
-        let (socket, addresses) = opened.unwrap();
+        let (socket, addresses) = socket.unwrap();
         assert_eq!(socket.unwrap(), []);
         assert_eq!(addresses.unwrap(), Vec::<std::net::IpAddr>::new());
         assert!(!scan(own).contains_key(&inode), "gone once deleted");

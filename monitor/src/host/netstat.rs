@@ -1,13 +1,22 @@
 //! Reads `/proc/net/netstat` (TcpExt) of this network namespace: the TcpExt counters that
 //! node_exporter leaves out by default, re-exported as `seqwatch_tcpext_*_total`, and the
-//! SYN-cookie watch the scorer uses. Both read the same file through [`read_tcpext`].
+//! SYN-cookie watch the scorer uses. Both read the same file through [`read_tcpext`]. The same
+//! counters of the other namespaces followed (`--netns all`) are exported as
+//! `seqwatch_netns_tcpext_*_total{netns}`, from a [`NetstatFile`] opened inside each.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io::{self, Read as _, Seek as _, SeekFrom},
+    sync::{Arc, Mutex},
+};
 
 use prometheus::{
     core::{Collector, Desc},
-    proto::{Counter, Metric, MetricFamily, MetricType},
+    proto::{Counter, LabelPair, Metric, MetricFamily, MetricType},
 };
+
+use crate::util::lock;
 
 /// This network namespace's counters: /proc/net is /proc/self/net, the daemon's namespace.
 const NETSTAT: &str = "/proc/net/netstat";
@@ -150,11 +159,66 @@ pub fn read_tcpext() -> Option<TcpExt> {
         .map(|text| TcpExt::parse(&text))
 }
 
+/// The calling thread's namespace's netstat. Not /proc/net: that is /proc/self/net, the
+/// namespace of the process's main thread, whatever namespace the caller has entered.
+const THREADS_NETSTAT: &str = "/proc/thread-self/net/netstat";
+
+/// The netstat of the network namespace it was opened in, kept open: each read rereads it from
+/// the start, in that namespace wherever the reader runs. It keeps the namespace alive.
+pub struct NetstatFile(File);
+
+impl NetstatFile {
+    /// Opens the netstat of the calling thread's network namespace.
+    pub fn open_here() -> io::Result<Self> {
+        File::open(THREADS_NETSTAT).map(NetstatFile)
+    }
+
+    pub fn read(&self) -> io::Result<TcpExt> {
+        let mut file = &self.0;
+        file.seek(SeekFrom::Start(0))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        Ok(TcpExt::parse(&text))
+    }
+}
+
+/// The netstat files of the other namespaces followed, by `netns` label: what
+/// `seqwatch_netns_tcpext_*` reads at each scrape.
+#[derive(Clone, Default)]
+pub struct NetnsNetstats(Arc<Mutex<BTreeMap<String, NetstatFile>>>);
+
+impl NetnsNetstats {
+    /// Exports `file`'s counters under `netns="label"` until the returned entry is dropped.
+    pub fn add(&self, label: String, file: NetstatFile) -> NetnsNetstat {
+        lock(&self.0).insert(label.clone(), file);
+        NetnsNetstat {
+            label,
+            netstats: self.clone(),
+        }
+    }
+}
+
+/// One namespace's netstat in [`NetnsNetstats`]; dropping it closes the file and ends its
+/// series.
+pub struct NetnsNetstat {
+    label: String,
+    netstats: NetnsNetstats,
+}
+
+impl Drop for NetnsNetstat {
+    fn drop(&mut self) {
+        lock(&self.netstats.0).remove(&self.label);
+    }
+}
+
 /// The re-exported TcpExt counters, read from /proc/net/netstat at each scrape: the kernel's
 /// counters are monotonic for the namespace's lifetime, so its totals are the counters.
 /// A counter this kernel lacks is absent, not 0.
 pub struct TcpExtCollector {
+    /// One per counter of [`TCPEXT_COUNTERS`], in order.
     descs: Vec<Desc>,
+    /// The other namespaces' files, for `seqwatch_netns_tcpext_*`; `None`: this namespace's.
+    netns: Option<NetnsNetstats>,
 }
 
 impl TcpExtCollector {
@@ -183,7 +247,27 @@ impl TcpExtCollector {
                 )
             })
             .collect::<Result<_, _>>()?;
-        Ok(TcpExtCollector { descs })
+        Ok(TcpExtCollector { descs, netns: None })
+    }
+
+    /// The same counters of the other namespaces in `netstats`, one series per namespace:
+    /// `seqwatch_netns_tcpext_*_total{netns}`.
+    pub fn for_namespaces(netstats: NetnsNetstats) -> anyhow::Result<Self> {
+        let descs = TCPEXT_COUNTERS
+            .iter()
+            .map(|counter| {
+                Desc::new(
+                    counter.metric.replacen("seqwatch_", "seqwatch_netns_", 1),
+                    format!("{} in another network namespace.", counter.metric),
+                    vec!["netns".into()],
+                    HashMap::new(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(TcpExtCollector {
+            descs,
+            netns: Some(netstats),
+        })
     }
 }
 
@@ -193,26 +277,54 @@ impl Collector for TcpExtCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        read_tcpext().map_or_else(Vec::new, |tcpext| families(&tcpext))
+        let readings: Vec<(Option<String>, TcpExt)> = match &self.netns {
+            None => read_tcpext()
+                .map(|tcpext| (None, tcpext))
+                .into_iter()
+                .collect(),
+            // A namespace whose file fails to read now is left out of this scrape only.
+            Some(netstats) => lock(&netstats.0)
+                .iter()
+                .filter_map(|(label, file)| Some((Some(label.clone()), file.read().ok()?)))
+                .collect(),
+        };
+        families(&self.descs, &readings)
     }
 }
 
-/// One counter family per exported counter this reading has.
-fn families(tcpext: &TcpExt) -> Vec<MetricFamily> {
+/// One counter family per exported counter that some reading has, one series per reading
+/// that has it: labelled `netns` when the reading names its namespace.
+fn families(descs: &[Desc], readings: &[(Option<String>, TcpExt)]) -> Vec<MetricFamily> {
     TCPEXT_COUNTERS
         .iter()
-        .filter_map(|exported| {
-            let value = tcpext.get(exported.field)?;
-            let mut counter = Counter::default();
-            // f64 is exact up to 2^53: centuries of any of these counters.
-            counter.set_value(value as f64);
-            let mut metric = Metric::default();
-            metric.set_counter(counter);
+        .zip(descs)
+        .filter_map(|(exported, desc)| {
+            let metrics: Vec<Metric> = readings
+                .iter()
+                .filter_map(|(netns, tcpext)| {
+                    let value = tcpext.get(exported.field)?;
+                    let mut counter = Counter::default();
+                    // f64 is exact up to 2^53: centuries of any of these counters.
+                    counter.set_value(value as f64);
+                    let mut metric = Metric::default();
+                    metric.set_counter(counter);
+                    if let Some(netns) = netns {
+                        let mut label = LabelPair::default();
+                        label.set_name("netns".into());
+                        label.set_value(netns.clone());
+                        metric.set_label(vec![label]);
+                    }
+                    Some(metric)
+                })
+                .collect();
+            if metrics.is_empty() {
+                return None;
+            }
             let mut family = MetricFamily::default();
-            family.set_name(exported.metric.into());
-            family.set_help(exported.help.into());
+            family.set_name(desc.fq_name.clone());
+            family.set_help(desc.help.clone());
             family.set_field_type(MetricType::COUNTER);
-            family.set_metric(vec![metric]);
+            family.set_metric(metrics);
             Some(family)
         })
         .collect()
@@ -279,9 +391,10 @@ mod tests {
         assert!(missing.contains(&"TCPChallengeACK"));
         assert!(!missing.contains(&"ListenOverflows"));
         assert_eq!(missing.len(), TCPEXT_COUNTERS.len() - 3);
+        let own = TcpExtCollector::new().unwrap();
         let mut text = Vec::new();
         TextEncoder::new()
-            .encode(&families(&tcpext), &mut text)
+            .encode(&families(&own.descs, &[(None, tcpext)]), &mut text)
             .unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("# TYPE seqwatch_tcpext_listen_overflows_total counter\n"));
@@ -303,5 +416,23 @@ mod tests {
             .map(|family| family.name().to_owned())
             .collect();
         assert!(names.contains(&"seqwatch_tcpext_listen_overflows_total".to_owned()));
+    }
+
+    #[test]
+    fn another_namespaces_counters_carry_its_label_until_its_entry_is_dropped() {
+        let netstats = NetnsNetstats::default();
+        let collector = TcpExtCollector::for_namespaces(netstats.clone()).unwrap();
+        let entry = netstats.add("4026532000".into(), NetstatFile::open_here().unwrap());
+        let families = collector.collect();
+        let overflows = families
+            .iter()
+            .find(|f| f.name() == "seqwatch_netns_tcpext_listen_overflows_total")
+            .unwrap();
+        let label = &overflows.get_metric()[0].get_label()[0];
+        assert_eq!((label.name(), label.value()), ("netns", "4026532000"));
+        assert_eq!(families.len(), TCPEXT_COUNTERS.len());
+        drop(entry);
+        assert!(collector.collect().is_empty());
+        assert!(lock(&netstats.0).is_empty(), "the file is closed");
     }
 }

@@ -5,9 +5,16 @@
 //!
 //! Most checks read per-namespace sysctls, so they describe the network namespace the reader
 //! runs in; `kernel.*` and `net.core.bpf_*` are host-wide (and `net.core.bpf_*` exist only in
-//! the host's initial namespace).
+//! the host's initial namespace). With `--netns all` the per-namespace checks of each other
+//! namespace followed are exported too, as `seqwatch_netns_posture_check{netns,check,scope}`
+//! ([`NetnsPosture`]).
 
-use std::{collections::HashSet, io, process::ExitCode};
+use std::{
+    collections::HashSet,
+    io,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use prometheus::IntGaugeVec;
 use serde::Serialize;
@@ -357,6 +364,43 @@ pub fn assess_here() -> Vec<Assessment> {
         .collect()
 }
 
+/// The per-namespace checks, in the calling thread's network namespace (/proc/sys/net is the
+/// caller's, unlike /proc/net).
+pub fn assess_namespace_here() -> Vec<Assessment> {
+    netns_checks()
+        .map(|check| check.assess(&read_sysctl))
+        .collect()
+}
+
+fn netns_checks() -> impl Iterator<Item = &'static Check> {
+    CHECKS.iter().filter(|check| check.scope == Scope::Netns)
+}
+
+/// How often the posture is read again (cheap: a few dozen small files).
+pub const REFRESH: Duration = Duration::from_secs(60);
+
+/// Sets `gauge{first_labels…, check, scope}` to each readable assessment's verdict and removes
+/// the series of the unreadable ones, which it returns.
+fn export<'a>(
+    gauge: &IntGaugeVec,
+    first_labels: &[&str],
+    assessments: &'a [Assessment],
+) -> Vec<&'a Assessment> {
+    let mut unreadable = Vec::new();
+    for assessment in assessments {
+        let mut labels = first_labels.to_vec();
+        labels.extend([assessment.check, assessment.scope.as_str()]);
+        match assessment.ok {
+            Some(ok) => gauge.with_label_values(&labels).set(i64::from(ok)),
+            None => {
+                let _ = gauge.remove_label_values(&labels);
+                unreadable.push(assessment);
+            }
+        }
+    }
+    unreadable
+}
+
 /// Keeps `seqwatch_posture_check` up to date; says in the log when a check becomes unreadable.
 #[derive(Default)]
 pub struct PostureWatch {
@@ -365,24 +409,58 @@ pub struct PostureWatch {
 
 impl PostureWatch {
     pub fn refresh(&mut self, gauge: &IntGaugeVec) {
-        for assessment in assess_here() {
-            let labels = [assessment.check, assessment.scope.as_str()];
-            match assessment.ok {
-                Some(ok) => {
-                    gauge.with_label_values(&labels).set(i64::from(ok));
-                    self.unreadable.remove(assessment.check);
-                }
-                None => {
-                    let _ = gauge.remove_label_values(&labels);
-                    if self.unreadable.insert(assessment.check) {
-                        log::warn!(
-                            "posture check {} is not exported: {}",
-                            assessment.check,
-                            assessment.error.as_deref().unwrap_or("unreadable")
-                        );
-                    }
-                }
+        let assessments = assess_here();
+        let unreadable = export(gauge, &[], &assessments);
+        for assessment in &unreadable {
+            if self.unreadable.insert(assessment.check) {
+                log::warn!(
+                    "posture check {} is not exported: {}",
+                    assessment.check,
+                    assessment.error.as_deref().unwrap_or("unreadable")
+                );
             }
+        }
+        self.unreadable
+            .retain(|check| unreadable.iter().any(|a| a.check == *check));
+    }
+}
+
+/// Another network namespace's per-namespace checks in `seqwatch_netns_posture_check{netns,
+/// check, scope}` (a check unreadable there, such as IPv6's where IPv6 is off, is absent,
+/// without a word in the log), refreshed every [`REFRESH`]; dropping it removes its series.
+pub struct NetnsPosture {
+    label: String,
+    gauge: IntGaugeVec,
+    refreshed: Option<Instant>,
+}
+
+impl NetnsPosture {
+    pub fn new(label: String, gauge: IntGaugeVec) -> Self {
+        NetnsPosture {
+            label,
+            gauge,
+            refreshed: None,
+        }
+    }
+
+    /// True when never read, or read [`REFRESH`] ago.
+    pub fn due(&self, now: Instant) -> bool {
+        self.refreshed
+            .is_none_or(|at| now.saturating_duration_since(at) >= REFRESH)
+    }
+
+    /// Exports what [`assess_namespace_here`] read in the namespace at `now`.
+    pub fn refresh(&mut self, now: Instant, assessments: &[Assessment]) {
+        self.refreshed = Some(now);
+        export(&self.gauge, &[&self.label], assessments);
+    }
+}
+
+impl Drop for NetnsPosture {
+    fn drop(&mut self) {
+        for check in netns_checks() {
+            let labels = [self.label.as_str(), check.name, check.scope.as_str()];
+            let _ = self.gauge.remove_label_values(&labels);
         }
     }
 }

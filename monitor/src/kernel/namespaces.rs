@@ -37,6 +37,8 @@ struct Directory {
     namespaces: BTreeMap<u32, Followed>,
     /// Every followed namespace's addresses, and the namespaces using each.
     addresses: StdHashMap<IpAddr, BTreeSet<u32>>,
+    /// The daemon's own namespace's: an address of its own names no other namespace.
+    own_addresses: BTreeSet<IpAddr>,
     kernel: Option<KernelSet>,
 }
 
@@ -129,10 +131,19 @@ impl FollowedNamespaces {
         followed.map_or_else(Vec::new, |f| f.addresses.iter().copied().collect())
     }
 
-    /// Who the followed namespace with `address` is, if exactly one has it: isolated
-    /// namespaces may number themselves alike, and a service is then none's for sure.
+    /// The daemon's own namespace's interface addresses now.
+    pub fn set_own_addresses(&self, addresses: impl IntoIterator<Item = IpAddr>) {
+        lock(&self.0).own_addresses = addresses.into_iter().collect();
+    }
+
+    /// Who the followed namespace with `address` is, if exactly one has it and the daemon's
+    /// namespace does not: isolated namespaces may number themselves alike, and a service is
+    /// then none's for sure.
     pub fn netns_of(&self, address: IpAddr) -> Option<NetnsReport> {
         let directory = lock(&self.0);
+        if directory.own_addresses.contains(&address) {
+            return None;
+        }
         let users = directory.addresses.get(&address)?;
         let (Some(&inode), 1) = (users.first(), users.len()) else {
             return None;
@@ -277,6 +288,9 @@ mod tests {
         assert_eq!(namespaces.netns_of(served), None, "7's or 8's");
         namespaces.forget(8);
         assert_eq!(namespaces.netns_of(served).unwrap().inode, 7);
+        namespaces.set_own_addresses([served]);
+        assert_eq!(namespaces.netns_of(served), None, "the daemon's own");
+        namespaces.set_own_addresses([]);
         namespaces.forget(7);
         assert_eq!(namespaces.netns_of(served), None);
         assert_eq!(namespaces.report(7), None);

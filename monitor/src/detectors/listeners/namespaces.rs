@@ -15,11 +15,18 @@
 //! a millisecond here whatever the namespace holds. So an idle namespace's SYN queue is at most
 //! that old, and its owners count its listeners only.
 //!
+//! Each namespace's TcpExt counters and hardening posture are exported too, as this
+//! namespace's are: `seqwatch_netns_tcpext_*{netns}` (its netstat, kept open like the socket,
+//! read at each scrape) and `seqwatch_netns_posture_check{netns, check, scope}` (its sysctls,
+//! read every minute by a thread that enters it). Its interfaces' addresses are read at each
+//! rescan through a route netlink socket kept beside the others.
+//!
 //! Bounded: at most [`MAX_FOLLOWED`] namespaces (the rest are counted in
 //! `seqwatch_netns_unfollowed`), [`MAX_PORTS_PER_NAMESPACE`] port labels in each.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    fs::File,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -33,11 +40,13 @@ use crate::{
             admission::{MAX_OTHER_LISTENERS, SharedPolicy},
             ports::PortLabels,
         },
-        metrics::Registry,
+        metrics::{Kind, Registry},
     },
     host::{
         interface_addresses::AddressSocket,
-        netns::{self, Identity, NamespaceSockets, NetnsInode, NetnsReport},
+        netns::{self, Identity, NetnsInode, NetnsReport},
+        netstat::{NetnsNetstat, NetnsNetstats, NetstatFile, TcpExtCollector},
+        posture::{self, NetnsPosture},
         runtime_names::{RuntimeNames, StateRoots},
         sock_diag::{DiagSocket, TcpSocket, state},
     },
@@ -62,11 +71,16 @@ pub struct NetnsMetrics {
     followed: IntGauge,
     unfollowed: IntGauge,
     queues: QueueGauges,
+    posture: IntGaugeVec,
+    netstats: NetnsNetstats,
 }
 
 impl NetnsMetrics {
     pub fn new(registry: &Registry) -> anyhow::Result<Self> {
         let ports = |name: &str, help: &str| registry.gauges(name, help, &["netns", "port"]);
+        let netstats = NetnsNetstats::default();
+        let tcpext = TcpExtCollector::for_namespaces(netstats.clone())?;
+        registry.register_collector(tcpext, Kind::Counter)?;
         Ok(NetnsMetrics {
             info: registry.gauges(
                 "seqwatch_netns_info",
@@ -107,6 +121,13 @@ impl NetnsMetrics {
                     "seqwatch_listener_unresponsive in another network namespace.",
                 )?,
             },
+            posture: registry.gauges(
+                "seqwatch_netns_posture_check",
+                "seqwatch_posture_check of the per-namespace checks (scope netns) in another \
+                 network namespace.",
+                &["netns", "check", "scope"],
+            )?,
+            netstats,
         })
     }
 }
@@ -116,9 +137,14 @@ struct Followed {
     inode: NetnsInode,
     /// The `netns` label: the inode in decimal.
     label: String,
+    /// Kept to enter the namespace again, for its posture.
+    namespace: File,
     socket: DiagSocket,
     /// Reads its interfaces' addresses.
     addresses: AddressSocket,
+    /// Its TcpExt counters' entry: dropped with the rest, the file closed, the series gone.
+    _netstat: NetnsNetstat,
+    posture: NetnsPosture,
     pids: Vec<u32>,
     identity: Identity,
     waits: WaitClock,
@@ -150,6 +176,8 @@ pub(super) struct OtherNamespaces {
     metrics: NetnsMetrics,
     dump_failures: IntCounter,
     shared: FollowedNamespaces,
+    /// Reads the daemon's own namespace's addresses, which name no other namespace.
+    own_addresses: AddressSocket,
     /// Their listeners earn their services labels, as this namespace's do.
     policy: SharedPolicy,
     followed: BTreeMap<NetnsInode, Followed>,
@@ -171,6 +199,7 @@ impl OtherNamespaces {
             metrics,
             dump_failures,
             shared,
+            own_addresses: AddressSocket::open()?,
             policy,
             followed: BTreeMap::new(),
             runtime_names: RuntimeNames::new(StateRoots::host()),
@@ -198,6 +227,17 @@ impl OtherNamespaces {
         let mut failed = Vec::new();
         let mut services = Vec::new();
         for (inode, followed) in &mut self.followed {
+            if followed.posture.due(now) {
+                let assessed = netns::run_in(&followed.namespace, *inode, || {
+                    Ok(posture::assess_namespace_here())
+                });
+                // Entering fails only without CAP_SYS_ADMIN: the last values stay.
+                let assessments = assessed.unwrap_or_else(|err| {
+                    log::debug!("posture of network namespace {inode}: {err:#}");
+                    Vec::new()
+                });
+                followed.posture.refresh(now, &assessments);
+            }
             match followed.read(now) {
                 Ok(sockets) => {
                     let snapshot = Snapshot::build(&sockets, None);
@@ -229,6 +269,10 @@ impl OtherNamespaces {
     /// Forgets the namespaces gone (closing their sockets), follows new ones up to the bound,
     /// and names the ones still unnamed.
     fn rescan(&mut self) {
+        match self.own_addresses.dump() {
+            Ok(addresses) => self.shared.set_own_addresses(addresses),
+            Err(err) => log::debug!("this namespace's addresses: {err:#}"),
+        }
         let mut seen = netns::scan(self.own);
         let gone: Vec<NetnsInode> = self
             .followed
@@ -260,14 +304,14 @@ impl OtherNamespaces {
                 unfollowed += 1;
                 continue;
             }
-            match netns::open_sockets_in(&seen.path, *inode) {
-                Ok(sockets) => {
+            match open_in(&seen.path, *inode) {
+                Ok(opened) => {
                     let pids = std::mem::take(&mut seen.pids);
                     let mut identity = netns::identify(&pids);
                     self.runtime_names.name(&mut identity);
                     log::info!("following network namespace {inode}: {identity:?}");
                     self.shared.follow(*inode, &identity);
-                    let followed = Followed::new(*inode, sockets, pids, identity);
+                    let followed = Followed::new(*inode, opened, &self.metrics, pids, identity);
                     followed.read_addresses(&self.shared);
                     self.followed.insert(*inode, followed);
                 }
@@ -333,18 +377,50 @@ impl OtherNamespaces {
     }
 }
 
+/// What a namespace followed is read through: a handle on it (kept to enter it again), and a
+/// socket of its socket table, one of its addresses and its netstat, opened inside it.
+struct Opened {
+    namespace: File,
+    socket: DiagSocket,
+    addresses: AddressSocket,
+    netstat: NetstatFile,
+}
+
+/// [`Opened`], for the namespace at `path`.
+fn open_in(path: &std::path::Path, inode: NetnsInode) -> anyhow::Result<Opened> {
+    let namespace = netns::open(path, inode)?;
+    let (socket, addresses, netstat) = netns::run_in(&namespace, inode, || {
+        Ok((
+            DiagSocket::open()?,
+            AddressSocket::open()?,
+            NetstatFile::open_here()?,
+        ))
+    })?;
+    Ok(Opened {
+        namespace,
+        socket,
+        addresses,
+        netstat,
+    })
+}
+
 impl Followed {
     fn new(
         inode: NetnsInode,
-        sockets: NamespaceSockets,
+        opened: Opened,
+        metrics: &NetnsMetrics,
         pids: Vec<u32>,
         identity: Identity,
     ) -> Self {
+        let label = inode.to_string();
         Followed {
             inode,
-            label: inode.to_string(),
-            socket: sockets.diag,
-            addresses: sockets.addresses,
+            _netstat: metrics.netstats.add(label.clone(), opened.netstat),
+            posture: NetnsPosture::new(label.clone(), metrics.posture.clone()),
+            label,
+            namespace: opened.namespace,
+            socket: opened.socket,
+            addresses: opened.addresses,
             pids,
             identity,
             waits: WaitClock::default(),
@@ -532,9 +608,11 @@ mod tests {
             .args(["-n", &name.0, "link", "set", "lo", "up"])
             .status();
         assert!(up.unwrap().success());
-        let sockets = netns::open_sockets_in(&path, inode).unwrap();
+        let opened = open_in(&path, inode).unwrap();
         let listener = in_namespace(&path, || TcpListener::bind("127.0.0.1:0")).unwrap();
-        let mut followed = Followed::new(inode, sockets, Vec::new(), Identity::default());
+        let metrics = NetnsMetrics::new(&Registry::default()).unwrap();
+        let identity = Identity::default();
+        let mut followed = Followed::new(inode, opened, &metrics, Vec::new(), identity);
         let start = Instant::now();
         let first = Snapshot::build(&followed.read(start).unwrap(), None);
         assert_eq!(first.ports.len(), 1);

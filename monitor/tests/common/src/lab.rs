@@ -116,14 +116,15 @@ pub fn listen_and_hold(lab: &Lab, addr: SocketAddr) {
 }
 
 /// A listener in `ns` whose accept queue holds `backlog` (+1, as Linux counts) connections;
-/// nothing accepts from it until the caller does.
+/// nothing accepts from it until the caller does. Close-on-exec, as std's sockets are: a
+/// daemon started later must not hold it (and its namespace).
 pub fn backlog_listener(lab: &Lab, ns: &str, addr: SocketAddrV4, backlog: i32) -> TcpListener {
     use nix::sys::socket::{Backlog, bind, listen};
     lab.run_in(ns, || {
         let fd = socket(
             AddressFamily::Inet,
             SockType::Stream,
-            SockFlag::empty(),
+            SockFlag::SOCK_CLOEXEC,
             None,
         )
         .expect("socket");
