@@ -251,10 +251,10 @@ fn the_default_values_render_the_reference_daemonset() {
     );
 }
 
-/// `netns: all` adds hostPID, CAP_SYS_ADMIN, CAP_SYS_PTRACE and `--netns all`, and changes
-/// nothing else.
+/// `netns: all` adds hostPID, CAP_SYS_ADMIN, CAP_SYS_PTRACE, `--netns all` and the kubelet's
+/// pod log directories read-only (the pods' names), and changes nothing else.
 #[test]
-fn netns_all_adds_host_pid_sys_admin_and_sys_ptrace_and_nothing_else() {
+fn netns_all_adds_host_pid_sys_admin_sys_ptrace_and_pod_names_and_nothing_else() {
     let default = render(&default_values());
     let all = render(&values_with(json!({"netns": "all"})));
     let pod = pod_spec(&all);
@@ -265,6 +265,16 @@ fn netns_all_adds_host_pid_sys_admin_and_sys_ptrace_and_nothing_else() {
         ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
     );
     assert!(strings(&container["args"]).ends_with(&["--netns", "all"]));
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .last()
+        .unwrap();
+    assert_eq!(mount["mountPath"], "/var/log/pods");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"].as_sequence().unwrap().last().unwrap();
+    assert_eq!(volume["name"], mount["name"]);
+    assert_eq!(volume["hostPath"]["path"], "/var/log/pods");
 
     let mut undone = pod.clone();
     let undone_map = undone.as_mapping_mut().unwrap();
@@ -276,6 +286,9 @@ fn netns_all_adds_host_pid_sys_admin_and_sys_ptrace_and_nothing_else() {
     added.truncate(added.len() - 2);
     let args = undone_container["args"].as_sequence_mut().unwrap();
     args.truncate(args.len() - 2);
+    let mounts = undone_container["volumeMounts"].as_sequence_mut().unwrap();
+    mounts.pop();
+    undone_map["volumes"].as_sequence_mut().unwrap().pop();
     assert_eq!(&undone, pod_spec(&default));
     assert_eq!(pod_spec(&default)["hostPID"], Yaml::Null);
 }
