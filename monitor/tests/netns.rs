@@ -21,7 +21,7 @@ use std::{
 
 use common::{
     container::{Container, ListeningNamespaces},
-    daemon::{Daemon, http_get},
+    daemon::{Daemon, http_get, read_json_lines},
     host::{rss_bytes, thread_caps},
     lab::{backlog_listener, netstat, read_sysctl, write_sysctl},
     prometheus::series_value,
@@ -527,4 +527,61 @@ fn a_containers_tcpext_counters_and_posture_are_its_own_and_go_with_it() {
 fn ip(args: &[&str]) {
     let status = Command::new("ip").args(args).status().unwrap();
     assert!(status.success(), "ip {args:?}: {status}");
+}
+
+/// A container's listener that never accepts: once a connection has waited the limit in its
+/// accept queue, the event log says so, naming the container; and again when it recovers.
+#[test]
+fn a_containers_listener_that_never_accepts_is_reported_unresponsive_naming_it() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let args = [
+        "--netns",
+        "all",
+        "--unresponsive-after",
+        "1",
+        "--event-log",
+        events.to_str().unwrap(),
+    ];
+    let daemon = Daemon::start(&lab, &lab.server_ns, dir.path(), &args);
+    let serving = wait_for(Duration::from_secs(30), || daemon.scrape(&lab).is_some());
+    assert!(serving, "no /metrics:\n{}", daemon.log());
+    let container = Container::create();
+    let listener = lab.run_in(&container.ns, || {
+        TcpListener::bind(("127.0.0.1", PORT)).unwrap()
+    });
+    let waiting = lab.run_in(&container.ns, || {
+        TcpStream::connect(("127.0.0.1", PORT)).unwrap()
+    });
+    let inode = container.inode();
+    let line = |kind: &str| {
+        read_json_lines(&events)
+            .into_iter()
+            .find(|line| line["kind"] == kind && line["netns"]["inode"] == inode)
+    };
+    let reported = wait_for(Duration::from_secs(15), || {
+        line("listener_unresponsive").is_some()
+    });
+    assert!(
+        reported,
+        "no listener_unresponsive for {inode}:\n{}",
+        daemon.log()
+    );
+    let event = line("listener_unresponsive").unwrap();
+    assert_eq!(event["port"], PORT);
+    assert_eq!(event["accept_queue"], 1, "{event}");
+    assert_eq!(event["netns"]["container"], &container.id[..12], "{event}");
+
+    drop(listener.accept().unwrap());
+    let recovered = wait_for(Duration::from_secs(10), || {
+        line("listener_recovered").is_some()
+    });
+    assert!(
+        recovered,
+        "no listener_recovered for {inode}:\n{}",
+        daemon.log()
+    );
+    drop(waiting);
+    daemon.stop();
 }

@@ -406,6 +406,9 @@ pub struct ListenerEvent {
     pub syn_queue: u32,
     pub oldest_wait_seconds: f64,
     pub owner: Owner,
+    /// The listener's network namespace, if not the daemon's (`--netns all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NetnsReport>,
 }
 
 impl ListenerEvent {
@@ -586,6 +589,9 @@ impl SocketTableReader {
             None => namespaces::Found::default(),
         };
         listeners.append(&mut others.listeners);
+        for (kind, report) in &others.changed {
+            self.write_other_event(kind, report);
+        }
         let names = &mut self.names.processes;
         names
             .retain(|inode, _| snapshot.drops.contains_key(inode) || others.inodes.contains(inode));
@@ -725,7 +731,7 @@ impl SocketTableReader {
         waited: Duration,
         owner: &Owner,
     ) {
-        let event = ListenerEvent {
+        self.write_listener_event(ListenerEvent {
             time: self.clock.rfc3339(monotonic_ns()),
             kind,
             port: number,
@@ -735,10 +741,34 @@ impl SocketTableReader {
             syn_queue: port.syn_queue,
             oldest_wait_seconds: waited.as_secs_f64(),
             owner: owner.clone(),
-        };
+            netns: None,
+        });
+    }
+
+    /// [`Self::write_event`] for a listener of another namespace.
+    fn write_other_event(&self, kind: &'static str, report: &ListenerReport) {
+        self.write_listener_event(ListenerEvent {
+            time: self.clock.rfc3339(monotonic_ns()),
+            kind,
+            port: report.port,
+            addresses: report.addresses.clone(),
+            accept_queue: report.accept_queue,
+            accept_queue_max: report.accept_queue_max,
+            syn_queue: report.syn_queue,
+            oldest_wait_seconds: report.oldest_wait_seconds,
+            owner: report.owner.clone(),
+            netns: report.netns.clone(),
+        });
+    }
+
+    fn write_listener_event(&self, event: ListenerEvent) {
+        let owner = &event.owner;
+        let netns = event.netns.as_ref().map(|netns| netns.inode);
         log::warn!(
-            "{kind}: port {number}, {} waiting in the accept queue (backlog {}), oldest {:.1} s; \
-             uid {} cgroup {:?} processes {:?}",
+            "{}: port {} (network namespace {netns:?}), {} waiting in the accept queue \
+             (backlog {}), oldest {:.1} s; uid {} cgroup {:?} processes {:?}",
+            event.kind,
+            event.port,
             event.accept_queue,
             event.accept_queue_max,
             event.oldest_wait_seconds,

@@ -25,7 +25,7 @@
 //! `seqwatch_netns_unfollowed`), [`MAX_PORTS_PER_NAMESPACE`] port labels in each.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs::File,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
@@ -33,7 +33,9 @@ use std::{
 
 use prometheus::{IntCounter, IntGauge, IntGaugeVec};
 
-use super::{ListenerReport, Names, OwnerKey, OwnerTotals, QueueGauges, Snapshot, WaitClock};
+use super::{
+    ListenerEvent, ListenerReport, Names, OwnerKey, OwnerTotals, QueueGauges, Snapshot, WaitClock,
+};
 use crate::{
     export::{
         labels::{
@@ -151,6 +153,8 @@ struct Followed {
     ports: PortLabels,
     /// Whether the kernel's count of its listeners per port was given the first dump's.
     seeded: bool,
+    /// Its ports that are unresponsive.
+    unresponsive: BTreeSet<u16>,
     /// Its request sockets (and, while an accept queue holds any, its waiting connections)
     /// as last read, and when they are read again unless something calls for it sooner.
     handshakes: Vec<TcpSocket>,
@@ -166,6 +170,9 @@ pub(super) struct Found {
     pub(super) owners: HashMap<OwnerKey, OwnerTotals>,
     /// Every listener's socket inode, for the processes' cache.
     pub(super) inodes: HashSet<u32>,
+    /// Listeners that became unresponsive ([`super::ListenerEvent::UNRESPONSIVE`]) or
+    /// recovered, for the event log.
+    pub(super) changed: Vec<(&'static str, ListenerReport)>,
 }
 
 /// The namespaces followed and their state.
@@ -426,6 +433,7 @@ impl Followed {
             waits: WaitClock::default(),
             ports: PortLabels::at_most(MAX_PORTS_PER_NAMESPACE),
             seeded: false,
+            unresponsive: BTreeSet::new(),
             handshakes: Vec::new(),
             handshakes_due: Instant::now(),
             listening: (Vec::new(), 0),
@@ -483,6 +491,8 @@ impl Followed {
     ) {
         let netns = NetnsReport::new(self.inode, &self.identity);
         self.ports.retain(&snapshot.ports);
+        self.unresponsive
+            .retain(|port| snapshot.ports.contains_key(port));
         let oldest = self.waits.update(&snapshot.waiting, now);
         for (&number, port) in &snapshot.ports {
             let port_label = self.ports.label(number);
@@ -496,7 +506,7 @@ impl Followed {
                 .map(|inode| u64::from(snapshot.drops.get(inode).copied().unwrap_or_default()))
                 .sum();
             found.inodes.extend(&port.inodes);
-            found.listeners.push(ListenerReport {
+            let report = ListenerReport {
                 port: number,
                 addresses: port.addresses.iter().copied().collect(),
                 accept_queue: port.accept_queue,
@@ -508,7 +518,20 @@ impl Followed {
                 owner: names.owner(port.uid, port.cgroup_id, &port.inodes, false),
                 handshakes: Default::default(),
                 netns: Some(netns.clone()),
-            });
+            };
+            let changed = if unresponsive {
+                self.unresponsive.insert(number)
+            } else {
+                self.unresponsive.remove(&number)
+            };
+            if changed {
+                let kind = match unresponsive {
+                    true => ListenerEvent::UNRESPONSIVE,
+                    false => ListenerEvent::RECOVERED,
+                };
+                found.changed.push((kind, report.clone()));
+            }
+            found.listeners.push(report);
         }
         // Its other sockets are not read: its owners hold its listeners.
         for (key, totals) in snapshot.owners.iter().filter(|(_, t)| t.listeners > 0) {
