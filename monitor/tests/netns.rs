@@ -585,3 +585,32 @@ fn a_containers_listener_that_never_accepts_is_reported_unresponsive_naming_it()
     drop(waiting);
     daemon.stop();
 }
+
+/// `--netns-only NAME`: of two named namespaces with a listener each, only the one named is
+/// followed; no other namespace of the host is.
+#[test]
+fn netns_only_follows_the_namespaces_named_and_no_other() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let namespaces = ListeningNamespaces::create(&lab, 2, PORT);
+    let (named, other) = (&namespaces.names[0], &namespaces.names[1]);
+    let inode = |name: &str| std::fs::metadata(Lab::netns_path(name)).unwrap().ino();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--netns", "all", "--netns-only", named.as_str()];
+    let daemon = Daemon::start(&lab, &lab.server_ns, dir.path(), &args);
+    let label = |name: &str| format!("netns=\"{}\"", inode(name));
+    let backlog = |metrics: &str, name: &str| {
+        let labels = [label(name), format!("port=\"{PORT}\"")];
+        series(metrics, "seqwatch_netns_listener_accept_queue_max", &labels).len()
+    };
+    let exported = wait_for(Duration::from_secs(15), || {
+        daemon
+            .scrape(&lab)
+            .is_some_and(|metrics| backlog(&metrics, named) == 1)
+    });
+    let metrics = daemon.metrics(&lab);
+    assert!(exported, "{named}:\n{}", netns_series(&metrics));
+    assert!(!metrics.contains(&label(other)), "{other} is not named");
+    let followed = series_value(&metrics, "seqwatch_netns_followed");
+    assert_eq!(followed, Some(1.0), "{}", netns_series(&metrics));
+    daemon.stop();
+}

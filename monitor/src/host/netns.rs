@@ -19,7 +19,8 @@ use serde::Serialize;
 const MAX_PROCESSES: usize = 65_536;
 /// Processes remembered per namespace, to find its owner's cgroup from.
 const MAX_PIDS_PER_NAMESPACE: usize = 8;
-const NAMED_NAMESPACES: &str = "/run/netns";
+/// Where `ip netns add` (and some container runtimes) bind-mount named namespaces.
+pub const NAMED_NAMESPACES: &str = "/run/netns";
 
 /// A network namespace as the kernel numbers it: its nsfs inode.
 pub type NetnsInode = u64;

@@ -16,7 +16,7 @@ use std::{
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
 
 pub use file::{ConfigError, ConfigFile};
-pub use value::{Directions, Flag, NetnsMode, PortList, Setting, Value, flag};
+pub use value::{Directions, Flag, NameList, NetnsMode, PortList, Setting, Value, flag};
 
 use crate::kernel::AttachMode;
 
@@ -210,6 +210,15 @@ pub static NETNS: Setting<NetnsMode> = Setting {
     allowed: (),
 };
 
+pub static NETNS_ONLY: Setting<NameList> = Setting {
+    key: "netns_only",
+    flag: flag("netns-only", "NAME,…"),
+    help: "With --netns all, follow only the namespaces named so: by their /run/netns name, \
+           their container's name or short ID, or their pod's name (empty: every one)",
+    default: NameList(Vec::new()),
+    allowed: (),
+};
+
 pub static WEB_CONFIG: Setting<Option<PathBuf>> = Setting {
     key: "web_config",
     flag: flag("web-config", "FILE"),
@@ -263,6 +272,7 @@ settings! {
     anomaly_window: u64 = ANOMALY_WINDOW,
     unresponsive_after: u64 = UNRESPONSIVE_AFTER,
     netns: NetnsMode = NETNS,
+    netns_only: NameList = NETNS_ONLY,
     tls_ports: PortList = TLS_PORTS,
     tls_detect_hello: bool = TLS_DETECT_HELLO,
     tls_log_prefix: bool = TLS_LOG_PREFIX,

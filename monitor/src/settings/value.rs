@@ -338,6 +338,55 @@ fn names<T: ValueEnum>() -> Vec<String> {
         .collect()
 }
 
+/// Names: `web,db` on the command line (empty: none), an array in the file; each 1 to
+/// [`MAX_NAME`] characters, at most [`MAX_NAMES`] of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameList(pub Vec<String>);
+
+/// The longest name of a [`NameList`], and how many it holds.
+const MAX_NAME: usize = 253;
+const MAX_NAMES: usize = 256;
+
+impl Value for NameList {
+    type Allowed = ();
+
+    fn check(&self, (): &()) -> Result<(), String> {
+        if self.0.len() > MAX_NAMES {
+            return Err(format!("{} names: at most {MAX_NAMES}", self.0.len()));
+        }
+        match self
+            .0
+            .iter()
+            .find(|name| name.is_empty() || name.len() > MAX_NAME)
+        {
+            Some(name) => Err(format!("{name:?}: a name has 1 to {MAX_NAME} characters")),
+            None => Ok(()),
+        }
+    }
+
+    fn describe((): &()) -> Option<String> {
+        Some("names; empty: none".to_owned())
+    }
+
+    fn parse_flag(text: &str, (): &()) -> Result<Self, String> {
+        let names = text
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty());
+        let list = NameList(names.map(str::to_owned).collect());
+        list.check(&()).map(|()| list)
+    }
+
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        deserialize(value).map(NameList)
+    }
+
+    fn to_toml(&self) -> Option<String> {
+        let names: Vec<String> = self.0.iter().map(|name| format!("{name:?}")).collect();
+        Some(format!("[{}]", names.join(", ")))
+    }
+}
+
 /// A list of TCP ports: `443,8443` on the command line (empty: no port), an array in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortList(pub Vec<u16>);

@@ -89,6 +89,8 @@ pub struct Listeners {
     synacks_sent: bool,
     /// `--netns all`: the other namespaces are followed too.
     other_namespaces: bool,
+    /// `--netns-only`.
+    netns_only: Vec<String>,
 }
 
 impl Listeners {
@@ -100,6 +102,7 @@ impl Listeners {
             syns_received: settings.direction != Directions::Egress,
             synacks_sent: settings.direction != Directions::Ingress,
             other_namespaces,
+            netns_only: settings.netns_only.0.clone(),
         })
     }
 }
@@ -150,6 +153,7 @@ impl Detector for Listeners {
                 self.metrics.dump_failures.clone(),
                 ctx.shared.namespaces.clone(),
                 ctx.shared.policy.clone(),
+                self.netns_only,
             )?),
             _ => None,
         };

@@ -187,6 +187,8 @@ pub(super) struct OtherNamespaces {
     own_addresses: AddressSocket,
     /// Their listeners earn their services labels, as this namespace's do.
     policy: SharedPolicy,
+    /// `--netns-only`: the names of the only namespaces followed; empty: every one.
+    only: Vec<String>,
     followed: BTreeMap<NetnsInode, Followed>,
     runtime_names: RuntimeNames,
     scanned: Option<Instant>,
@@ -199,6 +201,7 @@ impl OtherNamespaces {
         dump_failures: IntCounter,
         shared: FollowedNamespaces,
         policy: SharedPolicy,
+        only: Vec<String>,
     ) -> anyhow::Result<Self> {
         Ok(OtherNamespaces {
             own: netns::own()?,
@@ -208,6 +211,7 @@ impl OtherNamespaces {
             shared,
             own_addresses: AddressSocket::open()?,
             policy,
+            only,
             followed: BTreeMap::new(),
             runtime_names: RuntimeNames::new(StateRoots::host()),
             scanned: None,
@@ -307,6 +311,11 @@ impl OtherNamespaces {
                 }
                 continue;
             }
+            let mut identity = netns::identify(&seen.pids);
+            self.runtime_names.name(&mut identity);
+            if !wanted(&self.only, &seen.path, &identity) {
+                continue;
+            }
             if self.followed.len() >= self.max_followed {
                 unfollowed += 1;
                 continue;
@@ -314,8 +323,6 @@ impl OtherNamespaces {
             match open_in(&seen.path, *inode) {
                 Ok(opened) => {
                     let pids = std::mem::take(&mut seen.pids);
-                    let mut identity = netns::identify(&pids);
-                    self.runtime_names.name(&mut identity);
                     log::info!("following network namespace {inode}: {identity:?}");
                     self.shared.follow(*inode, &identity);
                     let followed = Followed::new(*inode, opened, &self.metrics, pids, identity);
@@ -350,6 +357,26 @@ impl OtherNamespaces {
                 .set(1);
         }
     }
+}
+
+/// Whether `--netns-only` lets a namespace be followed: by its /run/netns name (its `path`),
+/// its container's name or short ID, or its pod's name.
+fn wanted(only: &[String], path: &std::path::Path, identity: &Identity) -> bool {
+    if only.is_empty() {
+        return true;
+    }
+    let bind_mount = path
+        .strip_prefix(netns::NAMED_NAMESPACES)
+        .ok()
+        .and_then(|name| name.to_str());
+    let names = [
+        bind_mount,
+        identity.container_name.as_deref(),
+        identity.container.as_deref(),
+        identity.pod_name.as_deref(),
+    ];
+    let named = |name: &str| only.iter().any(|wanted| wanted == name);
+    names.into_iter().flatten().any(named)
 }
 
 /// The services a namespace's listeners serve, at most [`MAX_OTHER_LISTENERS`]: each listening
@@ -576,7 +603,7 @@ mod tests {
         let shared = FollowedNamespaces::default();
         let policy = LabelPolicy::fixed(16, &[], &[]);
         let mut namespaces =
-            OtherNamespaces::new(metrics.clone(), failures, shared, policy).unwrap();
+            OtherNamespaces::new(metrics.clone(), failures, shared, policy, Vec::new()).unwrap();
         namespaces.max_followed = 2;
         namespaces.rescan();
         let followed = namespaces.followed.len();
