@@ -614,3 +614,67 @@ fn netns_only_follows_the_namespaces_named_and_no_other() {
     assert_eq!(followed, Some(1.0), "{}", netns_series(&metrics));
     daemon.stop();
 }
+
+/// Two containers on a bridge of the daemon's namespace (as Docker's and podman's default
+/// networks are): a connection from one to the other's service is bridged, never routed, and
+/// the daemon samples its SYN-ACK where it leaves by the bridge port, and names the service's
+/// container in `/api/v1/services`.
+#[test]
+fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let host = lab.server_ns.as_str();
+    ip(&["-n", host, "link", "add", "swbr0", "type", "bridge"]);
+    ip(&["-n", host, "link", "set", "swbr0", "up"]);
+    let containers = [Container::create(), Container::create()];
+    for (n, container) in containers.iter().enumerate() {
+        let port = format!("swbp{n}");
+        let address = format!("10.77.0.{}/24", n + 1);
+        let ns = container.ns.as_str();
+        ip(&[
+            "-n", host, "link", "add", &port, "type", "veth", "peer", "eth0", "netns", ns,
+        ]);
+        ip(&["-n", host, "link", "set", &port, "master", "swbr0", "up"]);
+        ip(&["-n", ns, "addr", "add", &address, "dev", "eth0"]);
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(&lab, host, dir.path(), &["--netns", "all"]);
+    daemon.wait_attached(&lab, "swbp0", "egress");
+    let [client, server] = &containers;
+    let service = SocketAddr::from(([10, 77, 0, 2], PORT));
+    let listener = lab.run_in(&server.ns, || TcpListener::bind(service).unwrap());
+    // Followed (and its addresses read) before the handshakes, so that they are named.
+    let followed = wait_for(Duration::from_secs(10), || {
+        let metrics = daemon.scrape(&lab).unwrap_or_default();
+        let label = format!("netns=\"{}\"", server.inode());
+        series(
+            &metrics,
+            "seqwatch_netns_listener_accept_queue_max",
+            &[label],
+        )
+        .len()
+            == 1
+    });
+    assert!(followed, "{}", daemon.log());
+    lab.run_in(&client.ns, || {
+        for _ in 0..4 {
+            let stream = TcpStream::connect_timeout(&service, Duration::from_secs(5));
+            drop((stream.unwrap(), listener.accept().unwrap()));
+        }
+    });
+    let mut report = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), || {
+        let services = http_get(&lab, host, "/api/v1/services").unwrap_or_default();
+        let services: serde_json::Value = serde_json::from_str(&services).unwrap_or_default();
+        let found = services["services"].as_array().and_then(|all| {
+            let this = all.iter().find(|s| s["service"] == service.to_string());
+            this.cloned()
+        });
+        report = found.unwrap_or_default();
+        report["samples"] == 4
+    });
+    assert_eq!(report["samples"], 4, "{report}\n{}", daemon.log());
+    assert_eq!(report["netns"]["inode"], server.inode(), "{report}");
+    assert_eq!(report["netns"]["container"], &server.id[..12], "{report}");
+    daemon.stop();
+}
