@@ -475,8 +475,7 @@ const GENUINE: u64 = 40;
 /// The report's "samples" and "verdict" as the scorer published them.
 type Report = (u64, String);
 
-/// A daemon in `ns`, `--direction` `direction`, waiting for its ingress classifier on each of
-/// `interfaces` (egress is attached before it).
+/// A daemon in `ns`, `--direction` `direction` on `interfaces`.
 fn start_daemon(
     lab: &Lab,
     ns: &str,
@@ -484,15 +483,7 @@ fn start_daemon(
     direction: &str,
     interfaces: &[&str],
 ) -> Daemon {
-    let mut args = vec!["--direction", direction];
-    for interface in interfaces {
-        args.extend(["--interface", interface]);
-    }
-    let mut daemon = Daemon::start(lab, ns, dir, &args);
-    for interface in interfaces {
-        daemon.wait_attached(lab, interface, "ingress");
-    }
-    daemon
+    Daemon::with_ingress_on(lab, (ns, dir), (direction, interfaces), &[])
 }
 
 /// The service's latest report, once it has one.

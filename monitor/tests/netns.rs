@@ -21,7 +21,7 @@ use std::{
 
 use common::{
     container::{Container, ListeningNamespaces},
-    daemon::{Daemon, http_get, read_json_lines},
+    daemon::{Daemon, listed_owner, read_json_lines, service_report},
     host::{rss_bytes, thread_caps},
     lab::{backlog_listener, netstat, read_sysctl, write_sysctl},
     prometheus::series_value,
@@ -139,14 +139,8 @@ fn a_containers_listener_is_watched_named_by_its_container_and_forgotten_with_it
     assert!(named[0].ends_with(" 1"), "{named:?}");
 
     let (lab, inode) = (&scene.lab, scene.container.inode());
-    let owners = http_get(lab, &lab.server_ns, "/api/v1/owners").unwrap();
-    let owners: serde_json::Value = serde_json::from_str(&owners).unwrap();
-    let listed = owners["listeners"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["port"] == PORT && l["netns"]["inode"] == inode)
-        .unwrap_or_else(|| panic!("the container's listener in /api/v1/owners: {owners}"));
+    let listed = listed_owner(lab, &lab.server_ns, PORT, inode)
+        .expect("the container's listener in /api/v1/owners");
     let short_id = &scene.container.id[..12];
     assert_eq!(listed["netns"]["container"], short_id, "{listed}");
 
@@ -330,14 +324,8 @@ fn a_podman_containers_listener_is_named_by_its_podman_name_and_forgotten_with_i
         daemon.log()
     );
 
-    let owners = http_get(&lab, &lab.server_ns, "/api/v1/owners").unwrap();
-    let owners: serde_json::Value = serde_json::from_str(&owners).unwrap();
-    let listed = owners["listeners"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["port"] == PORT && l["netns"]["inode"] == inode)
-        .unwrap_or_else(|| panic!("the container's listener in /api/v1/owners: {owners}"));
+    let listed = listed_owner(&lab, &lab.server_ns, PORT, inode)
+        .expect("the container's listener in /api/v1/owners");
     assert_eq!(listed["netns"]["container"], container.id[..12], "{listed}");
     assert_eq!(
         listed["netns"]["container_name"], container.name,
@@ -664,13 +652,7 @@ fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
     });
     let mut report = serde_json::Value::Null;
     wait_for(Duration::from_secs(10), || {
-        let services = http_get(&lab, host, "/api/v1/services").unwrap_or_default();
-        let services: serde_json::Value = serde_json::from_str(&services).unwrap_or_default();
-        let found = services["services"].as_array().and_then(|all| {
-            let this = all.iter().find(|s| s["service"] == service.to_string());
-            this.cloned()
-        });
-        report = found.unwrap_or_default();
+        report = service_report(&lab, host, service).unwrap_or_default();
         report["samples"] == 4
     });
     assert_eq!(report["samples"], 4, "{report}\n{}", daemon.log());

@@ -17,8 +17,8 @@ use std::{
 use common::{
     container::ContainerCgroup,
     daemon::{
-        Daemon, MonitoredLab, assert_tcp_event_programs_attached, http_get, read_json_lines,
-        sampled_server_isn, start_both_directions,
+        Daemon, MonitoredLab, assert_tcp_event_programs_attached, listed_owner, read_json_lines,
+        sampled_server_isn, service_report, start_both_directions,
     },
     lab::{
         OnceServer, connect_many, ip, listen, route_spoofed, send_crafted, serve_once_then_exit,
@@ -487,22 +487,10 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let (towards_client, towards_server) = (router.client_if.as_str(), router.server_if.as_str());
-    let args = [
-        "--direction",
-        "both",
-        "--interface",
-        towards_client,
-        "--interface",
-        towards_server,
-        "--event-log",
-        events.to_str().unwrap(),
-        "--netns",
-        "all",
-    ];
-    let mut daemon = Daemon::start(&lab, &router.ns, dir.path(), &args);
-    for interface in [towards_client, towards_server] {
-        daemon.wait_attached(&lab, interface, "ingress");
-    }
+    let flags = ["--event-log", events.to_str().unwrap(), "--netns", "all"];
+    let interfaces = [towards_client, towards_server];
+    let place = (router.ns.as_str(), dir.path());
+    let daemon = Daemon::with_ingress_on(&lab, place, ("both", &interfaces), &flags);
     // The server's answers to the spoofed client leave the router for the client's MAC
     // address, and the client namespace drops them.
     let crafter = Crafter::client_to_server(&lab).unwrap();
@@ -609,27 +597,14 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
     let wildcard = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), CLOSED_PORT);
     listen(&lab, &lab.server_ns, wildcard);
     let seen = wait_for(Duration::from_secs(5), || {
-        let owners = http_get(&lab, &router.ns, "/api/v1/owners").unwrap_or_default();
-        let owners: serde_json::Value = serde_json::from_str(&owners).unwrap_or_default();
-        owners["listeners"].as_array().is_some_and(|listeners| {
-            listeners
-                .iter()
-                .any(|l| l["port"] == CLOSED_PORT && l["netns"]["inode"] == inode)
-        })
+        listed_owner(&lab, &router.ns, CLOSED_PORT, inode).is_some()
     });
     assert!(seen, "the container's second listener:\n{}", daemon.log());
     let other = SocketAddr::new(own.into(), CLOSED_PORT);
     connect_many(&lab, &lab.client_ns, other, 4);
     let mut report = serde_json::Value::Null;
     wait_for(Duration::from_secs(10), || {
-        let services = http_get(&lab, &router.ns, "/api/v1/services").unwrap_or_default();
-        let services: serde_json::Value = serde_json::from_str(&services).unwrap_or_default();
-        let found = services["services"].as_array().and_then(|all| {
-            all.iter()
-                .find(|s| s["service"] == other.to_string())
-                .cloned()
-        });
-        report = found.unwrap_or_default();
+        report = service_report(&lab, &router.ns, other).unwrap_or_default();
         !report.is_null()
     });
     assert_eq!(report["netns"]["inode"], inode, "{report}");

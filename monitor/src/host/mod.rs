@@ -4,6 +4,7 @@
 //! interfaces' addresses.
 
 pub mod interface_addresses;
+pub mod netlink;
 pub mod netns;
 pub mod netstat;
 pub mod posture;

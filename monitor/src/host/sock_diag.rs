@@ -7,18 +7,15 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, Nla as _};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
-use netlink_sys::{
-    Socket as NetlinkSocket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG,
-};
+use netlink_sys::{Socket as NetlinkSocket, protocols::NETLINK_SOCK_DIAG};
+
+use super::netlink;
 
 /// `TCP_NEW_SYN_RECV` (include/net/tcp_states.h): request sockets, dumped as SYN_RECV.
 const TCP_NEW_SYN_RECV: u32 = 12;
@@ -78,12 +75,7 @@ pub struct DiagSocket(NetlinkSocket);
 impl DiagSocket {
     /// A socket of the calling thread's network namespace.
     pub fn open() -> anyhow::Result<DiagSocket> {
-        let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG).context("sock_diag socket")?;
-        socket.bind_auto().context("binding the sock_diag socket")?;
-        socket
-            .connect(&NetlinkAddr::new(0, 0))
-            .context("connecting the sock_diag socket")?;
-        Ok(DiagSocket(socket))
+        netlink::open(NETLINK_SOCK_DIAG, "sock_diag").map(DiagSocket)
     }
 
     /// Every TCP socket of the socket's namespace, as [`dump_tcp`]. After an error, what is
@@ -125,30 +117,23 @@ impl DiagSocket {
 }
 
 fn request(socket: &NetlinkSocket, family: u8, states: StateFlags) -> anyhow::Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut packet = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::SKMEMINFO,
-            states,
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut buffer = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buffer);
-    socket
-        .send(&buffer, 0)
-        .context("sending the sock_diag dump request")?;
-    Ok(())
+    let request = SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol: IPPROTO_TCP,
+        extensions: ExtensionFlags::SKMEMINFO,
+        states,
+        socket_id: if family == AF_INET {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        },
+    });
+    netlink::send(
+        socket,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        request,
+        "the sock_diag dump request",
+    )
 }
 
 /// Reads the dump's messages up to NLMSG_DONE.
@@ -157,31 +142,11 @@ fn receive(
     buffer: &mut Vec<u8>,
     sockets: &mut Vec<TcpSocket>,
 ) -> anyhow::Result<()> {
-    loop {
-        buffer.clear();
-        let size = socket
-            .recv(buffer, 0)
-            .context("reading the sock_diag dump")?
-            .min(buffer.len());
-        let mut offset = 0;
-        while offset < size {
-            let message = <NetlinkMessage<SockDiagMessage>>::deserialize(&buffer[offset..size])
-                .context("decoding a sock_diag message")?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    sockets.push(TcpSocket::from_response(&response));
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(err) => anyhow::bail!("sock_diag dump failed: {err:?}"),
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+    netlink::receive(socket, buffer, "the sock_diag dump", |message| {
+        if let SockDiagMessage::InetResponse(response) = message {
+            sockets.push(TcpSocket::from_response(&response));
         }
-    }
+    })
 }
 
 impl TcpSocket {

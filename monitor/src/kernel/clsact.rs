@@ -32,15 +32,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::programs::tc::{self, NlOptions, TcError};
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcAttribute, TcFilterBpf, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption},
 };
-use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::protocols::NETLINK_ROUTE;
 use seqwatch_common::Direction;
+
+use crate::host::netlink;
 
 /// The priority of every seqwatch filter: a fixed one, so that its filters are recognised
 /// (tc shows it as `pref 1516`). Low, so that they run before filters added with tc's default
@@ -457,48 +457,20 @@ fn tc_message(ifindex: u32, parent: TcHandle, info: u32) -> TcMessage {
 /// Sends one rtnetlink request and collects the replies: a dump's messages up to
 /// NLMSG_DONE, or, for anything else, what the kernel echoes up to its acknowledgement.
 fn exchange(message: RouteNetlinkMessage, dump: bool) -> anyhow::Result<Vec<RouteNetlinkMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE).context("rtnetlink socket")?;
-    socket.bind_auto().context("binding the rtnetlink socket")?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .context("connecting the rtnetlink socket")?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST
+    let socket = netlink::open(NETLINK_ROUTE, "rtnetlink")?;
+    let flags = NLM_F_REQUEST
         | if dump {
             NLM_F_DUMP
         } else {
             NLM_F_ACK | NLM_F_ECHO
         };
-    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
-    packet.finalize();
-    let mut buffer = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buffer);
-    socket.send(&buffer, 0).context("sending to rtnetlink")?;
+    netlink::send(&socket, flags, message, "an rtnetlink request")?;
     let mut replies = Vec::new();
-    let mut buffer = vec![0; 64 << 10];
-    loop {
-        let size = socket
-            .recv(&mut &mut buffer[..], 0)
-            .context("reading from rtnetlink")?;
-        let mut offset = 0;
-        while offset < size {
-            let reply = <NetlinkMessage<RouteNetlinkMessage>>::deserialize(&buffer[offset..size])
-                .context("decoding an rtnetlink message")?;
-            let length = reply.header.length as usize;
-            match reply.payload {
-                NetlinkPayload::InnerMessage(inner) => replies.push(inner),
-                NetlinkPayload::Done(_) => return Ok(replies),
-                // An acknowledgement is an error message without a code.
-                NetlinkPayload::Error(err) if err.code.is_none() => return Ok(replies),
-                NetlinkPayload::Error(err) => return Err(err.to_io().into()),
-                _ => {}
-            }
-            if length == 0 {
-                bail!("an rtnetlink message of length 0");
-            }
-            offset += length;
-        }
-    }
+    let mut buffer = Vec::new();
+    netlink::receive(&socket, &mut buffer, "rtnetlink", |reply| {
+        replies.push(reply)
+    })?;
+    Ok(replies)
 }
 
 #[cfg(test)]

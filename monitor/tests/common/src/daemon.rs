@@ -54,6 +54,27 @@ impl Daemon {
         Self::spawn(lab, ns, dir, listen, &[], args)
     }
 
+    /// A daemon in `ns` (writing in `dir`), `--direction` `direction` (ingress or both) on
+    /// `interfaces`, with more `seqwatch run` flags; returns once its ingress classifier is
+    /// attached to each (egress is attached before it).
+    pub fn with_ingress_on(
+        lab: &Lab,
+        (ns, dir): (&str, &Path),
+        (direction, interfaces): (&str, &[&str]),
+        flags: &[&str],
+    ) -> Daemon {
+        let mut args = vec!["--direction", direction];
+        for interface in interfaces {
+            args.extend(["--interface", interface]);
+        }
+        args.extend_from_slice(flags);
+        let mut daemon = Daemon::start(lab, ns, dir, &args);
+        for interface in interfaces {
+            daemon.wait_attached(lab, interface, "ingress");
+        }
+        daemon
+    }
+
     /// The daemon on the lab server's veth with more `seqwatch run` flags; returns once the
     /// egress classifier is attached (the only one unless the flags add a direction).
     pub fn on_server_egress(lab: &Lab, dir: &Path, flags: &[&str]) -> Daemon {
@@ -267,6 +288,28 @@ pub fn scrape(lab: &Lab, ns: &str) -> Option<String> {
 
 pub fn http_get(lab: &Lab, ns: &str, path: &str) -> Option<String> {
     http_get_from(lab, ns, METRICS_ADDR, path)
+}
+
+/// The listener on `port` of the network namespace `inode` (not the daemon's) in
+/// `/api/v1/owners`, if listed.
+pub fn listed_owner(lab: &Lab, ns: &str, port: u16, inode: u64) -> Option<serde_json::Value> {
+    let owners: serde_json::Value =
+        serde_json::from_str(&http_get(lab, ns, "/api/v1/owners")?).ok()?;
+    let listeners = owners["listeners"].as_array()?;
+    let listed = listeners
+        .iter()
+        .find(|l| l["port"] == port && l["netns"]["inode"] == inode);
+    listed.cloned()
+}
+
+/// The report of `service` in `/api/v1/services`, if it has one.
+pub fn service_report(lab: &Lab, ns: &str, service: SocketAddr) -> Option<serde_json::Value> {
+    let body = http_get(lab, ns, "/api/v1/services")?;
+    let services: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let all = services["services"].as_array()?;
+    all.iter()
+        .find(|s| s["service"] == service.to_string())
+        .cloned()
 }
 
 /// GET `http://{addr}{path}` from inside `ns`: None on any error or a non-2xx status.
