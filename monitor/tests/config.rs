@@ -774,3 +774,22 @@ fn the_event_log_size_merges_and_is_range_checked() {
         "{error}"
     );
 }
+
+/// `netns_only` means something with `netns = "all"` only: alone, in the file or on the
+/// command line, it is refused with a message that says what it needs.
+#[test]
+fn netns_only_without_netns_all_is_refused() {
+    let (code, message) = check_config("netns_only = [\"web\"]\n");
+    assert_eq!(code, 2, "{message}");
+    assert!(message.contains("netns_only (web)"), "{message}");
+    assert!(message.contains("needs netns = \"all\""), "{message}");
+    assert_eq!(
+        check_config("netns = \"all\"\nnetns_only = [\"web\"]\n").0,
+        0
+    );
+
+    let refused = merged(&["--netns-only", "web,db"]).unwrap_err();
+    assert!(refused.0.contains("netns_only (web, db)"), "{}", refused.0);
+    let accepted = merged(&["--netns", "all", "--netns-only", "web,db"]).unwrap();
+    assert_eq!(accepted.netns_only.0, ["web", "db"]);
+}

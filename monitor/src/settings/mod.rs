@@ -381,12 +381,29 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         }
     }
     Settings::visit(&mut FlagValues(&args.matches, &mut settings));
+    settings.check_together()?;
     Ok(settings)
 }
 
 /// Checks a configuration file (`seqwatch check-config`).
 pub fn check_file(path: &std::path::Path) -> Result<(), ConfigError> {
-    ConfigFile::load(path, &mut Settings::default())
+    let mut settings = Settings::default();
+    ConfigFile::load(path, &mut settings)?;
+    settings.check_together()
+}
+
+impl Settings {
+    /// What no single setting's check sees: settings that mean nothing without another.
+    fn check_together(&self) -> Result<(), ConfigError> {
+        if !self.netns_only.0.is_empty() && self.netns != NetnsMode::All {
+            return Err(ConfigError(format!(
+                "netns_only ({}) follows only some of the other network namespaces: it needs \
+                 netns = \"all\" (--netns all)",
+                self.netns_only.0.join(", ")
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The table of docs/config.md: every setting's key, flag, values, default and meaning.
