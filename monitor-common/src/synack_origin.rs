@@ -17,3 +17,15 @@ pub const RECORD_KEY_WORDS: usize = 11;
 pub const fn slot_of(hash: u32) -> u32 {
     hash & (SYN_RECORD_SLOTS - 1)
 }
+
+/// Interfaces at most in `JUDGED_AT_INGRESS`, the interfaces where what comes in is judged by
+/// an ingress classifier: each is one veth of a container on a container host. An interface
+/// past it is not given the ingress sampler (the attacher says so).
+pub const JUDGED_INTERFACES: u32 = 4096;
+
+/// `JUDGED_AT_INGRESS` values: the SYN-ACKs coming in by the interface are judged (sampled or
+/// refused) there, so that a forwarded one is not sampled again where it leaves...
+pub const JUDGES_SYNACKS: u32 = 1;
+/// ...and so are all its TCP segments (the handshake tracker), so that a forwarded one is not
+/// judged again either.
+pub const JUDGES_SEGMENTS: u32 = 2;

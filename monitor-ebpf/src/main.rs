@@ -31,7 +31,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, classifier},
     programs::{BtfTracePointContext, TcContext},
 };
-use seqwatch_common::{Direction, packet::Counter};
+use seqwatch_common::{Direction, packet::Counter, synack_origin::JUDGES_SEGMENTS};
 
 use crate::packet::{Skip, TcpPacket};
 
@@ -83,14 +83,22 @@ fn inspect(ctx: &TcContext, direction: Direction, plain: bool) {
     // SAFETY: parse returned true, so it wrote the whole packet.
     let tcp = unsafe { tcp.assume_init_ref() };
     listener_counts::count_segment(direction, tcp);
+    let judged = match direction {
+        Direction::Egress => synack_origin::judged_on_the_way_in(ctx),
+        Direction::Ingress => 0,
+    };
     if synack::is_synack(tcp.flags) {
-        if synack_origin::admits(ctx, direction, tcp) {
+        if synack_origin::admits(ctx, direction, tcp, judged) {
             synack::emit(ctx, direction, tcp);
         }
     } else if direction == Direction::Egress {
         synack_origin::record_syn(ctx, tcp);
     }
-    handshake::judge(ctx, direction, tcp);
+    // A forwarded segment the tracker judged as it came in would be reported twice, the
+    // second time oriented as if this host had sent it.
+    if judged & JUDGES_SEGMENTS == 0 {
+        handshake::judge(ctx, direction, tcp);
+    }
     tls::observe(ctx, direction, tcp);
 }
 
@@ -131,6 +139,35 @@ fn record_syn(ctx: &TcContext) {
     if parse(ctx, plain, &mut tcp) {
         // SAFETY: parse returned true, so it wrote the whole packet.
         synack_origin::record_syn(ctx, unsafe { tcp.assume_init_ref() });
+    }
+}
+
+/// Ingress on this host's end of another network namespace's veth (`--netns all`): that
+/// namespace's SYN-ACKs, which to a client on this host never leave by an egress hook, are
+/// sampled here when they answer a SYN recorded as it left by the same veth. Nothing else of
+/// the namespace's traffic is looked at: its handshakes and per-port counts are its own.
+#[classifier]
+pub fn synack_from_netns(ctx: TcContext) -> i32 {
+    sample_synack_in(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn sample_synack_in(ctx: &TcContext) {
+    let plain = match packet::plain_tcp(ctx) {
+        Some(None) => return,
+        Some(Some(tcp)) if !synack::is_synack(tcp.flags) => return,
+        Some(Some(_)) => true,
+        None => false,
+    };
+    let mut tcp = MaybeUninit::<TcpPacket>::uninit();
+    if !parse(ctx, plain, &mut tcp) {
+        return;
+    }
+    // SAFETY: parse returned true, so it wrote the whole packet.
+    let tcp = unsafe { tcp.assume_init_ref() };
+    if synack::is_synack(tcp.flags) && synack_origin::admits(ctx, Direction::Ingress, tcp, 0) {
+        synack::emit(ctx, Direction::Ingress, tcp);
     }
 }
 

@@ -16,14 +16,24 @@
 //! "Which SYN-ACKs are trusted").
 //!
 //! Egress SYN-ACKs are this host's own answers and are sampled as before, except, with the
-//! check on, those it forwarded: each came in by an interface, where it was judged.
+//! check on, those it forwarded from an interface where SYN-ACKs are judged on the way in
+//! (`JUDGED_AT_INGRESS`): each was sampled or refused there. One forwarded from an interface
+//! without an ingress sampler is sampled as it leaves, as egress-only sampling does.
 
-use aya_ebpf::{EbpfContext, bindings::__sk_buff, macros::map, maps::Array, programs::TcContext};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::__sk_buff,
+    macros::map,
+    maps::{Array, HashMap},
+    programs::TcContext,
+};
 use seqwatch_common::{
     Direction,
     handshake::{AnomalyKind, jhash},
     packet::Counter,
-    synack_origin::{RECORD_KEY_WORDS, SYN_RECORD_SLOTS, slot_of},
+    synack_origin::{
+        JUDGED_INTERFACES, JUDGES_SYNACKS, RECORD_KEY_WORDS, SYN_RECORD_SLOTS, slot_of,
+    },
 };
 
 use crate::{
@@ -58,16 +68,46 @@ struct SynRecord {
 #[map]
 static SYN_RECORDS: Array<SynRecord> = Array::with_max_entries(SYN_RECORD_SLOTS, 0);
 
-/// Whether the SYN-ACK sampler takes this SYN-ACK. With the check off: egress ones only (an
-/// ingress classifier loaded without it, by a tool, samples nothing). With it on: the egress
-/// ones this host built, and the ingress ones that answer a recorded SYN.
+/// The interfaces (by index) whose ingress classifier judges what comes in, and what it judges
+/// (`JUDGES_SYNACKS`, `JUDGES_SEGMENTS`): written by userspace as it attaches and detaches.
+#[map]
+static JUDGED_AT_INGRESS: HashMap<u32, u32> = HashMap::with_max_entries(JUDGED_INTERFACES, 0);
+
+/// Whether the SYN-ACK sampler takes this SYN-ACK, given what was judged of it on the way in
+/// ([`judged_on_the_way_in`]; 0 on ingress). With the check off: egress ones only (an ingress
+/// classifier loaded without it, by a tool, samples nothing). With it on: the egress ones not
+/// judged on the way in, and the ingress ones that answer a recorded SYN.
 #[inline(always)]
-pub fn admits(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) -> bool {
-    let seed = seed();
+pub fn admits(ctx: &TcContext, direction: Direction, tcp: &TcpPacket, judged: u32) -> bool {
     match direction {
-        Direction::Egress => seed == 0 || built_here(ctx),
-        Direction::Ingress => seed != 0 && answers_a_syn(ctx, tcp, seed),
+        Direction::Egress if judged & JUDGES_SYNACKS != 0 => {
+            packet::count(Counter::SynAcksForwarded);
+            false
+        }
+        Direction::Egress => true,
+        Direction::Ingress => {
+            let seed = seed();
+            seed != 0 && answers_a_syn(ctx, tcp, seed)
+        }
     }
+}
+
+/// What an ingress classifier judged of a packet leaving now: nothing for one this host built,
+/// or one that came in by an interface without it. Always nothing with the check off, which
+/// leaves this out of the programs (see `SYNACK_ORIGIN_SEED`).
+#[inline(always)]
+pub fn judged_on_the_way_in(ctx: &TcContext) -> u32 {
+    if seed() == 0 {
+        return 0;
+    }
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: the context of a TC program is a valid __sk_buff.
+    let came_in_by = unsafe { (*skb).ingress_ifindex };
+    if came_in_by == 0 {
+        return 0;
+    }
+    // SAFETY: a hash map value, read at once.
+    unsafe { JUDGED_AT_INGRESS.get(&came_in_by) }.map_or(0, |&judged| judged)
 }
 
 /// Records a SYN leaving by this interface, while the check is on.
@@ -89,19 +129,6 @@ pub fn is_syn(flags: u8) -> bool {
 fn seed() -> u32 {
     // SAFETY: a static, read in place; volatile, or the compiler would fold in the object's 0.
     unsafe { core::ptr::read_volatile(&raw const SYNACK_ORIGIN_SEED) }
-}
-
-/// An egress SYN-ACK this host's stack built: it never came in by an interface. A forwarded
-/// (or bridged) one carries the index of the one it came in by.
-#[inline(always)]
-fn built_here(ctx: &TcContext) -> bool {
-    let skb = ctx.as_ptr().cast::<__sk_buff>();
-    // SAFETY: the context of a TC program is a valid __sk_buff.
-    let came_in_by = unsafe { (*skb).ingress_ifindex };
-    if came_in_by != 0 {
-        packet::count(Counter::SynAcksForwarded);
-    }
-    came_in_by == 0
 }
 
 /// Keeps the answer the SYN expects, in place of whatever the slot held. Written without

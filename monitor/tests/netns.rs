@@ -23,11 +23,11 @@ use common::{
     container::{Container, ListeningNamespaces},
     daemon::{Daemon, listed_owner, read_json_lines, service_report},
     host::{rss_bytes, thread_caps},
-    lab::{backlog_listener, netstat, read_sysctl, write_sysctl},
+    lab::{backlog_listener, connect_many, netstat, read_sysctl, send_crafted, write_sysctl},
     prometheus::series_value,
     wait_for,
 };
-use seqwatch::lab::{Lab, LabOptions};
+use seqwatch::lab::{Crafter, Lab, LabOptions, flags::*};
 
 const PORT: u16 = 8443;
 /// Namespaces followed at once in the memory bound's test, and the bound (docs/limits.md): the
@@ -658,5 +658,71 @@ fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
     assert_eq!(report["samples"], 4, "{report}\n{}", daemon.log());
     assert_eq!(report["netns"]["inode"], server.inode(), "{report}");
     assert_eq!(report["netns"]["container"], &server.id[..12], "{report}");
+    daemon.stop();
+}
+
+/// A container's SYN-ACKs, with the daemon sampling egress only (the default) and following
+/// the other namespaces: the routed lab's router runs the daemon, its server namespace is the
+/// container. A connection from the router itself is answered by a SYN-ACK that never leaves
+/// by an egress hook: it is sampled as it comes in by the container's veth. One from the
+/// client, forwarded, is sampled there too and not again as it leaves towards the client. A
+/// SYN-ACK the container forges, answering no SYN, is refused.
+#[test]
+fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refused() {
+    let lab = Lab::create(&LabOptions {
+        routed: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let router = lab.router.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&lab, &router.ns, dir.path(), &["--netns", "all"]);
+    let attached = format!(
+        "seqwatch_program_attached{{direction=\"ingress\",interface=\"{}\",program=\"synack_from_netns\"}}",
+        router.server_if
+    );
+    let ready = wait_for(Duration::from_secs(30), || {
+        daemon
+            .scrape(&lab)
+            .is_some_and(|metrics| series_value(&metrics, &attached) == Some(1.0))
+    });
+    assert!(ready, "{attached} never 1:\n{}", daemon.log());
+    let service = SocketAddr::from((lab.server_v4, PORT));
+    let _listener = lab.run_in(&lab.server_ns, || TcpListener::bind(service).unwrap());
+
+    connect_many(&lab, &router.ns, service, 4);
+    connect_many(&lab, &lab.client_ns, service, 4);
+    let mut report = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), || {
+        report = service_report(&lab, &router.ns, service).unwrap_or_default();
+        report["samples"] == 8
+    });
+    assert_eq!(report["samples"], 8, "{report}\n{}", daemon.log());
+    let metrics = daemon.metrics(&lab);
+    let samples = |interface: &str, direction: &str| {
+        let series = format!(
+            "seqwatch_synack_samples_total{{direction=\"{direction}\",interface=\"{interface}\"}}"
+        );
+        series_value(&metrics, &series)
+    };
+    assert_eq!(
+        samples(&router.server_if, "ingress"),
+        Some(8.0),
+        "{metrics}"
+    );
+    assert_eq!(samples(&router.client_if, "egress"), None, "{metrics}");
+    let forwarded = "seqwatch_synacks_not_sampled_total{reason=\"forwarded\"}";
+    assert_eq!(series_value(&metrics, forwarded), Some(4.0), "{metrics}");
+
+    let crafter = Crafter::server_to_client(&lab).unwrap();
+    let client = SocketAddr::from((lab.client_v4, 40_000));
+    send_crafted(&crafter, (service, client), SYN | ACK, (7, 1001), &[]);
+    let unsolicited = "seqwatch_synacks_not_sampled_total{reason=\"unsolicited\"}";
+    let refused = wait_for(Duration::from_secs(5), || {
+        series_value(&daemon.metrics(&lab), unsolicited) == Some(1.0)
+    });
+    assert!(refused, "{}", daemon.metrics(&lab));
+    let report = service_report(&lab, &router.ns, service).unwrap();
+    assert_eq!(report["samples"], 8, "{report}");
     daemon.stop();
 }

@@ -3,12 +3,13 @@
 //! its interface on its 4-tuple (ack = that SYN's ISN + 1); every other one is refused and
 //! reported, as `synack_to_listener` at a listening port (no handshake state needed) and as
 //! `unsolicited_synack` elsewhere. A SYN taking another's record (a flood's doing) makes that
-//! answer miss, never a forged one match; forwarded SYN-ACKs are not sampled on egress. With
+//! answer miss, never a forged one match; forwarded SYN-ACKs judged as they came in are not
+//! judged again on egress, and another namespace's veth samples only answers. With
 //! the check off (the default, egress only) the egress path is as before. Needs root.
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{TestRun, TestRunOptions},
 };
 use common::test_run::{classifier, counter_total};
@@ -25,7 +26,7 @@ use seqwatch::{
 use seqwatch_common::{
     handshake::{AnomalyEvent, AnomalyKind, jhash},
     packet::Counter,
-    synack_origin::{RECORD_KEY_WORDS, slot_of},
+    synack_origin::{JUDGES_SEGMENTS, JUDGES_SYNACKS, RECORD_KEY_WORDS, slot_of},
 };
 
 const FIN: u8 = 0x01;
@@ -45,6 +46,8 @@ const LISTENING_PORT: u16 = 8080;
 const SEED: u32 = 7;
 /// The interface of a BPF_PROG_TEST_RUN packet unless its context names another: loopback.
 const LOOPBACK: u32 = 1;
+/// The interface a forwarded packet came in by, as its context says.
+const CAME_IN_BY: u32 = 2;
 
 /// `__sk_buff` offsets of the two fields a test run's context sets (uapi `linux/bpf.h`).
 const INGRESS_IFINDEX: usize = 36;
@@ -103,7 +106,8 @@ impl Check {
             .override_global("SYNACK_ORIGIN_SEED", &seed, true)
             .load(kernel::object().unwrap())
             .unwrap();
-        for name in ["synack_egress", "synack_ingress", kernel::SYN_RECORDER] {
+        let programs = ["synack_egress", "synack_ingress", "synack_from_netns"];
+        for name in programs.into_iter().chain([kernel::SYN_RECORDER]) {
             classifier(&mut ebpf, name).load().unwrap();
         }
         let rings = isn::sample_rings(&mut ebpf).unwrap();
@@ -154,6 +158,14 @@ impl Check {
             reported.push(anomaly.anomaly_kind);
         }
         Outcome { sampled, reported }
+    }
+
+    /// Marks an interface as one whose ingress classifier judges `judged`, as the daemon
+    /// does when it attaches one.
+    fn judge_at_ingress(&mut self, ifindex: u32, judged: u32) {
+        let map = self.ebpf.map_mut("JUDGED_AT_INGRESS").unwrap();
+        let mut judged_at_ingress = HashMap::<_, u32, u32>::try_from(map).unwrap();
+        judged_at_ingress.insert(&ifindex, &judged, 0).unwrap();
     }
 
     fn counter(&self, counter: Counter) -> u64 {
@@ -400,16 +412,50 @@ fn with_the_check_off_only_egress_synacks_are_sampled() {
     }
 }
 
-/// On a gateway an egress SYN-ACK may have come in by another interface, where the check
-/// judged it: it is not sampled again. This host's own still are.
+/// On a gateway an egress SYN-ACK may have come in by another interface. Where an ingress
+/// classifier judged it, it is not sampled again, nor (where the handshake tracker judged what
+/// came in) is a SYN with data reported again; from an interface without one it is sampled as
+/// it leaves, as with the check off. This host's own still are.
 #[test]
-fn forwarded_synacks_are_not_sampled_on_egress() {
+fn forwarded_synacks_are_not_sampled_again_on_egress() {
     let mut check = Check::load(SEED);
     let leaving = segment((PEER, HOST), SYN | ACK, 5000, 1001);
-    let forwarded = check.run("synack_egress", &leaving, &context(2, LOOPBACK));
-    assert_eq!(forwarded, Outcome::nothing());
+    let forwarded = |check: &mut Check, frame: &[u8]| {
+        check.run("synack_egress", frame, &context(CAME_IN_BY, LOOPBACK))
+    };
+    assert_eq!(forwarded(&mut check, &leaving), answer(HOST, 5000, 1001));
+    let with_data = segment_with_data((PEER, HOST), SYN, 1000, 0, b"data");
+    let reported = Outcome::reported(AnomalyKind::SynWithData);
+    assert_eq!(forwarded(&mut check, &with_data), reported);
+
+    check.judge_at_ingress(CAME_IN_BY, JUDGES_SYNACKS);
+    assert_eq!(forwarded(&mut check, &leaving), Outcome::nothing());
     assert_eq!(check.counter(Counter::SynAcksForwarded), 1);
+    assert_eq!(forwarded(&mut check, &with_data), reported);
+    check.judge_at_ingress(CAME_IN_BY, JUDGES_SYNACKS | JUDGES_SEGMENTS);
+    assert_eq!(forwarded(&mut check, &with_data), Outcome::nothing());
     assert_eq!(check.leaving(&leaving), answer(HOST, 5000, 1001));
+}
+
+/// The ingress classifier of another namespace's veth (`--netns all`) samples the SYN-ACKs
+/// answering a SYN that left by it, refuses the others, and judges nothing else.
+#[test]
+fn another_namespaces_veth_samples_only_answers_to_the_syns_that_left_by_it() {
+    let mut check = Check::load(SEED);
+    let from_netns = |check: &mut Check, frame: &[u8]| {
+        check.run("synack_from_netns", frame, &context(0, LOOPBACK))
+    };
+    check.leaving(&syn(HOST, 1000));
+    let answered = from_netns(&mut check, &synack(HOST, 5000, 1001));
+    assert_eq!(answered, answer(HOST, 5000, 1001));
+    let unsolicited = from_netns(&mut check, &synack(HOST, 9000, 4242));
+    assert_eq!(
+        unsolicited,
+        Outcome::reported(AnomalyKind::UnsolicitedSynAck)
+    );
+    let with_data = segment_with_data((PEER, HOST), SYN, 1000, 0, b"data");
+    assert_eq!(from_netns(&mut check, &with_data), Outcome::nothing());
+    assert_eq!(check.counter(Counter::SynAcksUnsolicited), 1);
 }
 
 /// A record holds its interface: the answer to a SYN that left by one interface is refused on

@@ -162,7 +162,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Selection::Named(settings.interfaces.clone())
     };
     let mut link_events = LinkEvents::subscribe()?;
-    let mut attacher = Attacher::new(selection, hooks(settings.direction), interfaces);
+    let follows_others = settings.netns == NetnsMode::All;
+    let hooks = hooks(settings.direction);
+    let mut attacher = Attacher::new(selection, hooks, follows_others, interfaces);
     attacher.require_named_interfaces().await?;
     attacher.sync(&mut object).await?;
     let server = http::serve(
@@ -176,7 +178,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let url = format!("{}://{}/metrics", security.scheme(), server.local_addr);
     log::info!("serving {url}");
     // Everything that needs privileges (or root's file access) is done: drop them.
-    caps::drop_after_attach(settings.netns == NetnsMode::All)?;
+    caps::drop_after_attach(follows_others)?;
     notify_systemd(&[
         NotifyState::Ready,
         NotifyState::Status(&format!("attached; serving {url}")),

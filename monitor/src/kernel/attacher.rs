@@ -11,12 +11,20 @@ use seqwatch_common::Direction;
 
 use super::{
     interfaces::{self, Interface, Selection},
-    loader::LoadedObject,
+    loader::{LoadedObject, SYN_RECORDER, SYNACK_FROM_NETNS},
 };
 use crate::util::lock;
 
 /// A classifier to attach to every monitored interface, and where.
 pub type Hook = (Direction, &'static str);
+
+/// `--netns all`, on this host's end of another namespace's veth whose hooks sample no ingress
+/// SYN-ACKs: the SYNs leaving are recorded (by the sampler if the interface has it), and the
+/// namespace's SYN-ACKs answering them are sampled as they come in. Those to a client on this
+/// host never leave by an egress hook; those forwarded are then not sampled again as they
+/// leave (`JUDGED_AT_INGRESS`).
+const RECORD_SYNS: Hook = (Direction::Egress, SYN_RECORDER);
+const SAMPLE_FROM_NETNS: Hook = (Direction::Ingress, SYNACK_FROM_NETNS);
 
 /// The monitored interfaces' names by index, as the attacher last saw them, for the detectors
 /// that label by interface. Each change is a new map, so that a reader sees that it changed by
@@ -40,7 +48,11 @@ impl InterfaceNames {
 pub struct Attacher {
     selection: Selection,
     hooks: &'static [Hook],
+    /// `--netns all`: the other namespaces' veths get [`SAMPLE_FROM_NETNS`].
+    sample_other_namespaces: bool,
     names: HashMap<u32, String>,
+    /// The hooks attached (or tried) on each interface.
+    applied: HashMap<u32, Vec<Hook>>,
     published: InterfaceNames,
     /// Netlink filters removed from outside, until attached again, with the attempts so far
     /// (one a second; the first is logged).
@@ -48,11 +60,18 @@ pub struct Attacher {
 }
 
 impl Attacher {
-    pub fn new(selection: Selection, hooks: &'static [Hook], published: InterfaceNames) -> Self {
+    pub fn new(
+        selection: Selection,
+        hooks: &'static [Hook],
+        sample_other_namespaces: bool,
+        published: InterfaceNames,
+    ) -> Self {
         Attacher {
             selection,
             hooks,
+            sample_other_namespaces,
             names: HashMap::new(),
+            applied: HashMap::new(),
             published,
             lost: BTreeMap::new(),
         }
@@ -77,19 +96,69 @@ impl Attacher {
 
     pub async fn sync(&mut self, object: &mut LoadedObject) -> anyhow::Result<()> {
         let present = interfaces::list().await?;
-        let wanted: Vec<&Interface> = present
-            .values()
-            .filter(|i| self.selection.wants(i))
-            .collect();
-        for interface in wanted {
+        for interface in present.values() {
+            let hooks = self.hooks_for(interface);
+            if hooks.is_empty() {
+                continue;
+            }
             self.names.insert(interface.index, interface.name.clone());
-            for &(direction, program) in self.hooks {
+            self.detach_unwanted(object, interface, &hooks);
+            for &(direction, program) in &hooks {
                 self.attach(object, interface, direction, program);
             }
+            self.applied.insert(interface.index, hooks);
         }
         self.forget_vanished(&present, object);
         self.published.publish(&self.names);
         Ok(())
+    }
+
+    /// The selection's hooks if it wants the interface, egress first; then, following other
+    /// namespaces, what a veth of theirs needs to have its SYN-ACKs sampled as they come in.
+    fn hooks_for(&self, interface: &Interface) -> Vec<Hook> {
+        let mut hooks = Vec::new();
+        if self.selection.wants(interface) {
+            hooks.extend_from_slice(self.hooks);
+        }
+        let samples_ingress = hooks
+            .iter()
+            .any(|(direction, _)| *direction == Direction::Ingress);
+        if self.sample_other_namespaces
+            && interface.faces_other_netns
+            && interface.up
+            && !samples_ingress
+        {
+            if hooks.is_empty() {
+                hooks.push(RECORD_SYNS);
+            }
+            hooks.push(SAMPLE_FROM_NETNS);
+        }
+        hooks
+    }
+
+    /// Takes back the hooks an interface had and no longer needs (its peer moved back to this
+    /// namespace, or it went down).
+    fn detach_unwanted(
+        &mut self,
+        object: &mut LoadedObject,
+        interface: &Interface,
+        wanted: &[Hook],
+    ) {
+        let Some(applied) = self.applied.get(&interface.index) else {
+            return;
+        };
+        let unwanted: Vec<Hook> = applied
+            .iter()
+            .filter(|hook| !wanted.contains(hook))
+            .copied()
+            .collect();
+        // Ingress first: its SYN-ACKs need the SYNs recorded on egress.
+        for (direction, program) in unwanted.into_iter().rev() {
+            object.detach(interface.index, direction);
+            self.lost.remove(&(interface.index, direction));
+            let labels = [program, interface.name.as_str(), direction.as_str()];
+            object.attach_metrics().remove(&labels);
+        }
     }
 
     fn attach(
@@ -157,7 +226,8 @@ impl Attacher {
             .collect();
         for (index, name) in vanished {
             self.names.remove(&index);
-            for &(direction, program) in self.hooks {
+            let applied = self.applied.remove(&index).unwrap_or_default();
+            for (direction, program) in applied.into_iter().rev() {
                 object.detach(index, direction);
                 self.lost.remove(&(index, direction));
                 let labels = [program, name.as_str(), direction.as_str()];

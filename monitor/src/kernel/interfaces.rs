@@ -14,6 +14,8 @@ pub struct Interface {
     pub name: String,
     pub up: bool,
     pub loopback: bool,
+    /// Its peer is in another network namespace: this host's end of a container's veth.
+    pub faces_other_netns: bool,
 }
 
 /// Either every up, non-loopback interface, or exactly the named ones.
@@ -68,18 +70,19 @@ impl LinkEvents {
 }
 
 fn interface_of(message: &LinkMessage) -> Option<Interface> {
-    let name = message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            LinkAttribute::IfName(name) => Some(name.clone()),
-            _ => None,
-        })?;
+    let attributes = &message.attributes;
+    let name = attributes.iter().find_map(|attribute| match attribute {
+        LinkAttribute::IfName(name) => Some(name.clone()),
+        _ => None,
+    })?;
     let flags = message.header.flags;
     Some(Interface {
         index: message.header.index,
         name,
         up: flags.contains(LinkFlags::Up),
         loopback: flags.contains(LinkFlags::Loopback),
+        faces_other_netns: attributes
+            .iter()
+            .any(|attribute| matches!(attribute, LinkAttribute::LinkNetNsId(_))),
     })
 }

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{ArrayOfMaps, Map, MapData, MapError, RingBuf},
+    maps::{ArrayOfMaps, HashMap, Map, MapData, MapError, RingBuf},
     programs::{
         BtfTracePoint, Program, SchedClassifier, TcAttach, TcAttachType,
         tc::{NlOptions, SchedClassifierLinkId},
@@ -19,7 +19,10 @@ use aya::{
     util::KernelVersion,
 };
 use prometheus::{IntCounterVec, IntGaugeVec};
-use seqwatch_common::Direction;
+use seqwatch_common::{
+    Direction,
+    synack_origin::{JUDGED_INTERFACES, JUDGES_SEGMENTS, JUDGES_SYNACKS},
+};
 
 use super::clsact::Ownership;
 use crate::export::metrics::Registry;
@@ -44,6 +47,25 @@ pub const fn synack_program(direction: Direction) -> &'static str {
 /// The egress classifier of ingress-only sampling: it records the SYNs leaving, whose answers
 /// the SYN-ACK origin check waits for, and nothing else.
 pub const SYN_RECORDER: &str = "syn_egress";
+
+/// The ingress classifier of another namespace's veth (`--netns all`): it samples the
+/// SYN-ACKs coming in that answer a recorded SYN, and nothing else.
+pub const SYNACK_FROM_NETNS: &str = "synack_from_netns";
+
+/// The map of the interfaces whose ingress classifier judges what comes in
+/// (`seqwatch_common::synack_origin::JUDGED_INTERFACES`).
+const JUDGED_AT_INGRESS: &str = "JUDGED_AT_INGRESS";
+
+/// What `program`, attached to an interface's ingress, judges of what comes in by it.
+fn judges(program: &str) -> u32 {
+    if program == synack_program(Direction::Ingress) {
+        JUDGES_SYNACKS | JUDGES_SEGMENTS
+    } else if program == SYNACK_FROM_NETNS {
+        JUDGES_SYNACKS
+    } else {
+        0
+    }
+}
 
 /// How classifiers are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -131,6 +153,9 @@ impl AttachMetrics {
 /// The loaded object and every attachment made from it.
 pub struct LoadedObject {
     ebpf: Ebpf,
+    /// Each interface whose ingress classifier judges what comes in, and what it judges:
+    /// egress leaves what was judged alone.
+    judged_at_ingress: HashMap<MapData, u32, u32>,
     metrics: AttachMetrics,
     mode: AttachMode,
     attachments: BTreeMap<(u32, Direction), Attachment>,
@@ -160,7 +185,7 @@ impl LoadedObject {
         for program in Direction::ALL
             .map(synack_program)
             .into_iter()
-            .chain([SYN_RECORDER])
+            .chain([SYN_RECORDER, SYNACK_FROM_NETNS])
         {
             classifier(&mut ebpf, program)?
                 .load()
@@ -175,8 +200,13 @@ impl LoadedObject {
             AttachMode::Netlink => Some(Ownership::claim(classifier_names(&ebpf))?),
             AttachMode::Tcx | AttachMode::Auto => None,
         };
+        let judged_at_ingress = ebpf
+            .take_map(JUDGED_AT_INGRESS)
+            .with_context(|| format!("the object has no {JUDGED_AT_INGRESS} map"))?
+            .try_into()?;
         Ok(LoadedObject {
             ebpf,
+            judged_at_ingress,
             metrics,
             mode,
             attachments: BTreeMap::new(),
@@ -224,7 +254,7 @@ impl LoadedObject {
                     filter,
                 };
                 self.attachments.insert((ifindex, direction), attachment);
-                Ok(())
+                self.note_judged(ifindex, direction, program)
             }
             Err(err) => {
                 if filter.is_some() {
@@ -255,11 +285,35 @@ impl LoadedObject {
         place
     }
 
+    /// Tells egress what an ingress classifier just attached judges. Once the map is full
+    /// (`JUDGED_INTERFACES`) the classifier is taken back: unmarked, what it sampled would be
+    /// sampled again as it leaves.
+    fn note_judged(
+        &mut self,
+        ifindex: u32,
+        direction: Direction,
+        program: &str,
+    ) -> anyhow::Result<()> {
+        let judged = judges(program);
+        if direction != Direction::Ingress || judged == 0 {
+            return Ok(());
+        }
+        if let Err(err) = self.judged_at_ingress.insert(&ifindex, &judged, 0) {
+            self.detach(ifindex, direction);
+            return Err(err).with_context(|| {
+                format!("at most {JUDGED_INTERFACES} interfaces have an ingress sampler")
+            });
+        }
+        Ok(())
+    }
+
     /// Takes one attachment back. On a vanished interface the kernel has already done so.
+    /// What it judged is forgotten first, so that egress never skips what nothing judged.
     pub fn detach(&mut self, ifindex: u32, direction: Direction) {
         let Some(attachment) = self.attachments.remove(&(ifindex, direction)) else {
             return;
         };
+        self.forget_judged(ifindex, direction);
         if let Ok(program) = classifier(&mut self.ebpf, attachment.program)
             && let Err(err) = program.detach(attachment.link)
         {
@@ -307,6 +361,7 @@ impl LoadedObject {
             let Some(attachment) = self.attachments.remove(&(ifindex, direction)) else {
                 continue;
             };
+            self.forget_judged(ifindex, direction);
             if let Ok(program) = classifier(&mut self.ebpf, attachment.program)
                 && let Ok(link) = program.take_link(attachment.link)
             {
@@ -316,6 +371,13 @@ impl LoadedObject {
             }
         }
         lost
+    }
+
+    fn forget_judged(&mut self, ifindex: u32, direction: Direction) {
+        if direction == Direction::Ingress {
+            // Absent unless its classifier judges: nothing to undo then.
+            let _ = self.judged_at_ingress.remove(&ifindex);
+        }
     }
 
     pub fn detach_all(&mut self) {

@@ -33,7 +33,7 @@ use crate::{
         records::decode,
     },
     scorer::ScorerConfig,
-    settings::{Directions, Settings},
+    settings::{Directions, NetnsMode, Settings},
     util::lock,
 };
 use budget::ScoringBudget;
@@ -58,7 +58,9 @@ impl Isn {
                 window: settings.window,
                 ..ScorerConfig::default()
             },
-            samples_ingress: settings.direction != Directions::Egress,
+            // Following other namespaces samples their veths' ingress.
+            samples_ingress: settings.direction != Directions::Egress
+                || settings.netns == NetnsMode::All,
             sample_log: settings.sample_log.clone(),
         })
     }
