@@ -518,7 +518,9 @@ fn ip(args: &[&str]) {
 }
 
 /// A container's listener that never accepts: once a connection has waited the limit in its
-/// accept queue, the event log says so, naming the container; and again when it recovers.
+/// accept queue, the event log says so, naming the container, and the episode is counted under
+/// its namespace; the event log says so again when it recovers. The count goes with the
+/// namespace (its listener still open: not with the port).
 #[test]
 fn a_containers_listener_that_never_accepts_is_reported_unresponsive_naming_it() {
     let lab = Lab::create(&LabOptions::default()).unwrap();
@@ -535,7 +537,7 @@ fn a_containers_listener_that_never_accepts_is_reported_unresponsive_naming_it()
     let daemon = Daemon::start(&lab, &lab.server_ns, dir.path(), &args);
     let serving = wait_for(Duration::from_secs(30), || daemon.scrape(&lab).is_some());
     assert!(serving, "no /metrics:\n{}", daemon.log());
-    let container = Container::create();
+    let mut container = Container::create();
     let listener = lab.run_in(&container.ns, || {
         TcpListener::bind(("127.0.0.1", PORT)).unwrap()
     });
@@ -560,8 +562,12 @@ fn a_containers_listener_that_never_accepts_is_reported_unresponsive_naming_it()
     assert_eq!(event["port"], PORT);
     assert_eq!(event["accept_queue"], 1, "{event}");
     assert_eq!(event["netns"]["container"], &container.id[..12], "{event}");
+    let episodes =
+        format!("seqwatch_netns_listener_unresponsive_total{{netns=\"{inode}\",port=\"{PORT}\"}}");
+    let counted = || series_value(&daemon.metrics(&lab), &episodes);
+    assert_eq!(counted(), Some(1.0), "{}", daemon.metrics(&lab));
 
-    drop(listener.accept().unwrap());
+    let accepted = listener.accept().unwrap();
     let recovered = wait_for(Duration::from_secs(10), || {
         line("listener_recovered").is_some()
     });
@@ -570,7 +576,12 @@ fn a_containers_listener_that_never_accepts_is_reported_unresponsive_naming_it()
         "no listener_recovered for {inode}:\n{}",
         daemon.log()
     );
-    drop(waiting);
+    assert_eq!(counted(), Some(1.0), "one episode");
+
+    container.stop();
+    let forgotten = wait_for(Duration::from_secs(6), || counted().is_none());
+    assert!(forgotten, "{episodes} outlives its namespace");
+    drop((listener, accepted, waiting));
     daemon.stop();
 }
 

@@ -1,18 +1,23 @@
 //! The TLS record-framing check against real TLS stacks in the lab: Debian's `openssl
 //! s_server` sending large files over TLS 1.3 (a configured TLS port) and TLS 1.2 (another
 //! port, found by its hello), and a rustls server that writes raw bytes onto its socket in the
-//! middle of a session. The daemon watches the server's veth on egress, as deployed.
+//! middle of a session. The daemon watches the server's veth on egress, as deployed; and, on a
+//! container host's gateway (`--netns all`), the uplink on egress, where the rustls server in
+//! a "container" namespace (a podman-style cgroup) is named in the plaintext line.
 
 use std::{
     io::{self, BufRead as _, BufReader, Read, Write},
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::Duration,
 };
 
 use common::{
+    container::ContainerCgroup,
     daemon::{Daemon, read_json_lines},
+    lab::ip,
     tls::Credentials,
     wait_for,
 };
@@ -234,4 +239,80 @@ fn plaintext_written_onto_a_tls_session_is_caught_with_its_flow_and_offset() {
         "payload bytes logged: {event}"
     );
     scene.daemon.stop();
+}
+
+/// A container behind a gateway: the routed lab's router runs the daemon (`--netns all`, egress
+/// towards the client, as a container host's uplink), its server namespace is the container
+/// (a process in a podman container's cgroup) serving TLS on an address of its own. Plaintext
+/// its server writes onto a session is reported naming the container's namespace.
+#[test]
+fn plaintext_from_a_containers_tls_server_names_its_container() {
+    let lab = Lab::create(&LabOptions {
+        routed: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let router = lab.router.as_ref().unwrap();
+    // Labs run side by side share the lab's addresses, and an address two followed namespaces
+    // use names neither.
+    let pid = std::process::id();
+    let own = Ipv4Addr::new(10, 214, (pid >> 8) as u8, pid as u8);
+    let own_route = format!("{own}/32");
+    ip(
+        &lab,
+        &lab.server_ns,
+        &["addr", "add", &own_route, "dev", &lab.server_if],
+    );
+    ip(
+        &lab,
+        &router.ns,
+        &["route", "add", &own_route, "dev", &router.server_if],
+    );
+    let mut cgroup = ContainerCgroup::create();
+    cgroup.start_process_in(&lab.server_ns);
+
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let args = [
+        "--interface",
+        &router.client_if,
+        "--netns",
+        "all",
+        "--event-log",
+        events.to_str().unwrap(),
+    ];
+    let mut daemon = Daemon::start(&lab, &router.ns, dir.path(), &args);
+    daemon.wait_attached(&lab, &router.client_if, "egress");
+    let inode = std::fs::metadata(Lab::netns_path(&lab.server_ns))
+        .unwrap()
+        .ino();
+    // Named (and its addresses read, at the same rescan) before the session.
+    let info = format!("netns=\"{inode}\"");
+    let container = format!("container=\"{}\"", cgroup.short_id());
+    let named = wait_for(Duration::from_secs(10), || {
+        daemon.metrics(&lab).lines().any(|line| {
+            line.starts_with("seqwatch_netns_info")
+                && line.contains(&info)
+                && line.contains(&container)
+        })
+    });
+    assert!(named, "{info} never named {container}:\n{}", daemon.log());
+
+    let at = SocketAddrV4::new(own, TLS_PORT);
+    let leaked = Credentials::for_address(own).leak_once(&lab, at, 100_000);
+    let plaintext = || {
+        read_json_lines(&events)
+            .into_iter()
+            .filter(|event| event["kind"] == "tls_plaintext_suspected")
+            .collect::<Vec<_>>()
+    };
+    wait_for(Duration::from_secs(5), || !plaintext().is_empty());
+    let lines = plaintext();
+    assert_eq!(lines.len(), 1, "{lines:?}\n{}", daemon.log());
+    let line = &lines[0];
+    assert_eq!(line["service"], at.to_string(), "{line}");
+    assert_eq!(line["destination"], leaked.client.to_string(), "{line}");
+    assert_eq!(line["netns"]["inode"], inode, "{line}");
+    assert_eq!(line["netns"]["container"], cgroup.short_id(), "{line}");
+    daemon.stop();
 }

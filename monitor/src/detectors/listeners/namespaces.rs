@@ -21,6 +21,10 @@
 //! read every minute by a thread that enters it). Its interfaces' addresses are read at each
 //! rescan through a route netlink socket kept beside the others.
 //!
+//! Its listeners' unresponsive episodes are counted in
+//! `seqwatch_netns_listener_unresponsive_total{netns, port}`, whose series go with the port's
+//! label or the namespace.
+//!
 //! Bounded: at most [`MAX_FOLLOWED`] namespaces (the rest are counted in
 //! `seqwatch_netns_unfollowed`), [`MAX_PORTS_PER_NAMESPACE`] port labels in each.
 
@@ -31,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus::{IntCounter, IntGauge, IntGaugeVec};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 use super::{
     ListenerEvent, ListenerReport, Names, OwnerKey, OwnerTotals, QueueGauges, Snapshot, WaitClock,
@@ -40,7 +44,7 @@ use crate::{
     export::{
         labels::{
             admission::{MAX_OTHER_LISTENERS, SharedPolicy},
-            ports::PortLabels,
+            ports::{OTHER, PortLabels},
         },
         metrics::{Kind, Registry},
     },
@@ -73,6 +77,7 @@ pub struct NetnsMetrics {
     followed: IntGauge,
     unfollowed: IntGauge,
     queues: QueueGauges,
+    unresponsive_episodes: IntCounterVec,
     posture: IntGaugeVec,
     netstats: NetnsNetstats,
 }
@@ -123,6 +128,11 @@ impl NetnsMetrics {
                     "seqwatch_listener_unresponsive in another network namespace.",
                 )?,
             },
+            unresponsive_episodes: registry.counters(
+                "seqwatch_netns_listener_unresponsive_total",
+                "seqwatch_listener_unresponsive_total in another network namespace.",
+                &["netns", "port"],
+            )?,
             posture: registry.gauges(
                 "seqwatch_netns_posture_check",
                 "seqwatch_posture_check of the per-namespace checks (scope netns) in another \
@@ -404,10 +414,16 @@ fn listening_services(snapshot: &Snapshot, addresses: &[IpAddr]) -> Vec<SocketAd
 
 impl OtherNamespaces {
     /// Out of the shared set (and the kernel's) first, then its socket closed: the socket
-    /// keeps the namespace, and so its inode number, alive until then.
+    /// keeps the namespace, and so its inode number, alive until then. Its counts go with it
+    /// (its gauges are set afresh at each poll).
     fn forget(&mut self, inode: NetnsInode) {
         self.shared.forget(inode);
-        self.followed.remove(&inode);
+        if let Some(followed) = self.followed.remove(&inode) {
+            let ports = followed.ports.labelled().map(|port| port.to_string());
+            for port in ports.chain([OTHER.to_owned()]) {
+                followed.remove_counts(&self.metrics, &port);
+            }
+        }
     }
 }
 
@@ -517,7 +533,9 @@ impl Followed {
         found: &mut Found,
     ) {
         let netns = NetnsReport::new(self.inode, &self.identity);
-        self.ports.retain(&snapshot.ports);
+        for gone in self.ports.retain(&snapshot.ports) {
+            self.remove_counts(m, &gone.to_string());
+        }
         self.unresponsive
             .retain(|port| snapshot.ports.contains_key(port));
         let oldest = self.waits.update(&snapshot.waiting, now);
@@ -553,7 +571,10 @@ impl Followed {
             };
             if changed {
                 let kind = match unresponsive {
-                    true => ListenerEvent::UNRESPONSIVE,
+                    true => {
+                        m.unresponsive_episodes.with_label_values(&labels).inc();
+                        ListenerEvent::UNRESPONSIVE
+                    }
                     false => ListenerEvent::RECOVERED,
                 };
                 found.changed.push((kind, report.clone()));
@@ -567,6 +588,12 @@ impl Followed {
             merged.listeners += totals.listeners;
             merged.listen_backlog += totals.listen_backlog;
         }
+    }
+
+    /// Removes the counts of one of its port labels.
+    fn remove_counts(&self, m: &NetnsMetrics, port: &str) {
+        let labels = [self.label.as_str(), port];
+        let _ = m.unresponsive_episodes.remove_label_values(&labels);
     }
 }
 

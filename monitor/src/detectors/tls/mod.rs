@@ -2,8 +2,8 @@
 //! what it may copy, reads its events, and counts plaintext on encrypted sessions and session
 //! ends per service (services labelled by evidence, [`crate::export::labels::admission`]; the
 //! rest `other`). A plaintext event also becomes one `tls_plaintext_suspected` line in the
-//! event log; its payload bytes never do, unless `--tls-log-prefix` asked for the first 16 in
-//! hex.
+//! event log, naming the followed namespace (`--netns all`) serving the service if one does;
+//! its payload bytes never do, unless `--tls-log-prefix` asked for the first 16 in hex.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
@@ -26,8 +26,10 @@ use crate::{
         labels::{ServiceLabels, label_of},
         metrics::Registry,
     },
+    host::netns::NetnsReport,
     kernel::{
         counters::{Mirrors, PerCpuCounters},
+        namespaces::FollowedNamespaces,
         reader::{RING_SCHEDULE, Reader, Rings},
         records::{decode, socket_address},
     },
@@ -97,6 +99,7 @@ impl Detector for Tls {
             services: ctx.service_labels(),
             session_ends: HashMap::new(),
             log: ctx.shared.event_log.clone(),
+            namespaces: ctx.shared.namespaces.clone(),
             clock: Clock::now(),
         };
         let events = Rings::one(ctx.object.take("TLS_EVENTS")?)?;
@@ -279,7 +282,19 @@ struct TlsEventReader {
     services: ServiceLabels,
     session_ends: HashMap<(Option<SocketAddr>, SessionEnd), IntCounter>,
     log: Option<EventLog>,
+    /// Names the followed namespace serving a service in its event-log line.
+    namespaces: FollowedNamespaces,
     clock: Clock,
+}
+
+/// A `tls_plaintext_suspected` line as written: the finding, and the followed namespace
+/// (`--netns all`) serving its service, if one is.
+#[derive(Serialize)]
+struct LogLine<'a> {
+    #[serde(flatten)]
+    plaintext: &'a PlaintextSuspected,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<NetnsReport>,
 }
 
 impl TlsEventReader {
@@ -293,7 +308,10 @@ impl TlsEventReader {
                     .with_label_values(&[service.as_str()])
                     .inc();
                 if let Some(log) = &self.log {
-                    log.write_line(plaintext);
+                    log.write_line(&LogLine {
+                        plaintext,
+                        netns: self.namespaces.netns_of(plaintext.service.ip()),
+                    });
                 }
             }
             Finding::SessionEnded { service, end } => {

@@ -3,7 +3,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     sync::Arc,
     thread,
     time::Duration,
@@ -18,7 +18,7 @@ use seqwatch::lab::Lab;
 /// What the leaky server writes past TLS: no record header starts like this.
 pub const LEAK: &[u8] = b"PLAINTEXT LEAK: HTTP/1.1 200 OK\r\n\r\n";
 
-/// A self-signed certificate for the lab server's IPv4 address.
+/// A self-signed certificate for the lab server's IPv4 address (or another of its own).
 pub struct Credentials {
     pub cert: rcgen::CertifiedKey<rcgen::KeyPair>,
     server_name: ServerName<'static>,
@@ -33,7 +33,11 @@ pub struct LeakedSession {
 
 impl Credentials {
     pub fn for_server(lab: &Lab) -> Credentials {
-        let name = lab.server_v4.to_string();
+        Credentials::for_address(lab.server_v4)
+    }
+
+    pub fn for_address(address: Ipv4Addr) -> Credentials {
+        let name = address.to_string();
         Credentials {
             cert: rcgen::generate_simple_self_signed(vec![name.clone()]).unwrap(),
             server_name: ServerName::try_from(name).unwrap(),
