@@ -167,14 +167,26 @@ pub fn judge(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
         return;
     }
     if let Some(kind) = illegal_flags(flags) {
-        report(ctx, &Segment::new(tcp, direction), kind, 0, 0);
+        report(
+            ctx,
+            &Segment::new(tcp, receivers_view(ctx, direction)),
+            kind,
+            0,
+            0,
+        );
         return;
     }
     let mut tfo = false;
     if flags & (TCP_SYN | TCP_ACK) == TCP_SYN && tcp.payload_len() > 0 {
         if !has_fastopen_option(ctx, tcp.tcp_offset + 20, tcp.options_len()) {
             let kind = AnomalyKind::SynWithData;
-            report(ctx, &Segment::new(tcp, direction), kind, 0, 0);
+            report(
+                ctx,
+                &Segment::new(tcp, receivers_view(ctx, direction)),
+                kind,
+                0,
+                0,
+            );
             return;
         }
         count(HandshakeCounter::TfoSyns);
@@ -182,6 +194,22 @@ pub fn judge(ctx: &TcContext, direction: Direction, tcp: &TcpPacket) {
     }
     if let Some(seed) = tracking_seed() {
         track(ctx, &Segment::new(tcp, direction), seed, tfo);
+    }
+}
+
+/// How a stateless finding is oriented. A segment leaving that came in by another interface
+/// (forwarded to a container or a LAN host, or bridged) was not sent by this host: as for one
+/// arriving, its destination is the service it was aimed at, its source the sender. Read only
+/// when a finding is reported.
+#[inline(always)]
+fn receivers_view(ctx: &TcContext, direction: Direction) -> Direction {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: the context of a TC program is a valid __sk_buff.
+    let came_in_by = unsafe { (*skb).ingress_ifindex };
+    if direction == Direction::Egress && came_in_by != 0 {
+        Direction::Ingress
+    } else {
+        direction
     }
 }
 

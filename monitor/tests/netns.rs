@@ -672,12 +672,13 @@ fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
     daemon.stop();
 }
 
-/// A container's SYN-ACKs, with the daemon sampling egress only (the default) and following
-/// the other namespaces: the routed lab's router runs the daemon, its server namespace is the
-/// container. A connection from the router itself is answered by a SYN-ACK that never leaves
-/// by an egress hook: it is sampled as it comes in by the container's veth. One from the
-/// client, forwarded, is sampled there too and not again as it leaves towards the client. A
-/// SYN-ACK the container forges, answering no SYN, is refused.
+/// A container's SYN-ACKs and handshakes, with the daemon sampling egress only (the default)
+/// and following the other namespaces: the routed lab's router runs the daemon, its server
+/// namespace is the container. A connection from the router itself is answered by a SYN-ACK
+/// that never leaves by an egress hook: it is sampled as it comes in by the container's veth.
+/// One from the client, forwarded, is sampled there too and not again as it leaves towards the
+/// client. A SYN-ACK the container forges, answering no SYN, is refused. A SYN with data
+/// forwarded to the container is reported once, under the container's service.
 #[test]
 fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refused() {
     let lab = Lab::create(&LabOptions {
@@ -686,8 +687,34 @@ fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refus
     })
     .unwrap();
     let router = lab.router.as_ref().unwrap();
+    // An address of the container's own (labs side by side share the lab's, and an address
+    // two followed namespaces use names neither), routed to it by the router; there before
+    // the daemon first reads the namespace's addresses.
+    let pid = std::process::id();
+    let own = Ipv4Addr::new(10, 215, (pid >> 8) as u8, pid as u8);
+    let route = format!("{own}/32");
+    ip(&[
+        "-n",
+        &lab.server_ns,
+        "addr",
+        "add",
+        &route,
+        "dev",
+        &lab.server_if,
+    ]);
+    ip(&[
+        "-n",
+        &router.ns,
+        "route",
+        "add",
+        &route,
+        "dev",
+        &router.server_if,
+    ]);
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&lab, &router.ns, dir.path(), &["--netns", "all"]);
+    let events = dir.path().join("events.jsonl");
+    let flags = ["--netns", "all", "--event-log", events.to_str().unwrap()];
+    let daemon = Daemon::start(&lab, &router.ns, dir.path(), &flags);
     let attached = format!(
         "seqwatch_program_attached{{direction=\"ingress\",interface=\"{}\",program=\"synack_from_netns\"}}",
         router.server_if
@@ -698,8 +725,15 @@ fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refus
             .is_some_and(|metrics| series_value(&metrics, &attached) == Some(1.0))
     });
     assert!(ready, "{attached} never 1:\n{}", daemon.log());
-    let service = SocketAddr::from((lab.server_v4, PORT));
+    let service = SocketAddr::from((own, PORT));
     let _listener = lab.run_in(&lab.server_ns, || TcpListener::bind(service).unwrap());
+    let inode = std::fs::metadata(Lab::netns_path(&lab.server_ns))
+        .unwrap()
+        .ino();
+    let followed = wait_for(Duration::from_secs(10), || {
+        listed_owner(&lab, &router.ns, PORT, inode).is_some()
+    });
+    assert!(followed, "{}", daemon.log());
 
     connect_many(&lab, &router.ns, service, 4);
     connect_many(&lab, &lab.client_ns, service, 4);
@@ -709,6 +743,7 @@ fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refus
         report["samples"] == 8
     });
     assert_eq!(report["samples"], 8, "{report}\n{}", daemon.log());
+    assert_eq!(report["netns"]["inode"], inode, "{report}");
     let metrics = daemon.metrics(&lab);
     let samples = |interface: &str, direction: &str| {
         let series = format!(
@@ -725,9 +760,9 @@ fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refus
     let forwarded = "seqwatch_synacks_not_sampled_total{reason=\"forwarded\"}";
     assert_eq!(series_value(&metrics, forwarded), Some(4.0), "{metrics}");
 
-    let crafter = Crafter::server_to_client(&lab).unwrap();
+    let forger = Crafter::server_to_client(&lab).unwrap();
     let client = SocketAddr::from((lab.client_v4, 40_000));
-    send_crafted(&crafter, (service, client), SYN | ACK, (7, 1001), &[]);
+    send_crafted(&forger, (service, client), SYN | ACK, (7, 1001), &[]);
     let unsolicited = "seqwatch_synacks_not_sampled_total{reason=\"unsolicited\"}";
     let refused = wait_for(Duration::from_secs(5), || {
         series_value(&daemon.metrics(&lab), unsolicited) == Some(1.0)
@@ -735,5 +770,26 @@ fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refus
     assert!(refused, "{}", daemon.metrics(&lab));
     let report = service_report(&lab, &router.ns, service).unwrap();
     assert_eq!(report["samples"], 8, "{report}");
+
+    let attacker = Crafter::client_to_server(&lab).unwrap();
+    let source = SocketAddr::from((lab.client_v4, 40_001));
+    send_crafted(&attacker, (source, service), SYN, (1000, 0), b"poison");
+    let with_data = || {
+        read_json_lines(&events)
+            .into_iter()
+            .filter(|line| line["kind"] == "syn_with_data")
+            .collect::<Vec<_>>()
+    };
+    wait_for(Duration::from_secs(5), || !with_data().is_empty());
+    let reported = with_data();
+    assert_eq!(reported.len(), 1, "{reported:?}\n{}", daemon.log());
+    assert_eq!(
+        reported[0]["service"],
+        service.to_string(),
+        "{}",
+        reported[0]
+    );
+    assert_eq!(reported[0]["source"], source.to_string(), "{}", reported[0]);
+    assert_eq!(reported[0]["netns"]["inode"], inode, "{}", reported[0]);
     daemon.stop();
 }
