@@ -38,7 +38,7 @@ use crate::{
     detectors::detector::{Context, Detector},
     export::{event_log::EventLog, metrics::Registry},
     host::{
-        netns::NetnsReport,
+        netns::{NetnsReport, identity_of_cgroup},
         sock_diag::{self, TcpSocket, state},
     },
     kernel::reader::{Reader, Rings, Schedule, Wakeup},
@@ -381,6 +381,10 @@ pub struct Owner {
     pub uid: u32,
     pub user: Option<String>,
     pub cgroup: Option<String>,
+    /// The short ID of the container the cgroup is: in a pod of several containers, the one
+    /// serving (the namespace's `container` is the pod's sandbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub processes: Vec<Process>,
 }
 
@@ -975,10 +979,14 @@ impl Names {
             .collect();
         processes.sort_by_key(|p| p.pid);
         processes.dedup();
+        let cgroup = cgroup_id.and_then(|id| self.cgroup(id, now));
         Owner {
             uid,
             user: self.user(uid),
-            cgroup: cgroup_id.and_then(|id| self.cgroup(id, now)),
+            container: cgroup
+                .as_deref()
+                .and_then(|path| identity_of_cgroup(path).container),
+            cgroup,
             processes,
         }
     }
