@@ -618,8 +618,9 @@ fn netns_only_follows_the_namespaces_named_and_no_other() {
 
 /// Two containers on a bridge of the daemon's namespace (as Docker's and podman's default
 /// networks are): a connection from one to the other's service is bridged, never routed, and
-/// the daemon samples its SYN-ACK where it leaves by the bridge port, and names the service's
-/// container in `/api/v1/services`.
+/// the daemon samples its SYN-ACK as it comes in by the server's bridge port (not again where
+/// it leaves by the client's), and names the service's container in `/api/v1/services`. Once
+/// the server's namespace is deleted, its port's programs and series are gone.
 #[test]
 fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
     let lab = Lab::create(&LabOptions::default()).unwrap();
@@ -671,6 +672,27 @@ fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
     assert_eq!(report["samples"], 4, "{report}\n{}", daemon.log());
     assert_eq!(report["netns"]["inode"], server.inode(), "{report}");
     assert_eq!(report["netns"]["container"], &server.id[..12], "{report}");
+
+    let metrics = daemon.metrics(&lab);
+    let sampled_in = "seqwatch_synack_samples_total{direction=\"ingress\",interface=\"swbp1\"}";
+    assert_eq!(series_value(&metrics, sampled_in), Some(4.0), "{metrics}");
+    let sampled_out = "seqwatch_synack_samples_total{direction=\"egress\",interface=\"swbp0\"}";
+    assert_eq!(series_value(&metrics, sampled_out), None, "{metrics}");
+
+    // The sampler on the server's bridge port's ingress goes with its namespace, and so does
+    // every series of the port.
+    let sampler = "seqwatch_program_attached{direction=\"ingress\",interface=\"swbp1\",\
+                   program=\"synack_from_netns\"}";
+    assert_eq!(series_value(&daemon.metrics(&lab), sampler), Some(1.0));
+    drop(listener);
+    let [_, mut server] = containers;
+    server.stop();
+    let gone = wait_for(Duration::from_secs(10), || {
+        daemon
+            .scrape(&lab)
+            .is_some_and(|metrics| !metrics.contains("interface=\"swbp1\""))
+    });
+    assert!(gone, "{}", daemon.metrics(&lab));
     daemon.stop();
 }
 

@@ -127,14 +127,25 @@ impl SampleCounter {
     }
 
     /// Takes the interfaces' names of the moment (once per read of the rings): the handles
-    /// are made again if any changed.
+    /// are made again if any changed, and the series of an interface gone (or renamed) are
+    /// removed, as a container host's veths come and go with their random names.
     pub fn update_names(&mut self) {
         let names = self.interfaces.current();
-        if !Arc::ptr_eq(&names, &self.names) {
-            self.names = names;
-            self.handles.clear();
-            self.last = None;
+        if Arc::ptr_eq(&names, &self.names) {
+            return;
         }
+        for (index, name) in self.names.iter() {
+            if names.get(index) != Some(name) {
+                for direction in Direction::ALL {
+                    let _ = self
+                        .family
+                        .remove_label_values(&[name.as_str(), direction.as_str()]);
+                }
+            }
+        }
+        self.names = names;
+        self.handles.clear();
+        self.last = None;
     }
 
     pub fn count(&mut self, sample: &Sample) {
@@ -177,7 +188,7 @@ impl SampleLog {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use prometheus::Opts;
+    use prometheus::{Opts, core::Collector as _};
     use seqwatch_common::synack::{FAMILY_IPV4, FAMILY_IPV6};
 
     use super::*;
@@ -247,7 +258,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn samples_are_counted_under_the_interface_name_of_the_moment() {
+    fn samples_are_counted_under_the_interface_name_of_the_moment_and_forgotten_with_it() {
         let family = IntCounterVec::new(
             Opts::new("samples", "Samples."),
             &["interface", "direction"],
@@ -264,7 +275,15 @@ pub(super) mod tests {
         interfaces.publish(&HashMap::new());
         counter.update_names();
         counter.count(&sample);
-        let count = |interface| family.with_label_values(&[interface, "ingress"]).get();
-        assert_eq!((count("unknown"), count("eth0")), (2, 2));
+        let series: Vec<(String, u64)> = family.collect()[0]
+            .get_metric()
+            .iter()
+            .map(|metric| {
+                let interface = metric.get_label()[1].value().to_owned();
+                (interface, metric.get_counter().value() as u64)
+            })
+            .collect();
+        // eth0's series went with it: a vanished interface leaves none behind.
+        assert_eq!(series, [("unknown".to_owned(), 2)]);
     }
 }
