@@ -204,8 +204,10 @@ pub static TLS_LOG_PREFIX: Setting<bool> = Setting {
 pub static NETNS: Setting<NetnsMode> = Setting {
     key: "netns",
     flag: flag("netns", "MODE"),
-    help: "Network namespaces whose listeners are watched: this one, or every one of the host \
-           as they come and go (needs CAP_SYS_ADMIN and CAP_SYS_PTRACE kept, docs/deploy.md)",
+    help: "Network namespaces watched: this one, or every one of the host as they come and go \
+           (their listeners, TCP events and TcpExt read inside each, their veths' SYN-ACKs \
+           sampled as they come in; needs CAP_SYS_ADMIN and CAP_SYS_PTRACE kept, \
+           docs/deploy.md)",
     default: NetnsMode::Own,
     allowed: (),
 };
