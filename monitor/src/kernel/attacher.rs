@@ -136,8 +136,9 @@ impl Attacher {
         hooks
     }
 
-    /// Takes back the hooks an interface had and no longer needs (its peer moved back to this
-    /// namespace, or it went down).
+    /// Takes back the hooks an interface still wanted had and no longer needs: its peer moved
+    /// back to this namespace, or the selection's own hooks replace the SYN recorder. (An
+    /// interface that went down keeps what it has, as it always did, until it is gone.)
     fn detach_unwanted(
         &mut self,
         object: &mut LoadedObject,
