@@ -470,7 +470,10 @@ mod tests {
         let (malformed, long) = (ID.replace('1', "2"), ID.replace('1', "3"));
         link(format!("checkout-7d9f-web-{malformed}.log"));
         link(format!("checkout_shop_web-{malformed}"));
-        link(format!("checkout_shop_{}-{long}.log", "n".repeat(MAX_NAME + 1)));
+        link(format!(
+            "checkout_shop_{}-{long}.log",
+            "n".repeat(MAX_NAME + 1)
+        ));
         link(format!("checkout_shop_web-{}.log", ID.to_uppercase()));
         link(format!("checkout_shop_web-{}.log", &ID[1..]));
         link(format!("checkout_shop_web-{}.log", ID.replace('a', "g")));
