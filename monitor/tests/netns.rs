@@ -334,7 +334,10 @@ fn a_podman_containers_listener_is_named_by_its_podman_name_and_forgotten_with_i
     );
     // Its owner, by the listening process's own cgroup (in a pod, its container, not the pod's).
     assert_eq!(listed["owner"]["container"], container.id[..12], "{listed}");
-    assert_eq!(listed["owner"]["container_name"], container.name, "{listed}");
+    assert_eq!(
+        listed["owner"]["container_name"], container.name,
+        "{listed}"
+    );
 
     container.remove();
     let forgotten = wait_for(Duration::from_secs(6), || {
