@@ -252,7 +252,8 @@ fn the_default_values_render_the_reference_daemonset() {
 }
 
 /// `netns: all` adds hostPID, CAP_SYS_ADMIN, CAP_SYS_PTRACE, `--netns all` and the kubelet's
-/// pod log directories read-only (the pods' names), and changes nothing else.
+/// pod log directories and container log links read-only (the pods' and containers' names),
+/// and changes nothing else.
 #[test]
 fn netns_all_adds_host_pid_sys_admin_sys_ptrace_and_pod_names_and_nothing_else() {
     let default = render(&default_values());
@@ -265,16 +266,17 @@ fn netns_all_adds_host_pid_sys_admin_sys_ptrace_and_pod_names_and_nothing_else()
         ["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
     );
     assert!(strings(&container["args"]).ends_with(&["--netns", "all"]));
-    let mount = container["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .last()
-        .unwrap();
-    assert_eq!(mount["mountPath"], "/var/log/pods");
-    assert_eq!(mount["readOnly"], true);
-    let volume = pod["volumes"].as_sequence().unwrap().last().unwrap();
-    assert_eq!(volume["name"], mount["name"]);
-    assert_eq!(volume["hostPath"]["path"], "/var/log/pods");
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    let volumes = pod["volumes"].as_sequence().unwrap();
+    let log_dirs = ["/var/log/pods", "/var/log/containers"];
+    for (n, path) in log_dirs.into_iter().enumerate() {
+        let mount = &mounts[mounts.len() - log_dirs.len() + n];
+        assert_eq!(mount["mountPath"], path);
+        assert_eq!(mount["readOnly"], true);
+        let volume = &volumes[volumes.len() - log_dirs.len() + n];
+        assert_eq!(volume["name"], mount["name"]);
+        assert_eq!(volume["hostPath"]["path"], path);
+    }
 
     let mut undone = pod.clone();
     let undone_map = undone.as_mapping_mut().unwrap();
@@ -287,8 +289,9 @@ fn netns_all_adds_host_pid_sys_admin_sys_ptrace_and_pod_names_and_nothing_else()
     let args = undone_container["args"].as_sequence_mut().unwrap();
     args.truncate(args.len() - 2);
     let mounts = undone_container["volumeMounts"].as_sequence_mut().unwrap();
-    mounts.pop();
-    undone_map["volumes"].as_sequence_mut().unwrap().pop();
+    mounts.truncate(mounts.len() - log_dirs.len());
+    let volumes = undone_map["volumes"].as_sequence_mut().unwrap();
+    volumes.truncate(volumes.len() - log_dirs.len());
     assert_eq!(&undone, pod_spec(&default));
     assert_eq!(pod_spec(&default)["hostPID"], Yaml::Null);
 }

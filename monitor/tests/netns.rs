@@ -290,7 +290,8 @@ impl Drop for PodmanContainer {
 
 /// A real podman container with a listener: its listener is watched under its namespace's
 /// inode, `seqwatch_netns_info` names it by podman's name (from podman's containers.json) and
-/// /api/v1/owners gives its short ID and name; once `podman rm` removes it, its series go.
+/// /api/v1/owners gives its short ID and name, and its owner's; once `podman rm` removes it,
+/// its series go.
 #[test]
 fn a_podman_containers_listener_is_named_by_its_podman_name_and_forgotten_with_it() {
     let (lab, daemon, _dir) = start_daemon(&[]);
@@ -333,6 +334,10 @@ fn a_podman_containers_listener_is_named_by_its_podman_name_and_forgotten_with_i
     );
     // Its owner, by the listening process's own cgroup (in a pod, its container, not the pod's).
     assert_eq!(listed["owner"]["container"], container.id[..12], "{listed}");
+    assert_eq!(
+        listed["owner"]["container_name"], container.name,
+        "{listed}"
+    );
 
     container.remove();
     let forgotten = wait_for(Duration::from_secs(6), || {

@@ -242,7 +242,7 @@ pub fn identity_of_cgroup(path: &str) -> Identity {
 }
 
 /// A full container ID: 64 lowercase hex digits.
-fn is_container_id(id: &str) -> bool {
+pub fn is_container_id(id: &str) -> bool {
     id.len() == 64
         && id
             .bytes()

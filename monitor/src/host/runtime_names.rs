@@ -6,7 +6,10 @@
 //!   containers.json`, each container's `"id"` and first of `"names"`;
 //! - Kubernetes (kubelet's log layout, any runtime): `/var/log/pods/<namespace>_<pod>_<uid>/`,
 //!   found by the pod's UID, gives the namespace and the pod's name; its one subdirectory, in a
-//!   pod of one container, that container's name.
+//!   pod of one container, that container's name;
+//! - Kubernetes, by container: `/var/log/containers/<pod>_<namespace>_<container>-<full id>.log`
+//!   (kubelet's links to each container's log), the name of any container of a pod, the
+//!   directory listed again only once it changed.
 //!
 //! Whoever starts a container chooses its name, so every name is sanitised and cut to
 //! [`MAX_NAME`]; every file is read up to [`MAX_STATE_FILE`] bytes, every directory up to
@@ -26,11 +29,12 @@ use std::{
 
 use serde::Deserialize;
 
-use super::netns::Identity;
+use super::netns::{Identity, is_container_id};
 
 /// Bytes read of a state file at most; a larger one is not parsed.
 pub const MAX_STATE_FILE: u64 = 8 << 20;
-/// Entries read of a directory at most (`/var/log/pods`, a pod's log directory).
+/// Entries read of a directory at most (`/var/log/pods`, a pod's log directory,
+/// `/var/log/containers`).
 pub const MAX_DIR_ENTRIES: usize = 16_384;
 /// Characters kept of a name.
 pub const MAX_NAME: usize = 128;
@@ -41,6 +45,7 @@ pub struct StateRoots {
     docker_containers: PathBuf,
     podman_containers: PathBuf,
     pod_logs: PathBuf,
+    container_logs: PathBuf,
 }
 
 impl StateRoots {
@@ -56,6 +61,7 @@ impl StateRoots {
             podman_containers: root
                 .join("var/lib/containers/storage/overlay-containers/containers.json"),
             pod_logs: root.join("var/log/pods"),
+            container_logs: root.join("var/log/containers"),
         }
     }
 }
@@ -69,6 +75,8 @@ pub struct RuntimeNames {
     podman: Cached<HashMap<String, String>>,
     /// kubelet's pod log directories: pod UID → (namespace, pod name, directory).
     pods: Cached<HashMap<String, PodLogs>>,
+    /// kubelet's container log links: full ID → container name.
+    containers: Cached<HashMap<String, String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -85,6 +93,7 @@ impl RuntimeNames {
             docker: HashMap::new(),
             podman: Cached::default(),
             pods: Cached::default(),
+            containers: Cached::default(),
         }
     }
 
@@ -110,8 +119,15 @@ impl RuntimeNames {
         if let Some(id) = identity.full_container_id.as_deref()
             && identity.container_name.is_none()
         {
-            identity.container_name = self.docker(id).or_else(|| self.podman(id));
+            identity.container_name = self.container_name(id);
         }
+    }
+
+    /// The name of the container whose full ID is `id`: Docker's, podman's or kubelet's.
+    pub fn container_name(&mut self, id: &str) -> Option<String> {
+        self.docker(id)
+            .or_else(|| self.podman(id))
+            .or_else(|| self.kubelet_container(id))
     }
 
     /// Forgets the Docker configs of containers no longer looked up.
@@ -154,6 +170,12 @@ impl RuntimeNames {
         containers.get(id).cloned()
     }
 
+    fn kubelet_container(&mut self, id: &str) -> Option<String> {
+        let links = &self.roots.container_logs;
+        let containers = self.containers.refresh(links, container_log_links);
+        containers.get(id).cloned()
+    }
+
     fn pod(&mut self, uid: &str) -> Option<PodLogs> {
         let pods = self.pods.refresh(&self.roots.pod_logs, pod_log_dirs);
         let pod = pods.get(uid).cloned();
@@ -187,6 +209,30 @@ fn pod_log_dirs(dir: &Path) -> HashMap<String, PodLogs> {
                 dir: entry.path(),
             };
             Some((uid.to_owned(), pod))
+        })
+        .collect()
+}
+
+/// `<pod>_<namespace>_<container>-<full id>.log` entries of `dir`, container name by full ID.
+/// Kubernetes names hold no `_` and a container's at most 63 characters: an entry otherwise
+/// shaped, or whose name is longer than [`MAX_NAME`], is not kubelet's and names nothing.
+fn container_log_links(dir: &Path) -> HashMap<String, String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        log::debug!("{} not readable", dir.display());
+        return HashMap::new();
+    };
+    entries
+        .take(MAX_DIR_ENTRIES)
+        .flatten()
+        .filter_map(|entry| {
+            let file_name = entry.file_name();
+            let mut parts = file_name.to_str()?.strip_suffix(".log")?.splitn(3, '_');
+            let (_pod, _namespace, container) = (parts.next()?, parts.next()?, parts.next()?);
+            let (name, id) = container.rsplit_once('-')?;
+            if !is_container_id(id) || name.chars().count() > MAX_NAME {
+                return None;
+            }
+            Some((id.to_owned(), label_value(name)?))
         })
         .collect()
 }
@@ -396,6 +442,54 @@ mod tests {
         names.name(&mut identity);
         assert_eq!(identity.pod_name.as_deref(), Some("checkout-7d9f"));
         assert_eq!(identity.container_name, None);
+    }
+
+    /// Kubelet's log links name each container of a pod by its ID, where the pod's log
+    /// directory cannot say which one a namespace's process is.
+    #[test]
+    fn kubelets_container_log_links_name_each_container_of_a_pod_by_its_id() {
+        let root = tempfile::tempdir().unwrap();
+        let links = root.path().join("var/log/containers");
+        std::fs::create_dir_all(&links).unwrap();
+        let link = |name: String| {
+            let target = format!("/var/log/pods/shop_checkout-7d9f_{POD}/x/0.log");
+            std::os::unix::fs::symlink(target, links.join(name)).unwrap();
+        };
+        let sidecar = ID.replace('0', "e");
+        link(format!("checkout-7d9f_shop_api-{ID}.log"));
+        let mut names = RuntimeNames::new(StateRoots::under(root.path()));
+        assert_eq!(names.container_name(ID).as_deref(), Some("api"));
+        assert_eq!(names.container_name(&sidecar), None, "not there yet");
+
+        // Listed again once the directory changed.
+        link(format!("checkout-7d9f_shop_sidecar-{sidecar}.log"));
+        assert_eq!(names.container_name(&sidecar).as_deref(), Some("sidecar"));
+        assert_eq!(names.container_name(ID).as_deref(), Some("api"));
+
+        // Malformed, over-long, not a full ID (upper case, short, not hex): none is kubelet's.
+        let (malformed, long) = (ID.replace('1', "2"), ID.replace('1', "3"));
+        link(format!("checkout-7d9f-web-{malformed}.log"));
+        link(format!("checkout_shop_web-{malformed}"));
+        link(format!(
+            "checkout_shop_{}-{long}.log",
+            "n".repeat(MAX_NAME + 1)
+        ));
+        link(format!("checkout_shop_web-{}.log", ID.to_uppercase()));
+        link(format!("checkout_shop_web-{}.log", &ID[1..]));
+        link(format!("checkout_shop_web-{}.log", ID.replace('a', "g")));
+        link(format!("checkout_shop_{ID}.log"));
+        for id in [&malformed, &long] {
+            assert_eq!(names.container_name(id), None, "{id}");
+        }
+        let parsed = container_log_links(&links);
+        let expected = [(ID, "api"), (sidecar.as_str(), "sidecar")];
+        let expected = expected.map(|(id, name)| (id.to_owned(), name.to_owned()));
+        assert_eq!(parsed, HashMap::from(expected));
+
+        // A name of odd characters is cleaned, as every other.
+        let odd = ID.replace('1', "4");
+        link(format!("checkout_shop_a b\u{e9}-{odd}.log"));
+        assert_eq!(names.container_name(&odd).as_deref(), Some("a_b_"));
     }
 
     #[test]

@@ -38,7 +38,8 @@ use crate::{
     detectors::detector::{Context, Detector},
     export::{event_log::EventLog, metrics::Registry},
     host::{
-        netns::{NetnsReport, identity_of_cgroup},
+        netns::{Identity, NetnsReport, identity_of_cgroup},
+        runtime_names::RuntimeNames,
         sock_diag::{self, TcpSocket, state},
     },
     kernel::reader::{Reader, Rings, Schedule, Wakeup},
@@ -385,6 +386,9 @@ pub struct Owner {
     /// serving (the namespace's `container` is the pod's sandbox).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// That container's name, from the runtimes' state files (`--netns all` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
     pub processes: Vec<Process>,
 }
 
@@ -681,9 +685,8 @@ impl SocketTableReader {
                 .inc_by(new_drops.get(&number).copied().unwrap_or_default());
             let becomes = waited >= self.unresponsive_after && !self.unresponsive.contains(&number);
             // A new episode's event names the processes even if /proc was walked just now.
-            let owner = self
-                .names
-                .owner(port.uid, port.cgroup_id, &port.inodes, becomes);
+            let runtime_names = self.other_namespaces.as_mut().map(|o| &mut o.runtime_names);
+            let owner = self.names.owner(port, becomes, runtime_names);
             let unresponsive = self.judge(number, port, waited, &owner, &label);
             m.queues.add(&labels, port, waited, unresponsive);
             listeners.push(ListenerReport {
@@ -931,6 +934,8 @@ struct Names {
     users: HashMap<u32, Option<String>>,
     cgroups: HashMap<u64, String>,
     cgroups_walked: Option<Instant>,
+    /// The container each cgroup of `cgroups` is, from its path, and its name once found.
+    containers: HashMap<u64, Identity>,
     processes: HashMap<u32, Vec<Process>>,
     processes_walked: Option<Instant>,
 }
@@ -952,11 +957,36 @@ impl Names {
         if !self.cgroups.contains_key(&id) && (due(&mut self.cgroups_walked, CGROUPS_AGAIN) || now)
         {
             self.cgroups = walk_cgroups();
+            let cgroups = &self.cgroups;
+            self.containers.retain(|id, _| cgroups.contains_key(id));
         }
         self.cgroups.get(&id).cloned()
     }
 
-    fn owner(&mut self, uid: u32, cgroup_id: Option<u64>, inodes: &[u32], now: bool) -> Owner {
+    /// The container cgroup `id` (at `path`) is, its path parsed once; its name looked up in
+    /// `runtime_names` while unknown (a stat of each runtime's state per call).
+    fn container(
+        &mut self,
+        id: u64,
+        path: &str,
+        runtime_names: Option<&mut RuntimeNames>,
+    ) -> &Identity {
+        let container = self
+            .containers
+            .entry(id)
+            .or_insert_with(|| identity_of_cgroup(path));
+        if container.container_name.is_none()
+            && let (Some(full_id), Some(runtime_names)) =
+                (container.full_container_id.as_deref(), runtime_names)
+        {
+            container.container_name = runtime_names.container_name(full_id);
+        }
+        container
+    }
+
+    /// Who owns `port`'s listeners; their container's name only with `runtime_names`.
+    fn owner(&mut self, port: &Port, now: bool, runtime_names: Option<&mut RuntimeNames>) -> Owner {
+        let (uid, cgroup_id, inodes) = (port.uid, port.cgroup_id, port.inodes.as_slice());
         let unknown = inodes
             .iter()
             .any(|inode| !self.processes.contains_key(inode));
@@ -980,13 +1010,16 @@ impl Names {
         processes.sort_by_key(|p| p.pid);
         processes.dedup();
         let cgroup = cgroup_id.and_then(|id| self.cgroup(id, now));
+        let container = match (cgroup_id, cgroup.as_deref()) {
+            (Some(id), Some(path)) => self.container(id, path, runtime_names).clone(),
+            _ => Identity::default(),
+        };
         Owner {
             uid,
             user: self.user(uid),
-            container: cgroup
-                .as_deref()
-                .and_then(|path| identity_of_cgroup(path).container),
             cgroup,
+            container: container.container,
+            container_name: container.container_name,
             processes,
         }
     }

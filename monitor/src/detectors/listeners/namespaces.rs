@@ -38,7 +38,8 @@ use std::{
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 use super::{
-    ListenerEvent, ListenerReport, Names, OwnerKey, OwnerTotals, QueueGauges, Snapshot, WaitClock,
+    ListenerEvent, ListenerReport, Names, Owner, OwnerKey, OwnerTotals, Port, QueueGauges,
+    Snapshot, WaitClock,
 };
 use crate::{
     export::{
@@ -200,7 +201,8 @@ pub(super) struct OtherNamespaces {
     /// `--netns-only`: the names of the only namespaces followed; empty: every one.
     only: Vec<String>,
     followed: BTreeMap<NetnsInode, Followed>,
-    runtime_names: RuntimeNames,
+    /// Names the namespaces' containers and pods, and the listeners' owners' containers.
+    pub(super) runtime_names: RuntimeNames,
     scanned: Option<Instant>,
     said_unfollowed: bool,
 }
@@ -247,6 +249,8 @@ impl OtherNamespaces {
         let mut found = Found::default();
         let mut failed = Vec::new();
         let mut services = Vec::new();
+        let runtime_names = &mut self.runtime_names;
+        let mut owner = |port: &Port| names.owner(port, false, Some(&mut *runtime_names));
         for (inode, followed) in &mut self.followed {
             if followed.posture.due(now) {
                 let assessed = netns::run_in(&followed.namespace, *inode, || {
@@ -270,7 +274,8 @@ impl OtherNamespaces {
                         self.shared.seed_listeners(*inode, counts);
                     }
                     let m = &self.metrics;
-                    followed.publish(&snapshot, now, unresponsive_after, names, m, &mut found);
+                    let owner = &mut owner;
+                    followed.publish(&snapshot, now, unresponsive_after, owner, m, &mut found);
                 }
                 Err(err) => {
                     // Reopened at the next rescan, if the namespace is still there.
@@ -528,7 +533,7 @@ impl Followed {
         snapshot: &Snapshot,
         now: Instant,
         unresponsive_after: Duration,
-        names: &mut Names,
+        owner: &mut impl FnMut(&Port) -> Owner,
         m: &NetnsMetrics,
         found: &mut Found,
     ) {
@@ -560,7 +565,7 @@ impl Followed {
                 drops,
                 oldest_wait_seconds: waited.as_secs_f64(),
                 unresponsive,
-                owner: names.owner(port.uid, port.cgroup_id, &port.inodes, false),
+                owner: owner(port),
                 handshakes: Default::default(),
                 netns: Some(netns.clone()),
             };
