@@ -129,17 +129,29 @@ pub fn syn_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn record_syn(ctx: &TcContext) {
+    let mut tcp = MaybeUninit::<TcpPacket>::uninit();
+    if parse_flagged(ctx, synack_origin::is_syn, &mut tcp) {
+        // SAFETY: parse_flagged returned true, so parse wrote the whole packet.
+        synack_origin::record_syn(ctx, unsafe { tcp.assume_init_ref() });
+    }
+}
+
+/// Parses a packet for the classifiers that look at one kind of segment: only if its flags,
+/// read in place where they can be, are `wanted` (the full parser's packets are not sorted
+/// first: the caller checks their flags again).
+#[inline(always)]
+fn parse_flagged(
+    ctx: &TcContext,
+    wanted: impl Fn(u8) -> bool,
+    out: &mut MaybeUninit<TcpPacket>,
+) -> bool {
     let plain = match packet::plain_tcp(ctx) {
-        Some(None) => return,
-        Some(Some(tcp)) if !synack_origin::is_syn(tcp.flags) => return,
+        Some(None) => return false,
+        Some(Some(tcp)) if !wanted(tcp.flags) => return false,
         Some(Some(_)) => true,
         None => false,
     };
-    let mut tcp = MaybeUninit::<TcpPacket>::uninit();
-    if parse(ctx, plain, &mut tcp) {
-        // SAFETY: parse returned true, so it wrote the whole packet.
-        synack_origin::record_syn(ctx, unsafe { tcp.assume_init_ref() });
-    }
+    parse(ctx, plain, out)
 }
 
 /// Ingress on this host's end of another network namespace's veth (`--netns all`): that
@@ -154,17 +166,11 @@ pub fn synack_from_netns(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn sample_synack_in(ctx: &TcContext) {
-    let plain = match packet::plain_tcp(ctx) {
-        Some(None) => return,
-        Some(Some(tcp)) if !synack::is_synack(tcp.flags) => return,
-        Some(Some(_)) => true,
-        None => false,
-    };
     let mut tcp = MaybeUninit::<TcpPacket>::uninit();
-    if !parse(ctx, plain, &mut tcp) {
+    if !parse_flagged(ctx, synack::is_synack, &mut tcp) {
         return;
     }
-    // SAFETY: parse returned true, so it wrote the whole packet.
+    // SAFETY: parse_flagged returned true, so parse wrote the whole packet.
     let tcp = unsafe { tcp.assume_init_ref() };
     if synack::is_synack(tcp.flags) && synack_origin::admits(ctx, Direction::Ingress, tcp, 0) {
         synack::emit(ctx, Direction::Ingress, tcp);

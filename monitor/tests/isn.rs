@@ -24,7 +24,7 @@ use common::{
         TFO_CONNECTIONS, connect_many, fast_open_exchanges, listen, netstat, send_crafted,
         write_sysctl,
     },
-    prometheus::series_value,
+    prometheus::{series_value, synack_samples},
     wait_for,
 };
 use seqwatch::{
@@ -66,9 +66,8 @@ fn assert_samples_equal_capture(lab: &Lab, server: IpAddr, capture_if: &str, att
     assert!(samples.iter().all(|s| s["server"] == service.to_string()));
 
     let metrics = daemon.metrics(lab);
-    let series =
-        format!("seqwatch_synack_samples_total{{direction=\"egress\",interface=\"{attach_if}\"}}");
-    assert_eq!(series_value(&metrics, &series), Some(CONNECTIONS as f64));
+    let sampled = synack_samples(&metrics, attach_if, "egress");
+    assert_eq!(sampled, Some(CONNECTIONS as f64));
     assert_eq!(
         series_value(&metrics, "seqwatch_ringbuf_dropped_total"),
         Some(0.0)
@@ -670,12 +669,7 @@ fn a_gateway_scores_forwarded_handshakes_and_refuses_forgeries(direction: &str) 
     let before = (GENUINE, scored(&lab, &daemon, server, GENUINE));
     assert_eq!(before.1, "strong");
     let metrics = daemon.metrics(&lab);
-    let samples = |interface: &str, direction: &str| {
-        let series = format!(
-            "seqwatch_synack_samples_total{{direction=\"{direction}\",interface=\"{interface}\"}}"
-        );
-        series_value(&metrics, &series)
-    };
+    let samples = |interface: &str, direction: &str| synack_samples(&metrics, interface, direction);
     assert_eq!(
         samples(towards_server, "ingress"),
         Some(GENUINE as f64),

@@ -21,10 +21,13 @@ use std::{
 
 use common::{
     container::{Container, ListeningNamespaces},
-    daemon::{Daemon, listed_owner, read_json_lines, service_report},
+    daemon::{Daemon, event_lines, listed_owner, read_json_lines, service_report},
     host::{rss_bytes, thread_caps},
-    lab::{backlog_listener, connect_many, netstat, read_sysctl, send_crafted, write_sysctl},
-    prometheus::series_value,
+    lab::{
+        backlog_listener, connect_many, ip, netstat, read_sysctl, route_own_server_address,
+        send_crafted, write_sysctl,
+    },
+    prometheus::{series_value, synack_samples},
     wait_for,
 };
 use seqwatch::lab::{Crafter, Lab, LabOptions, flags::*};
@@ -408,9 +411,13 @@ fn a_containers_tcpext_counters_and_posture_are_its_own_and_go_with_it() {
     write_sysctl(&lab, &ns, "net.ipv4.tcp_syncookies", "0");
     let probe = format!("swp{}", std::process::id());
     let (peer, client_ns) = (&probe, &lab.client_ns);
-    ip(&[
-        "-n", &ns, "link", "add", &probe, "type", "veth", "peer", peer, "netns", client_ns,
-    ]);
+    ip(
+        &lab,
+        &ns,
+        &[
+            "link", "add", &probe, "type", "veth", "peer", peer, "netns", client_ns,
+        ],
+    );
     // An accept queue of two that nothing accepts from: the SYNs after it are dropped there.
     let queue = SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT + 1);
     let listener = backlog_listener(&lab, &ns, queue, 1);
@@ -519,11 +526,6 @@ fn a_containers_tcpext_counters_and_posture_are_its_own_and_go_with_it() {
     daemon.stop();
 }
 
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?}: {status}");
-}
-
 /// A container's listener that never accepts: once a connection has waited the limit in its
 /// accept queue, the event log says so, naming the container, and the episode is counted under
 /// its namespace; the event log says so again when it recovers. The count goes with the
@@ -630,19 +632,23 @@ fn netns_only_follows_the_namespaces_named_and_no_other() {
 fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
     let lab = Lab::create(&LabOptions::default()).unwrap();
     let host = lab.server_ns.as_str();
-    ip(&["-n", host, "link", "add", "swbr0", "type", "bridge"]);
-    ip(&["-n", host, "link", "set", "swbr0", "up"]);
+    ip(&lab, host, &["link", "add", "swbr0", "type", "bridge"]);
+    ip(&lab, host, &["link", "set", "swbr0", "up"]);
     let containers = [Container::create(), Container::create()];
     for (n, container) in containers.iter().enumerate() {
         let port = format!("swbp{n}");
         let address = format!("10.77.0.{}/24", n + 1);
         let ns = container.ns.as_str();
-        ip(&[
-            "-n", host, "link", "add", &port, "type", "veth", "peer", "eth0", "netns", ns,
-        ]);
-        ip(&["-n", host, "link", "set", &port, "master", "swbr0", "up"]);
-        ip(&["-n", ns, "addr", "add", &address, "dev", "eth0"]);
-        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        ip(
+            &lab,
+            host,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "eth0", "netns", ns,
+            ],
+        );
+        ip(&lab, host, &["link", "set", &port, "master", "swbr0", "up"]);
+        ip(&lab, ns, &["addr", "add", &address, "dev", "eth0"]);
+        ip(&lab, ns, &["link", "set", "eth0", "up"]);
     }
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start(&lab, host, dir.path(), &["--netns", "all"]);
@@ -679,10 +685,10 @@ fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
     assert_eq!(report["netns"]["container"], &server.id[..12], "{report}");
 
     let metrics = daemon.metrics(&lab);
-    let sampled_in = "seqwatch_synack_samples_total{direction=\"ingress\",interface=\"swbp1\"}";
-    assert_eq!(series_value(&metrics, sampled_in), Some(4.0), "{metrics}");
-    let sampled_out = "seqwatch_synack_samples_total{direction=\"egress\",interface=\"swbp0\"}";
-    assert_eq!(series_value(&metrics, sampled_out), None, "{metrics}");
+    let sampled_in = synack_samples(&metrics, "swbp1", "ingress");
+    assert_eq!(sampled_in, Some(4.0), "{metrics}");
+    let sampled_out = synack_samples(&metrics, "swbp0", "egress");
+    assert_eq!(sampled_out, None, "{metrics}");
 
     // The sampler on the server's bridge port's ingress goes with its namespace, and so does
     // every series of the port.
@@ -716,30 +722,8 @@ fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refus
     })
     .unwrap();
     let router = lab.router.as_ref().unwrap();
-    // An address of the container's own (labs side by side share the lab's, and an address
-    // two followed namespaces use names neither), routed to it by the router; there before
-    // the daemon first reads the namespace's addresses.
-    let pid = std::process::id();
-    let own = Ipv4Addr::new(10, 215, (pid >> 8) as u8, pid as u8);
-    let route = format!("{own}/32");
-    ip(&[
-        "-n",
-        &lab.server_ns,
-        "addr",
-        "add",
-        &route,
-        "dev",
-        &lab.server_if,
-    ]);
-    ip(&[
-        "-n",
-        &router.ns,
-        "route",
-        "add",
-        &route,
-        "dev",
-        &router.server_if,
-    ]);
+    // The container's address of its own, there before the daemon first reads them.
+    let own = route_own_server_address(&lab);
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let flags = ["--netns", "all", "--event-log", events.to_str().unwrap()];
@@ -774,12 +758,7 @@ fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refus
     assert_eq!(report["samples"], 8, "{report}\n{}", daemon.log());
     assert_eq!(report["netns"]["inode"], inode, "{report}");
     let metrics = daemon.metrics(&lab);
-    let samples = |interface: &str, direction: &str| {
-        let series = format!(
-            "seqwatch_synack_samples_total{{direction=\"{direction}\",interface=\"{interface}\"}}"
-        );
-        series_value(&metrics, &series)
-    };
+    let samples = |interface: &str, direction: &str| synack_samples(&metrics, interface, direction);
     assert_eq!(
         samples(&router.server_if, "ingress"),
         Some(8.0),
@@ -803,12 +782,7 @@ fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refus
     let attacker = Crafter::client_to_server(&lab).unwrap();
     let source = SocketAddr::from((lab.client_v4, 40_001));
     send_crafted(&attacker, (source, service), SYN, (1000, 0), b"poison");
-    let with_data = || {
-        read_json_lines(&events)
-            .into_iter()
-            .filter(|line| line["kind"] == "syn_with_data")
-            .collect::<Vec<_>>()
-    };
+    let with_data = || event_lines(&events, "syn_with_data");
     wait_for(Duration::from_secs(5), || !with_data().is_empty());
     let reported = with_data();
     assert_eq!(reported.len(), 1, "{reported:?}\n{}", daemon.log());

@@ -17,12 +17,12 @@ use std::{
 use common::{
     container::ContainerCgroup,
     daemon::{
-        Daemon, MonitoredLab, assert_tcp_event_programs_attached, listed_owner, read_json_lines,
+        Daemon, MonitoredLab, assert_tcp_event_programs_attached, event_lines, listed_owner,
         sampled_server_isn, service_report, start_both_directions,
     },
     lab::{
-        OnceServer, connect_many, ip, listen, route_spoofed, send_crafted, serve_once_then_exit,
-        set_neighbour,
+        OnceServer, connect_many, ip, listen, route_own_server_address, route_spoofed,
+        send_crafted, serve_once_then_exit, set_neighbour,
     },
     prometheus::series_value,
     wait_for,
@@ -83,10 +83,7 @@ impl Scene {
     }
 
     fn lost_events(&self) -> Vec<serde_json::Value> {
-        read_json_lines(&self.events)
-            .into_iter()
-            .filter(|line| line["kind"] == "listener_lost_after_anomaly")
-            .collect()
+        event_lines(&self.events, "listener_lost_after_anomaly")
     }
 
     fn counter(&self, series: &str) -> Option<f64> {
@@ -507,21 +504,8 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
         towards_client,
     );
 
-    // The container's services on an address of its own: labs run side by side share the lab's
-    // addresses, and an address two followed namespaces use names neither.
-    let pid = std::process::id();
-    let own = Ipv4Addr::new(10, 213, (pid >> 8) as u8, pid as u8);
-    let own_route = format!("{own}/32");
-    ip(
-        &lab,
-        &lab.server_ns,
-        &["addr", "add", &own_route, "dev", &lab.server_if],
-    );
-    ip(
-        &lab,
-        &router.ns,
-        &["route", "add", &own_route, "dev", towards_server],
-    );
+    // The container's services on an address of its own.
+    let own = route_own_server_address(&lab);
     let service = SocketAddr::new(own.into(), SERVICE_PORT);
     let mut child = serve_once_then_exit(&lab, &lab.server_ns, service);
     let mut cgroup = ContainerCgroup::create();
@@ -556,12 +540,7 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
         "the container's server never accepted:\n{}",
         daemon.log()
     );
-    let lost = || {
-        read_json_lines(&events)
-            .into_iter()
-            .filter(|line| line["kind"] == "listener_lost_after_anomaly")
-            .collect::<Vec<_>>()
-    };
+    let lost = || event_lines(&events, "listener_lost_after_anomaly");
     wait_for(Duration::from_secs(5), || !lost().is_empty());
     let lost = lost();
     assert_eq!(lost.len(), 1, "{lost:?}\n{}", daemon.log());
@@ -585,10 +564,7 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
     // The anomaly's line names the container serving the service too. It is judged once, as
     // it comes in: the router's egress hook towards the server leaves the forwarded SYN alone
     // (it would see it as a SYN of the router's own, the client's port its service).
-    let anomalies: Vec<_> = read_json_lines(&events)
-        .into_iter()
-        .filter(|line| line["kind"] == "syn_with_data")
-        .collect();
+    let anomalies = event_lines(&events, "syn_with_data");
     assert_eq!(anomalies.len(), 1, "{anomalies:?}");
     assert_eq!(anomalies[0]["service"], service.to_string());
     assert_eq!(anomalies[0]["netns"]["container"], cgroup.short_id());

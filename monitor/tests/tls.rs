@@ -7,7 +7,7 @@
 
 use std::{
     io::{self, BufRead as _, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -16,13 +16,15 @@ use std::{
 
 use common::{
     container::ContainerCgroup,
-    daemon::{Daemon, read_json_lines},
-    lab::ip,
+    daemon::{Daemon, event_lines},
+    lab::route_own_server_address,
     tls::Credentials,
     wait_for,
 };
 use seqwatch::lab::{Lab, LabOptions};
 
+/// The event-log kind of a plaintext-suspected finding.
+const PLAINTEXT: &str = "tls_plaintext_suspected";
 /// A configured TLS port (in the defaults) and one that is not.
 const TLS_PORT: u16 = 8443;
 const OTHER_PORT: u16 = 9443;
@@ -82,10 +84,7 @@ impl Scene {
     }
 
     fn tls_events(&self) -> Vec<serde_json::Value> {
-        read_json_lines(&self.events)
-            .into_iter()
-            .filter(|event| event["kind"] == "tls_plaintext_suspected")
-            .collect()
+        event_lines(&self.events, PLAINTEXT)
     }
 
     /// `openssl s_server -WWW` in the server namespace, serving the scene's directory, for
@@ -253,21 +252,7 @@ fn plaintext_from_a_containers_tls_server_names_its_container() {
     })
     .unwrap();
     let router = lab.router.as_ref().unwrap();
-    // Labs run side by side share the lab's addresses, and an address two followed namespaces
-    // use names neither.
-    let pid = std::process::id();
-    let own = Ipv4Addr::new(10, 214, (pid >> 8) as u8, pid as u8);
-    let own_route = format!("{own}/32");
-    ip(
-        &lab,
-        &lab.server_ns,
-        &["addr", "add", &own_route, "dev", &lab.server_if],
-    );
-    ip(
-        &lab,
-        &router.ns,
-        &["route", "add", &own_route, "dev", &router.server_if],
-    );
+    let own = route_own_server_address(&lab);
     let mut cgroup = ContainerCgroup::create();
     cgroup.start_process_in(&lab.server_ns);
 
@@ -300,12 +285,7 @@ fn plaintext_from_a_containers_tls_server_names_its_container() {
 
     let at = SocketAddrV4::new(own, TLS_PORT);
     let leaked = Credentials::for_address(own).leak_once(&lab, at, 100_000);
-    let plaintext = || {
-        read_json_lines(&events)
-            .into_iter()
-            .filter(|event| event["kind"] == "tls_plaintext_suspected")
-            .collect::<Vec<_>>()
-    };
+    let plaintext = || event_lines(&events, PLAINTEXT);
     wait_for(Duration::from_secs(5), || !plaintext().is_empty());
     let lines = plaintext();
     assert_eq!(lines.len(), 1, "{lines:?}\n{}", daemon.log());

@@ -129,40 +129,30 @@ pub fn run_in<T: Send>(
     })
 }
 
-/// A namespace other than the daemon's, as the JSON API and the event log name it.
+/// A namespace other than the daemon's, as the JSON API and the event log name it: its inode,
+/// then its identity's fields (`null` where unknown).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NetnsReport {
     pub inode: NetnsInode,
-    /// The container's short ID.
-    pub container: Option<String>,
-    pub container_name: Option<String>,
-    /// The Kubernetes pod's UID.
-    pub pod: Option<String>,
-    pub pod_name: Option<String>,
-    /// The pod's Kubernetes namespace.
-    pub namespace: Option<String>,
+    #[serde(flatten)]
+    pub identity: Identity,
 }
 
 impl NetnsReport {
     pub fn new(inode: NetnsInode, identity: &Identity) -> NetnsReport {
-        NetnsReport {
-            inode,
-            container: identity.container.clone(),
-            container_name: identity.container_name.clone(),
-            pod: identity.pod.clone(),
-            pod_name: identity.pod_name.clone(),
-            namespace: identity.namespace.clone(),
-        }
+        let identity = identity.clone();
+        NetnsReport { inode, identity }
     }
 }
 
 /// Who a namespace belongs to: IDs from its processes' cgroup paths ([`identify`]), names from
 /// the container runtimes' state files ([`super::runtime_names`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Identity {
     /// A container's ID, its first 12 hex digits (as `docker ps` and `podman ps` show it).
     pub container: Option<String>,
     /// The same ID in full (64 hex digits), as the runtimes' state files key it.
+    #[serde(skip)]
     pub full_container_id: Option<String>,
     /// The container's name (Docker's, podman's, or a pod's only container's).
     pub container_name: Option<String>,

@@ -192,13 +192,7 @@ impl RuntimeNames {
 /// `<namespace>_<pod name>_<uid>` directories of `dir` (names of Kubernetes objects hold no
 /// `_`), by UID.
 fn pod_log_dirs(dir: &Path) -> HashMap<String, PodLogs> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        log::debug!("{} not readable", dir.display());
-        return HashMap::new();
-    };
-    entries
-        .take(MAX_DIR_ENTRIES)
-        .flatten()
+    bounded_entries(dir)
         .filter_map(|entry| {
             let file_name = entry.file_name();
             let mut parts = file_name.to_str()?.splitn(3, '_');
@@ -217,13 +211,7 @@ fn pod_log_dirs(dir: &Path) -> HashMap<String, PodLogs> {
 /// Kubernetes names hold no `_` and a container's at most 63 characters: an entry otherwise
 /// shaped, or whose name is longer than [`MAX_NAME`], is not kubelet's and names nothing.
 fn container_log_links(dir: &Path) -> HashMap<String, String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        log::debug!("{} not readable", dir.display());
-        return HashMap::new();
-    };
-    entries
-        .take(MAX_DIR_ENTRIES)
-        .flatten()
+    bounded_entries(dir)
         .filter_map(|entry| {
             let file_name = entry.file_name();
             let mut parts = file_name.to_str()?.strip_suffix(".log")?.splitn(3, '_');
@@ -240,16 +228,25 @@ fn container_log_links(dir: &Path) -> HashMap<String, String> {
 /// The name of the one container directory of a pod's log directory; none if it has several
 /// (which of them the namespace's process is, the layout does not say) or none yet.
 fn only_container(pod_dir: &Path) -> Option<String> {
-    let entries = std::fs::read_dir(pod_dir).ok()?;
-    let mut containers = entries
-        .take(MAX_DIR_ENTRIES)
-        .flatten()
-        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()));
+    let mut containers =
+        bounded_entries(pod_dir).filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()));
     let only = containers.next()?;
     if containers.next().is_some() {
         return None;
     }
     label_value(only.file_name().to_str()?)
+}
+
+/// The first [`MAX_DIR_ENTRIES`] entries of `dir` (none if it cannot be read).
+fn bounded_entries(dir: &Path) -> impl Iterator<Item = std::fs::DirEntry> {
+    let entries = std::fs::read_dir(dir)
+        .inspect_err(|err| log::debug!("{}: {err}", dir.display()))
+        .ok();
+    entries
+        .into_iter()
+        .flatten()
+        .take(MAX_DIR_ENTRIES)
+        .flatten()
 }
 
 /// A name as a label value: characters beside ASCII letters, digits, `.`, `-` and `_` become

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use aya::{
+    Pod,
+    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+};
 use prometheus::IntCounter;
 
 /// A per-CPU counter array of the kernel programs, summed over the CPUs on read.
@@ -60,4 +63,13 @@ pub fn advance(mirror: &IntCounter, total: u64) {
     if delta > 0 {
         mirror.inc_by(delta);
     }
+}
+
+/// Each key of a per-CPU hash map of counts, with its total over the CPUs (keys whose values
+/// cannot be read are left out).
+pub fn per_key_totals<K: Pod>(map: &PerCpuHashMap<MapData, K, u64>) -> Vec<(K, u64)> {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(key, per_cpu)| (key, per_cpu.iter().sum()))
+        .collect()
 }

@@ -35,7 +35,10 @@ use super::top_sources::BUCKETS;
 use crate::{
     export::metrics::Registry,
     host::netstat::TcpExt,
-    kernel::records::{socket_address, word_bytes},
+    kernel::{
+        counters::per_key_totals,
+        records::{socket_address, word_bytes},
+    },
     util::sketch::Buckets,
 };
 
@@ -122,8 +125,7 @@ impl KernelGuesses {
     /// map, whose total is `unkeyed_total`).
     pub fn read(&mut self, unkeyed_total: u64) -> Vec<(Option<SocketAddr>, u64)> {
         let mut gained = Vec::new();
-        for (service, per_cpu) in self.kernel.iter().filter_map(Result::ok) {
-            let total = per_cpu.iter().sum();
+        for (service, total) in per_key_totals(&self.kernel) {
             let seen = self.seen.insert(service, total).unwrap_or(0);
             if total > seen {
                 let address =

@@ -291,10 +291,11 @@ impl Correlation {
 /// ` in network namespace N (container C, pod P)`, for the log: names where known, else IDs.
 fn in_namespace(netns: &NetnsReport) -> String {
     let mut text = format!(" in network namespace {}", netns.inode);
-    if let Some(container) = netns.container_name.as_ref().or(netns.container.as_ref()) {
+    let [container, pod, _] = netns.identity.label_values();
+    if !container.is_empty() {
         text += &format!(" (container {container})");
     }
-    if let Some(pod) = netns.pod_name.as_ref().or(netns.pod.as_ref()) {
+    if !pod.is_empty() {
         text += &format!(" (pod {pod})");
     }
     text

@@ -39,7 +39,7 @@ use crate::{
     },
     kernel::{
         btf::{KernelBtf, VMLINUX_BTF},
-        counters::{Mirrors, PerCpuCounters, advance},
+        counters::{Mirrors, PerCpuCounters, advance, per_key_totals},
         loader::{Globals, LoadedObject},
         namespaces::FollowedNamespaces,
         reader::{Reader, Rings, Schedule},
@@ -405,13 +405,7 @@ impl ResetsReceived {
         counters: &PerCpuCounters,
         mut others: Option<&mut OtherNamespaceCounts>,
     ) {
-        let totals: Vec<(ResetService, u64)> = self
-            .kernel
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(service, per_cpu)| (service, per_cpu.iter().sum()))
-            .collect();
-        for (service, total) in totals {
+        for (service, total) in per_key_totals(&self.kernel) {
             let seen = self.seen.insert(service, total).unwrap_or(0);
             if service.netns != OWN_NETNS {
                 if let Some(others) = others.as_deref_mut().filter(|_| total > seen) {

@@ -19,7 +19,7 @@ use crate::{
     },
     host::netns::NetnsReport,
     kernel::{
-        counters::{Mirrors, PerCpuCounters, advance},
+        counters::{Mirrors, PerCpuCounters, advance, per_key_totals},
         namespaces::FollowedNamespaces,
     },
 };
@@ -138,13 +138,7 @@ impl OtherNamespaceCounts {
     /// their labels and their kernel counts (`forget_received` removes their resets
     /// received).
     pub fn refresh(&mut self, mut forget_received: impl FnMut(u32)) {
-        let totals: Vec<(u32, u64)> = self
-            .resets_sent
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(netns, per_cpu)| (netns, per_cpu.iter().sum()))
-            .collect();
-        for (netns, total) in totals {
+        for (netns, total) in per_key_totals(&self.resets_sent) {
             if !self.followed.is_followed(netns) {
                 let _ = self.resets_sent.remove(&netns);
                 continue;

@@ -281,6 +281,12 @@ pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The complete event-log lines of `kind` in `path`.
+pub fn event_lines(path: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let lines = read_json_lines(path).into_iter();
+    lines.filter(|line| line["kind"] == kind).collect()
+}
+
 /// GET /metrics from inside `ns`.
 pub fn scrape(lab: &Lab, ns: &str) -> Option<String> {
     http_get(lab, ns, "/metrics")

@@ -7,7 +7,10 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU8, Ordering},
+    },
     thread,
     time::Duration,
 };
@@ -202,6 +205,26 @@ pub fn set_neighbour(lab: &Lab, ns: &str, (address, mac): (Ipv4Addr, [u8; 6]), d
             "permanent",
         ],
     );
+}
+
+/// An address of the routed lab's server namespace's own, routed to it by the router. Labs
+/// run side by side share the lab's addresses, and an address two followed namespaces use names
+/// neither (`--netns all`): each call gives another one, `10.<213 + n>.<this process's id>`.
+pub fn route_own_server_address(lab: &Lab) -> Ipv4Addr {
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    let router = lab.router.as_ref().expect("a routed lab");
+    let pid = std::process::id();
+    let block = 213 + NEXT.fetch_add(1, Ordering::Relaxed);
+    let own = Ipv4Addr::new(10, block, (pid >> 8) as u8, pid as u8);
+    let route = format!("{own}/32");
+    let server = (lab.server_ns.as_str(), lab.server_if.as_str());
+    ip(lab, server.0, &["addr", "add", &route, "dev", server.1]);
+    ip(
+        lab,
+        &router.ns,
+        &["route", "add", &route, "dev", &router.server_if],
+    );
+    own
 }
 
 /// `ip ARGS` in `ns`, which must succeed.

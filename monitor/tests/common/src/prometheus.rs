@@ -7,3 +7,11 @@ pub fn series_value(metrics: &str, series: &str) -> Option<f64> {
         (name == series).then(|| value.parse().ok())?
     })
 }
+
+/// `seqwatch_synack_samples_total` of one interface and direction, if it has a series.
+pub fn synack_samples(metrics: &str, interface: &str, direction: &str) -> Option<f64> {
+    let series = format!(
+        "seqwatch_synack_samples_total{{direction=\"{direction}\",interface=\"{interface}\"}}"
+    );
+    series_value(metrics, &series)
+}
