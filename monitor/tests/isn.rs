@@ -8,11 +8,13 @@
 //! choosing) answer no SYN that left, so the SYN-ACK origin check refuses them: counted as
 //! `unsolicited_synack` under the server they claim, never scored; before the check each
 //! forgery's verdict flipped, while the answers to Fast Open SYNs, which ack the SYN's data
-//! too, are answers all the same: each is scored. Needs root; every lab namespace is removed when its test ends.
+//! too, are answers all the same: each is scored. A SYN flood's retransmitted SYN-ACKs are each
+//! dropped as retransmissions, and leave a strong server strong. Needs root; every lab
+//! namespace is removed when its test ends.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     thread,
     time::Duration,
 };
@@ -21,8 +23,8 @@ use common::{
     capture::{Capture, sample_tuples},
     daemon::{Daemon, http_get, read_json_lines, scrape},
     lab::{
-        TFO_CONNECTIONS, connect_many, fast_open_exchanges, listen, netstat, send_crafted,
-        write_sysctl,
+        TFO_CONNECTIONS, backlog_listener, connect_many, fast_open_exchanges, listen, netstat,
+        route_spoofed, send_crafted, write_sysctl,
     },
     prometheus::{series_value, synack_samples},
     wait_for,
@@ -583,6 +585,46 @@ fn top_source(lab: &Lab, daemon: &Daemon, kind: &str) -> Option<(String, u64)> {
         first["source"].as_str()?.to_owned(),
         first["events"].as_u64()?,
     ))
+}
+
+/// A SYN flood from a spoofed source at a strong Linux listener: the kernel retransmits each
+/// half-open handshake's SYN-ACK (after 1 s, 3 s, …), with the same ISN. Each retransmission
+/// must be dropped as one: scored as a new sample it repeats an ISN, and the repeats test
+/// turns the server weak, which a flood of a few hundred SYNs did before the scorer kept the
+/// window's 4-tuples exactly.
+#[test]
+fn a_syn_floods_retransmitted_synacks_do_not_turn_a_strong_server_weak() {
+    const HALF_OPEN: u16 = 300;
+    // A source the client namespace drops what is sent to, so it never resets a handshake.
+    const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 77);
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::on_server_egress(&lab, dir.path(), &[]);
+    // Every request is kept (and its SYN-ACK retransmitted), none answered by a cookie.
+    write_sysctl(&lab, &lab.server_ns, "net.ipv4.tcp_syncookies", "0");
+    write_sysctl(&lab, &lab.server_ns, "net.ipv4.tcp_max_syn_backlog", "4096");
+    let server = SocketAddrV4::new(lab.server_v4, PORT);
+    let _listener = backlog_listener(&lab, &lab.server_ns, server, 1024);
+    let crafter = Crafter::client_to_server(&lab).unwrap();
+    route_spoofed(&lab, SPOOFED, Some(crafter.source_mac()));
+    for i in 0..HALF_OPEN {
+        let from = SocketAddr::new(SPOOFED.into(), 30_000 + i);
+        let isn = u32::from(i).wrapping_mul(2_654_435_761);
+        send_crafted(&crafter, (from, server.into()), SYN, (isn, 0), &[]);
+    }
+    // Each SYN-ACK sent, and sent again twice.
+    let sent = 3.0 * f64::from(HALF_OPEN);
+    let retransmitted = wait_for(Duration::from_secs(15), || {
+        synack_samples(&daemon.metrics(&lab), &lab.server_if, "egress").is_some_and(|n| n >= sent)
+    });
+    assert!(retransmitted, "{}", daemon.metrics(&lab));
+    // A service is scored again at most every 2 s.
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        report(&lab, &daemon.ns, server.into()),
+        Some((HALF_OPEN.into(), "strong".to_owned()))
+    );
+    daemon.stop();
 }
 
 /// Ten forged SYN-ACKs with one ISN from a strong Linux server (as ten samples they repeat

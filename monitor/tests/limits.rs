@@ -163,9 +163,10 @@ fn read_all(pipe: &mut impl Read) -> Vec<u8> {
     bytes
 }
 
-/// Bytes the scorer keeps per sample of a full window: the ring's 24 and the 4-tuple table's
-/// two slots of 24; and per service, the reuse pairs (256 × 16) and the scorer itself.
-const BYTES_PER_SAMPLE: u64 = 72;
+/// Bytes the scorer keeps per sample of a full window: the ring's 40 (the sample and its
+/// 4-tuple's) and its index's four buckets of 5; and per service, the reuse pairs (256 × 16)
+/// and the scorer itself.
+const BYTES_PER_SAMPLE: u64 = 60;
 const BYTES_PER_SERVICE: u64 = 8 << 10;
 
 #[test]

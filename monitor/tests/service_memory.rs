@@ -1,7 +1,7 @@
 //! What a scored service costs in memory: the heap bytes the service table holds for services
 //! with a few samples each, counted by this test binary's own allocator. Per-service state
 //! grows with the samples (a full window's is reserved only once the window fills), so a flood
-//! of services seen a few times each, up to the cap, costs kilobytes each, not the ~135 KB a
+//! of services seen a few times each, up to the cap, costs kilobytes each, not the ~125 KB a
 //! full window reserves. The scorer's lookup tables, built once per process on its first
 //! report, are counted apart: they are not a service's.
 

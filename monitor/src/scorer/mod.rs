@@ -23,7 +23,7 @@ pub use findings::{Finding, FindingKind, Severity};
 pub use models::Model;
 pub use nmap::{NmapIndex, difficulty_label, nmap_index};
 
-use window::{Sample, SampleWindow, TupleTable, TupleVerdict};
+use window::{SampleWindow, TupleVerdict};
 
 /// The TCP options of the SYN-ACK, as far as the scorer cares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,7 +97,6 @@ pub struct ServiceReport {
 pub struct ServiceScorer {
     config: ScorerConfig,
     window: SampleWindow,
-    tuples: TupleTable,
     samples: u64,
     retransmits: u64,
 }
@@ -108,7 +107,6 @@ impl ServiceScorer {
         Self {
             config: config.clone(),
             window: SampleWindow::new(window),
-            tuples: TupleTable::new(window),
             samples: 0,
             retransmits: 0,
         }
@@ -116,18 +114,11 @@ impl ServiceScorer {
 
     /// Records one SYN-ACK. O(1), no allocation once the window is full.
     pub fn ingest(&mut self, obs: &IsnObservation) {
-        match self.tuples.classify(obs) {
+        match self.window.ingest(obs) {
             TupleVerdict::Retransmit => self.retransmits += 1,
             // Same 4-tuple again: kept for the clock check, not scored as a fresh ISN.
             TupleVerdict::Reused => {}
-            TupleVerdict::New => {
-                self.samples += 1;
-                self.window.push(Sample {
-                    isn: obs.isn,
-                    ts_ns: obs.ts_ns,
-                    syncookie: obs.syncookies,
-                });
-            }
+            TupleVerdict::New => self.samples += 1,
         }
     }
 
@@ -146,7 +137,7 @@ impl ServiceScorer {
             self.samples,
             self.retransmits,
             &self.window.in_order(),
-            &self.tuples.reuse_pairs(),
+            &self.window.reuse_pairs(),
         )
     }
 }

@@ -446,6 +446,42 @@ fn retransmits_are_dropped_and_tuple_reuse_checks_the_clock() {
     assert_eq!(retransmits.value, Some(10.0));
 }
 
+/// A SYN flood from a spoofed source: every half-open handshake's SYN-ACK is retransmitted 5
+/// times (Linux's 1, 3, 7, 15, 31 s), interleaved with 1 500 other handshakes. Each retransmit
+/// must be recognised as one: as a new sample it would repeat an ISN in the window, and the
+/// repeats test would call a uniform generator weak (a direct-mapped 4-tuple table did).
+#[test]
+fn a_syn_floods_retransmitted_synacks_do_not_make_a_strong_service_weak() {
+    const HANDSHAKES: u64 = 1_500;
+    let mut service = Service::new(Generator::Uniform, 17);
+    let mut sent: Vec<IsnObservation> = Vec::new();
+    for handshake in 0..HANDSHAKES {
+        // 1 000 SYNs a second.
+        let first_ns = handshake * 1_000_000;
+        let first = service.next_observation();
+        for resend_s in [0, 1, 3, 7, 15, 31] {
+            sent.push(IsnObservation {
+                ts_ns: first_ns + resend_s * 1_000_000_000,
+                ..first
+            });
+        }
+    }
+    sent.sort_by_key(|obs| obs.ts_ns);
+    let mut scorer = ServiceScorer::new(&ScorerConfig::default());
+    for obs in &sent {
+        scorer.ingest(obs);
+    }
+    let report = scorer.report("svc");
+    assert_eq!(report.samples, HANDSHAKES);
+    assert_eq!(report.verdict, Verdict::Strong, "{:?}", report.findings);
+    let retransmits = report
+        .findings
+        .iter()
+        .find(|f| f.kind == FindingKind::RetransmitsDropped)
+        .unwrap();
+    assert_eq!(retransmits.value, Some(5.0 * HANDSHAKES as f64));
+}
+
 #[test]
 fn syncookie_windows_are_tagged_and_low_byte_structure_is_not_weak() {
     // FreeBSD-style cookies: 24 random MAC bits over a structured low byte.
