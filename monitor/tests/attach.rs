@@ -4,7 +4,8 @@
 //! interface is a clear error. Netlink attach mode owns its tc state: filters a `kill -9` left
 //! behind are removed by the next daemon, two daemons on one interface leave each other's filters
 //! and the clsact qdisc alone, and a filter or qdisc removed under a daemon is put back (or
-//! reported missing). `tc` and BPF_PROG_QUERY are the referees, `tc` the outside hand too.
+//! reported missing); so is a tcx link detached under it (`bpftool link detach`). `tc` and
+//! BPF_PROG_QUERY are the referees, `tc` and `bpftool` the outside hands too.
 //! Needs root; every lab namespace is removed when its test ends.
 use std::{
     collections::BTreeSet,
@@ -13,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use common::{
     daemon::{Daemon, METRICS_ADDR, attachments, scrape},
     lab::{connect_many, listen},
@@ -56,6 +58,19 @@ fn netlink_args(lab: &Lab, direction: &str) -> Vec<String> {
 fn start(lab: &Lab, dir: &std::path::Path, listen: &str, args: &[String]) -> Daemon {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Daemon::start_listening(lab, &lab.server_ns, dir, listen, &args)
+}
+
+/// A listener on the lab server, and a daemon there with `args`, once its egress sampler is
+/// attached.
+fn serving_and_sampled(lab: &Lab, dir: &std::path::Path, args: &[String]) -> Daemon {
+    listen(
+        lab,
+        &lab.server_ns,
+        SocketAddr::new(lab.server_v4.into(), PORT),
+    );
+    let mut daemon = start(lab, dir, METRICS_ADDR, args);
+    daemon.wait_attached(lab, &lab.server_if, "egress");
+    daemon
 }
 
 /// `tc ARGS` in the server namespace, which must succeed.
@@ -197,19 +212,8 @@ fn a_daemon_removes_the_filter_of_one_killed_beside_it() {
 #[test]
 fn a_filter_or_qdisc_removed_under_the_daemon_is_put_back() {
     let lab = Lab::create(&LabOptions::default()).unwrap();
-    listen(
-        &lab,
-        &lab.server_ns,
-        SocketAddr::new(lab.server_v4.into(), PORT),
-    );
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = start(
-        &lab,
-        dir.path(),
-        METRICS_ADDR,
-        &netlink_args(&lab, "egress"),
-    );
-    daemon.wait_attached(&lab, &lab.server_if, "egress");
+    let daemon = serving_and_sampled(&lab, dir.path(), &netlink_args(&lab, "egress"));
     let server_if = lab.server_if.as_str();
     let attached = egress_series(&lab, "seqwatch_program_attached");
     let reattached = egress_series(&lab, "seqwatch_program_reattached_total");
@@ -255,6 +259,77 @@ fn a_filter_or_qdisc_removed_under_the_daemon_is_put_back() {
         daemon.log()
     );
     assert_samples(&lab, &daemon, 10, 30);
+    daemon.stop();
+    let after = attachments(&lab, &lab.server_ns, &lab.server_if);
+    assert!(after.is_empty(), "left behind after exit: {after:?}");
+}
+
+/// The kernel's id of the program on the lab server's veth's tcx egress hook (BPF_PROG_QUERY).
+fn tcx_egress_program(lab: &Lab) -> Option<u32> {
+    let name = std::ffi::CString::new(lab.server_if.as_str()).unwrap();
+    let (_, programs) = lab
+        .run_in(&lab.server_ns, || {
+            SchedClassifier::query_tcx(name.as_c_str(), TcAttachType::Egress)
+        })
+        .expect("query the tcx programs");
+    programs.first().map(|program| program.id())
+}
+
+/// The ids of the BPF links that hold `program`, open or detached (`bpftool link show`).
+fn links_of(program: u32) -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool (./x setup installs it)");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    let holding = links.as_array().into_iter().flatten();
+    holding
+        .filter(|link| link["prog_id"] == program)
+        .filter_map(|link| link["id"].as_u64())
+        .collect()
+}
+
+/// `bpftool link detach`es the link that holds `program` on its hook, as any process with
+/// CAP_NET_ADMIN may.
+fn detach_link_of(program: u32) {
+    let links = links_of(program);
+    assert_eq!(links.len(), 1, "one link holds program {program}");
+    let link = links[0].to_string();
+    let status = Command::new("bpftool")
+        .args(["link", "detach", "id", &link])
+        .status();
+    assert!(status.unwrap().success(), "bpftool link detach id {link}");
+}
+
+/// tcx mode: the sampler's link detached from outside. Before, the daemon went on reporting
+/// it attached (`seqwatch_program_attached` 1) while nothing was sampled; now it attaches it
+/// again within a few seconds, counts it, and samples resume.
+#[test]
+fn a_tcx_link_detached_under_the_daemon_is_attached_again() {
+    let lab = Lab::create(&LabOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--interface", &lab.server_if, "--attach-mode", "tcx"].map(str::to_owned);
+    let daemon = serving_and_sampled(&lab, dir.path(), &args);
+    let reattached = egress_series(&lab, "seqwatch_program_reattached_total");
+    let metric = |series: &str| daemon.scrape(&lab).and_then(|m| series_value(&m, series));
+    assert_samples(&lab, &daemon, 10, 10);
+    for round in 1..=2 {
+        let program = tcx_egress_program(&lab).expect("the sampler on tcx egress");
+        detach_link_of(program);
+        assert_eq!(tcx_egress_program(&lab), None, "detached");
+        let back = wait_for(Duration::from_secs(5), || {
+            metric(&reattached) == Some(f64::from(round)) && tcx_egress_program(&lab).is_some()
+        });
+        assert!(back, "not attached again:\n{}", daemon.log());
+        assert_eq!(tcx_egress_program(&lab), Some(program), "the same program");
+        // The detached link's descriptor is closed, not leaked: only the new link is left.
+        assert_eq!(links_of(program).len(), 1);
+        assert_eq!(
+            metric(&egress_series(&lab, "seqwatch_program_attached")),
+            Some(1.0)
+        );
+        assert_samples(&lab, &daemon, 10, 10 * (round as usize + 1));
+    }
     daemon.stop();
     let after = attachments(&lab, &lab.server_ns, &lab.server_if);
     assert!(after.is_empty(), "left behind after exit: {after:?}");

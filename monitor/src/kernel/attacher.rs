@@ -207,9 +207,9 @@ impl Attacher {
         metrics.set(&labels, now_attached);
     }
 
-    /// Netlink mode: attaches again what was removed from under us (reported 0 meanwhile).
+    /// Attaches again what was taken away from under us (reported 0 meanwhile).
     pub async fn reattach_lost(&mut self, object: &mut LoadedObject) -> anyhow::Result<()> {
-        for key in object.forget_lost_filters() {
+        for key in object.forget_lost_attachments() {
             self.lost.insert(key, 0);
         }
         if self.lost.is_empty() {

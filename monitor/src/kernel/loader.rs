@@ -121,8 +121,8 @@ impl AttachMetrics {
             )?,
             reattached: registry.counters(
                 "seqwatch_program_reattached_total",
-                "Times the program was attached again after its tc filter or clsact qdisc was \
-                 removed from outside (netlink attach mode).",
+                "Times the program was attached again after it was taken away from outside: its \
+                 tcx link detached, or its tc filter or clsact qdisc deleted.",
                 labels,
             )?,
         })
@@ -163,6 +163,8 @@ pub struct LoadedObject {
     tracepoints: BTreeSet<String>,
     /// Netlink mode: this daemon's owner number and what it knows of the clsact qdiscs.
     ownership: Option<Ownership>,
+    /// Each classifier's kernel program id: tcx mode finds its own among an interface's.
+    program_ids: BTreeMap<&'static str, u32>,
 }
 
 impl LoadedObject {
@@ -182,14 +184,18 @@ impl LoadedObject {
              and a kernel with BTF)",
         )?;
         start_kernel_log(&mut ebpf);
+        let mut program_ids = BTreeMap::new();
         for program in Direction::ALL
             .map(synack_program)
             .into_iter()
             .chain([SYN_RECORDER, SYNACK_FROM_NETNS])
         {
-            classifier(&mut ebpf, program)?
+            let loaded = classifier(&mut ebpf, program)?;
+            loaded
                 .load()
                 .with_context(|| format!("the verifier rejected {program}"))?;
+            let id = loaded.info().context("the loaded program's id")?.id();
+            program_ids.insert(program, id);
         }
         let mode = match mode {
             AttachMode::Auto if kernel_has_tcx() => AttachMode::Tcx,
@@ -212,6 +218,7 @@ impl LoadedObject {
             attachments: BTreeMap::new(),
             tracepoints: BTreeSet::new(),
             ownership,
+            program_ids,
         })
     }
 
@@ -227,10 +234,7 @@ impl LoadedObject {
         direction: Direction,
         program: &'static str,
     ) -> anyhow::Result<()> {
-        let attach_type = match direction {
-            Direction::Egress => TcAttachType::Egress,
-            Direction::Ingress => TcAttachType::Ingress,
-        };
+        let attach_type = attach_type(direction);
         let mut filter = None;
         let attach = match self.mode {
             AttachMode::Netlink => {
@@ -336,27 +340,16 @@ impl LoadedObject {
         }
     }
 
-    /// Netlink mode: checks that each filter this daemon attached is still in place (tc, or
-    /// any program with CAP_NET_ADMIN, can delete filters and qdiscs), forgets those that are
-    /// not so that they can be attached again, and returns them. Stale filters of dead daemons
-    /// seen on the way are removed.
-    pub fn forget_lost_filters(&mut self) -> Vec<(u32, Direction)> {
-        let Some(ownership) = self.ownership.as_mut() else {
-            return Vec::new();
+    /// Checks that each classifier this daemon attached is still in place, forgets those that
+    /// are not so that they can be attached again, and returns them. Anything with
+    /// CAP_NET_ADMIN can take one away: a tcx link detached (BPF_LINK_DETACH, as `bpftool link
+    /// detach` does), or in netlink mode a filter or the clsact qdisc deleted (`tc`). Stale
+    /// filters of dead daemons seen on the way are removed.
+    pub fn forget_lost_attachments(&mut self) -> Vec<(u32, Direction)> {
+        let lost = match self.ownership.as_mut() {
+            Some(ownership) => lost_filters(&self.attachments, ownership),
+            None => lost_tcx_links(&self.attachments, &self.program_ids),
         };
-        let mut lost = Vec::new();
-        for (&(ifindex, direction), attachment) in &self.attachments {
-            let Some(handle) = attachment.filter else {
-                continue;
-            };
-            let mine = filters_on(&self.attachments, ifindex);
-            let ours = (attachment.program, handle);
-            match ownership.is_present(ifindex, direction, ours, &mine) {
-                Ok(true) => {}
-                Ok(false) => lost.push((ifindex, direction)),
-                Err(err) => log::debug!("checking the filters of ifindex {ifindex}: {err:#}"),
-            }
-        }
         for &(ifindex, direction) in &lost {
             let Some(attachment) = self.attachments.remove(&(ifindex, direction)) else {
                 continue;
@@ -364,9 +357,11 @@ impl LoadedObject {
             self.forget_judged(ifindex, direction);
             if let Ok(program) = classifier(&mut self.ebpf, attachment.program)
                 && let Ok(link) = program.take_link(attachment.link)
+                && attachment.filter.is_some()
             {
                 // Dropping the link would delete whatever filter stands in its place now; it
-                // holds no file descriptor, only the filter's address.
+                // holds no file descriptor, only the filter's address. (A detached tcx link
+                // is dropped: that closes its descriptor.)
                 std::mem::forget(link);
             }
         }
@@ -495,6 +490,51 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sche
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no program {name}"))?;
     Ok(program.try_into()?)
+}
+
+/// Netlink mode: the attachments whose filter is gone from its interface.
+fn lost_filters(
+    attachments: &BTreeMap<(u32, Direction), Attachment>,
+    ownership: &mut Ownership,
+) -> Vec<(u32, Direction)> {
+    let mut lost = Vec::new();
+    for (&(ifindex, direction), attachment) in attachments {
+        let Some(handle) = attachment.filter else {
+            continue;
+        };
+        let mine = filters_on(attachments, ifindex);
+        let ours = (attachment.program, handle);
+        match ownership.is_present(ifindex, direction, ours, &mine) {
+            Ok(true) => {}
+            Ok(false) => lost.push((ifindex, direction)),
+            Err(err) => log::debug!("checking the filters of ifindex {ifindex}: {err:#}"),
+        }
+    }
+    lost
+}
+
+/// Tcx mode: the attachments whose program is no longer among its hook's (BPF_PROG_QUERY).
+fn lost_tcx_links(
+    attachments: &BTreeMap<(u32, Direction), Attachment>,
+    program_ids: &BTreeMap<&'static str, u32>,
+) -> Vec<(u32, Direction)> {
+    let mut lost = Vec::new();
+    for (&(ifindex, direction), attachment) in attachments {
+        let ours = program_ids.get(attachment.program);
+        match SchedClassifier::query_tcx(ifindex, attach_type(direction)) {
+            Ok((_, programs)) if programs.iter().any(|p| Some(&p.id()) == ours) => {}
+            Ok(_) => lost.push((ifindex, direction)),
+            Err(err) => log::debug!("querying the tcx programs of ifindex {ifindex}: {err}"),
+        }
+    }
+    lost
+}
+
+fn attach_type(direction: Direction) -> TcAttachType {
+    match direction {
+        Direction::Egress => TcAttachType::Egress,
+        Direction::Ingress => TcAttachType::Ingress,
+    }
 }
 
 /// Routes the kernel side's aya-log records (rare diagnostics, never per packet) to `log`.
