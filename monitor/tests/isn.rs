@@ -24,7 +24,7 @@ use common::{
     daemon::{Daemon, http_get, read_json_lines, scrape},
     lab::{
         TFO_CONNECTIONS, backlog_listener, connect_many, fast_open_exchanges, listen, netstat,
-        route_spoofed, send_crafted, write_sysctl,
+        route_spoofed, routed_lab, send_crafted, write_sysctl,
     },
     prometheus::{series_value, synack_samples},
     wait_for,
@@ -695,11 +695,7 @@ fn random_isns_forged_2100_times_do_not_turn_a_weak_server_strong() {
 /// that the router forwards are refused where they come in, and not sampled where they leave.
 fn a_gateway_scores_forwarded_handshakes_and_refuses_forgeries(direction: &str) {
     const FORGED: u16 = 10;
-    let lab = Lab::create(&LabOptions {
-        routed: true,
-        ..LabOptions::default()
-    })
-    .unwrap();
+    let lab = routed_lab();
     let router = lab.router.as_ref().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (towards_server, towards_client) = (router.server_if.as_str(), router.client_if.as_str());

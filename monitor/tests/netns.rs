@@ -25,7 +25,7 @@ use common::{
     host::{rss_bytes, thread_caps},
     lab::{
         backlog_listener, connect_many, ip, netstat, read_sysctl, route_own_server_address,
-        send_crafted, write_sysctl,
+        routed_lab, send_crafted, write_sysctl,
     },
     prometheus::{series_value, synack_samples},
     wait_for,
@@ -716,11 +716,7 @@ fn a_service_of_a_bridged_container_is_scored_and_named_by_its_container() {
 /// forwarded to the container is reported once, under the container's service.
 #[test]
 fn a_containers_synacks_are_sampled_once_as_they_come_in_and_its_forgeries_refused() {
-    let lab = Lab::create(&LabOptions {
-        routed: true,
-        ..LabOptions::default()
-    })
-    .unwrap();
+    let lab = routed_lab();
     let router = lab.router.as_ref().unwrap();
     // The container's address of its own, there before the daemon first reads them.
     let own = route_own_server_address(&lab);

@@ -21,7 +21,7 @@ use common::{
         sampled_server_isn, service_report, start_both_directions,
     },
     lab::{
-        OnceServer, connect_many, ip, listen, route_own_server_address, route_spoofed,
+        OnceServer, connect_many, ip, listen, route_own_server_address, route_spoofed, routed_lab,
         send_crafted, serve_once_then_exit, set_neighbour,
     },
     prometheus::series_value,
@@ -475,11 +475,7 @@ fn resets_and_synack_retransmits_of_a_followed_namespace_are_counted_under_it() 
 /// handshake forwarded to it is reported once, naming the container's namespace and ID.
 #[test]
 fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
-    let lab = Lab::create(&LabOptions {
-        routed: true,
-        ..LabOptions::default()
-    })
-    .unwrap();
+    let lab = routed_lab();
     let router = lab.router.as_ref().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
@@ -514,14 +510,7 @@ fn a_container_listener_lost_after_an_anomaly_is_reported_with_its_container() {
         netns_label(&lab.server_ns),
         format!("container=\"{}\"", cgroup.short_id()),
     );
-    let named = wait_for(Duration::from_secs(10), || {
-        daemon.metrics(&lab).lines().any(|line| {
-            line.starts_with("seqwatch_netns_info")
-                && line.contains(&netns)
-                && line.contains(&container)
-        })
-    });
-    assert!(named, "{netns} never named {container}:\n{}", daemon.log());
+    daemon.wait_netns_named(&lab, [&netns, &container]);
 
     let attacker = SocketAddr::new(SPOOFED.into(), 46_002);
     send_crafted(&crafter, (attacker, service), SYN, (1000, 0), b"poison");

@@ -17,7 +17,7 @@ use std::{
 use common::{
     container::ContainerCgroup,
     daemon::{Daemon, event_lines},
-    lab::route_own_server_address,
+    lab::{route_own_server_address, routed_lab},
     tls::Credentials,
     wait_for,
 };
@@ -246,11 +246,7 @@ fn plaintext_written_onto_a_tls_session_is_caught_with_its_flow_and_offset() {
 /// its server writes onto a session is reported naming the container's namespace.
 #[test]
 fn plaintext_from_a_containers_tls_server_names_its_container() {
-    let lab = Lab::create(&LabOptions {
-        routed: true,
-        ..LabOptions::default()
-    })
-    .unwrap();
+    let lab = routed_lab();
     let router = lab.router.as_ref().unwrap();
     let own = route_own_server_address(&lab);
     let mut cgroup = ContainerCgroup::create();
@@ -274,14 +270,7 @@ fn plaintext_from_a_containers_tls_server_names_its_container() {
     // Named (and its addresses read, at the same rescan) before the session.
     let info = format!("netns=\"{inode}\"");
     let container = format!("container=\"{}\"", cgroup.short_id());
-    let named = wait_for(Duration::from_secs(10), || {
-        daemon.metrics(&lab).lines().any(|line| {
-            line.starts_with("seqwatch_netns_info")
-                && line.contains(&info)
-                && line.contains(&container)
-        })
-    });
-    assert!(named, "{info} never named {container}:\n{}", daemon.log());
+    daemon.wait_netns_named(&lab, [&info, &container]);
 
     let at = SocketAddrV4::new(own, TLS_PORT);
     let leaked = Credentials::for_address(own).leak_once(&lab, at, 100_000);

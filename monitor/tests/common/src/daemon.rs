@@ -146,6 +146,19 @@ impl Daemon {
         assert!(attached, "never attached to {interface}:\n{}", self.log());
     }
 
+    /// Waits (10 s at most) for a `seqwatch_netns_info` series with both labels, e.g.
+    /// `netns="…"` and `container="…"`: the namespace named by its container.
+    pub fn wait_netns_named(&self, lab: &Lab, [netns, container]: [&str; 2]) {
+        let named = wait_for(Duration::from_secs(10), || {
+            self.metrics(lab).lines().any(|line| {
+                line.starts_with("seqwatch_netns_info")
+                    && line.contains(netns)
+                    && line.contains(container)
+            })
+        });
+        assert!(named, "{netns} never named {container}:\n{}", self.log());
+    }
+
     pub fn metrics(&self, lab: &Lab) -> String {
         self.scrape(lab)
             .unwrap_or_else(|| panic!("no /metrics:\n{}", self.log()))

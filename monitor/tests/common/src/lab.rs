@@ -26,7 +26,7 @@ use nix::{
     },
     unistd::{ForkResult, Pid, fork},
 };
-use seqwatch::lab::{Crafter, Lab, Segment};
+use seqwatch::lab::{Crafter, Lab, LabOptions, Segment};
 
 /// Forking copies every open descriptor: a listener of one test must not end up in the child
 /// of another, or it would stay open after its own child exits.
@@ -205,6 +205,15 @@ pub fn set_neighbour(lab: &Lab, ns: &str, (address, mac): (Ipv4Addr, [u8; 6]), d
             "permanent",
         ],
     );
+}
+
+/// A lab whose client and server namespaces are joined by a router namespace.
+pub fn routed_lab() -> Lab {
+    Lab::create(&LabOptions {
+        routed: true,
+        ..LabOptions::default()
+    })
+    .expect("create the routed lab")
 }
 
 /// An address of the routed lab's server namespace's own, routed to it by the router. Labs
